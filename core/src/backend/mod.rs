@@ -1,0 +1,64 @@
+//! The backend: what a gateway needs from the state it shares with other nodes, in the
+//! domain's words (publish, subscribe, health), never in Redis commands.
+//!
+//! Two implementations: [`memory::MemoryBackend`] (one process, `switchboard dev` and unit
+//! tests) and [`redis::RedisBackend`] (production). The gateway's protocol tests run against
+//! both, so they must behave alike: a publish reaches every node subscribed to the topic
+//! (this one included) once; a node receives only what it subscribed to.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::topic::Topic;
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::{RedisBackend, RedisOptions};
+
+/// Where a backend delivers the live messages of the topics a node subscribed to.
+///
+/// Called from the backend's delivery task for every message, in the order the backend
+/// received them; it must not block or await (the gateway's fan-out only does `try_send`).
+pub trait EventSink: Send + Sync + 'static {
+    /// One message published on `topic`. `payload` is exactly what the publisher sent; it has
+    /// not been checked (a `PUBLISH` from redis-cli can carry anything).
+    fn deliver(&self, topic: &str, payload: &[u8]);
+
+    /// The backend lost (`false`) or regained (`true`) its subscription connection.
+    fn connection_changed(&self, _up: bool) {}
+}
+
+/// A backend operation failed. Clients see these only as protocol errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("backend operation timed out")]
+    Timeout,
+}
+
+/// The gateway's view of the shared state. See the module docs.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs and `/readyz` (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// Sets where live messages go. Called once, before the first `subscribe`.
+    fn attach(&self, sink: Arc<dyn EventSink>);
+
+    /// Publishes one event (valid JSON text) on a topic, live, to every subscribed node.
+    async fn publish(&self, topic: &Topic, data: &str) -> Result<(), BackendError>;
+
+    /// Starts receiving the topics' live messages on this node. Returns once the subscription
+    /// is in place: anything published afterwards is delivered.
+    async fn subscribe(&self, topics: &[Topic]) -> Result<(), BackendError>;
+
+    /// Stops receiving the topics' live messages on this node.
+    async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BackendError>;
+
+    /// Checks that the backend answers (readiness).
+    async fn ping(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,225 @@
+//! The Redis backend: topics relay through Redis pub/sub, so a publish on any node (or a
+//! `PUBLISH sb:t:{topic}` from any backend) reaches every node subscribed to the topic.
+//!
+//! Two connections per node, both multiplexed `ConnectionManager`s over RESP3 with
+//! TCP_NODELAY:
+//! - **commands** (`PUBLISH`, `PING`, and later everything else);
+//! - **pub/sub**: the node's one subscription connection. Its push messages are handed to the
+//!   [`EventSink`] from the connection's own task, with no queue of ours in between (the sink
+//!   only does non-blocking sends). The manager reconnects after a drop and resubscribes every
+//!   channel by itself; the gateway's readiness pings keep a reconnect attempt going while
+//!   Redis is away.
+//!
+//! Every operation is bounded by [`RedisOptions::op_timeout`], so nothing waits on a dead
+//! Redis for longer than that.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+
+use super::{Backend, BackendError, EventSink};
+use crate::keys::Keys;
+use crate::topic::Topic;
+
+/// Default bound on one Redis operation.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default bound on opening one Redis connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://host:port/db` (a `rediss://` URL needs a TLS build, not enabled yet).
+    pub url: String,
+    /// Key prefix (`sb`).
+    pub prefix: String,
+    pub op_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl RedisOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            prefix: crate::keys::DEFAULT_PREFIX.to_owned(),
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// See the module docs.
+pub struct RedisBackend {
+    keys: Keys,
+    op_timeout: Duration,
+    commands: ConnectionManager,
+    pubsub: ConnectionManager,
+    sink: Arc<OnceLock<Arc<dyn EventSink>>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Builds the backend without waiting for Redis: a gateway starts (not ready) while Redis is
+    /// down and becomes ready when it answers. Fails only on a malformed URL.
+    pub fn new(opts: &RedisOptions) -> Result<Self, BackendError> {
+        let info = opts
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| BackendError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let redis_settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let info = info
+            .set_redis_settings(redis_settings)
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)
+            .map_err(|e| BackendError::Unavailable(format!("bad Redis URL: {e}")))?;
+
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.connect_timeout))
+            .set_response_timeout(Some(opts.op_timeout))
+            // Few, quick retries: readiness pings start the next attempt while Redis is away.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+
+        let keys = Keys::new(&opts.prefix);
+        let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
+        let push_keys = keys.clone();
+        let push_sink = sink.clone();
+        let on_push = move |info: PushInfo| -> Result<(), Infallible> {
+            handle_push(&push_keys, push_sink.get(), info);
+            Ok(())
+        };
+        let pubsub = ConnectionManager::new_lazy_with_config(
+            client,
+            base.set_push_sender(on_push)
+                .set_automatic_resubscription(),
+        )
+        .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+
+        Ok(RedisBackend {
+            keys,
+            op_timeout: opts.op_timeout,
+            commands,
+            pubsub,
+            sink,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(BackendError::Unavailable(e.to_string())),
+            Err(_) => Err(BackendError::Timeout),
+        }
+    }
+
+    fn channels(&self, topics: &[Topic]) -> Vec<String> {
+        topics
+            .iter()
+            .map(|t| self.keys.topic_channel(t.as_str()))
+            .collect()
+    }
+}
+
+fn handle_push(keys: &Keys, sink: Option<&Arc<dyn EventSink>>, info: PushInfo) {
+    let Some(sink) = sink else { return };
+    match info.kind {
+        PushKind::Message => {
+            let [Value::BulkString(channel), Value::BulkString(payload)] = &info.data[..] else {
+                tracing::warn!(kind = ?info.kind, "unexpected pub/sub message shape");
+                return;
+            };
+            let Some(topic) = std::str::from_utf8(channel)
+                .ok()
+                .and_then(|c| keys.topic_of_channel(c))
+            else {
+                return;
+            };
+            sink.deliver(topic, payload);
+        }
+        PushKind::Disconnection => {
+            tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
+            sink.connection_changed(false);
+        }
+        PushKind::Subscribe => sink.connection_changed(true),
+        _ => {}
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    async fn publish(&self, topic: &Topic, data: &str) -> Result<(), BackendError> {
+        let channel = self.keys.topic_channel(topic.as_str());
+        let mut conn = self.commands.clone();
+        let fut = async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(data)
+                .query_async::<i64>(&mut conn)
+                .await
+        };
+        self.bounded(fut).await.map(drop)
+    }
+
+    async fn subscribe(&self, topics: &[Topic]) -> Result<(), BackendError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let channels = self.channels(topics);
+        let mut conn = self.pubsub.clone();
+        self.bounded(async move { conn.subscribe(channels).await })
+            .await
+    }
+
+    async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BackendError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let channels = self.channels(topics);
+        let mut conn = self.pubsub.clone();
+        self.bounded(async move { conn.unsubscribe(channels).await })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let mut commands = self.commands.clone();
+        let mut pubsub = self.pubsub.clone();
+        self.bounded(async move {
+            redis::cmd("PING").query_async::<Value>(&mut commands).await?;
+            redis::cmd("PING").query_async::<Value>(&mut pubsub).await?;
+            Ok(())
+        })
+        .await
+    }
+}

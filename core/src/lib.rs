@@ -1,0 +1,17 @@
+//! The shared vocabulary of Switchboard, used by the gateway, the worker, the client and the CLI.
+//!
+//! A tour of the modules:
+//! - [`wire`]: the JSON-RPC 2.0 envelope as it crosses the socket: parsing a client frame,
+//!   encoding responses, errors and the `event` notification, and the error and close codes.
+//! - [`topic`]: what a valid topic name is (PROTOCOL.md section 6).
+//! - [`auth`]: HS256 JWT claims, verification and minting (`switchboard token`).
+//! - [`keys`]: the Redis key and channel schema; every name in Redis is built here.
+//! - [`backend`]: the narrow interface a gateway needs from its shared state (publish,
+//!   subscribe, health), with an in-memory implementation for `switchboard dev` and tests and a
+//!   Redis implementation for production.
+
+pub mod auth;
+pub mod backend;
+pub mod keys;
+pub mod topic;
+pub mod wire;

@@ -1,0 +1,509 @@
+//! The JSON-RPC 2.0 envelope as it crosses the socket (PROTOCOL.md sections 2-4).
+//!
+//! Parsing borrows from the frame: `id` and `params` stay raw JSON until a method handler
+//! decodes the params it needs, and `id` is echoed back byte for byte. Encoding writes the
+//! envelope directly into one buffer, and the `event` notification is built once per published
+//! event and shared by every subscriber (see [`encode_event`]).
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// JSON-RPC error codes (PROTOCOL.md section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    ParseError,
+    InvalidRequest,
+    MethodNotFound,
+    InvalidParams,
+    Internal,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    NotFound,
+    Timeout,
+    Overloaded,
+    TooLarge,
+}
+
+impl ErrorCode {
+    pub const fn code(self) -> i32 {
+        match self {
+            ErrorCode::ParseError => -32700,
+            ErrorCode::InvalidRequest => -32600,
+            ErrorCode::MethodNotFound => -32601,
+            ErrorCode::InvalidParams => -32602,
+            ErrorCode::Internal => -32603,
+            ErrorCode::Unauthorized => -32001,
+            ErrorCode::Forbidden => -32002,
+            ErrorCode::RateLimited => -32003,
+            ErrorCode::NotFound => -32004,
+            ErrorCode::Timeout => -32005,
+            ErrorCode::Overloaded => -32006,
+            ErrorCode::TooLarge => -32007,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        use ErrorCode::*;
+        [
+            ParseError,
+            InvalidRequest,
+            MethodNotFound,
+            InvalidParams,
+            Internal,
+            Unauthorized,
+            Forbidden,
+            RateLimited,
+            NotFound,
+            Timeout,
+            Overloaded,
+            TooLarge,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
+    }
+}
+
+/// WebSocket close codes used by the gateway (PROTOCOL.md section 4).
+pub mod close {
+    /// Normal closure (the client said goodbye).
+    pub const NORMAL: u16 = 1000;
+    /// The peer broke the WebSocket protocol (bad framing, bad continuation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A binary frame: the protocol is text only.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Bad or expired token.
+    pub const POLICY: u16 = 1008;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The node failed internally.
+    pub const INTERNAL: u16 = 1011;
+    /// The node is restarting: reconnect elsewhere and resume the session.
+    pub const RESTARTING: u16 = 1012;
+    /// The node is full: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// No `hello` within the hello timeout.
+    pub const HELLO_TIMEOUT: u16 = 4001;
+    /// The outbound queue went over its limit.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The session was taken over by a newer connection.
+    pub const TAKEN_OVER: u16 = 4009;
+}
+
+/// The error object of a JSON-RPC response. What a client sees: a code and a short message,
+/// never an internal error's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    pub code: i32,
+    pub message: Cow<'static, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        RpcError {
+            code: code.code(),
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn kind(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(self.code)
+    }
+
+    pub fn parse_error() -> Self {
+        Self::new(ErrorCode::ParseError, "parse error: not valid JSON")
+    }
+
+    pub fn invalid_request(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, why)
+    }
+
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(
+            ErrorCode::MethodNotFound,
+            format!("method not found: {}", truncate(method, 64)),
+        )
+    }
+
+    pub fn invalid_params(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidParams, why)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A request or notification from a client, borrowed from its frame.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// `None` for a notification (no `id`, or `"id": null`): it gets no response.
+    pub id: Option<&'a RawValue>,
+    pub method: Cow<'a, str>,
+    pub params: Option<&'a RawValue>,
+}
+
+/// A frame that could not be read as a request, with what to answer.
+#[derive(Debug)]
+pub struct BadRequest<'a> {
+    /// The id to answer with, when one could be read (else the answer's id is `null`).
+    pub id: Option<&'a RawValue>,
+    pub error: RpcError,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+/// Parses one text frame as a JSON-RPC request.
+///
+/// - not JSON: -32700; a JSON array (a batch): -32600; JSON of the wrong shape: -32600.
+/// - `jsonrpc` must be `"2.0"`, `method` a string, `id` (if any) a string or a number,
+///   `params` (if any) an object or an array.
+pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    let first = text.trim_start().as_bytes().first().copied();
+    if first == Some(b'[') {
+        return Err(BadRequest {
+            id: None,
+            error: if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                RpcError::invalid_request("batches are not supported")
+            } else {
+                RpcError::parse_error()
+            },
+        });
+    }
+    let env: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(_) => {
+            let error = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                RpcError::invalid_request("not a JSON-RPC request object")
+            } else {
+                RpcError::parse_error()
+            };
+            return Err(BadRequest { id: None, error });
+        }
+    };
+    let id = env.id.filter(|raw| raw.get() != "null");
+    if let Some(raw) = id {
+        let b = raw.get().as_bytes()[0];
+        if !(b == b'"' || b == b'-' || b.is_ascii_digit()) {
+            return Err(BadRequest {
+                id: None,
+                error: RpcError::invalid_request("id must be a string or a number"),
+            });
+        }
+    }
+    if env.jsonrpc.as_deref() != Some("2.0") {
+        return Err(BadRequest {
+            id,
+            error: RpcError::invalid_request("jsonrpc must be \"2.0\""),
+        });
+    }
+    let Some(method) = env.method else {
+        return Err(BadRequest {
+            id,
+            error: RpcError::invalid_request("method is missing"),
+        });
+    };
+    if let Some(p) = env.params {
+        let b = p.get().as_bytes()[0];
+        if b != b'{' && b != b'[' && p.get() != "null" {
+            return Err(BadRequest {
+                id,
+                error: RpcError::invalid_request("params must be an object or an array"),
+            });
+        }
+    }
+    let params = env.params.filter(|p| p.get() != "null");
+    Ok(Request { id, method, params })
+}
+
+/// Decodes a request's params into `T`; absent params decode as `{}`. A mismatch is -32602
+/// with serde's reason.
+pub fn decode_params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, RpcError> {
+    let raw = params.map(RawValue::get).unwrap_or("{}");
+    serde_json::from_str(raw).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+}
+
+const JSONRPC_HEAD: &str = "{\"jsonrpc\":\"2.0\",";
+
+/// Encodes a successful response.
+pub fn encode_result<T: Serialize + ?Sized>(id: &RawValue, result: &T) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(JSONRPC_HEAD.as_bytes());
+    out.extend_from_slice(b"\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    serde_json::to_writer(&mut out, result).expect("serializing to a Vec cannot fail");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// Encodes an error response; `id` is `null` when the request's id could not be read.
+pub fn encode_error(id: Option<&RawValue>, error: &RpcError) -> Bytes {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(JSONRPC_HEAD.as_bytes());
+    out.extend_from_slice(b"\"id\":");
+    out.extend_from_slice(id.map_or("null", RawValue::get).as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    serde_json::to_writer(&mut out, error).expect("serializing to a Vec cannot fail");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// Encodes a notification from the gateway.
+pub fn encode_notification<T: Serialize + ?Sized>(method: &str, params: &T) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(JSONRPC_HEAD.as_bytes());
+    out.extend_from_slice(b"\"method\":");
+    serde_json::to_writer(&mut out, method).expect("serializing to a Vec cannot fail");
+    out.extend_from_slice(b",\"params\":");
+    serde_json::to_writer(&mut out, params).expect("serializing to a Vec cannot fail");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+const EVENT_HEAD: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{\"topic\":\"";
+
+/// Builds the `event` notification for one published event, once, for all its subscribers.
+///
+/// `topic` must be a valid topic name (its alphabet needs no JSON escaping) and `data` must be
+/// valid JSON text (see [`check_payload`]); both are copied verbatim.
+pub fn encode_event(topic: &str, data: &str) -> Bytes {
+    debug_assert!(crate::topic::validate(topic).is_ok());
+    let mut out = Vec::with_capacity(EVENT_HEAD.len() + topic.len() + data.len() + 12);
+    out.extend_from_slice(EVENT_HEAD);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+/// Why an event payload from Redis was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+    #[error("payload is not valid JSON")]
+    NotJson,
+}
+
+/// Checks that a payload published by a backend is one valid JSON value (in UTF-8, as a
+/// WebSocket text frame requires), and returns it as text.
+pub fn check_payload(payload: &[u8]) -> Result<&str, PayloadError> {
+    let text = std::str::from_utf8(payload).map_err(|_| PayloadError::NotUtf8)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| PayloadError::NotJson)?;
+    Ok(text)
+}
+
+// ---- Method params and results shared by the gateway and the client ----
+
+/// `hello` params.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelloParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<serde_json::Value>,
+}
+
+/// The limits a gateway announces in its `hello` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+    pub outbound_queue: usize,
+}
+
+/// `hello` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloResult {
+    pub session: String,
+    pub resumed: bool,
+    pub node: String,
+    pub heartbeat_ms: u64,
+    pub limits: Limits,
+}
+
+/// `subscribe` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscribeParams {
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// `subscribe` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeResult {
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// `unsubscribe` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnsubscribeParams {
+    pub topic: String,
+}
+
+/// `publish` params, with `data` kept as raw JSON so it is never re-encoded.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishParams<'a> {
+    pub topic: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    #[serde(default)]
+    pub history: Option<bool>,
+}
+
+/// `publish` result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublishResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The params of an `event` notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventParams {
+    pub topic: String,
+    pub data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> i32 {
+        parse_request(text).unwrap_err().error.code
+    }
+
+    #[test]
+    fn parses_a_request_and_keeps_id_raw() {
+        let r = parse_request(r#"{"jsonrpc":"2.0","id":"a\"b","method":"ping"}"#).unwrap();
+        assert_eq!(r.id.unwrap().get(), r#""a\"b""#);
+        assert_eq!(r.method, "ping");
+        assert!(r.params.is_none());
+        let r = parse_request(r#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":1}}"#)
+            .unwrap();
+        assert_eq!(r.id.unwrap().get(), "7");
+        assert_eq!(r.params.unwrap().get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn notification_has_no_id() {
+        let r = parse_request(r#"{"jsonrpc":"2.0","method":"x"}"#).unwrap();
+        assert!(r.id.is_none());
+        let r = parse_request(r#"{"jsonrpc":"2.0","method":"x","id":null}"#).unwrap();
+        assert!(r.id.is_none());
+    }
+
+    #[test]
+    fn bad_frames_get_the_documented_codes() {
+        assert_eq!(code_of("{"), -32700);
+        assert_eq!(code_of("nope"), -32700);
+        assert_eq!(code_of("[1,2"), -32700);
+        assert_eq!(code_of(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#), -32600);
+        assert_eq!(code_of("42"), -32600);
+        assert_eq!(code_of(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), -32600);
+        assert_eq!(code_of(r#"{"jsonrpc":"2.0","id":1}"#), -32600);
+        assert_eq!(code_of(r#"{"jsonrpc":"2.0","id":{},"method":"a"}"#), -32600);
+        assert_eq!(code_of(r#"{"jsonrpc":"2.0","id":1,"method":3}"#), -32600);
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":3}"#),
+            -32600
+        );
+    }
+
+    #[test]
+    fn error_keeps_the_id_when_it_was_readable() {
+        let bad = parse_request(r#"{"jsonrpc":"1.0","id":9,"method":"ping"}"#).unwrap_err();
+        assert_eq!(bad.id.unwrap().get(), "9");
+        let out = encode_error(bad.id, &bad.error);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["error"]["code"], -32600);
+    }
+
+    #[test]
+    fn event_frame_is_valid_json() {
+        let f = encode_event("chat:1", r#"{"text":"hi"}"#);
+        let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
+        assert_eq!(v["method"], "event");
+        assert_eq!(v["params"]["topic"], "chat:1");
+        assert_eq!(v["params"]["data"]["text"], "hi");
+    }
+
+    #[test]
+    fn payload_check() {
+        assert!(check_payload(b" {\"a\": [1, 2]}\n").is_ok());
+        assert!(check_payload(b"\"s\"").is_ok());
+        assert_eq!(check_payload(b"not json"), Err(PayloadError::NotJson));
+        assert_eq!(check_payload(b"{} {}"), Err(PayloadError::NotJson));
+        assert_eq!(check_payload(b"\"\xff\""), Err(PayloadError::NotUtf8));
+    }
+
+    #[test]
+    fn result_and_notification_encode() {
+        let id = RawValue::from_string("\"x\"".into()).unwrap();
+        let out = encode_result(&id, &serde_json::json!({}));
+        assert_eq!(&out[..], br#"{"jsonrpc":"2.0","id":"x","result":{}}"#);
+        let out = encode_notification("n", &serde_json::json!({"a":1}));
+        assert_eq!(&out[..], br#"{"jsonrpc":"2.0","method":"n","params":{"a":1}}"#);
+    }
+}
