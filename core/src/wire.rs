@@ -89,6 +89,8 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// No `hello` within the hello timeout.
     pub const HELLO_TIMEOUT: u16 = 4001;
+    /// Nothing received from the client (a pong counts) for three heartbeats.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
     /// The outbound queue went over its limit.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The session was taken over by a newer connection.

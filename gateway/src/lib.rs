@@ -1,1 +1,100 @@
-//! placeholder
+//! A Switchboard gateway node: it terminates WebSockets, speaks JSON-RPC 2.0 to clients, and
+//! relays topics through the backend (Redis in production) so that clients on every node share
+//! them. Gateways keep no state that matters beyond a connection: everything shared lives in
+//! the backend.
+//!
+//! A tour, in the order a message travels:
+//! - [`http`]: the port: `/ws` upgrade (subprotocol, token, admission), `/healthz`, `/readyz`,
+//!   `/metrics`.
+//! - `conn`: one socket = a reader (`conn/reader.rs`: frames in, fragments, size and UTF-8 rules)
+//!   and a writer task (`conn/writer.rs`: bounded queue out, vectored writes, heartbeat, hello
+//!   timeout, the one close frame).
+//! - `dispatch`: a message to its method; `hello`, `topics`: the methods.
+//! - `fanout`: topic -> local subscribers; one encode per event, `try_send` to each.
+//! - `subscriptions`: where a topic's backend subscription is reference-counted.
+//! - `readiness`, `drain`, `metrics`, `node` (the shared state), [`config`].
+
+pub mod config;
+mod conn;
+mod dispatch;
+mod drain;
+mod fanout;
+mod hello;
+pub mod http;
+mod metrics;
+mod node;
+mod readiness;
+mod subscriptions;
+mod topics;
+
+use std::sync::Arc;
+
+use switchboard_core::backend::Backend;
+use tokio::net::TcpListener;
+
+pub use crate::config::{AuthConfig, ConfigError, GatewayConfig};
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::subscriptions::Subscriptions;
+
+/// Why a gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// Pause after a failed `accept` (out of file descriptors, say) before the next one.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs a gateway node on `listener` until `shutdown` completes, then drains: not ready, every
+/// socket closed with 1012, connections given `shutdown_grace` to go.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    backend: Arc<dyn Backend>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let fanout = Arc::new(Fanout::new(metrics.clone()));
+    backend.attach(fanout.clone());
+    let (subscriptions, subscriptions_task) = Subscriptions::spawn(
+        backend.clone(),
+        fanout.clone(),
+        metrics.clone(),
+        config.subscribe_retry,
+    );
+    let node = Arc::new(Node::new(config, backend, fanout, subscriptions, metrics));
+    let readiness_task = tokio::spawn(readiness::run(node.clone()));
+    tracing::info!(
+        node = %node.config.node_id,
+        backend = node.backend.kind(),
+        addr = ?listener.local_addr().ok(),
+        "gateway listening"
+    );
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(http::serve(node.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    drain::drain(&node).await;
+    readiness_task.abort();
+    subscriptions_task.abort();
+    tracing::info!(node = %node.config.node_id, "gateway stopped");
+    Ok(())
+}

@@ -26,9 +26,6 @@ pub trait EventSink: Send + Sync + 'static {
     /// One message published on `topic`. `payload` is exactly what the publisher sent; it has
     /// not been checked (a `PUBLISH` from redis-cli can carry anything).
     fn deliver(&self, topic: &str, payload: &[u8]);
-
-    /// The backend lost (`false`) or regained (`true`) its subscription connection.
-    fn connection_changed(&self, _up: bool) {}
 }
 
 /// A backend operation failed. Clients see these only as protocol errors.

@@ -162,9 +162,7 @@ fn handle_push(keys: &Keys, sink: Option<&Arc<dyn EventSink>>, info: PushInfo) {
         }
         PushKind::Disconnection => {
             tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
-            sink.connection_changed(false);
         }
-        PushKind::Subscribe => sink.connection_changed(true),
         _ => {}
     }
 }

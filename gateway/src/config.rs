@@ -1,0 +1,170 @@
+//! The gateway's configuration: one typed struct, every bound and timeout named with its
+//! default here. The CLI fills it from flags and `SWITCHBOARD_*` variables and calls
+//! [`GatewayConfig::validate`] before binding any port.
+
+use std::time::Duration;
+
+use switchboard_core::auth::Verifier;
+
+/// Default: the first message must be `hello` within this long (close 4001 otherwise).
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default: the largest message a client may send, in bytes (close 1009 over it).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default: frames queued for one socket before it counts as a slow consumer (close 4008).
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default: topics one connection may subscribe to.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+/// Default: sockets one node holds; past it new sockets are closed with 1013.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default: a quiet client is pinged this often, and closed with 4002 after three of these
+/// without a frame from it.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
+/// Default: one write of queued frames may take this long before the peer counts as dead.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default: after sending a close frame, how long to wait for the client's reply.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default: on shutdown, how long connections get to close before the node exits anyway.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default: how often the backend is pinged for `/readyz`.
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Default: how often a failed Redis (un)subscribe is retried.
+pub const DEFAULT_SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+/// Frames written to one socket in one vectored write, at most.
+pub const MAX_WRITE_BATCH: usize = 64;
+
+/// Who may connect.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Verifies HS256 tokens; `None` when no secret is configured.
+    pub verifier: Option<Verifier>,
+    /// Connections without a token are accepted as `anonymous`.
+    pub allow_anonymous: bool,
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This node's name, reported in `hello` results and logs.
+    pub node_id: String,
+    pub auth: AuthConfig,
+    pub hello_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub outbound_queue: usize,
+    pub max_subscriptions: usize,
+    pub max_connections: usize,
+    pub heartbeat: Duration,
+    pub write_timeout: Duration,
+    pub close_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub readiness_interval: Duration,
+    pub subscribe_retry: Duration,
+}
+
+/// A setting that cannot work, named by its config key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no way to authenticate clients: set --jwt-secret (SWITCHBOARD_JWT_SECRET) or --allow-anonymous (SWITCHBOARD_ALLOW_ANONYMOUS)"
+    )]
+    NoAuth,
+    #[error("{key} must be {what}")]
+    Invalid { key: &'static str, what: &'static str },
+}
+
+impl GatewayConfig {
+    /// A configuration with every default and anonymous access (for `dev` and tests).
+    pub fn dev(node_id: impl Into<String>) -> Self {
+        GatewayConfig {
+            node_id: node_id.into(),
+            auth: AuthConfig {
+                verifier: None,
+                allow_anonymous: true,
+            },
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            heartbeat: DEFAULT_HEARTBEAT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            readiness_interval: DEFAULT_READINESS_INTERVAL,
+            subscribe_retry: DEFAULT_SUBSCRIBE_RETRY,
+        }
+    }
+
+    /// Checks the settings together; the error names the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.verifier.is_none() && !self.auth.allow_anonymous {
+            return Err(ConfigError::NoAuth);
+        }
+        let positive = |key, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::Invalid {
+                    key,
+                    what: "greater than zero",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("hello-timeout", self.hello_timeout)?;
+        positive("heartbeat", self.heartbeat)?;
+        positive("write-timeout", self.write_timeout)?;
+        positive("readiness-interval", self.readiness_interval)?;
+        positive("subscribe-retry", self.subscribe_retry)?;
+        if self.max_message_bytes < 256 {
+            return Err(ConfigError::Invalid {
+                key: "max-message-bytes",
+                what: "at least 256",
+            });
+        }
+        if self.outbound_queue == 0 {
+            return Err(ConfigError::Invalid {
+                key: "outbound-queue",
+                what: "at least 1",
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-connections",
+                what: "at least 1",
+            });
+        }
+        if self.node_id.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "node-id",
+                what: "non-empty",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_is_valid() {
+        GatewayConfig::dev("n1").validate().unwrap();
+    }
+
+    #[test]
+    fn refuses_to_run_without_auth() {
+        let mut c = GatewayConfig::dev("n1");
+        c.auth.allow_anonymous = false;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--jwt-secret"), "{err}");
+        c.auth.verifier = Some(Verifier::hs256(b"s"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn names_the_bad_key() {
+        let mut c = GatewayConfig::dev("n1");
+        c.outbound_queue = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("outbound-queue"));
+    }
+}

@@ -1,0 +1,156 @@
+//! One client connection: a reader task (this module's [`serve`], which parses frames and
+//! dispatches requests) and a writer task ([`writer`], which owns the socket's write half and
+//! drains a bounded queue). Everything else reaches the socket through [`Out`] messages on
+//! that queue, or through [`ConnCtl::close`], which works even when the queue is full.
+
+pub(crate) mod reader;
+pub(crate) mod writer;
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use switchboard_core::auth::Identity;
+use switchboard_core::wire::close;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+
+use crate::dispatch::ConnState;
+use crate::node::Node;
+
+/// What the writer sends. Text frames are shared `Bytes`: an event's frame is encoded once and
+/// cloned (a reference count) into every subscriber's queue.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Text(Bytes),
+    Pong(Bytes),
+}
+
+/// Why and how a connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CloseReason {
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
+    /// Write what is already queued before the close frame (a reply explaining the close, or
+    /// the last events before a restart). Off for a slow consumer, whose queue is the problem.
+    pub(crate) flush: bool,
+}
+
+/// The control block of one connection, shared by its reader, its writer and the fan-out.
+pub(crate) struct ConnCtl {
+    pub(crate) id: u64,
+    close: OnceLock<CloseReason>,
+    wake: Notify,
+    /// Milliseconds since the node's epoch when the client last sent a frame.
+    pub(crate) last_rx_ms: AtomicU64,
+    pub(crate) hello_done: AtomicBool,
+    /// Unix seconds at which the client's token expires; 0 for never.
+    pub(crate) expires_at: AtomicU64,
+}
+
+impl ConnCtl {
+    pub(crate) fn new(id: u64, now_ms: u64) -> Self {
+        ConnCtl {
+            id,
+            close: OnceLock::new(),
+            wake: Notify::new(),
+            last_rx_ms: AtomicU64::new(now_ms),
+            hello_done: AtomicBool::new(false),
+            expires_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks the writer to close the socket. The first reason given wins; later ones are
+    /// ignored. Returns whether this call set the reason.
+    pub(crate) fn close(&self, code: u16, reason: &'static str, flush: bool) -> bool {
+        let set = self
+            .close
+            .set(CloseReason {
+                code,
+                reason,
+                flush,
+            })
+            .is_ok();
+        if set {
+            self.wake.notify_one();
+        }
+        set
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.close.get().copied()
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// How the upgrade went, decided before the socket existed.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Authenticated by header or query token (or no token given; `hello` decides).
+    Open(Option<Identity>),
+    /// A token was given and is bad or expired: close 1008.
+    BadToken,
+    /// The node holds `max_connections` sockets: close 1013.
+    Full,
+}
+
+/// Serves one upgraded socket until it closes. `read_buf` holds bytes the HTTP layer read
+/// past the upgrade request.
+pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream, read_buf: Bytes, admission: Admission) {
+    let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
+    node.registry.insert(ctl.clone());
+    node.metrics.connections_total.inc();
+    node.metrics.connections.inc();
+    let _span = tracing::debug_span!("conn", id = ctl.id).entered();
+
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::channel(node.config.outbound_queue);
+    let identity = match admission {
+        Admission::Open(identity) => identity,
+        Admission::BadToken => {
+            ctl.close(close::POLICY, "bad or expired token", false);
+            None
+        }
+        Admission::Full => {
+            ctl.close(close::TRY_AGAIN_LATER, "node full, try again later", false);
+            None
+        }
+    };
+    drop(_span);
+
+    let mut writer = tokio::spawn(writer::run(write_half, rx, ctl.clone(), node.clone()));
+    let mut state = ConnState::new(ctl.clone(), tx, identity);
+    {
+        let read = Cursor::new(read_buf).chain(read_half);
+        let reader = reader::run(&node, &mut state, read);
+        tokio::pin!(reader);
+        tokio::select! {
+            _ = &mut reader => {
+                // The client went away or broke the protocol; make sure the writer ends too.
+                ctl.close(close::NORMAL, "", true);
+                let _ = tokio::time::timeout(node.config.close_timeout, &mut writer).await;
+            }
+            _ = &mut writer => {
+                // Our close frame is out: give the client a moment to answer it.
+                let _ = tokio::time::timeout(node.config.close_timeout, &mut reader).await;
+            }
+        }
+    }
+    writer.abort();
+    state.teardown(&node).await;
+    node.registry.remove(ctl.id);
+    node.metrics.connections.dec();
+}

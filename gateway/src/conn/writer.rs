@@ -1,0 +1,259 @@
+//! The writer task of one socket: it owns the write half, takes everything queued for the
+//! socket at once (up to [`MAX_WRITE_BATCH`] frames) and writes it with one vectored write,
+//! headers and shared payloads side by side, nothing copied.
+//!
+//! It also keeps the connection's clocks with a single timer: the hello deadline (4001), the
+//! heartbeat ping and the heartbeat timeout (4002), and the token's expiry (1008). It writes at
+//! most one close frame, ever (fastwebsockets 0.10 can send two; we frame our own writes).
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchboard_core::auth::now_secs;
+use switchboard_core::wire::close;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{CloseReason, ConnCtl, Out};
+use crate::config::MAX_WRITE_BATCH;
+use crate::node::Node;
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Heartbeats without a frame from the client before it is closed with 4002.
+const HEARTBEAT_MISSES: u32 = 3;
+
+/// A server frame header (servers never mask): at most 10 bytes.
+#[derive(Clone, Copy)]
+struct Header {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl Header {
+    fn new(opcode: u8, payload_len: usize) -> Self {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x80 | opcode; // FIN + opcode
+        let len = if payload_len < 126 {
+            bytes[1] = payload_len as u8;
+            2
+        } else if payload_len <= u16::MAX as usize {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+            10
+        };
+        Header { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+fn frame_parts(out: &Out) -> (u8, &Bytes) {
+    match out {
+        Out::Text(b) => (OP_TEXT, b),
+        Out::Pong(b) => (OP_PONG, b),
+    }
+}
+
+/// Writes `batch` as consecutive frames with vectored writes.
+async fn write_batch(io: &mut OwnedWriteHalf, batch: &[Out]) -> io::Result<()> {
+    let headers: Vec<Header> = batch
+        .iter()
+        .map(|o| {
+            let (op, payload) = frame_parts(o);
+            Header::new(op, payload.len())
+        })
+        .collect();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+    for (h, o) in headers.iter().zip(batch) {
+        slices.push(IoSlice::new(h.as_slice()));
+        let payload = frame_parts(o).1;
+        if !payload.is_empty() {
+            slices.push(IoSlice::new(payload));
+        }
+    }
+    write_all_vectored(io, &mut slices).await
+}
+
+async fn write_all_vectored(io: &mut OwnedWriteHalf, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut bufs = slices;
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+async fn write_control(io: &mut OwnedWriteHalf, opcode: u8, payload: &[u8]) -> io::Result<()> {
+    let h = Header::new(opcode, payload.len());
+    let mut slices = [IoSlice::new(h.as_slice()), IoSlice::new(payload)];
+    write_all_vectored(io, &mut slices).await
+}
+
+async fn write_close(io: &mut OwnedWriteHalf, reason: CloseReason) -> io::Result<()> {
+    let mut payload = Vec::with_capacity(2 + reason.reason.len());
+    payload.extend_from_slice(&reason.code.to_be_bytes());
+    // Control frame payloads are at most 125 bytes.
+    let text = &reason.reason[..reason.reason.len().min(123)];
+    payload.extend_from_slice(text.as_bytes());
+    write_control(io, OP_CLOSE, &payload).await?;
+    io.flush().await
+}
+
+/// What the connection's timer found.
+enum Due {
+    Close(u16, &'static str),
+    Ping,
+    Nothing,
+}
+
+/// Checks the connection's clocks; returns what is due now and when to look again.
+fn check_clocks(ctl: &ConnCtl, node: &Node, hello_deadline: Instant) -> (Due, Instant) {
+    let now = Instant::now();
+    let cfg = &node.config;
+    let hello_done = ctl.hello_done.load(Ordering::Relaxed);
+    if !hello_done && now >= hello_deadline {
+        return (Due::Close(close::HELLO_TIMEOUT, "no hello in time"), now);
+    }
+    let expires_at = ctl.expires_at.load(Ordering::Relaxed);
+    let unix_now = now_secs();
+    if expires_at != 0 && unix_now >= expires_at {
+        return (Due::Close(close::POLICY, "token expired"), now);
+    }
+    let last_rx = node.instant_of_ms(ctl.last_rx_ms.load(Ordering::Relaxed));
+    let quiet = now.saturating_duration_since(last_rx);
+    if quiet >= cfg.heartbeat * HEARTBEAT_MISSES {
+        return (
+            Due::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+            now,
+        );
+    }
+    let due = if quiet >= cfg.heartbeat {
+        Due::Ping
+    } else {
+        Due::Nothing
+    };
+    // Next look: the next heartbeat boundary after now, or sooner for hello or expiry.
+    let mut next = last_rx + cfg.heartbeat * (quiet.as_millis() / cfg.heartbeat.as_millis()).saturating_add(1) as u32;
+    if !hello_done {
+        next = next.min(hello_deadline);
+    }
+    if expires_at != 0 {
+        next = next.min(now + Duration::from_secs(expires_at - unix_now));
+    }
+    (due, next)
+}
+
+/// Runs until the connection closes; see the module docs.
+pub(crate) async fn run(
+    mut io: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    ctl: Arc<ConnCtl>,
+    node: Arc<Node>,
+) {
+    let cfg = &node.config;
+    let hello_deadline = Instant::now() + cfg.hello_timeout;
+    let timer = tokio::time::sleep_until(hello_deadline.min(Instant::now() + cfg.heartbeat));
+    tokio::pin!(timer);
+    let mut batch: Vec<Out> = Vec::new();
+
+    let reason = loop {
+        if let Some(reason) = ctl.close_reason() {
+            break reason;
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.woken() => continue,
+            n = rx.recv_many(&mut batch, MAX_WRITE_BATCH) => {
+                if n == 0 {
+                    // Every sender is gone: the connection is being torn down.
+                    return;
+                }
+                let written = tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, &batch)).await;
+                batch.clear();
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(conn = ctl.id, error = %e, "write failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(conn = ctl.id, "write timed out; dropping the connection");
+                        return;
+                    }
+                }
+            }
+            _ = &mut timer => {
+                let (due, next) = check_clocks(&ctl, &node, hello_deadline);
+                timer.as_mut().reset(next);
+                match due {
+                    Due::Close(code, why) => { ctl.close(code, why, false); }
+                    Due::Ping => {
+                        let ping = tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[])).await;
+                        if !matches!(ping, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
+                    Due::Nothing => {}
+                }
+            }
+        }
+    };
+
+    let closing = async {
+        if reason.flush {
+            while let Ok(out) = rx.try_recv() {
+                batch.push(out);
+                if batch.len() == MAX_WRITE_BATCH {
+                    write_batch(&mut io, &batch).await?;
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                write_batch(&mut io, &batch).await?;
+            }
+        }
+        write_close(&mut io, reason).await?;
+        io.shutdown().await
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(cfg.close_timeout, closing).await {
+        tracing::debug!(conn = ctl.id, error = %e, "close failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lengths() {
+        assert_eq!(Header::new(OP_TEXT, 0).as_slice(), &[0x81, 0]);
+        assert_eq!(Header::new(OP_TEXT, 125).as_slice(), &[0x81, 125]);
+        assert_eq!(Header::new(OP_TEXT, 126).as_slice(), &[0x81, 126, 0, 126]);
+        assert_eq!(
+            Header::new(OP_TEXT, 65535).as_slice(),
+            &[0x81, 126, 0xff, 0xff]
+        );
+        assert_eq!(
+            Header::new(OP_CLOSE, 65536).as_slice(),
+            &[0x88, 127, 0, 0, 0, 0, 0, 1, 0, 0]
+        );
+    }
+}

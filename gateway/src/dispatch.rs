@@ -1,0 +1,97 @@
+//! Where a request is routed: one text message in, at most one reply out.
+//!
+//! [`ConnState`] is what the gateway knows about one connection between messages. The rule
+//! that everything but `hello` needs a completed `hello` (-32001) is enforced here, once; the
+//! methods themselves live in [`crate::hello`] and [`crate::topics`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use switchboard_core::auth::Identity;
+use switchboard_core::topic::Topic;
+use switchboard_core::wire::{self, ErrorCode, RpcError};
+use tokio::sync::mpsc;
+
+use crate::conn::{ConnCtl, Out};
+use crate::node::Node;
+use crate::{hello, topics};
+
+/// Per-connection state, owned by the connection's reader.
+pub(crate) struct ConnState {
+    pub(crate) ctl: Arc<ConnCtl>,
+    /// The connection's outbound queue (replies wait for room; events do not).
+    pub(crate) tx: mpsc::Sender<Out>,
+    /// Set from the header or query token at upgrade, or by `hello`.
+    pub(crate) identity: Option<Identity>,
+    /// The session id, once `hello` succeeded.
+    pub(crate) session: Option<String>,
+    pub(crate) topics: HashSet<Topic>,
+    /// A close (code, reason) to start once the current reply is queued, so the client reads
+    /// why before the socket closes.
+    pub(crate) close_after_reply: Option<(u16, &'static str)>,
+}
+
+impl ConnState {
+    pub(crate) fn new(ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>, identity: Option<Identity>) -> Self {
+        ConnState {
+            ctl,
+            tx,
+            identity,
+            session: None,
+            topics: HashSet::new(),
+            close_after_reply: None,
+        }
+    }
+
+    /// Drops every subscription of a closed connection.
+    pub(crate) async fn teardown(&mut self, node: &Node) {
+        if self.topics.is_empty() {
+            return;
+        }
+        let topics: Vec<Topic> = self.topics.drain().collect();
+        for t in &topics {
+            node.fanout.remove(t, self.ctl.id);
+        }
+        node.subscriptions.sync_detached(topics).await;
+    }
+}
+
+/// Handles one message; returns the reply to queue, if any (notifications get none).
+pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) -> Option<Bytes> {
+    let req = match wire::parse_request(text) {
+        Ok(req) => req,
+        Err(bad) => return Some(wire::encode_error(bad.id, &bad.error)),
+    };
+    let id = req.id;
+    let params = req.params;
+    let reply = match req.method.as_ref() {
+        "hello" => encode(id, hello::hello(node, state, params)),
+        _ if state.session.is_none() => Err(RpcError::new(
+            ErrorCode::Unauthorized,
+            "send hello first",
+        )),
+        "ping" => encode(id, Ok(serde_json::json!({}))),
+        "subscribe" => encode(id, topics::subscribe(node, state, params).await),
+        "unsubscribe" => encode(id, topics::unsubscribe(node, state, params).await),
+        "publish" => encode(id, topics::publish(node, params).await),
+        other => Err(RpcError::method_not_found(other)),
+    };
+    let id = id?;
+    Some(match reply {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return None,
+        Err(e) => wire::encode_error(Some(id), &e),
+    })
+}
+
+/// Encodes a handler's success for `id` (nothing for a notification).
+fn encode<T: Serialize>(
+    id: Option<&RawValue>,
+    result: Result<T, RpcError>,
+) -> Result<Option<Bytes>, RpcError> {
+    let value = result?;
+    Ok(id.map(|id| wire::encode_result(id, &value)))
+}

@@ -1,0 +1,78 @@
+//! Shutdown: stop accepting (the accept loop's job), report not ready, ask every socket to
+//! close with 1012 (reconnect elsewhere), and wait for them to go, up to the grace period.
+//! The [`Registry`] of open connections is what the drain walks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use switchboard_core::wire::close;
+use tokio::sync::Notify;
+
+use crate::conn::ConnCtl;
+use crate::node::Node;
+
+/// The open connections of a node.
+#[derive(Default)]
+pub(crate) struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ConnCtl>>>,
+    emptied: Notify,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, ctl: Arc<ConnCtl>) {
+        self.conns
+            .lock()
+            .expect("registry lock poisoned")
+            .insert(ctl.id, ctl);
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        let mut conns = self.conns.lock().expect("registry lock poisoned");
+        conns.remove(&id);
+        if conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.conns.lock().expect("registry lock poisoned").len()
+    }
+
+    fn snapshot(&self) -> Vec<Arc<ConnCtl>> {
+        self.conns
+            .lock()
+            .expect("registry lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.len() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+/// Runs the drain; returns when every connection is gone or the grace period is over.
+pub(crate) async fn drain(node: &Node) {
+    node.start_draining();
+    let conns = node.registry.snapshot();
+    tracing::info!(connections = conns.len(), grace = ?node.config.shutdown_grace, "draining");
+    for ctl in &conns {
+        ctl.close(close::RESTARTING, "node restarting, reconnect elsewhere", true);
+    }
+    if tokio::time::timeout(node.config.shutdown_grace, node.registry.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = node.registry.len(),
+            "grace period over with connections still open"
+        );
+    }
+}

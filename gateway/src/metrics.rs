@@ -1,0 +1,81 @@
+//! The node's Prometheus metrics, served at `/metrics`. Counters are plain atomics: the
+//! fan-out adds a whole event's deliveries with one increment.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// See the module docs.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) connections: Gauge,
+    pub(crate) connections_total: Counter,
+    pub(crate) events_received: Counter,
+    pub(crate) events_invalid: Counter,
+    pub(crate) deliveries: Counter,
+    pub(crate) slow_consumers: Counter,
+    pub(crate) publishes: Counter,
+    pub(crate) backend_subscriptions: Gauge,
+    pub(crate) ready: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut m = Metrics::default();
+        let r = &mut m.registry;
+        r.register(
+            "switchboard_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "switchboard_connections",
+            "WebSocket connections accepted",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "switchboard_events_received",
+            "Live events received from the backend",
+            m.events_received.clone(),
+        );
+        r.register(
+            "switchboard_events_invalid",
+            "Events dropped because their payload was not valid JSON",
+            m.events_invalid.clone(),
+        );
+        r.register(
+            "switchboard_deliveries",
+            "Events queued to a subscriber",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "switchboard_slow_consumer_closes",
+            "Connections closed with 4008 because their outbound queue was full",
+            m.slow_consumers.clone(),
+        );
+        r.register(
+            "switchboard_publishes",
+            "Publishes from clients",
+            m.publishes.clone(),
+        );
+        r.register(
+            "switchboard_backend_subscriptions",
+            "Topics this node holds a backend subscription for",
+            m.backend_subscriptions.clone(),
+        );
+        r.register(
+            "switchboard_ready",
+            "1 while the node is ready (backend reachable, not draining)",
+            m.ready.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,29 @@
+//! Readiness: the backend is pinged every `readiness_interval`; `/readyz` answers 200 only
+//! while the last ping succeeded and the node is not draining. The pings also keep Redis
+//! reconnect attempts going while it is away.
+
+use std::sync::Arc;
+
+use crate::node::Node;
+
+pub(crate) async fn run(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.config.readiness_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = tokio::time::timeout(node.config.readiness_interval, node.backend.ping()).await;
+        let ok = matches!(result, Ok(Ok(())));
+        let was = node.set_backend_ok(ok);
+        if was != ok {
+            if ok {
+                tracing::info!(backend = node.backend.kind(), "backend reachable: ready");
+            } else {
+                let why = match result {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "ping timed out".to_owned(),
+                };
+                tracing::warn!(backend = node.backend.kind(), error = %why, "backend unreachable: not ready");
+            }
+        }
+    }
+}
