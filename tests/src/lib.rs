@@ -1,1 +1,496 @@
-//! placeholder
+//! The test harness for Switchboard's integration tests: real parts only.
+//!
+//! - [`RedisServer`]: a `redis-server` child on a free loopback port, killed on drop; it can
+//!   be killed and started again on the same port (outage tests).
+//! - [`GatewayProcess`]: the real `switchboard gateway` binary as a child process.
+//! - [`InProcessGateway`]: `switchboard_gateway::run` on an ephemeral port inside the test, for
+//!   the protocol tests that run against both backends.
+//! - [`WsClient`]: a raw WebSocket peer (tokio-tungstenite, an independent implementation) for
+//!   speaking bad protocol on purpose and reading close codes.
+//! - [`http_get`]: a minimal HTTP/1.1 GET for `/readyz` and `/metrics`.
+//!
+//! Waiting is always for a condition with a deadline ([`eventually`]), never a bare sleep.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_core::backend::Backend;
+use switchboard_gateway::GatewayConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, TcpListener};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free port")
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A real `redis-server` on a free port.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer { port, child: None };
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("could not start redis-server (is it installed? scripts/test installs it)");
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server not found: run scripts/test, which installs it");
+        self.child = Some(child);
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if self.ping().await {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(Ok(mut conn)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        else {
+            return false;
+        };
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+
+    /// Kills the server (SIGKILL): an outage.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        assert!(self.spawn().await, "redis-server did not come back on {}", self.port);
+    }
+
+    /// `PUBSUB NUMSUB` for a topic's live channel (default prefix).
+    pub async fn numsub(&self, topic: &str) -> i64 {
+        let mut conn = self.connection().await;
+        let channel = format!("sb:t:{{{topic}}}");
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async::<Vec<(String, i64)>>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap();
+        n
+    }
+
+    /// `PUBLISH` on a topic's live channel, as any backend would.
+    pub async fn publish(&self, topic: &str, payload: &str) -> i64 {
+        let mut conn = self.connection().await;
+        redis::cmd("PUBLISH")
+            .arg(format!("sb:t:{{{topic}}}"))
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateways
+
+/// The `switchboard` binary, built next to the test executables.
+pub fn switchboard_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p switchboard; scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `switchboard gateway` child process.
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl GatewayProcess {
+    /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
+    /// and waits until it is ready.
+    pub async fn start(redis_url: &str, node_id: &str, extra: &[&str]) -> GatewayProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(switchboard_bin())
+            .arg("gateway")
+            .args(["--listen", &addr.to_string(), "--redis", redis_url])
+            .args(["--node-id", node_id, "--allow-anonymous"])
+            .args(["--readiness-interval-ms", "200", "--subscribe-retry-ms", "200"])
+            .args(extra)
+            .env("SWITCHBOARD_LOG", "warn")
+            .env_remove("SWITCHBOARD_JWT_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchboard gateway");
+        let g = GatewayProcess { addr, child };
+        g.wait_ready(true).await;
+        g
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn wait_ready(&self, ready: bool) {
+        let addr = self.addr;
+        eventually(&format!("/readyz of {addr} to be {ready}"), || async move {
+            let ok = matches!(http_get(addr, "/readyz").await, Ok((200, _)));
+            (ok == ready).then_some(())
+        })
+        .await
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("gateway running") as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("gateway did not exit in time")
+            .expect("wait")
+    }
+}
+
+/// A gateway running inside the test process.
+pub struct InProcessGateway {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessGateway {
+    pub async fn start(config: GatewayConfig, backend: Arc<dyn Backend>) -> InProcessGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            switchboard_gateway::run(config, listener, backend, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("gateway run");
+        });
+        InProcessGateway {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("gateway did not stop in time")
+                .expect("gateway task panicked");
+        }
+    }
+}
+
+/// A tiny HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("http timeout"))??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad http response"))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+/// Reads one counter from a node's `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await.expect("metrics");
+    body.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw WebSocket peer
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// What a raw read produced.
+#[derive(Debug, PartialEq)]
+pub enum Read {
+    Json(Value),
+    Close(u16, String),
+    /// The TCP stream ended without a close frame.
+    Eof,
+}
+
+/// A raw WebSocket client: send anything, read JSON or the close code.
+pub struct WsClient {
+    ws: Ws,
+    next_id: u64,
+    /// Notifications read while waiting for a reply, handed out by `next_event` first.
+    skipped: std::collections::VecDeque<Value>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        Self::connect_with(url, &[]).await
+    }
+
+    /// Connects with extra request headers (e.g. `Authorization`).
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> WsClient {
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let host = req.uri().authority().unwrap().to_string();
+        let stream = TcpStream::connect(host).await.unwrap();
+        Self::over(stream, req).await
+    }
+
+    /// Connects over a socket the caller made (e.g. with a tiny receive buffer).
+    pub async fn over(
+        stream: TcpStream,
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> WsClient {
+        let (ws, _) = tokio_tungstenite::client_async(req, stream)
+            .await
+            .expect("websocket handshake");
+        WsClient {
+            ws,
+            next_id: 1,
+            skipped: Default::default(),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_message(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Sends a request and returns its id.
+    pub async fn send_request(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string())
+            .await;
+        id
+    }
+
+    /// Reads the next JSON message or close.
+    pub async fn read(&mut self) -> Read {
+        loop {
+            let next = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("nothing received in time");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Read::Json(serde_json::from_str(&t).expect("gateway sent invalid JSON"));
+                }
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Read::Close(u16::from(f.code), f.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => return Read::Close(1005, String::new()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected message {other:?}"),
+                Some(Err(_)) | None => return Read::Eof,
+            }
+        }
+    }
+
+    pub async fn read_json(&mut self) -> Value {
+        match self.read().await {
+            Read::Json(v) => v,
+            other => panic!("expected JSON, got {other:?}"),
+        }
+    }
+
+    /// Reads until the close frame and returns its code (skipping other messages).
+    pub async fn read_close(&mut self) -> u16 {
+        loop {
+            match self.read().await {
+                Read::Json(_) => continue,
+                Read::Close(code, _) => return code,
+                Read::Eof => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Sends a request and reads its reply; notifications read meanwhile are kept for
+    /// [`next_event`](Self::next_event).
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send_request(method, params).await;
+        loop {
+            let v = self.read_json().await;
+            if v["id"] == json!(id) {
+                return v;
+            }
+            if v.get("method").is_some() {
+                self.skipped.push_back(v);
+            }
+        }
+    }
+
+    pub async fn hello(&mut self) -> Value {
+        let r = self.call("hello", json!({})).await;
+        assert!(r["result"]["session"].is_string(), "hello failed: {r}");
+        r
+    }
+
+    /// Reads the next `event` notification's params.
+    pub async fn next_event(&mut self) -> Value {
+        while let Some(v) = self.skipped.pop_front() {
+            if v["method"] == "event" {
+                return v["params"].clone();
+            }
+        }
+        loop {
+            let v = self.read_json().await;
+            if v["method"] == "event" {
+                return v["params"].clone();
+            }
+        }
+    }
+
+    pub async fn close(&mut self, code: u16) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            }))
+            .await;
+    }
+}

@@ -1,0 +1,49 @@
+//! `switchboard dev`: the whole thing in one process with an in-memory backend, for trying
+//! Switchboard out. Anonymous clients are allowed; nothing is shared beyond this process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use switchboard_core::backend::MemoryBackend;
+use switchboard_gateway::AuthConfig;
+
+use super::Tuning;
+use crate::Failure;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    let auth = AuthConfig {
+        verifier: None,
+        allow_anonymous: true,
+    };
+    let config = args.tuning.config("dev".into(), auth);
+    config.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("Switchboard dev: in-memory backend, anonymous clients allowed.");
+        println!("  WebSocket:  ws://{addr}/ws   (subprotocol switchboard.v1)");
+        println!("  Health:     http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics");
+        println!("Try it (e.g. with websocat ws://{addr}/ws), one JSON-RPC message per line:");
+        println!(r#"  {{"jsonrpc":"2.0","id":1,"method":"hello","params":{{}}}}"#);
+        println!(r#"  {{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{{"topic":"chat:42"}}}}"#);
+        println!(r#"  {{"jsonrpc":"2.0","id":3,"method":"publish","params":{{"topic":"chat:42","data":{{"text":"hi"}}}}}}"#);
+        println!("Stop with ctrl-c.");
+        switchboard_gateway::run(config, listener, Arc::new(MemoryBackend::new()), super::shutdown_signal())
+            .await
+            .context("gateway failed")
+    })?;
+    Ok(())
+}

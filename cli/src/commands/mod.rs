@@ -1,0 +1,128 @@
+//! The subcommands, and what they share: logging, the gateway's tuning flags, the shutdown
+//! signal, the file-descriptor limit.
+
+pub(crate) mod bench;
+pub(crate) mod dev;
+pub(crate) mod gateway;
+pub(crate) mod publish;
+pub(crate) mod token;
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use switchboard_gateway::config::{self as gw, AuthConfig, GatewayConfig};
+
+pub(crate) fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,h2=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The gateway's bounds and timeouts, shared by `gateway` and `dev`.
+#[derive(ClapArgs, Debug, Clone)]
+pub(crate) struct Tuning {
+    /// Close a socket that sends no `hello` within this many ms (4001).
+    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT_MS", default_value_t = gw::DEFAULT_HELLO_TIMEOUT.as_millis() as u64)]
+    hello_timeout_ms: u64,
+    /// Largest message a client may send, in bytes (1009 over it).
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value_t = gw::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Frames queued per socket before it is closed as a slow consumer (4008).
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE", default_value_t = gw::DEFAULT_OUTBOUND_QUEUE)]
+    outbound_queue: usize,
+    /// Topics one connection may subscribe to.
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value_t = gw::DEFAULT_MAX_SUBSCRIPTIONS)]
+    max_subscriptions: usize,
+    /// Sockets this node holds; more are closed with 1013.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = gw::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Ping a quiet client this often (ms); close it after three silent heartbeats (4002).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_MS", default_value_t = gw::DEFAULT_HEARTBEAT.as_millis() as u64)]
+    heartbeat_ms: u64,
+    /// A write to a socket taking longer than this (ms) drops the connection.
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS", default_value_t = gw::DEFAULT_WRITE_TIMEOUT.as_millis() as u64)]
+    write_timeout_ms: u64,
+    /// After our close frame, wait this long (ms) for the client's.
+    #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT_MS", default_value_t = gw::DEFAULT_CLOSE_TIMEOUT.as_millis() as u64)]
+    close_timeout_ms: u64,
+    /// On shutdown, give connections this long (ms) to close.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS", default_value_t = gw::DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
+    shutdown_grace_ms: u64,
+    /// Ping the backend this often (ms) for /readyz.
+    #[arg(long, env = "SWITCHBOARD_READINESS_INTERVAL_MS", default_value_t = gw::DEFAULT_READINESS_INTERVAL.as_millis() as u64)]
+    readiness_interval_ms: u64,
+    /// Retry a failed backend (un)subscribe this often (ms).
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RETRY_MS", default_value_t = gw::DEFAULT_SUBSCRIBE_RETRY.as_millis() as u64)]
+    subscribe_retry_ms: u64,
+}
+
+impl Tuning {
+    pub(crate) fn config(&self, node_id: String, auth: AuthConfig) -> GatewayConfig {
+        let ms = Duration::from_millis;
+        GatewayConfig {
+            node_id,
+            auth,
+            hello_timeout: ms(self.hello_timeout_ms),
+            max_message_bytes: self.max_message_bytes,
+            outbound_queue: self.outbound_queue,
+            max_subscriptions: self.max_subscriptions,
+            max_connections: self.max_connections,
+            heartbeat: ms(self.heartbeat_ms),
+            write_timeout: ms(self.write_timeout_ms),
+            close_timeout: ms(self.close_timeout_ms),
+            shutdown_grace: ms(self.shutdown_grace_ms),
+            readiness_interval: ms(self.readiness_interval_ms),
+            subscribe_retry: ms(self.subscribe_retry_ms),
+        }
+    }
+}
+
+/// Completes on SIGTERM or ctrl-c.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; ctrl-c only");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+/// Raises the soft open-file limit to the hard limit: every socket is a descriptor.
+pub(crate) fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// This node's default name: `$HOSTNAME` (the pod name on Kubernetes) or `gateway-<pid>`.
+pub(crate) fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
+}

@@ -1,0 +1,46 @@
+//! `switchboard publish`: what any backend does to reach clients, from the command line:
+//! `PUBLISH <prefix>:t:{<topic>} <json>` on Redis.
+
+use anyhow::Context;
+use switchboard_core::keys::Keys;
+use switchboard_core::topic;
+
+use crate::Failure;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Redis URL.
+    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    redis: String,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = switchboard_core::keys::DEFAULT_PREFIX)]
+    redis_prefix: String,
+    /// The topic.
+    topic: String,
+    /// The event's data: any JSON value.
+    json: String,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    topic::validate(&args.topic).map_err(|e| Failure::Usage(format!("topic: {e}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&args.json)
+        .map_err(|e| Failure::Usage(format!("json: not valid JSON: {e}")))?;
+    let channel = Keys::new(&args.redis_prefix).topic_channel(&args.topic);
+    let client = redis::Client::open(args.redis.as_str())
+        .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
+    let rt = super::runtime()?;
+    let receivers: i64 = rt.block_on(async {
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .context("cannot reach Redis")?;
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&args.json)
+            .query_async(&mut conn)
+            .await
+            .context("PUBLISH failed")
+    })?;
+    println!("published to {channel}: {receivers} gateway node(s) subscribed");
+    Ok(())
+}
