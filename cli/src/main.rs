@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "A horizontally scalable real-time gateway backed by Redis")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A horizontally scalable real-time gateway backed by Redis"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, FragmentCollectorRead, OpCode, Payload, WebSocketError};
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError};
 use http_body_util::Empty;
 use hyper::Request;
 use hyper::header::{self, HeaderValue};
@@ -157,8 +157,16 @@ fn parse_url(url: &str) -> Result<(String, String), ClientError> {
     let uri: hyper::Uri = url.parse().map_err(|e| ClientError::Url(format!("{e}")))?;
     match uri.scheme_str() {
         Some("ws") | Some("http") => {}
-        Some(other) => return Err(ClientError::Url(format!("scheme {other} is not supported (use ws://)"))),
-        None => return Err(ClientError::Url("missing scheme (ws://host:port/ws)".into())),
+        Some(other) => {
+            return Err(ClientError::Url(format!(
+                "scheme {other} is not supported (use ws://)"
+            )));
+        }
+        None => {
+            return Err(ClientError::Url(
+                "missing scheme (ws://host:port/ws)".into(),
+            ));
+        }
     }
     let authority = uri
         .authority()
@@ -215,7 +223,10 @@ impl Client {
             .header(header::HOST, authority)
             .header(header::UPGRADE, "websocket")
             .header(header::CONNECTION, "upgrade")
-            .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+            .header(
+                "Sec-WebSocket-Key",
+                fastwebsockets::handshake::generate_key(),
+            )
             .header("Sec-WebSocket-Version", "13");
         if let Some(p) = &opts.subprotocol {
             req = req.header(header::SEC_WEBSOCKET_PROTOCOL, p);
@@ -289,7 +300,11 @@ impl Client {
             .expect("lock poisoned")
             .insert(id, tx);
         if self.send_text(text).await.is_err() {
-            self.shared.pending.lock().expect("lock poisoned").remove(&id);
+            self.shared
+                .pending
+                .lock()
+                .expect("lock poisoned")
+                .remove(&id);
             return Err(ClientError::Closed(self.close_reason()));
         }
         match rx.await {
@@ -398,9 +413,18 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     notes: mpsc::Sender<Notification>,
 ) {
     let mut send_fn = |frame: Frame<'_>| {
-        let owned = Frame::new(true, frame.opcode, None, Payload::Owned(frame.payload.to_vec()));
+        let owned = Frame::new(
+            true,
+            frame.opcode,
+            None,
+            Payload::Owned(frame.payload.to_vec()),
+        );
         let out = out.clone();
-        async move { out.send(owned).await.map_err(|_| WebSocketError::ConnectionClosed) }
+        async move {
+            out.send(owned)
+                .await
+                .map_err(|_| WebSocketError::ConnectionClosed)
+        }
     };
     loop {
         let frame = match ws.read_frame(&mut send_fn).await {

@@ -79,7 +79,12 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for ok in ["a", "chat:42", "user/7@eu-west_1.x", &"x".repeat(MAX_TOPIC_LEN)] {
+        for ok in [
+            "a",
+            "chat:42",
+            "user/7@eu-west_1.x",
+            &"x".repeat(MAX_TOPIC_LEN),
+        ] {
             assert!(Topic::new(ok).is_ok(), "{ok}");
         }
     }

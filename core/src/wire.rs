@@ -441,8 +441,7 @@ mod tests {
         assert_eq!(r.id.unwrap().get(), r#""a\"b""#);
         assert_eq!(r.method, "ping");
         assert!(r.params.is_none());
-        let r = parse_request(r#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":1}}"#)
-            .unwrap();
+        let r = parse_request(r#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":1}}"#).unwrap();
         assert_eq!(r.id.unwrap().get(), "7");
         assert_eq!(r.params.unwrap().get(), r#"{"a":1}"#);
     }
@@ -460,9 +459,15 @@ mod tests {
         assert_eq!(code_of("{"), -32700);
         assert_eq!(code_of("nope"), -32700);
         assert_eq!(code_of("[1,2"), -32700);
-        assert_eq!(code_of(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#), -32600);
+        assert_eq!(
+            code_of(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#),
+            -32600
+        );
         assert_eq!(code_of("42"), -32600);
-        assert_eq!(code_of(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), -32600);
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#),
+            -32600
+        );
         assert_eq!(code_of(r#"{"jsonrpc":"2.0","id":1}"#), -32600);
         assert_eq!(code_of(r#"{"jsonrpc":"2.0","id":{},"method":"a"}"#), -32600);
         assert_eq!(code_of(r#"{"jsonrpc":"2.0","id":1,"method":3}"#), -32600);
@@ -506,6 +511,9 @@ mod tests {
         let out = encode_result(&id, &serde_json::json!({}));
         assert_eq!(&out[..], br#"{"jsonrpc":"2.0","id":"x","result":{}}"#);
         let out = encode_notification("n", &serde_json::json!({"a":1}));
-        assert_eq!(&out[..], br#"{"jsonrpc":"2.0","method":"n","params":{"a":1}}"#);
+        assert_eq!(
+            &out[..],
+            br#"{"jsonrpc":"2.0","method":"n","params":{"a":1}}"#
+        );
     }
 }

@@ -68,7 +68,10 @@ pub enum ConfigError {
     )]
     NoAuth,
     #[error("{key} must be {what}")]
-    Invalid { key: &'static str, what: &'static str },
+    Invalid {
+        key: &'static str,
+        what: &'static str,
+    },
 }
 
 impl GatewayConfig {
@@ -165,6 +168,11 @@ mod tests {
     fn names_the_bad_key() {
         let mut c = GatewayConfig::dev("n1");
         c.outbound_queue = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("outbound-queue"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("outbound-queue")
+        );
     }
 }

@@ -35,7 +35,11 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>, identity: Option<Identity>) -> Self {
+    pub(crate) fn new(
+        ctl: Arc<ConnCtl>,
+        tx: mpsc::Sender<Out>,
+        identity: Option<Identity>,
+    ) -> Self {
         ConnState {
             ctl,
             tx,
@@ -69,10 +73,9 @@ pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) 
     let params = req.params;
     let reply = match req.method.as_ref() {
         "hello" => encode(id, hello::hello(node, state, params)),
-        _ if state.session.is_none() => Err(RpcError::new(
-            ErrorCode::Unauthorized,
-            "send hello first",
-        )),
+        _ if state.session.is_none() => {
+            Err(RpcError::new(ErrorCode::Unauthorized, "send hello first"))
+        }
         "ping" => encode(id, Ok(serde_json::json!({}))),
         "subscribe" => encode(id, topics::subscribe(node, state, params).await),
         "unsubscribe" => encode(id, topics::unsubscribe(node, state, params).await),

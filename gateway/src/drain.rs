@@ -64,7 +64,11 @@ pub(crate) async fn drain(node: &Node) {
     let conns = node.registry.snapshot();
     tracing::info!(connections = conns.len(), grace = ?node.config.shutdown_grace, "draining");
     for ctl in &conns {
-        ctl.close(close::RESTARTING, "node restarting, reconnect elsewhere", true);
+        ctl.close(
+            close::RESTARTING,
+            "node restarting, reconnect elsewhere",
+            true,
+        );
     }
     if tokio::time::timeout(node.config.shutdown_grace, node.registry.wait_empty())
         .await

@@ -98,10 +98,11 @@ impl EventSink for Fanout {
             match sub.tx.try_send(Out::Text(frame.clone())) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => {
-                    if sub
-                        .ctl
-                        .close(close::SLOW_CONSUMER, "slow consumer: outbound queue full", false)
-                    {
+                    if sub.ctl.close(
+                        close::SLOW_CONSUMER,
+                        "slow consumer: outbound queue full",
+                        false,
+                    ) {
                         self.metrics.slow_consumers.inc();
                         tracing::info!(conn = sub.ctl.id, topic, "closing a slow consumer (4008)");
                     }

@@ -64,7 +64,10 @@ pub(crate) fn hello(
 fn refuse(state: &mut ConnState, why: &str) -> RpcError {
     tracing::debug!(conn = state.ctl.id, why, "hello refused");
     state.close_after_reply = Some((close::POLICY, "bad or expired token"));
-    RpcError::new(ErrorCode::Unauthorized, "unauthorized: bad, expired or missing token")
+    RpcError::new(
+        ErrorCode::Unauthorized,
+        "unauthorized: bad, expired or missing token",
+    )
 }
 
 fn new_session_id() -> String {

@@ -54,7 +54,9 @@ fn route(node: Arc<Node>, req: Request<Incoming>) -> Reply {
             let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -165,7 +167,11 @@ fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
 /// The token from `Authorization: Bearer <jwt>` or `?token=<jwt>` (a JWT needs no
 /// percent-decoding: its alphabet is URL-safe).
 fn token_of<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let mut parts = v.splitn(2, ' ');
         if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
             && scheme.eq_ignore_ascii_case("bearer")
@@ -208,7 +214,10 @@ mod tests {
     fn subprotocol_negotiation() {
         let h = |p: Option<&str>| req("/ws", None, p).headers().clone();
         assert_eq!(negotiate(&h(None)), Ok(None));
-        assert_eq!(negotiate(&h(Some("x, switchboard.v1"))), Ok(Some(SUBPROTOCOL)));
+        assert_eq!(
+            negotiate(&h(Some("x, switchboard.v1"))),
+            Ok(Some(SUBPROTOCOL))
+        );
         assert_eq!(negotiate(&h(Some("mqtt"))), Err(()));
     }
 }

@@ -11,7 +11,8 @@ pub(crate) async fn run(node: Arc<Node>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = tokio::time::timeout(node.config.readiness_interval, node.backend.ping()).await;
+        let result =
+            tokio::time::timeout(node.config.readiness_interval, node.backend.ping()).await;
         let ok = matches!(result, Ok(Ok(())));
         let was = node.set_backend_ok(ok);
         if was != ok {

@@ -152,10 +152,14 @@ impl Reconciler {
                 }
             }
         }
-        self.metrics.backend_subscriptions.set(self.held.len() as i64);
+        self.metrics
+            .backend_subscriptions
+            .set(self.held.len() as i64);
 
         for req in batch.iter_mut() {
-            let Some(done) = req.done.take() else { continue };
+            let Some(done) = req.done.take() else {
+                continue;
+            };
             let failed = sub_error.is_some() && req.topics.iter().any(|t| to_sub.contains(t));
             let _ = done.send(match (&sub_error, failed) {
                 (Some(e), true) => Err(e.clone()),

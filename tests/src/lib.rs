@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use switchboard_core::backend::Backend;
 use switchboard_gateway::GatewayConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, TcpListener};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -152,7 +152,11 @@ impl RedisServer {
     /// Starts the server again on the same port.
     pub async fn restart(&mut self) {
         self.kill().await;
-        assert!(self.spawn().await, "redis-server did not come back on {}", self.port);
+        assert!(
+            self.spawn().await,
+            "redis-server did not come back on {}",
+            self.port
+        );
     }
 
     /// `PUBSUB NUMSUB` for a topic's live channel (default prefix).
@@ -215,7 +219,12 @@ impl GatewayProcess {
             .arg("gateway")
             .args(["--listen", &addr.to_string(), "--redis", redis_url])
             .args(["--node-id", node_id, "--allow-anonymous"])
-            .args(["--readiness-interval-ms", "200", "--subscribe-retry-ms", "200"])
+            .args([
+                "--readiness-interval-ms",
+                "200",
+                "--subscribe-retry-ms",
+                "200",
+            ])
             .args(extra)
             .env("SWITCHBOARD_LOG", "warn")
             .env_remove("SWITCHBOARD_JWT_SECRET")
@@ -404,8 +413,10 @@ impl WsClient {
     pub async fn send_request(&mut self, method: &str, params: Value) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_text(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string())
-            .await;
+        self.send_text(
+            json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string(),
+        )
+        .await;
         id
     }
 
@@ -417,7 +428,9 @@ impl WsClient {
                 .expect("nothing received in time");
             match next {
                 Some(Ok(Message::Text(t))) => {
-                    return Read::Json(serde_json::from_str(&t).expect("gateway sent invalid JSON"));
+                    return Read::Json(
+                        serde_json::from_str(&t).expect("gateway sent invalid JSON"),
+                    );
                 }
                 Some(Ok(Message::Close(Some(f)))) => {
                     return Read::Close(u16::from(f.code), f.reason.to_string());

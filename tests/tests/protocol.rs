@@ -121,10 +121,12 @@ async fn malformed_requests_get_protocol_errors(kind: Kind) {
     assert_eq!(error_code(&r), -32700);
     assert_eq!(r["id"], Value::Null);
 
-    c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).await;
+    c.send_text(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
+        .await;
     assert_eq!(error_code(&c.read_json().await), -32600);
 
-    c.send_text(r#"{"jsonrpc":"2.0","id":"x","method":"nope"}"#).await;
+    c.send_text(r#"{"jsonrpc":"2.0","id":"x","method":"nope"}"#)
+        .await;
     let r = c.read_json().await;
     assert_eq!(error_code(&r), -32601);
     assert_eq!(r["id"], "x");
@@ -141,7 +143,9 @@ async fn malformed_requests_get_protocol_errors(kind: Kind) {
         let r = c.call("subscribe", params.clone()).await;
         assert_eq!(error_code(&r), -32602, "{params}");
     }
-    let r = c.call("publish", json!({"topic": "bad topic", "data": 1})).await;
+    let r = c
+        .call("publish", json!({"topic": "bad topic", "data": 1}))
+        .await;
     assert_eq!(error_code(&r), -32602);
     let r = c.call("publish", json!({"topic": "a"})).await;
     assert_eq!(error_code(&r), -32602);
@@ -269,8 +273,11 @@ async fn send_fragments(c: &mut WsClient, text: &str, size: usize) {
             opcode,
             ..FrameHeader::default()
         };
-        c.send_message(Message::Frame(Frame::from_payload(header, chunk.to_vec().into())))
-            .await;
+        c.send_message(Message::Frame(Frame::from_payload(
+            header,
+            chunk.to_vec().into(),
+        )))
+        .await;
     }
 }
 
@@ -279,7 +286,8 @@ async fn fragmented_messages_are_reassembled(kind: Kind) {
     let mut c = WsClient::connect(&s.gw.ws_url()).await;
     c.hello().await;
     // A multi-byte character split across fragments must survive reassembly.
-    let req = r#"{"jsonrpc":"2.0","id":"frag","method":"subscribe","params":{"topic":"t","since":"é✓"}}"#;
+    let req =
+        r#"{"jsonrpc":"2.0","id":"frag","method":"subscribe","params":{"topic":"t","since":"é✓"}}"#;
     send_fragments(&mut c, req, 7).await;
     let r = c.read_json().await;
     assert_eq!(r["id"], "frag");
@@ -318,13 +326,18 @@ async fn tokens_are_checked(kind: Kind) {
     assert!(r["result"]["session"].is_string());
 
     // A bad header or query token closes the socket with 1008.
-    let mut c = WsClient::connect_with(&url, &[("authorization", &format!("Bearer {wrong}"))]).await;
+    let mut c =
+        WsClient::connect_with(&url, &[("authorization", &format!("Bearer {wrong}"))]).await;
     assert_eq!(c.read_close().await, 1008);
     let mut c = WsClient::connect(&format!("{url}?token={expired}")).await;
     assert_eq!(c.read_close().await, 1008);
 
     // No token, or a bad one in hello: -32001, then 1008.
-    for params in [json!({}), json!({"token": expired}), json!({"token": "garbage"})] {
+    for params in [
+        json!({}),
+        json!({"token": expired}),
+        json!({"token": "garbage"}),
+    ] {
         let mut c = WsClient::connect(&url).await;
         let r = c.call("hello", params).await;
         assert_eq!(error_code(&r), -32001);
@@ -363,11 +376,16 @@ async fn slow_consumer_is_closed_4008_and_spares_others(kind: Kind) {
     });
     for i in 0..N {
         let r = publisher
-            .call("publish", json!({"topic": "firehose", "data": {"n": i, "pad": pad}}))
+            .call(
+                "publish",
+                json!({"topic": "firehose", "data": {"n": i, "pad": pad}}),
+            )
             .await;
         assert!(r["result"].is_object(), "{r}");
     }
-    let _fast = drain.await.expect("fast client received every event in order");
+    let _fast = drain
+        .await
+        .expect("fast client received every event in order");
     // Now the slow client reads: some events, then the close frame.
     assert_eq!(slow.read_close().await, 4008);
 }

@@ -26,7 +26,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         allow_anonymous: true,
     };
     let config = args.tuning.config("dev".into(), auth);
-    config.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let rt = super::runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)

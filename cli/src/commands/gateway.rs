@@ -37,16 +37,24 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if args.jwt_secret.as_deref() == Some("") {
-        return Err(Failure::Usage("jwt-secret (SWITCHBOARD_JWT_SECRET) is empty".into()));
+        return Err(Failure::Usage(
+            "jwt-secret (SWITCHBOARD_JWT_SECRET) is empty".into(),
+        ));
     }
     let auth = AuthConfig {
-        verifier: args.jwt_secret.as_deref().map(|s| Verifier::hs256(s.as_bytes())),
+        verifier: args
+            .jwt_secret
+            .as_deref()
+            .map(|s| Verifier::hs256(s.as_bytes())),
         allow_anonymous: args.allow_anonymous,
     };
-    let config = args
-        .tuning
-        .config(args.node_id.clone().unwrap_or_else(super::default_node_id), auth);
-    config.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    let config = args.tuning.config(
+        args.node_id.clone().unwrap_or_else(super::default_node_id),
+        auth,
+    );
+    config
+        .validate()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     if args.redis_prefix.is_empty() || args.redis_prefix.contains(['{', '}']) {
         return Err(Failure::Usage(
             "redis-prefix (SWITCHBOARD_REDIS_PREFIX) must be non-empty and without { }".into(),
@@ -54,18 +62,24 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     }
     let mut opts = RedisOptions::new(&args.redis);
     opts.prefix = args.redis_prefix.clone();
-    let backend = RedisBackend::new(&opts)
-        .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
 
     super::raise_fd_limit();
     let rt = super::runtime()?;
     rt.block_on(async move {
+        // Inside the runtime: the Redis connections start their tasks right away.
+        let backend = RedisBackend::new(&opts)
+            .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        switchboard_gateway::run(config, listener, Arc::new(backend), super::shutdown_signal())
-            .await
-            .context("gateway failed")
-    })?;
-    Ok(())
+        switchboard_gateway::run(
+            config,
+            listener,
+            Arc::new(backend),
+            super::shutdown_signal(),
+        )
+        .await
+        .context("gateway failed")?;
+        Ok(())
+    })
 }

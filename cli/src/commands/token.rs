@@ -21,7 +21,9 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if args.secret.is_empty() {
-        return Err(Failure::Usage("secret (SWITCHBOARD_JWT_SECRET) is empty".into()));
+        return Err(Failure::Usage(
+            "secret (SWITCHBOARD_JWT_SECRET) is empty".into(),
+        ));
     }
     let ttl = (args.ttl_secs > 0).then(|| Duration::from_secs(args.ttl_secs));
     let token = auth::mint(args.secret.as_bytes(), &args.sub, ttl)

@@ -72,14 +72,18 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// Builds the backend without waiting for Redis: a gateway starts (not ready) while Redis is
-    /// down and becomes ready when it answers. Fails only on a malformed URL.
+    /// down and becomes ready when it answers. Fails only on a malformed URL. Call it inside a
+    /// Tokio runtime: the connections start their tasks at once.
     pub fn new(opts: &RedisOptions) -> Result<Self, BackendError> {
         let info = opts
             .url
             .as_str()
             .into_connection_info()
             .map_err(|e| BackendError::Unavailable(format!("bad Redis URL: {e}")))?;
-        let redis_settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
         let info = info
             .set_redis_settings(redis_settings)
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
@@ -102,13 +106,12 @@ impl RedisBackend {
         let push_keys = keys.clone();
         let push_sink = sink.clone();
         let on_push = move |info: PushInfo| -> Result<(), Infallible> {
-            handle_push(&push_keys, push_sink.get(), info);
+            handle_push(&push_keys, push_sink.get(), &info);
             Ok(())
         };
         let pubsub = ConnectionManager::new_lazy_with_config(
             client,
-            base.set_push_sender(on_push)
-                .set_automatic_resubscription(),
+            base.set_push_sender(on_push).set_automatic_resubscription(),
         )
         .map_err(|e| BackendError::Unavailable(e.to_string()))?;
 
@@ -144,7 +147,7 @@ impl RedisBackend {
     }
 }
 
-fn handle_push(keys: &Keys, sink: Option<&Arc<dyn EventSink>>, info: PushInfo) {
+fn handle_push(keys: &Keys, sink: Option<&Arc<dyn EventSink>>, info: &PushInfo) {
     let Some(sink) = sink else { return };
     match info.kind {
         PushKind::Message => {
@@ -214,7 +217,9 @@ impl Backend for RedisBackend {
         let mut commands = self.commands.clone();
         let mut pubsub = self.pubsub.clone();
         self.bounded(async move {
-            redis::cmd("PING").query_async::<Value>(&mut commands).await?;
+            redis::cmd("PING")
+                .query_async::<Value>(&mut commands)
+                .await?;
             redis::cmd("PING").query_async::<Value>(&mut pubsub).await?;
             Ok(())
         })

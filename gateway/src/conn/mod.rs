@@ -109,7 +109,12 @@ pub(crate) enum Admission {
 
 /// Serves one upgraded socket until it closes. `read_buf` holds bytes the HTTP layer read
 /// past the upgrade request.
-pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream, read_buf: Bytes, admission: Admission) {
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    stream: TcpStream,
+    read_buf: Bytes,
+    admission: Admission,
+) {
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
     node.registry.insert(ctl.clone());
     node.metrics.connections_total.inc();

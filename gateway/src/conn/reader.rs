@@ -60,7 +60,11 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
             }
             OpCode::Continuation => {
                 let Some(buf) = partial.as_mut() else {
-                    ctl.close(close::PROTOCOL_ERROR, "continuation without a message", false);
+                    ctl.close(
+                        close::PROTOCOL_ERROR,
+                        "continuation without a message",
+                        false,
+                    );
                     return;
                 };
                 if buf.len() + frame.payload.len() > max {
@@ -80,11 +84,19 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                 }
             }
             OpCode::Text => {
-                ctl.close(close::PROTOCOL_ERROR, "new message inside a fragmented one", false);
+                ctl.close(
+                    close::PROTOCOL_ERROR,
+                    "new message inside a fragmented one",
+                    false,
+                );
                 return;
             }
             OpCode::Binary => {
-                ctl.close(close::UNSUPPORTED_DATA, "binary frames are not supported", false);
+                ctl.close(
+                    close::UNSUPPORTED_DATA,
+                    "binary frames are not supported",
+                    false,
+                );
                 return;
             }
             OpCode::Ping => {
@@ -146,7 +158,9 @@ fn fail(ctl: &ConnCtl, e: &WebSocketError) {
         WebSocketError::InvalidUTF8 => {
             ctl.close(close::INVALID_PAYLOAD, "text frame is not UTF-8", false);
         }
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => {
             tracing::debug!(conn = ctl.id, error = %e, "client went away");
         }
         _ => {

@@ -151,7 +151,8 @@ fn check_clocks(ctl: &ConnCtl, node: &Node, hello_deadline: Instant) -> (Due, In
         Due::Nothing
     };
     // Next look: the next heartbeat boundary after now, or sooner for hello or expiry.
-    let mut next = last_rx + cfg.heartbeat * (quiet.as_millis() / cfg.heartbeat.as_millis()).saturating_add(1) as u32;
+    let mut next = last_rx
+        + cfg.heartbeat * (quiet.as_millis() / cfg.heartbeat.as_millis()).saturating_add(1) as u32;
     if !hello_done {
         next = next.min(hello_deadline);
     }

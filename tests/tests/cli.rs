@@ -1,0 +1,180 @@
+//! The `switchboard` command as users type it: exit codes, env configuration, `token`,
+//! `publish` and `dev`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard_core::auth::Verifier;
+use switchboard_tests::{RedisServer, WsClient, eventually, free_port, http_get, switchboard_bin};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(switchboard_bin());
+    cmd.args(args).env_remove("SWITCHBOARD_JWT_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("command timed out")
+        .expect("spawn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn gateway_without_auth_exits_64_naming_the_settings() {
+    let (code, _, err) = run(&["gateway", "--redis", "redis://127.0.0.1:1"], &[]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--jwt-secret") && err.contains("--allow-anonymous"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_settings_exit_64() {
+    let (code, _, err) = run(&["gateway", "--allow-anonymous"], &[]).await;
+    assert_eq!(code, 64, "missing --redis: {err}");
+    assert!(err.contains("--redis"), "{err}");
+
+    let (code, _, err) = run(
+        &[
+            "gateway",
+            "--allow-anonymous",
+            "--redis",
+            "redis://127.0.0.1:1",
+        ],
+        &[("SWITCHBOARD_OUTBOUND_QUEUE", "0")],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("outbound-queue"), "{err}");
+
+    let (code, _, err) = run(
+        &["gateway", "--listen", "nowhere", "--allow-anonymous"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+
+    let (code, _, err) = run(
+        &["gateway", "--allow-anonymous", "--redis", "not-a-url"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("SWITCHBOARD_REDIS"), "{err}");
+}
+
+#[tokio::test]
+async fn token_mints_what_the_gateway_verifies() {
+    let (code, out, err) = run(
+        &["token", "--sub", "alice", "--ttl-secs", "60"],
+        &[("SWITCHBOARD_JWT_SECRET", "sekrit")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let id = Verifier::hs256(b"sekrit")
+        .verify(out.trim())
+        .expect("valid token");
+    assert_eq!(&*id.subject, "alice");
+    assert!(Verifier::hs256(b"other").verify(out.trim()).is_err());
+    let (code, _, _) = run(&["token", "--sub", "alice"], &[]).await;
+    assert_eq!(code, 64, "no secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_from_env_and_publish_command() {
+    let redis = RedisServer::start().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut gw = Command::new(switchboard_bin())
+        .arg("gateway")
+        .env("SWITCHBOARD_LISTEN", &listen)
+        .env("SWITCHBOARD_REDIS", redis.url())
+        .env("SWITCHBOARD_JWT_SECRET", "sekrit")
+        .env("SWITCHBOARD_NODE_ID", "from-env")
+        .env("SWITCHBOARD_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listen.parse().unwrap();
+    eventually("gateway ready", || async move {
+        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    let (_, token, _) = run(&["token", "--secret", "sekrit", "--sub", "bob"], &[]).await;
+    let mut c = WsClient::connect(&format!("ws://{listen}/ws?token={}", token.trim())).await;
+    assert_eq!(c.hello().await["result"]["node"], "from-env");
+    c.call("subscribe", json!({"topic": "news"})).await;
+
+    let (code, out, err) = run(
+        &[
+            "publish",
+            "--redis",
+            &redis.url(),
+            "news",
+            r#"{"headline":"hi"}"#,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 gateway node"), "{out}");
+    assert_eq!(
+        c.next_event().await,
+        json!({"topic": "news", "data": {"headline": "hi"}})
+    );
+
+    let (code, _, err) = run(
+        &["publish", "--redis", &redis.url(), "bad topic", "{}"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = run(&["publish", "--redis", &redis.url(), "news", "{oops"], &[]).await;
+    assert_eq!(code, 64, "{err}");
+    let _ = gw.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_without_redis_and_says_how_to_connect() {
+    let port = free_port();
+    let mut dev = Command::new(switchboard_bin())
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut printed = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("ctrl-c") {
+            break;
+        }
+    }
+    assert!(printed.contains(&url), "{printed}");
+    let mut a = WsClient::connect(&url).await;
+    let mut b = WsClient::connect(&url).await;
+    a.hello().await;
+    b.hello().await;
+    a.call("subscribe", json!({"topic": "chat:42"})).await;
+    b.call(
+        "publish",
+        json!({"topic": "chat:42", "data": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(a.next_event().await["data"]["text"], "hi");
+    let _ = dev.kill().await;
+}
