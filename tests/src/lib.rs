@@ -1,4 +1,4 @@
-//! The test harness for Switchboard's integration tests: real parts only.
+//! The harness for Switchboard's integration tests and benchmarks: real parts only.
 //!
 //! - [`RedisServer`]: a `redis-server` child on a free loopback port, killed on drop; it can
 //!   be killed and started again on the same port (outage tests).
@@ -213,9 +213,20 @@ impl GatewayProcess {
     /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
     /// and waits until it is ready.
     pub async fn start(redis_url: &str, node_id: &str, extra: &[&str]) -> GatewayProcess {
+        Self::start_with(&switchboard_bin(), redis_url, node_id, extra).await
+    }
+
+    /// Like [`start`](Self::start), with the `switchboard` binary at `bin` (the benchmarks run
+    /// their own executable).
+    pub async fn start_with(
+        bin: &std::path::Path,
+        redis_url: &str,
+        node_id: &str,
+        extra: &[&str],
+    ) -> GatewayProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(switchboard_bin())
+        let child = Command::new(bin)
             .arg("gateway")
             .args(["--listen", &addr.to_string(), "--redis", redis_url])
             .args(["--node-id", node_id, "--allow-anonymous"])

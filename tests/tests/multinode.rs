@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use switchboard_tests::{GatewayProcess, RedisServer, WsClient, eventually, metric};
+use switchboard_harness::{GatewayProcess, RedisServer, WsClient, eventually, metric};
 
 /// `redis-cli PUBLISH`, exactly as an operator or a shell-script backend would.
 async fn redis_cli_publish(redis: &RedisServer, topic: &str, payload: &str) -> i64 {

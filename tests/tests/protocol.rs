@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use switchboard_core::auth::{self, Verifier};
 use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
 use switchboard_gateway::GatewayConfig;
-use switchboard_tests::{InProcessGateway, Read, RedisServer, WsClient, http_get};
+use switchboard_harness::{InProcessGateway, Read, RedisServer, WsClient, http_get};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -39,7 +39,7 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     };
     let gw = InProcessGateway::start(config, backend).await;
     let addr = gw.addr;
-    switchboard_tests::eventually("gateway ready", || async move {
+    switchboard_harness::eventually("gateway ready", || async move {
         matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
     })
     .await;
@@ -495,7 +495,7 @@ async fn http_endpoints() {
     let gw = InProcessGateway::start(GatewayConfig::dev("h"), Arc::new(MemoryBackend::new())).await;
     let addr = gw.addr;
     assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
-    switchboard_tests::eventually("ready", || async move {
+    switchboard_harness::eventually("ready", || async move {
         matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
     })
     .await;
