@@ -104,8 +104,7 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
     let mut gateways = Vec::new();
     for i in 0..opts.gateways {
         gateways.push(
-            GatewayProcess::start_with(&opts.bin, &redis.url(), &format!("bench-{i}"), &[])
-                .await,
+            GatewayProcess::start_with(&opts.bin, &redis.url(), &format!("bench-{i}"), &[]).await,
         );
     }
 
@@ -179,7 +178,11 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
         .zip(&before)
         .map(|(a, b)| (a.cpu - b.cpu).as_secs_f64())
         .sum();
-    let per_delivery = if received > 0 { cpu / received as f64 } else { 0.0 };
+    let per_delivery = if received > 0 {
+        cpu / received as f64
+    } else {
+        0.0
+    };
     Ok(FanoutReport {
         gateways: opts.gateways,
         subscribers: opts.subscribers,
@@ -233,14 +236,15 @@ async fn publish(url: &str, opts: &FanoutOptions, epoch: Instant) -> anyhow::Res
             continue;
         }
         let mut pipe = redis::pipe();
-        for s in seq..due.min(seq + 10_000) {
+        let upto = due.min(seq + 10_000);
+        for s in seq..upto {
             let t = epoch.elapsed().as_micros() as u64;
             let payload = format!(r#"{{"seq":{s},"t":{t},"pad":"{pad}"}}"#);
             for ch in &channels {
                 pipe.cmd("PUBLISH").arg(ch).arg(&payload).ignore();
             }
-            seq = s + 1;
         }
+        seq = upto;
         pipe.exec_async(&mut conn).await?;
     }
     Ok(seq)
@@ -293,7 +297,12 @@ impl FanoutReport {
             "scenario",
             format!(
                 "fanout: {} gateway(s), {} topic(s), {} subscribers, {} events/s per topic for {:.0} s, {}-byte padding",
-                self.gateways, self.topics, self.subscribers, self.rate_per_topic, self.duration_s, self.payload_bytes
+                self.gateways,
+                self.topics,
+                self.subscribers,
+                self.rate_per_topic,
+                self.duration_s,
+                self.payload_bytes
             ),
         );
         row("events published", self.published.to_string());
@@ -303,11 +312,15 @@ impl FanoutReport {
                 "{} expected, {} received, {} missing, {} out of order",
                 self.expected_deliveries,
                 self.received_deliveries,
-                self.expected_deliveries.saturating_sub(self.received_deliveries),
+                self.expected_deliveries
+                    .saturating_sub(self.received_deliveries),
                 self.out_of_order
             ),
         );
-        row("delivered per second", format!("{:.0}", self.deliveries_per_s));
+        row(
+            "delivered per second",
+            format!("{:.0}", self.deliveries_per_s),
+        );
         row(
             "publish-to-deliver latency",
             format!(

@@ -4,13 +4,12 @@
 //! a free port, gateway processes from the `switchboard` binary), drives them from this
 //! process, and prints a table (or JSON). Every figure comes from what was measured in that
 //! run: deliveries counted one by one, latency from a timestamp inside each event, CPU and RSS
-//! of each gateway process read from `/proc`.
+//! of each gateway process read from `/proc`. The parts are started with the test harness
+//! (`switchboard-harness`), so benchmarks and tests run Redis and gateways the same way.
 //!
 //! - [`fanout`]: N subscribers over K topics on G gateways; a backend publishes through Redis.
-//! The parts are started with the test harness (`switchboard-harness`), so benchmarks and
-//! tests run Redis and gateways the same way.
 //! - [`procstat`]: CPU time and RSS of a process, from `/proc`.
-//! - [`stats`]: percentiles.
+//! - [`stats`]: percentile arithmetic.
 
 pub mod fanout;
 pub mod procstat;

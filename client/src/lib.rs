@@ -119,7 +119,9 @@ impl Notifications {
     }
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Box<RawValue>, RpcError>>>>;
+/// Requests waiting for their reply; `None` once the socket is gone, so that no request can
+/// start waiting after the reader stopped.
+type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Result<Box<RawValue>, RpcError>>>>>;
 
 struct Shared {
     pending: Pending,
@@ -245,7 +247,7 @@ impl Client {
 
         let (read, write) = ws.split(tokio::io::split);
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Some(HashMap::new())),
             closed: Mutex::new(None),
         });
         let (out_tx, out_rx) = mpsc::channel::<Frame<'static>>(WRITE_QUEUE);
@@ -294,17 +296,14 @@ impl Client {
             params,
         })?;
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .expect("lock poisoned")
-            .insert(id, tx);
+        match self.shared.pending.lock().expect("lock poisoned").as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(ClientError::Closed(self.close_reason())),
+        };
         if self.send_text(text).await.is_err() {
-            self.shared
-                .pending
-                .lock()
-                .expect("lock poisoned")
-                .remove(&id);
+            if let Some(p) = self.shared.pending.lock().expect("lock poisoned").as_mut() {
+                p.remove(&id);
+            }
             return Err(ClientError::Closed(self.close_reason()));
         }
         match rx.await {
@@ -412,6 +411,8 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     out: mpsc::Sender<Frame<'static>>,
     notes: mpsc::Sender<Notification>,
 ) {
+    // Pongs and the close echo go through the writer; once the writer is gone (it stops after
+    // a close frame) there is nothing left to answer.
     let mut send_fn = |frame: Frame<'_>| {
         let owned = Frame::new(
             true,
@@ -421,9 +422,8 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
         );
         let out = out.clone();
         async move {
-            out.send(owned)
-                .await
-                .map_err(|_| WebSocketError::ConnectionClosed)
+            let _ = out.send(owned).await;
+            Ok::<(), WebSocketError>(())
         }
     };
     loop {
@@ -450,7 +450,12 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
                         // Nobody listens for notifications; keep serving replies.
                     }
                 } else if let Some(id) = msg.id {
-                    let waiter = shared.pending.lock().expect("lock poisoned").remove(&id);
+                    let waiter = shared
+                        .pending
+                        .lock()
+                        .expect("lock poisoned")
+                        .as_mut()
+                        .and_then(|p| p.remove(&id));
                     if let Some(waiter) = waiter {
                         let reply = match (msg.result, msg.error) {
                             (_, Some(e)) => Err(e),
@@ -477,8 +482,8 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
             _ => {}
         }
     }
-    // Fail every waiting request: the socket is gone.
-    shared.pending.lock().expect("lock poisoned").clear();
+    // Fail every waiting request, and every later one: the socket is gone.
+    shared.pending.lock().expect("lock poisoned").take();
 }
 
 #[cfg(test)]

@@ -171,7 +171,8 @@ fn truncate(s: &str, max: usize) -> &str {
 /// A request or notification from a client, borrowed from its frame.
 #[derive(Debug)]
 pub struct Request<'a> {
-    /// `None` for a notification (no `id`, or `"id": null`): it gets no response.
+    /// `None` for a notification (no `id` member): it gets no response. `"id": null` is a
+    /// request (JSON-RPC 2.0 discourages it but allows it) and is answered with `"id": null`.
     pub id: Option<&'a RawValue>,
     pub method: Cow<'a, str>,
     pub params: Option<&'a RawValue>,
@@ -189,12 +190,18 @@ pub struct BadRequest<'a> {
 struct Envelope<'a> {
     #[serde(borrow, default)]
     jsonrpc: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    /// Present (any value, `null` included) or absent: `Option<&RawValue>` alone would read
+    /// `null` as absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     params: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Parses one text frame as a JSON-RPC request.
@@ -225,10 +232,10 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
             return Err(BadRequest { id: None, error });
         }
     };
-    let id = env.id.filter(|raw| raw.get() != "null");
+    let id = env.id;
     if let Some(raw) = id {
         let b = raw.get().as_bytes()[0];
-        if !(b == b'"' || b == b'-' || b.is_ascii_digit()) {
+        if !(b == b'"' || b == b'-' || b.is_ascii_digit() || raw.get() == "null") {
             return Err(BadRequest {
                 id: None,
                 error: RpcError::invalid_request("id must be a string or a number"),
@@ -264,8 +271,18 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
 /// with serde's reason.
 pub fn decode_params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, RpcError> {
     let raw = params.map(RawValue::get).unwrap_or("{}");
-    serde_json::from_str(raw).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+    serde_json::from_str(raw).map_err(|e| {
+        // serde quotes the offending input; a client gets back a bounded piece of it.
+        let why = e.to_string();
+        RpcError::invalid_params(format!(
+            "invalid params: {}",
+            truncate(&why, MAX_REASON_LEN)
+        ))
+    })
 }
+
+/// The longest reason text quoted back to a client.
+const MAX_REASON_LEN: usize = 160;
 
 const JSONRPC_HEAD: &str = "{\"jsonrpc\":\"2.0\",";
 
@@ -450,8 +467,9 @@ mod tests {
     fn notification_has_no_id() {
         let r = parse_request(r#"{"jsonrpc":"2.0","method":"x"}"#).unwrap();
         assert!(r.id.is_none());
+        // `"id": null` is a request, answered with a null id.
         let r = parse_request(r#"{"jsonrpc":"2.0","method":"x","id":null}"#).unwrap();
-        assert!(r.id.is_none());
+        assert_eq!(r.id.unwrap().get(), "null");
     }
 
     #[test]
@@ -485,6 +503,20 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], 9);
         assert_eq!(v["error"]["code"], -32600);
+    }
+
+    #[test]
+    fn invalid_params_quote_little_of_the_input() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct P {
+            _a: Option<u8>,
+        }
+        let huge = format!(r#"{{"{}":1}}"#, "k".repeat(60_000));
+        let raw = RawValue::from_string(huge).unwrap();
+        let err = decode_params::<P>(Some(&raw)).unwrap_err();
+        assert_eq!(err.code, -32602);
+        assert!(err.message.len() < 200, "{}", err.message.len());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Default: how often a failed Redis (un)subscribe is retried.
 pub const DEFAULT_SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+/// Default: events queued for each fan-out worker before new ones are dropped and counted.
+pub const DEFAULT_FANOUT_QUEUE: usize = 65_536;
 /// Frames written to one socket in one vectored write, at most.
 pub const MAX_WRITE_BATCH: usize = 64;
 
@@ -58,6 +60,9 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     pub readiness_interval: Duration,
     pub subscribe_retry: Duration,
+    /// Fan-out workers (a topic always goes to the same one); default: one per core.
+    pub fanout_workers: usize,
+    pub fanout_queue: usize,
 }
 
 /// A setting that cannot work, named by its config key.
@@ -94,6 +99,8 @@ impl GatewayConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             readiness_interval: DEFAULT_READINESS_INTERVAL,
             subscribe_retry: DEFAULT_SUBSCRIBE_RETRY,
+            fanout_workers: default_fanout_workers(),
+            fanout_queue: DEFAULT_FANOUT_QUEUE,
         }
     }
 
@@ -129,6 +136,18 @@ impl GatewayConfig {
                 what: "at least 1",
             });
         }
+        if self.fanout_workers == 0 {
+            return Err(ConfigError::Invalid {
+                key: "fanout-workers",
+                what: "at least 1",
+            });
+        }
+        if self.fanout_queue == 0 {
+            return Err(ConfigError::Invalid {
+                key: "fanout-queue",
+                what: "at least 1",
+            });
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "max-connections",
@@ -143,6 +162,11 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// Default fan-out workers: one per available core.
+pub fn default_fanout_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::{hello, topics};
 
 /// Per-connection state, owned by the connection's reader.
 pub(crate) struct ConnState {
+    node: Arc<Node>,
     pub(crate) ctl: Arc<ConnCtl>,
     /// The connection's outbound queue (replies wait for room; events do not).
     pub(crate) tx: mpsc::Sender<Out>,
@@ -36,11 +37,13 @@ pub(crate) struct ConnState {
 
 impl ConnState {
     pub(crate) fn new(
+        node: Arc<Node>,
         ctl: Arc<ConnCtl>,
         tx: mpsc::Sender<Out>,
         identity: Option<Identity>,
     ) -> Self {
         ConnState {
+            node,
             ctl,
             tx,
             identity,
@@ -49,17 +52,19 @@ impl ConnState {
             close_after_reply: None,
         }
     }
+}
 
-    /// Drops every subscription of a closed connection.
-    pub(crate) async fn teardown(&mut self, node: &Node) {
+impl Drop for ConnState {
+    /// Releases every subscription of a closed connection (also when a handler panicked).
+    fn drop(&mut self) {
         if self.topics.is_empty() {
             return;
         }
         let topics: Vec<Topic> = self.topics.drain().collect();
         for t in &topics {
-            node.fanout.remove(t, self.ctl.id);
+            self.node.fanout.remove(t, self.ctl.id);
         }
-        node.subscriptions.sync_detached(topics).await;
+        self.node.subscriptions.sync_later(topics);
     }
 }
 

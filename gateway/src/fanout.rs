@@ -1,16 +1,26 @@
 //! Topic -> local subscribers, and the delivery of one live event to all of them.
 //!
-//! The backend calls [`Fanout::deliver`] for every message on a subscribed topic. The payload
-//! is checked as JSON once, the `event` frame is encoded once, and each subscriber's queue gets a
-//! clone of the same `Bytes` with a non-blocking `try_send`: a full queue closes that one
-//! connection with 4008 and never slows the others.
+//! The backend calls [`Fanout::deliver`] for every message on a subscribed topic, from its own
+//! task. That call does the per-event work only: the payload is checked as JSON once, the
+//! `event` frame is encoded once, and the frame is handed to one of a few fan-out workers through
+//! a bounded queue (a topic always goes to the same worker, so its events stay in order). A
+//! worker then gives each local subscriber a clone of the same `Bytes` with a non-blocking
+//! `try_send`: a full subscriber queue closes that one connection with 4008 and never slows the
+//! others. If the workers fall behind and their queue fills, events are dropped and counted
+//! (`switchboard_events_dropped_total`) instead of piling up in memory: live pub/sub is at most
+//! once, and the backend's queue in front of us is unbounded.
 //!
-//! Each topic's subscriber list is an `Arc<Vec<_>>` replaced on change (copy on write), so
-//! delivery holds the map's lock only long enough to clone one `Arc`.
+//! Each topic keeps its subscribers by connection id (O(1) add and remove) and a snapshot
+//! `Arc<[Subscriber]>` for delivery, rebuilt at the first event after a change, so delivery holds
+//! the map's lock only for a lookup and an `Arc` clone.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use switchboard_core::backend::EventSink;
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, close};
@@ -19,6 +29,9 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use crate::conn::{ConnCtl, Out};
 use crate::metrics::Metrics;
 
+/// Warnings about dropped events are logged at most this often.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One local subscriber of a topic.
 #[derive(Clone)]
 pub(crate) struct Subscriber {
@@ -26,33 +39,62 @@ pub(crate) struct Subscriber {
     pub(crate) tx: mpsc::Sender<Out>,
 }
 
+#[derive(Default)]
+struct TopicEntry {
+    subs: HashMap<u64, Subscriber>,
+    /// What delivery iterates; `None` after a change until the next event rebuilds it.
+    snapshot: Option<Arc<[Subscriber]>>,
+}
+
+/// An encoded event on its way to a fan-out worker.
+type Job = (Box<str>, Bytes);
+
 /// See the module docs.
 pub(crate) struct Fanout {
-    topics: Mutex<HashMap<Topic, Arc<Vec<Subscriber>>>>,
+    topics: Mutex<HashMap<Topic, TopicEntry>>,
+    workers: Vec<mpsc::Sender<Job>>,
+    hasher: std::collections::hash_map::RandomState,
     metrics: Arc<Metrics>,
+    born: Instant,
+    /// Milliseconds since `born` of the last drop warning.
+    last_drop_log_ms: AtomicU64,
 }
 
 impl Fanout {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        Fanout {
+    /// Builds the fan-out with `workers` workers, each behind a queue of `queue` events; the
+    /// receivers are for [`run_worker`].
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        workers: usize,
+        queue: usize,
+    ) -> (Self, Vec<mpsc::Receiver<Job>>) {
+        let (txs, rxs) = (0..workers.max(1)).map(|_| mpsc::channel(queue)).unzip();
+        let fanout = Fanout {
             topics: Mutex::new(HashMap::new()),
+            workers: txs,
+            hasher: Default::default(),
             metrics,
-        }
+            born: Instant::now(),
+            last_drop_log_ms: AtomicU64::new(0),
+        };
+        (fanout, rxs)
     }
 
     /// Adds a local subscriber (a connection subscribes a topic at most once).
     pub(crate) fn add(&self, topic: &Topic, sub: Subscriber) {
         let mut topics = self.topics.lock().expect("fanout lock poisoned");
-        let list = topics.entry(topic.clone()).or_default();
-        Arc::make_mut(list).push(sub);
+        let entry = topics.entry(topic.clone()).or_default();
+        entry.subs.insert(sub.ctl.id, sub);
+        entry.snapshot = None;
     }
 
     /// Removes a connection's subscription to a topic.
     pub(crate) fn remove(&self, topic: &Topic, conn_id: u64) {
         let mut topics = self.topics.lock().expect("fanout lock poisoned");
-        if let Some(list) = topics.get_mut(topic) {
-            Arc::make_mut(list).retain(|s| s.ctl.id != conn_id);
-            if list.is_empty() {
+        if let Some(entry) = topics.get_mut(topic) {
+            entry.subs.remove(&conn_id);
+            entry.snapshot = None;
+            if entry.subs.is_empty() {
                 topics.remove(topic);
             }
         }
@@ -66,30 +108,22 @@ impl Fanout {
             .contains_key(topic)
     }
 
-    fn subscribers(&self, topic: &str) -> Option<Arc<Vec<Subscriber>>> {
-        self.topics
-            .lock()
-            .expect("fanout lock poisoned")
-            .get(topic)
-            .cloned()
+    fn subscribers(&self, topic: &str) -> Option<Arc<[Subscriber]>> {
+        let mut topics = self.topics.lock().expect("fanout lock poisoned");
+        let entry = topics.get_mut(topic)?;
+        Some(
+            entry
+                .snapshot
+                .get_or_insert_with(|| entry.subs.values().cloned().collect())
+                .clone(),
+        )
     }
-}
 
-impl EventSink for Fanout {
-    fn deliver(&self, topic: &str, payload: &[u8]) {
-        self.metrics.events_received.inc();
-        let data = match wire::check_payload(payload) {
-            Ok(data) => data,
-            Err(e) => {
-                self.metrics.events_invalid.inc();
-                tracing::warn!(topic, error = %e, len = payload.len(), "dropped an event");
-                return;
-            }
-        };
+    /// Gives one encoded event to every local subscriber of its topic.
+    fn fan_out(&self, topic: &str, frame: &Bytes) {
         let Some(subs) = self.subscribers(topic) else {
             return;
         };
-        let frame = wire::encode_event(topic, data);
         let mut delivered = 0u64;
         for sub in subs.iter() {
             if sub.ctl.is_closing() {
@@ -104,12 +138,56 @@ impl EventSink for Fanout {
                         false,
                     ) {
                         self.metrics.slow_consumers.inc();
-                        tracing::info!(conn = sub.ctl.id, topic, "closing a slow consumer (4008)");
+                        tracing::debug!(conn = sub.ctl.id, topic, "closing a slow consumer (4008)");
                     }
                 }
                 Err(TrySendError::Closed(_)) => {}
             }
         }
         self.metrics.deliveries.inc_by(delivered);
+    }
+
+    /// Logs a warning unless one was logged within [`DROP_LOG_INTERVAL`].
+    fn warn_limited(&self, what: &str, topic: &str) {
+        let now = self.born.elapsed().as_millis() as u64;
+        let last = self.last_drop_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DROP_LOG_INTERVAL.as_millis() as u64
+            && self
+                .last_drop_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(topic, "{what} (further drops within 1 s are only counted)");
+        }
+    }
+}
+
+impl EventSink for Fanout {
+    fn deliver(&self, topic: &str, payload: &[u8]) {
+        self.metrics.events_received.inc();
+        let data = match wire::check_payload(payload) {
+            Ok(data) => data,
+            Err(e) => {
+                self.metrics.events_invalid.inc();
+                self.warn_limited(&format!("dropped an event: {e}"), topic);
+                return;
+            }
+        };
+        if !self.is_wanted(topic) {
+            return;
+        }
+        let frame = wire::encode_event(topic, data);
+        let shard = (self.hasher.hash_one(topic) % self.workers.len() as u64) as usize;
+        if let Err(TrySendError::Full(_)) = self.workers[shard].try_send((topic.into(), frame)) {
+            self.metrics.events_dropped.inc();
+            self.warn_limited("dropped an event: fan-out queue full", topic);
+        }
+    }
+}
+
+/// One fan-out worker: takes encoded events off its queue and hands them to subscribers.
+pub(crate) async fn run_worker(fanout: Arc<Fanout>, mut rx: mpsc::Receiver<Job>) {
+    while let Some((topic, frame)) = rx.recv().await {
+        fanout.fan_out(&topic, &frame);
     }
 }

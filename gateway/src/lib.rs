@@ -58,7 +58,13 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
-    let fanout = Arc::new(Fanout::new(metrics.clone()));
+    let (fanout, fanout_queues) =
+        Fanout::new(metrics.clone(), config.fanout_workers, config.fanout_queue);
+    let fanout = Arc::new(fanout);
+    let fanout_tasks: Vec<_> = fanout_queues
+        .into_iter()
+        .map(|rx| tokio::spawn(fanout::run_worker(fanout.clone(), rx)))
+        .collect();
     backend.attach(fanout.clone());
     let (subscriptions, subscriptions_task) = Subscriptions::spawn(
         backend.clone(),
@@ -95,6 +101,9 @@ pub async fn run(
     drain::drain(&node).await;
     readiness_task.abort();
     subscriptions_task.abort();
+    for task in fanout_tasks {
+        task.abort();
+    }
     tracing::info!(node = %node.config.node_id, "gateway stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     pub(crate) connections_total: Counter,
     pub(crate) events_received: Counter,
     pub(crate) events_invalid: Counter,
+    pub(crate) events_dropped: Counter,
     pub(crate) deliveries: Counter,
     pub(crate) slow_consumers: Counter,
     pub(crate) publishes: Counter,
@@ -31,7 +32,7 @@ impl Metrics {
             m.connections.clone(),
         );
         r.register(
-            "switchboard_connections",
+            "switchboard_connections_accepted",
             "WebSocket connections accepted",
             m.connections_total.clone(),
         );
@@ -44,6 +45,11 @@ impl Metrics {
             "switchboard_events_invalid",
             "Events dropped because their payload was not valid JSON",
             m.events_invalid.clone(),
+        );
+        r.register(
+            "switchboard_events_dropped",
+            "Events dropped because the fan-out workers' queues were full",
+            m.events_dropped.clone(),
         );
         r.register(
             "switchboard_deliveries",

@@ -31,6 +31,8 @@ const BATCH: usize = 1024;
 
 struct SyncRequest {
     topics: Vec<Topic>,
+    /// Re-issue every held subscription too (after the backend reconnected).
+    resync: bool,
     done: Option<oneshot::Sender<Result<(), BackendError>>>,
 }
 
@@ -65,6 +67,7 @@ impl Subscriptions {
         let (done, wait) = oneshot::channel();
         let req = SyncRequest {
             topics,
+            resync: false,
             done: Some(done),
         };
         if self.tx.send(req).await.is_err() {
@@ -74,9 +77,37 @@ impl Subscriptions {
             .unwrap_or_else(|_| Err(BackendError::Unavailable("node shutting down".into())))
     }
 
-    /// Like [`sync`](Self::sync), without waiting for the outcome.
-    pub(crate) async fn sync_detached(&self, topics: Vec<Topic>) {
-        let _ = self.tx.send(SyncRequest { topics, done: None }).await;
+    /// Like [`sync`](Self::sync), without waiting for the outcome; callable from `Drop`.
+    pub(crate) fn sync_later(&self, topics: Vec<Topic>) {
+        self.send_later(SyncRequest {
+            topics,
+            resync: false,
+            done: None,
+        });
+    }
+
+    /// Re-issues every held subscription: the backend reconnected, and what it restored by
+    /// itself is not taken on trust.
+    pub(crate) fn resync_all(&self) {
+        self.send_later(SyncRequest {
+            topics: Vec::new(),
+            resync: true,
+            done: None,
+        });
+    }
+
+    fn send_later(&self, req: SyncRequest) {
+        match self.tx.try_send(req) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(req)) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let tx = self.tx.clone();
+                    rt.spawn(async move {
+                        let _ = tx.send(req).await;
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -111,6 +142,9 @@ impl Reconciler {
     }
 
     async fn round(&mut self, batch: &mut [SyncRequest]) {
+        if batch.iter().any(|r| r.resync) {
+            self.dirty.extend(self.held.iter().cloned());
+        }
         let mut touched: HashSet<Topic> = self.dirty.drain().collect();
         let forced = touched.clone();
         touched.extend(batch.iter().flat_map(|r| r.topics.iter().cloned()));

@@ -57,7 +57,7 @@ pub(crate) async fn subscribe(
             tracing::warn!(topic = %topic, error = %e, "subscribe failed");
             node.fanout.remove(&topic, state.ctl.id);
             state.topics.remove(&topic);
-            node.subscriptions.sync_detached(vec![topic]).await;
+            node.subscriptions.sync_later(vec![topic]);
             return Err(backend_unavailable());
         }
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_core::auth::Verifier;
-use switchboard_harness::{RedisServer, WsClient, eventually, free_port, http_get, switchboard_bin};
+use switchboard_harness::{
+    RedisServer, WsClient, eventually, free_port, http_get, switchboard_bin,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

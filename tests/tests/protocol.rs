@@ -150,6 +150,20 @@ async fn malformed_requests_get_protocol_errors(kind: Kind) {
     let r = c.call("publish", json!({"topic": "a"})).await;
     assert_eq!(error_code(&r), -32602);
 
+    // `"id": null` is a request (JSON-RPC 2.0), answered with a null id.
+    c.send_text(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#)
+        .await;
+    let r = c.read_json().await;
+    assert_eq!(r["id"], Value::Null);
+    assert_eq!(r["result"], json!({}));
+
+    // Invalid params quote back only a bounded piece of the input.
+    let r = c
+        .call("subscribe", json!({"topic": "a", "x".repeat(30_000): 1}))
+        .await;
+    assert_eq!(error_code(&r), -32602);
+    assert!(r["error"]["message"].as_str().unwrap().len() < 200);
+
     // A notification (no id) gets no reply, not even an error: the next reply is the ping's.
     c.send_text(r#"{"jsonrpc":"2.0","method":"nope"}"#).await;
     let id = c.send_request("ping", json!({})).await;
@@ -463,6 +477,39 @@ async fn client_answering_pings_stays_connected() {
     assert_eq!(r["result"], json!({}));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_client_still_hits_the_hello_timeout() {
+    // A client that keeps the gateway busy with junk before hello must not keep its socket:
+    // the connection's clock is checked before its queue.
+    let gw = InProcessGateway::start(
+        {
+            let mut c = GatewayConfig::dev("busy");
+            c.hello_timeout = Duration::from_millis(300);
+            c
+        },
+        Arc::new(MemoryBackend::new()),
+    )
+    .await;
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    let started = tokio::time::Instant::now();
+    loop {
+        for _ in 0..32 {
+            c.send_text("junk").await;
+        }
+        for _ in 0..32 {
+            match c.read().await {
+                Read::Json(v) => assert_eq!(v["error"]["code"], -32700),
+                Read::Close(code, _) => {
+                    assert_eq!(code, 4001);
+                    assert!(started.elapsed() < Duration::from_secs(5));
+                    return;
+                }
+                Read::Eof => panic!("closed without a close frame"),
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn expiring_token_closes_1008() {
     const SECRET: &[u8] = b"s";
@@ -501,7 +548,21 @@ async fn http_endpoints() {
     .await;
     let (code, body) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains("switchboard_connections"), "{body}");
+    assert!(body.contains("switchboard_connections "), "{body}");
+    assert!(
+        body.contains("switchboard_connections_accepted_total"),
+        "{body}"
+    );
+    // One metric family per name: a duplicate makes the whole scrape invalid.
+    let mut families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let n = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(families.len(), n, "duplicate metric families:\n{body}");
     assert_eq!(http_get(addr, "/nope").await.unwrap().0, 404);
     // /ws without an upgrade is a clear 400, not a hang.
     assert_eq!(http_get(addr, "/ws").await.unwrap().0, 400);

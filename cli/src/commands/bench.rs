@@ -74,7 +74,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| Failure::Runtime(e.into()))?
                 );
             } else {
                 print!("{}", report.table());

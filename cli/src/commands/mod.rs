@@ -59,6 +59,12 @@ pub(crate) struct Tuning {
     /// Retry a failed backend (un)subscribe this often (ms).
     #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RETRY_MS", default_value_t = gw::DEFAULT_SUBSCRIBE_RETRY.as_millis() as u64)]
     subscribe_retry_ms: u64,
+    /// Fan-out workers (a topic always goes to the same one) [default: one per core].
+    #[arg(long, env = "SWITCHBOARD_FANOUT_WORKERS")]
+    fanout_workers: Option<usize>,
+    /// Events queued per fan-out worker before new ones are dropped and counted.
+    #[arg(long, env = "SWITCHBOARD_FANOUT_QUEUE", default_value_t = gw::DEFAULT_FANOUT_QUEUE)]
+    fanout_queue: usize,
 }
 
 impl Tuning {
@@ -78,6 +84,10 @@ impl Tuning {
             shutdown_grace: ms(self.shutdown_grace_ms),
             readiness_interval: ms(self.readiness_interval_ms),
             subscribe_retry: ms(self.subscribe_retry_ms),
+            fanout_workers: self
+                .fanout_workers
+                .unwrap_or_else(gw::default_fanout_workers),
+            fanout_queue: self.fanout_queue,
         }
     }
 }

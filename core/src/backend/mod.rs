@@ -58,4 +58,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Checks that the backend answers (readiness).
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// How many times the subscription connection was lost so far. A change tells the gateway
+    /// to re-issue its subscriptions once the backend answers again.
+    fn reconnections(&self) -> u64 {
+        0
+    }
 }

@@ -14,6 +14,7 @@
 //! Redis for longer than that.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ pub struct RedisBackend {
     commands: ConnectionManager,
     pubsub: ConnectionManager,
     sink: Arc<OnceLock<Arc<dyn EventSink>>>,
+    /// Disconnections of the pub/sub connection seen so far.
+    disconnections: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -105,7 +108,12 @@ impl RedisBackend {
         let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
         let push_keys = keys.clone();
         let push_sink = sink.clone();
+        let disconnections = Arc::new(AtomicU64::new(0));
+        let push_disconnections = disconnections.clone();
         let on_push = move |info: PushInfo| -> Result<(), Infallible> {
+            if info.kind == PushKind::Disconnection {
+                push_disconnections.fetch_add(1, Ordering::Relaxed);
+            }
             handle_push(&push_keys, push_sink.get(), &info);
             Ok(())
         };
@@ -121,6 +129,7 @@ impl RedisBackend {
             commands,
             pubsub,
             sink,
+            disconnections,
         })
     }
 
@@ -216,13 +225,17 @@ impl Backend for RedisBackend {
     async fn ping(&self) -> Result<(), BackendError> {
         let mut commands = self.commands.clone();
         let mut pubsub = self.pubsub.clone();
-        self.bounded(async move {
-            redis::cmd("PING")
-                .query_async::<Value>(&mut commands)
-                .await?;
-            redis::cmd("PING").query_async::<Value>(&mut pubsub).await?;
-            Ok(())
-        })
-        .await
+        // Both connections are pinged every time, so each keeps its reconnect attempts going.
+        let (a, b) = tokio::join!(
+            self.bounded(
+                async move { redis::cmd("PING").query_async::<Value>(&mut commands).await }
+            ),
+            self.bounded(async move { redis::cmd("PING").query_async::<Value>(&mut pubsub).await }),
+        );
+        a.and(b).map(drop)
+    }
+
+    fn reconnections(&self) -> u64 {
+        self.disconnections.load(Ordering::Relaxed)
     }
 }

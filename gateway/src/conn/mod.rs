@@ -116,9 +116,15 @@ pub(crate) async fn serve(
     admission: Admission,
 ) {
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
-    node.registry.insert(ctl.clone());
-    node.metrics.connections_total.inc();
-    node.metrics.connections.inc();
+    let _registration = Registration::new(&node, ctl.clone());
+    if node.is_draining() {
+        // Upgraded while the drain took its snapshot of the registry: leave with the others.
+        ctl.close(
+            close::RESTARTING,
+            "node restarting, reconnect elsewhere",
+            true,
+        );
+    }
     let _span = tracing::debug_span!("conn", id = ctl.id).entered();
 
     let (read_half, write_half) = stream.into_split();
@@ -137,7 +143,7 @@ pub(crate) async fn serve(
     drop(_span);
 
     let mut writer = tokio::spawn(writer::run(write_half, rx, ctl.clone(), node.clone()));
-    let mut state = ConnState::new(ctl.clone(), tx, identity);
+    let mut state = ConnState::new(node.clone(), ctl.clone(), tx, identity);
     {
         let read = Cursor::new(read_buf).chain(read_half);
         let reader = reader::run(&node, &mut state, read);
@@ -155,7 +161,32 @@ pub(crate) async fn serve(
         }
     }
     writer.abort();
-    state.teardown(&node).await;
-    node.registry.remove(ctl.id);
-    node.metrics.connections.dec();
+    // Dropping `state` releases the subscriptions and `_registration` the registry entry; both
+    // are drop guards, so a panic in a handler cleans up too.
+}
+
+/// A connection's entry in the node's registry and gauge, for as long as it lives.
+struct Registration {
+    node: Arc<Node>,
+    id: u64,
+}
+
+impl Registration {
+    fn new(node: &Arc<Node>, ctl: Arc<ConnCtl>) -> Self {
+        let id = ctl.id;
+        node.registry.insert(ctl);
+        node.metrics.connections_total.inc();
+        node.metrics.connections.inc();
+        Registration {
+            node: node.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.node.registry.remove(self.id);
+        self.node.metrics.connections.dec();
+    }
 }

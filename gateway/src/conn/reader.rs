@@ -5,7 +5,10 @@
 //! `max_message_bytes` in total (over it: 1009; fastwebsockets bounds single frames only), UTF-8
 //! checked (1007), pings answered through the writer, a client's close echoed once.
 //! `read_frame` is not cancel-safe, so this loop is never raced against anything: other parts
-//! stop a connection through [`ConnCtl::close`] and the writer.
+//! stop a connection through [`ConnCtl::close`] and the writer. Once a close has begun (from
+//! either side), the loop only waits for the client's close frame, discarding anything else, so
+//! that nothing is dispatched after a close and the client's answer is read before the socket
+//! goes (the connection bounds that wait with `close_timeout`).
 
 use std::sync::Arc;
 
@@ -33,9 +36,6 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
     let mut partial: Option<Vec<u8>> = None;
 
     loop {
-        if ctl.is_closing() {
-            return;
-        }
         let frame = match ws.read_frame(&mut no_obligated_sends).await {
             Ok(frame) => frame,
             Err(e) => {
@@ -44,12 +44,18 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
             }
         };
         ctl.touch(node.now_ms());
+        if ctl.is_closing() {
+            if frame.opcode == OpCode::Close {
+                return;
+            }
+            continue;
+        }
         match frame.opcode {
             OpCode::Text if frame.fin && partial.is_none() => {
                 // fastwebsockets checked UTF-8 for an unfragmented text frame.
                 let Ok(text) = std::str::from_utf8(&frame.payload) else {
                     ctl.close(close::INVALID_PAYLOAD, "text frame is not UTF-8", false);
-                    return;
+                    continue;
                 };
                 if !handle_message(node, state, text).await {
                     return;
@@ -65,18 +71,19 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                         "continuation without a message",
                         false,
                     );
-                    return;
+                    continue;
                 };
                 if buf.len() + frame.payload.len() > max {
+                    partial = None;
                     ctl.close(close::TOO_BIG, "message too big", false);
-                    return;
+                    continue;
                 }
                 buf.extend_from_slice(&frame.payload);
                 if frame.fin {
                     let buf = partial.take().unwrap_or_default();
                     let Ok(text) = std::str::from_utf8(&buf) else {
                         ctl.close(close::INVALID_PAYLOAD, "text message is not UTF-8", false);
-                        return;
+                        continue;
                     };
                     if !handle_message(node, state, text).await {
                         return;
@@ -89,7 +96,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                     "new message inside a fragmented one",
                     false,
                 );
-                return;
+                partial = None;
             }
             OpCode::Binary => {
                 ctl.close(
@@ -97,7 +104,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                     "binary frames are not supported",
                     false,
                 );
-                return;
+                partial = None;
             }
             OpCode::Ping => {
                 let pong = Out::Pong(bytes::Bytes::copy_from_slice(&frame.payload));
@@ -115,7 +122,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
     }
 }
 
-/// Dispatches one message and queues its reply; false when the connection should stop reading.
+/// Dispatches one message and queues its reply; false when the writer is gone.
 async fn handle_message(node: &Arc<Node>, state: &mut ConnState, text: &str) -> bool {
     if let Some(reply) = dispatch::handle(node, state, text).await
         && state.tx.send(Out::Text(reply)).await.is_err()
@@ -125,7 +132,7 @@ async fn handle_message(node: &Arc<Node>, state: &mut ConnState, text: &str) -> 
     if let Some((code, reason)) = state.close_after_reply.take() {
         state.ctl.close(code, reason, true);
     }
-    !state.ctl.is_closing()
+    true
 }
 
 /// The close code we answer a client's close frame with (RFC 6455 section 5.5.1).
@@ -146,8 +153,9 @@ fn answer_to_close(payload: &[u8]) -> (u16, &'static str) {
     }
 }
 
+/// Codes a peer may send (RFC 6455 section 7.4 and the IANA registry): not 1004-1006, 1015.
 fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn fail(ctl: &ConnCtl, e: &WebSocketError) {

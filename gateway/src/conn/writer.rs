@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_core::auth::now_secs;
+use switchboard_core::auth::{EXP_LEEWAY_SECS, now_secs};
 use switchboard_core::wire::close;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -30,6 +30,8 @@ const OP_PONG: u8 = 0xA;
 
 /// Heartbeats without a frame from the client before it is closed with 4002.
 const HEARTBEAT_MISSES: u32 = 3;
+/// The longest single sleep of the connection's clock (a far-future `exp` stays in range).
+const MAX_TIMER_SECS: u64 = 86_400;
 
 /// A server frame header (servers never mask): at most 10 bytes.
 #[derive(Clone, Copy)]
@@ -132,7 +134,11 @@ fn check_clocks(ctl: &ConnCtl, node: &Node, hello_deadline: Instant) -> (Due, In
     if !hello_done && now >= hello_deadline {
         return (Due::Close(close::HELLO_TIMEOUT, "no hello in time"), now);
     }
-    let expires_at = ctl.expires_at.load(Ordering::Relaxed);
+    // Closed when the token would no longer verify: `exp` plus the verifier's leeway.
+    let expires_at = match ctl.expires_at.load(Ordering::Relaxed) {
+        0 => 0,
+        exp => exp.saturating_add(EXP_LEEWAY_SECS),
+    };
     let unix_now = now_secs();
     if expires_at != 0 && unix_now >= expires_at {
         return (Due::Close(close::POLICY, "token expired"), now);
@@ -157,7 +163,8 @@ fn check_clocks(ctl: &ConnCtl, node: &Node, hello_deadline: Instant) -> (Due, In
         next = next.min(hello_deadline);
     }
     if expires_at != 0 {
-        next = next.min(now + Duration::from_secs(expires_at - unix_now));
+        let until = Duration::from_secs((expires_at - unix_now).min(MAX_TIMER_SECS));
+        next = next.min(now + until);
     }
     (due, next)
 }
@@ -182,6 +189,21 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = ctl.woken() => continue,
+            // The clock before the queue: a busy socket must not starve its deadlines.
+            _ = &mut timer => {
+                let (due, next) = check_clocks(&ctl, &node, hello_deadline);
+                timer.as_mut().reset(next);
+                match due {
+                    Due::Close(code, why) => { ctl.close(code, why, false); }
+                    Due::Ping => {
+                        let ping = tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[])).await;
+                        if !matches!(ping, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
+                    Due::Nothing => {}
+                }
+            }
             n = rx.recv_many(&mut batch, MAX_WRITE_BATCH) => {
                 if n == 0 {
                     // Every sender is gone: the connection is being torn down.
@@ -199,20 +221,6 @@ pub(crate) async fn run(
                         tracing::debug!(conn = ctl.id, "write timed out; dropping the connection");
                         return;
                     }
-                }
-            }
-            _ = &mut timer => {
-                let (due, next) = check_clocks(&ctl, &node, hello_deadline);
-                timer.as_mut().reset(next);
-                match due {
-                    Due::Close(code, why) => { ctl.close(code, why, false); }
-                    Due::Ping => {
-                        let ping = tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[])).await;
-                        if !matches!(ping, Ok(Ok(()))) {
-                            return;
-                        }
-                    }
-                    Due::Nothing => {}
                 }
             }
         }
