@@ -103,6 +103,7 @@ async fn gateway_from_env_and_publish_command() {
         .env("SWITCHBOARD_REDIS", redis.url())
         .env("SWITCHBOARD_JWT_SECRET", "sekrit")
         .env("SWITCHBOARD_NODE_ID", "from-env")
+        .env("SWITCHBOARD_REDIS_PREFIX", "tenant1")
         .env("SWITCHBOARD_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -117,11 +118,15 @@ async fn gateway_from_env_and_publish_command() {
     assert_eq!(c.hello().await["result"]["node"], "from-env");
     c.call("subscribe", json!({"topic": "news"})).await;
 
+    // The default prefix reaches nobody on this node; its own prefix does.
+    assert_eq!(redis.publish("news", r#""wrong prefix""#).await, 0);
     let (code, out, err) = run(
         &[
             "publish",
             "--redis",
             &redis.url(),
+            "--redis-prefix",
+            "tenant1",
             "news",
             r#"{"headline":"hi"}"#,
         ],
@@ -129,7 +134,7 @@ async fn gateway_from_env_and_publish_command() {
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("1 gateway node"), "{out}");
+    assert!(out.contains("tenant1:t:{news}: 1 gateway node"), "{out}");
     assert_eq!(
         c.next_event().await,
         json!({"topic": "news", "data": {"headline": "hi"}})
