@@ -124,34 +124,25 @@ impl GatewayConfig {
         positive("write-timeout", self.write_timeout)?;
         positive("readiness-interval", self.readiness_interval)?;
         positive("subscribe-retry", self.subscribe_retry)?;
+        let at_least_one = |key, n: usize| {
+            if n == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    what: "at least 1",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("outbound-queue", self.outbound_queue)?;
+        at_least_one("fanout-workers", self.fanout_workers)?;
+        at_least_one("fanout-queue", self.fanout_queue)?;
+        at_least_one("max-connections", self.max_connections)?;
+        at_least_one("max-subscriptions", self.max_subscriptions)?;
         if self.max_message_bytes < 256 {
             return Err(ConfigError::Invalid {
                 key: "max-message-bytes",
                 what: "at least 256",
-            });
-        }
-        if self.outbound_queue == 0 {
-            return Err(ConfigError::Invalid {
-                key: "outbound-queue",
-                what: "at least 1",
-            });
-        }
-        if self.fanout_workers == 0 {
-            return Err(ConfigError::Invalid {
-                key: "fanout-workers",
-                what: "at least 1",
-            });
-        }
-        if self.fanout_queue == 0 {
-            return Err(ConfigError::Invalid {
-                key: "fanout-queue",
-                what: "at least 1",
-            });
-        }
-        if self.max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                key: "max-connections",
-                what: "at least 1",
             });
         }
         if self.node_id.is_empty() {
