@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use crate::conn::{self, Admission};
 use crate::node::Node;
@@ -119,7 +120,13 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
         };
         let upgraded = ws.into_inner().into_inner();
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => conn::serve(node, parts.io.into_inner(), parts.read_buf, admission).await,
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
+                conn::serve(node, stream, parts.read_buf, admission)
+                    .instrument(span)
+                    .await
+            }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     });

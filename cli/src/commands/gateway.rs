@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use switchboard_core::auth::Verifier;
+use switchboard_core::backend::redis as redis_defaults;
 use switchboard_core::backend::{RedisBackend, RedisOptions};
 use switchboard_gateway::AuthConfig;
 
@@ -22,6 +24,12 @@ pub(crate) struct Args {
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = switchboard_core::keys::DEFAULT_PREFIX)]
     redis_prefix: String,
+    /// Bound on one Redis command, in ms.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS", default_value_t = redis_defaults::DEFAULT_OP_TIMEOUT.as_millis() as u64)]
+    redis_timeout_ms: u64,
+    /// Bound on opening one Redis connection, in ms.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT_MS", default_value_t = redis_defaults::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
+    redis_connect_timeout_ms: u64,
     /// This node's name in `hello` results and logs [default: $HOSTNAME or gateway-<pid>].
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     node_id: Option<String>,
@@ -60,8 +68,15 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             "redis-prefix (SWITCHBOARD_REDIS_PREFIX) must be non-empty and without { }".into(),
         ));
     }
+    if args.redis_timeout_ms == 0 || args.redis_connect_timeout_ms == 0 {
+        return Err(Failure::Usage(
+            "redis-timeout-ms and redis-connect-timeout-ms must be greater than zero".into(),
+        ));
+    }
     let mut opts = RedisOptions::new(&args.redis);
     opts.prefix = args.redis_prefix.clone();
+    opts.op_timeout = Duration::from_millis(args.redis_timeout_ms);
+    opts.connect_timeout = Duration::from_millis(args.redis_connect_timeout_ms);
 
     super::raise_fd_limit();
     let rt = super::runtime()?;

@@ -125,8 +125,6 @@ pub(crate) async fn serve(
             true,
         );
     }
-    let _span = tracing::debug_span!("conn", id = ctl.id).entered();
-
     let (read_half, write_half) = stream.into_split();
     let (tx, rx) = mpsc::channel(node.config.outbound_queue);
     let identity = match admission {
@@ -140,8 +138,6 @@ pub(crate) async fn serve(
             None
         }
     };
-    drop(_span);
-
     let mut writer = tokio::spawn(writer::run(write_half, rx, ctl.clone(), node.clone()));
     let mut state = ConnState::new(node.clone(), ctl.clone(), tx, identity);
     {
