@@ -6,12 +6,18 @@
 //! - [`topic`]: what a valid topic name is (PROTOCOL.md section 6).
 //! - [`auth`]: HS256 JWT claims, verification and minting (`switchboard token`).
 //! - [`keys`]: the Redis key and channel schema; every name in Redis is built here.
+//! - [`tools`]: the MCP `Tool` and `CallToolResult` shapes, tool names, cache policy.
+//! - [`callhash`]: where a call is hashed (RFC 8785 canonical arguments, SHA-256).
+//! - [`tasks`]: the task record every call has, and its MCP shape.
 //! - [`backend`]: the narrow interface a gateway needs from its shared state (publish,
 //!   subscribe, health), with an in-memory implementation for `switchboard dev` and tests and a
 //!   Redis implementation for production.
 
 pub mod auth;
 pub mod backend;
+pub mod callhash;
 pub mod keys;
+pub mod tasks;
+pub mod tools;
 pub mod topic;
 pub mod wire;

@@ -1,0 +1,193 @@
+//! Every call is a task: a record in the backend, bound to the caller, that `tasks/get` and
+//! `tasks/result` answer from any gateway node until its ttl runs out (MCP 2025-11-25 task
+//! fields). Identical calls share one execution: the first call's task is the *leader*, and the
+//! others' records point at it.
+
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::tools::CallToolResult;
+
+/// A task's state. `failed` means the platform could not produce the tool's own result
+/// (dead-lettered, deadline passed, worker lost); `tasks/result` then answers an `isError`
+/// result saying why. A tool that ran and answered `isError` is `completed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Working,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Working => "working",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            TaskStatus::Working,
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != TaskStatus::Working
+    }
+}
+
+/// A task as stored (see `docs/redis.md` for the hash fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub task_id: String,
+    /// The caller's identity (token subject): only it may read or cancel the task.
+    pub owner: String,
+    pub status: TaskStatus,
+    pub status_message: Option<String>,
+    pub created_at_ms: u64,
+    pub last_updated_at_ms: u64,
+    pub ttl_ms: u64,
+    pub poll_interval_ms: u64,
+    pub call_hash: String,
+    pub tool: String,
+    /// For a call that joined an identical one in flight: the task whose execution it shares.
+    pub leader: Option<String>,
+    /// Answered from the result cache.
+    pub cached: bool,
+    pub result: Option<CallToolResult>,
+}
+
+impl TaskRecord {
+    /// The MCP `Task` object.
+    pub fn mcp(&self) -> Value {
+        let mut t = Map::new();
+        t.insert("taskId".into(), json!(self.task_id));
+        t.insert("status".into(), json!(self.status.as_str()));
+        if let Some(m) = &self.status_message {
+            t.insert("statusMessage".into(), json!(m));
+        }
+        t.insert("createdAt".into(), json!(rfc3339(self.created_at_ms)));
+        t.insert(
+            "lastUpdatedAt".into(),
+            json!(rfc3339(self.last_updated_at_ms)),
+        );
+        t.insert("ttl".into(), json!(self.ttl_ms));
+        t.insert("pollInterval".into(), json!(self.poll_interval_ms));
+        Value::Object(t)
+    }
+
+    /// The hash fields this record is stored as.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("owner", self.owner.clone()),
+            ("status", self.status.as_str().to_owned()),
+            ("created", self.created_at_ms.to_string()),
+            ("updated", self.last_updated_at_ms.to_string()),
+            ("ttl", self.ttl_ms.to_string()),
+            ("poll", self.poll_interval_ms.to_string()),
+            ("hash", self.call_hash.clone()),
+            ("tool", self.tool.clone()),
+            ("cached", if self.cached { "1" } else { "0" }.to_owned()),
+        ];
+        if let Some(m) = &self.status_message {
+            f.push(("message", m.clone()));
+        }
+        if let Some(l) = &self.leader {
+            f.push(("leader", l.clone()));
+        }
+        if let Some(r) = &self.result {
+            f.push((
+                "result",
+                serde_json::to_string(r).expect("results serialize"),
+            ));
+        }
+        f
+    }
+
+    /// Reads a record back from its hash fields; `None` when a required field is missing.
+    pub fn from_fields(task_id: &str, f: &HashMap<String, String>) -> Option<Self> {
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+        Some(TaskRecord {
+            task_id: task_id.to_owned(),
+            owner: f.get("owner")?.clone(),
+            status: TaskStatus::parse(f.get("status")?)?,
+            status_message: f.get("message").cloned(),
+            created_at_ms: num("created")?,
+            last_updated_at_ms: num("updated")?,
+            ttl_ms: num("ttl")?,
+            poll_interval_ms: num("poll").unwrap_or(1000),
+            call_hash: f.get("hash").cloned().unwrap_or_default(),
+            tool: f.get("tool").cloned().unwrap_or_default(),
+            leader: f.get("leader").cloned(),
+            cached: f.get("cached").is_some_and(|v| v == "1"),
+            result: f.get("result").and_then(|r| serde_json::from_str(r).ok()),
+        })
+    }
+}
+
+/// A new task id: 128 random bits, hex.
+pub fn new_task_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    crate::tools::hex(&b)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_fields() {
+        let r = TaskRecord {
+            task_id: "t1".into(),
+            owner: "alice".into(),
+            status: TaskStatus::Completed,
+            status_message: Some("done".into()),
+            created_at_ms: 1_700_000_000_000,
+            last_updated_at_ms: 1_700_000_000_500,
+            ttl_ms: 60_000,
+            poll_interval_ms: 500,
+            call_hash: "ab".into(),
+            tool: "echo".into(),
+            leader: Some("t0".into()),
+            cached: true,
+            result: Some(CallToolResult::structured(json!({"a": 1}))),
+        };
+        let fields: HashMap<String, String> = r
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(TaskRecord::from_fields("t1", &fields), Some(r.clone()));
+        let m = r.mcp();
+        assert_eq!(m["taskId"], "t1");
+        assert_eq!(m["status"], "completed");
+        assert_eq!(m["createdAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(m["ttl"], 60_000);
+    }
+}

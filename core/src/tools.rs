@@ -1,0 +1,205 @@
+//! Tools as the registry and the wire know them: the MCP `Tool` object plus what Switchboard
+//! needs to route and cache a call (version, timeout, cache policy), and the MCP
+//! `CallToolResult`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// The longest tool name accepted, in bytes (MCP suggests 1 to 128).
+pub const MAX_TOOL_NAME_LEN: usize = 128;
+
+/// Why a string is not a tool name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolNameError {
+    #[error("tool name is empty or longer than {MAX_TOOL_NAME_LEN} bytes")]
+    Length,
+    #[error("tool name contains {0:?}; allowed are A-Z a-z 0-9 _ - .")]
+    BadChar(char),
+}
+
+/// Tool names: 1 to 128 bytes of `A-Z a-z 0-9 _ - .` (MCP's recommendation; also safe inside
+/// a Redis hash tag).
+pub fn validate_tool_name(name: &str) -> Result<(), ToolNameError> {
+    if name.is_empty() || name.len() > MAX_TOOL_NAME_LEN {
+        return Err(ToolNameError::Length);
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        Some(c) => Err(ToolNameError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// Who shares a cached result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheScope {
+    /// Every caller gets the same cached result.
+    #[default]
+    Public,
+    /// Each caller (token subject) has its own cache entry.
+    PerUser,
+}
+
+/// How a tool's results are cached. A ttl of 0 turns caching off. Error results are never
+/// cached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicy {
+    #[serde(default)]
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub scope: CacheScope,
+}
+
+impl CachePolicy {
+    pub fn off() -> Self {
+        CachePolicy::default()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.ttl_ms > 0
+    }
+}
+
+/// A tool hosted by a worker, as announced in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub input_schema: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
+    /// Part of the tool's identity in the call hash: a new version never reuses old results.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub cache: CachePolicy,
+    /// How long one call may run; also the caller's deadline.
+    pub timeout_ms: u64,
+}
+
+impl ToolSpec {
+    /// The MCP `Tool` object for `tools/list`.
+    pub fn mcp(&self) -> Value {
+        let mut t = Map::new();
+        t.insert("name".into(), json!(self.name));
+        if let Some(title) = &self.title {
+            t.insert("title".into(), json!(title));
+        }
+        t.insert("description".into(), json!(self.description));
+        t.insert("inputSchema".into(), self.input_schema.clone());
+        if let Some(a) = &self.annotations {
+            t.insert("annotations".into(), a.clone());
+        }
+        Value::Object(t)
+    }
+
+    /// SHA-256 (hex) over the name, the version and the canonical input schema: the tool's
+    /// identity in the call hash.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.name.as_bytes());
+        h.update([0]);
+        h.update(self.version.as_bytes());
+        h.update([0]);
+        h.update(crate::callhash::canonical_json(&self.input_schema).as_bytes());
+        hex(&h.finalize())
+    }
+}
+
+/// The MCP `CallToolResult`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallToolResult {
+    pub content: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_content: Option<Value>,
+    #[serde(default)]
+    pub is_error: bool,
+    #[serde(rename = "_meta", default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+}
+
+impl CallToolResult {
+    /// A successful result with structured content and the same JSON as one text item.
+    pub fn structured(value: Value) -> Self {
+        CallToolResult {
+            content: vec![json!({"type": "text", "text": value.to_string()})],
+            structured_content: Some(value),
+            is_error: false,
+            meta: None,
+        }
+    }
+
+    /// An error result (the tool ran and failed, or could not run): never cached.
+    pub fn error(message: impl Into<String>) -> Self {
+        CallToolResult {
+            content: vec![json!({"type": "text", "text": message.into()})],
+            structured_content: None,
+            is_error: true,
+            meta: None,
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names() {
+        assert!(validate_tool_name("echo").is_ok());
+        assert!(validate_tool_name("a.b-c_9").is_ok());
+        assert_eq!(validate_tool_name(""), Err(ToolNameError::Length));
+        assert_eq!(validate_tool_name("a b"), Err(ToolNameError::BadChar(' ')));
+        assert_eq!(validate_tool_name("a{b"), Err(ToolNameError::BadChar('{')));
+    }
+
+    #[test]
+    fn digest_follows_version_and_schema_not_description() {
+        let t = ToolSpec {
+            name: "echo".into(),
+            title: None,
+            description: "one".into(),
+            input_schema: json!({"type": "object", "properties": {"a": {}}}),
+            annotations: None,
+            version: "1".into(),
+            cache: CachePolicy::off(),
+            timeout_ms: 1000,
+        };
+        let mut u = t.clone();
+        u.description = "two".into();
+        u.input_schema = json!({"properties": {"a": {}}, "type": "object"});
+        assert_eq!(t.digest(), u.digest());
+        u.version = "2".into();
+        assert_ne!(t.digest(), u.digest());
+    }
+
+    #[test]
+    fn results_serialize_with_mcp_names() {
+        let r = CallToolResult::structured(json!({"x": 1}));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["structuredContent"], json!({"x": 1}));
+        assert_eq!(v["isError"], false);
+        assert_eq!(v["content"][0]["type"], "text");
+        assert!(v.get("_meta").is_none());
+    }
+}
