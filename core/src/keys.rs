@@ -49,7 +49,56 @@ impl Keys {
     pub fn topic_history(&self, topic: &str) -> String {
         format!("{}:h:{{{topic}}}", self.prefix)
     }
+
+    /// A tool's job queue (a stream with the consumer group [`WORKER_GROUP`]):
+    /// `<prefix>:q:{<tool>}`.
+    pub fn tool_queue(&self, tool: &str) -> String {
+        format!("{}:q:{{{tool}}}", self.prefix)
+    }
+
+    /// A task record (hash): `<prefix>:task:{<task id>}`.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}:task:{{{task_id}}}", self.prefix)
+    }
+
+    /// A cached result (string): `<prefix>:r:{<call hash>}`.
+    pub fn result(&self, call_hash: &str) -> String {
+        format!("{}:r:{{{call_hash}}}", self.prefix)
+    }
+
+    /// The in-flight lease of a call (hash: `task`, `waiters`): `<prefix>:l:{<call hash>}`.
+    pub fn lease(&self, call_hash: &str) -> String {
+        format!("{}:l:{{{call_hash}}}", self.prefix)
+    }
+
+    /// The worker registry (hash: worker id -> announcement): `<prefix>:workers`.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// Dead-lettered jobs (stream): `<prefix>:dlq`.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dlq", self.prefix)
+    }
+
+    /// Channel: a call's execution finished (message: the leader task id).
+    pub fn done_channel(&self) -> String {
+        format!("{}:c:done", self.prefix)
+    }
+
+    /// Channel: progress of a running call (message: JSON with `task` and the progress).
+    pub fn progress_channel(&self) -> String {
+        format!("{}:c:progress", self.prefix)
+    }
+
+    /// Channel: cancel a running call (message: the leader task id).
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:c:cancel", self.prefix)
+    }
 }
+
+/// The consumer group every worker reads tool queues through.
+pub const WORKER_GROUP: &str = "workers";
 
 impl Default for Keys {
     fn default() -> Self {

@@ -9,6 +9,7 @@
 //! - [`tools`]: the MCP `Tool` and `CallToolResult` shapes, tool names, cache policy.
 //! - [`callhash`]: where a call is hashed (RFC 8785 canonical arguments, SHA-256).
 //! - [`tasks`]: the task record every call has, and its MCP shape.
+//! - [`calls`]: the call plane: submissions, jobs, the worker's queue interface.
 //! - [`backend`]: the narrow interface a gateway needs from its shared state (publish,
 //!   subscribe, health), with an in-memory implementation for `switchboard dev` and tests and a
 //!   Redis implementation for production.
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod backend;
 pub mod callhash;
+pub mod calls;
 pub mod keys;
 pub mod tasks;
 pub mod tools;

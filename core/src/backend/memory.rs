@@ -1,20 +1,42 @@
 //! The in-memory backend: the shared state of a single process, for `switchboard dev` and
 //! tests. It keeps the same contract as Redis: a publish reaches this node only if the node
-//! subscribed to the topic.
+//! subscribed to the topic; tool calls are cached, coalesced and queued the same way
+//! (`memory_calls.rs`), for workers running in the same process.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 
+use std::time::Duration;
+
+use super::memory_calls::{CallState, FETCH_POLL};
 use super::{Backend, BackendError, EventSink};
+use crate::calls::{Job, JobQueue, Progress, Reclaimed, Submission, Submitted, WorkerAnnouncement};
+use crate::tasks::{TaskRecord, TaskStatus};
+use crate::tools::CallToolResult;
 use crate::topic::Topic;
 
 /// See the module docs.
-#[derive(Default)]
 pub struct MemoryBackend {
     subscribed: Mutex<HashSet<Topic>>,
     sink: OnceLock<Arc<dyn EventSink>>,
+    calls: Mutex<CallState>,
+    /// Woken when a job is queued.
+    job_queued: tokio::sync::Notify,
+    cancels: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend {
+            subscribed: Mutex::default(),
+            sink: OnceLock::new(),
+            calls: Mutex::default(),
+            job_queued: tokio::sync::Notify::new(),
+            cancels: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -26,6 +48,16 @@ impl std::fmt::Debug for MemoryBackend {
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, CallState> {
+        self.calls.lock().expect("lock poisoned")
+    }
+
+    fn signal_finished(&self, leader: &str) {
+        if let Some(sink) = self.sink.get() {
+            sink.call_finished(leader);
+        }
     }
 
     /// The topics this node holds a subscription for (what `PUBSUB CHANNELS` is for Redis).
@@ -80,6 +112,116 @@ impl Backend for MemoryBackend {
 
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerAnnouncement>, BackendError> {
+        Ok(self.calls().workers())
+    }
+
+    async fn submit(&self, s: &Submission) -> Result<Submitted, BackendError> {
+        let (submitted, queued) = self.calls().submit(s);
+        if queued {
+            self.job_queued.notify_waiters();
+        }
+        Ok(submitted)
+    }
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, BackendError> {
+        Ok(self.calls().task(task_id))
+    }
+
+    async fn cancel(&self, task: &TaskRecord) -> Result<(), BackendError> {
+        let stop = self.calls().cancel(task);
+        if let Some(leader) = stop {
+            let _ = self.cancels.send(leader);
+        }
+        Ok(())
+    }
+
+    async fn listen_calls(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobQueue for MemoryBackend {
+    async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError> {
+        self.calls().announce(a);
+        Ok(())
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<(), BackendError> {
+        self.calls().withdraw(worker_id);
+        Ok(())
+    }
+
+    async fn prepare(&self, _tools: &[String]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        _worker_id: &str,
+        tools: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, BackendError> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let queued = self.job_queued.notified();
+            let jobs = self.calls().fetch(tools, max);
+            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(jobs);
+            }
+            let _ = tokio::time::timeout(FETCH_POLL.min(block), queued).await;
+        }
+    }
+
+    async fn extend(&self, _worker_id: &str, _job: &Job) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn reclaim(
+        &self,
+        _worker_id: &str,
+        _tools: &[String],
+        _min_idle: Duration,
+        _max_deliveries: u64,
+        _max: usize,
+    ) -> Result<Vec<Reclaimed>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn finish(
+        &self,
+        job: &Job,
+        status: TaskStatus,
+        message: Option<&str>,
+        result: &CallToolResult,
+    ) -> Result<(), BackendError> {
+        self.calls().finish(job, status, message, result);
+        self.signal_finished(&job.task_id);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError> {
+        self.calls().dead_letter(job, reason);
+        Ok(())
+    }
+
+    async fn progress(&self, p: &Progress) -> Result<(), BackendError> {
+        if let Some(sink) = self.sink.get() {
+            sink.call_progress(p.clone());
+        }
+        Ok(())
+    }
+
+    async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, BackendError> {
+        Ok(self.calls().task_status(task_id))
+    }
+
+    fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.cancels.subscribe()
     }
 }
 

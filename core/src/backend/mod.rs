@@ -7,12 +7,16 @@
 //! (this one included) once; a node receives only what it subscribed to.
 
 pub mod memory;
+mod memory_calls;
 pub mod redis;
+mod redis_calls;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::calls::{Progress, Submission, Submitted, WorkerAnnouncement};
+use crate::tasks::TaskRecord;
 use crate::topic::Topic;
 
 pub use self::memory::MemoryBackend;
@@ -26,6 +30,13 @@ pub trait EventSink: Send + Sync + 'static {
     /// One message published on `topic`. `payload` is exactly what the publisher sent; it has
     /// not been checked (a `PUBLISH` from redis-cli can carry anything).
     fn deliver(&self, topic: &str, payload: &[u8]);
+
+    /// The execution led by task `leader` finished (a wake-up: the task record has the
+    /// outcome).
+    fn call_finished(&self, _leader: &str) {}
+
+    /// Progress of the execution led by `progress.task`.
+    fn call_progress(&self, _progress: Progress) {}
 }
 
 /// A backend operation failed. Clients see these only as protocol errors.
@@ -58,6 +69,23 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Checks that the backend answers (readiness).
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Workers alive now, with the tools they host.
+    async fn workers(&self) -> Result<Vec<WorkerAnnouncement>, BackendError>;
+
+    /// Routes a call: a cache hit, a join of an identical call in flight, or a new job. Stores
+    /// the caller's task.
+    async fn submit(&self, s: &Submission) -> Result<Submitted, BackendError>;
+
+    /// A task record as stored (a joined task's outcome is in its leader's record).
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, BackendError>;
+
+    /// Cancels a working task; its execution stops when no other caller waits for it.
+    async fn cancel(&self, task: &TaskRecord) -> Result<(), BackendError>;
+
+    /// Starts receiving call signals (finished, progress) through the sink. Idempotent; called
+    /// again after a reconnection.
+    async fn listen_calls(&self) -> Result<(), BackendError>;
 
     /// How many times the subscription connection was lost so far. A change tells the gateway
     /// to re-issue its subscriptions once the backend answers again.

@@ -24,11 +24,17 @@ use redis::io::tcp::TcpSettings;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 
 use super::{Backend, BackendError, EventSink};
+use crate::calls::{Job, JobQueue, Progress, Reclaimed, Submission, Submitted, WorkerAnnouncement};
 use crate::keys::Keys;
+use crate::tasks::{TaskRecord, TaskStatus};
+use crate::tools::CallToolResult;
 use crate::topic::Topic;
 
 /// Default bound on one Redis operation.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cancellations buffered for a worker that is busy; older ones are dropped (a job also checks
+/// its task's status before it starts).
+const CANCEL_BUFFER: usize = 1024;
 /// Default bound on opening one Redis connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -60,7 +66,11 @@ pub struct RedisBackend {
     op_timeout: Duration,
     commands: ConnectionManager,
     pubsub: ConnectionManager,
+    /// For blocking reads (workers' `XREADGROUP ... BLOCK`), which would stall the others.
+    blocking: ConnectionManager,
     sink: Arc<OnceLock<Arc<dyn EventSink>>>,
+    /// Cancelled executions, for the workers of this process.
+    cancels: tokio::sync::broadcast::Sender<String>,
     /// Disconnections of the pub/sub connection seen so far.
     disconnections: Arc<AtomicU64>,
 }
@@ -103,18 +113,26 @@ impl RedisBackend {
 
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        // No response timeout of its own: each blocking read bounds itself.
+        let blocking = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            base.clone().set_response_timeout(None),
+        )
+        .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let (cancels, _) = tokio::sync::broadcast::channel(CANCEL_BUFFER);
 
         let keys = Keys::new(&opts.prefix);
         let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
         let push_keys = keys.clone();
         let push_sink = sink.clone();
+        let push_cancels = cancels.clone();
         let disconnections = Arc::new(AtomicU64::new(0));
         let push_disconnections = disconnections.clone();
         let on_push = move |info: PushInfo| -> Result<(), Infallible> {
             if info.kind == PushKind::Disconnection {
                 push_disconnections.fetch_add(1, Ordering::Relaxed);
             }
-            handle_push(&push_keys, push_sink.get(), &info);
+            handle_push(&push_keys, push_sink.get(), &push_cancels, &info);
             Ok(())
         };
         let pubsub = ConnectionManager::new_lazy_with_config(
@@ -128,7 +146,9 @@ impl RedisBackend {
             op_timeout: opts.op_timeout,
             commands,
             pubsub,
+            blocking,
             sink,
+            cancels,
             disconnections,
         })
     }
@@ -137,7 +157,23 @@ impl RedisBackend {
         &self.keys
     }
 
-    async fn bounded<T>(
+    pub(super) fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    pub(super) fn pubsub(&self) -> ConnectionManager {
+        self.pubsub.clone()
+    }
+
+    pub(super) fn blocking(&self) -> ConnectionManager {
+        self.blocking.clone()
+    }
+
+    pub(super) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    pub(super) async fn bounded<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
@@ -156,21 +192,39 @@ impl RedisBackend {
     }
 }
 
-fn handle_push(keys: &Keys, sink: Option<&Arc<dyn EventSink>>, info: &PushInfo) {
-    let Some(sink) = sink else { return };
+fn handle_push(
+    keys: &Keys,
+    sink: Option<&Arc<dyn EventSink>>,
+    cancels: &tokio::sync::broadcast::Sender<String>,
+    info: &PushInfo,
+) {
     match info.kind {
         PushKind::Message => {
             let [Value::BulkString(channel), Value::BulkString(payload)] = &info.data[..] else {
                 tracing::warn!(kind = ?info.kind, "unexpected pub/sub message shape");
                 return;
             };
-            let Some(topic) = std::str::from_utf8(channel)
-                .ok()
-                .and_then(|c| keys.topic_of_channel(c))
-            else {
+            let Ok(channel) = std::str::from_utf8(channel) else {
                 return;
             };
-            sink.deliver(topic, payload);
+            if let Some(topic) = keys.topic_of_channel(channel) {
+                if let Some(sink) = sink {
+                    sink.deliver(topic, payload);
+                }
+                return;
+            }
+            let text = String::from_utf8_lossy(payload);
+            if channel == keys.cancel_channel() {
+                let _ = cancels.send(text.into_owned());
+            } else if let Some(sink) = sink {
+                if channel == keys.done_channel() {
+                    sink.call_finished(&text);
+                } else if channel == keys.progress_channel()
+                    && let Ok(p) = serde_json::from_str(&text)
+                {
+                    sink.call_progress(p);
+                }
+            }
         }
         PushKind::Disconnection => {
             tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
@@ -237,5 +291,92 @@ impl Backend for RedisBackend {
 
     fn reconnections(&self) -> u64 {
         self.disconnections.load(Ordering::Relaxed)
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerAnnouncement>, BackendError> {
+        self.calls_tools().await
+    }
+
+    async fn submit(&self, s: &Submission) -> Result<Submitted, BackendError> {
+        self.calls_submit(s).await
+    }
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, BackendError> {
+        self.calls_task(task_id).await
+    }
+
+    async fn cancel(&self, task: &TaskRecord) -> Result<(), BackendError> {
+        self.calls_cancel(task).await
+    }
+
+    async fn listen_calls(&self) -> Result<(), BackendError> {
+        self.calls_listen().await
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisBackend {
+    async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError> {
+        self.calls_announce(a).await
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<(), BackendError> {
+        self.calls_withdraw(worker_id).await
+    }
+
+    async fn prepare(&self, tools: &[String]) -> Result<(), BackendError> {
+        self.calls_prepare(tools).await
+    }
+
+    async fn fetch(
+        &self,
+        worker_id: &str,
+        tools: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, BackendError> {
+        self.calls_fetch(worker_id, tools, max, block).await
+    }
+
+    async fn extend(&self, worker_id: &str, job: &Job) -> Result<(), BackendError> {
+        self.calls_extend(worker_id, job).await
+    }
+
+    async fn reclaim(
+        &self,
+        worker_id: &str,
+        tools: &[String],
+        min_idle: Duration,
+        max_deliveries: u64,
+        max: usize,
+    ) -> Result<Vec<Reclaimed>, BackendError> {
+        self.calls_reclaim(worker_id, tools, min_idle, max_deliveries, max)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        job: &Job,
+        status: TaskStatus,
+        message: Option<&str>,
+        result: &CallToolResult,
+    ) -> Result<(), BackendError> {
+        self.calls_finish(job, status, message, result).await
+    }
+
+    async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError> {
+        self.calls_dead_letter(job, reason).await
+    }
+
+    async fn progress(&self, p: &Progress) -> Result<(), BackendError> {
+        self.calls_progress(p).await
+    }
+
+    async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, BackendError> {
+        self.calls_task_status(task_id).await
+    }
+
+    fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.cancels.subscribe()
     }
 }

@@ -1,0 +1,232 @@
+//! The call plane inside one process (`switchboard dev`, tests): the same semantics as the
+//! Redis one (cache, coalescing leases, tasks, queues, cancellation), kept in maps. There is no
+//! other process to lose a job to, so nothing is ever reclaimed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::calls::{Job, Submission, Submitted, WorkerAnnouncement};
+use crate::tasks::{TaskRecord, TaskStatus, now_ms};
+use crate::tools::CallToolResult;
+
+/// Dead letters kept for inspection, newest last.
+const DEAD_LETTERS_KEPT: usize = 1000;
+/// Expired tasks and results are swept once per this many submissions.
+const SWEEP_EVERY: u64 = 1024;
+
+struct Lease {
+    task: String,
+    waiters: i64,
+    expires_at_ms: u64,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(super) struct CallState {
+    workers: HashMap<String, WorkerAnnouncement>,
+    tasks: HashMap<String, TaskRecord>,
+    results: HashMap<String, (String, u64)>,
+    leases: HashMap<String, Lease>,
+    queues: HashMap<String, VecDeque<Job>>,
+    dead_letters: VecDeque<(Job, String)>,
+    next_entry: u64,
+    submissions: u64,
+}
+
+fn live(t: &TaskRecord, now: u64) -> bool {
+    t.created_at_ms + t.ttl_ms > now
+}
+
+impl CallState {
+    pub(super) fn workers(&self) -> Vec<WorkerAnnouncement> {
+        let now = now_ms();
+        let mut v: Vec<_> = self
+            .workers
+            .values()
+            .filter(|a| a.expires_at_ms > now)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        v
+    }
+
+    pub(super) fn announce(&mut self, a: &WorkerAnnouncement) {
+        self.workers.insert(a.worker_id.clone(), a.clone());
+    }
+
+    pub(super) fn withdraw(&mut self, worker_id: &str) {
+        self.workers.remove(worker_id);
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.tasks.retain(|_, t| live(t, now));
+        self.results.retain(|_, (_, exp)| *exp > now);
+        self.leases.retain(|_, l| l.expires_at_ms > now);
+    }
+
+    pub(super) fn submit(&mut self, s: &Submission) -> (Submitted, bool) {
+        let now = now_ms();
+        self.submissions += 1;
+        if self.submissions % SWEEP_EVERY == 0 {
+            self.sweep(now);
+        }
+        let mut record = TaskRecord {
+            task_id: s.task_id.clone(),
+            owner: s.owner.clone(),
+            status: TaskStatus::Working,
+            status_message: None,
+            created_at_ms: now,
+            last_updated_at_ms: now,
+            ttl_ms: s.task_ttl_ms,
+            poll_interval_ms: s.poll_interval_ms,
+            call_hash: s.call_hash.clone(),
+            tool: s.tool.name.clone(),
+            leader: None,
+            cached: false,
+            result: None,
+        };
+        if s.read_cache
+            && let Some((json, exp)) = self.results.get(&s.call_hash)
+            && *exp > now
+        {
+            record.status = TaskStatus::Completed;
+            record.cached = true;
+            record.result = serde_json::from_str(json).ok();
+            self.tasks.insert(record.task_id.clone(), record.clone());
+            return (Submitted::Cached(record), false);
+        }
+        if let Some(lease) = self.leases.get_mut(&s.call_hash)
+            && lease.expires_at_ms > now
+        {
+            lease.waiters += 1;
+            record.leader = Some(lease.task.clone());
+            self.tasks.insert(record.task_id.clone(), record.clone());
+            return (Submitted::Joined(record), false);
+        }
+        self.leases.insert(
+            s.call_hash.clone(),
+            Lease {
+                task: s.task_id.clone(),
+                waiters: 1,
+                expires_at_ms: s.deadline_ms.max(now) + 5_000,
+            },
+        );
+        self.tasks.insert(record.task_id.clone(), record.clone());
+        self.next_entry += 1;
+        self.queues
+            .entry(s.tool.name.clone())
+            .or_default()
+            .push_back(Job {
+                entry_id: self.next_entry.to_string(),
+                tool: s.tool.name.clone(),
+                task_id: s.task_id.clone(),
+                call_hash: s.call_hash.clone(),
+                arguments: s.arguments.clone(),
+                deadline_ms: s.deadline_ms,
+                cache_ttl_ms: s.cache_ttl_ms,
+                deliveries: 1,
+            });
+        (Submitted::Leader(record), true)
+    }
+
+    pub(super) fn task(&mut self, task_id: &str) -> Option<TaskRecord> {
+        let now = now_ms();
+        match self.tasks.get(task_id) {
+            Some(t) if live(t, now) => Some(t.clone()),
+            Some(_) => {
+                self.tasks.remove(task_id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Returns the leader whose execution must stop, if any.
+    pub(super) fn cancel(&mut self, task: &TaskRecord) -> Option<String> {
+        let now = now_ms();
+        let t = self.tasks.get_mut(&task.task_id)?;
+        if t.status != TaskStatus::Working {
+            return None;
+        }
+        t.status = TaskStatus::Cancelled;
+        t.last_updated_at_ms = now;
+        let leader = task.leader.clone().unwrap_or_else(|| task.task_id.clone());
+        let lease = self.leases.get_mut(&task.call_hash)?;
+        if lease.task != leader {
+            return None;
+        }
+        lease.waiters -= 1;
+        if lease.waiters > 0 {
+            return None;
+        }
+        self.leases.remove(&task.call_hash);
+        if let Some(l) = self.tasks.get_mut(&leader)
+            && l.status == TaskStatus::Working
+        {
+            l.status = TaskStatus::Cancelled;
+            l.last_updated_at_ms = now;
+        }
+        Some(leader)
+    }
+
+    pub(super) fn fetch(&mut self, tools: &[String], max: usize) -> Vec<Job> {
+        let mut out = Vec::new();
+        for tool in tools {
+            let Some(q) = self.queues.get_mut(tool) else {
+                continue;
+            };
+            while out.len() < max {
+                match q.pop_front() {
+                    Some(job) => out.push(job),
+                    None => break,
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        job: &Job,
+        status: TaskStatus,
+        message: Option<&str>,
+        result: &CallToolResult,
+    ) {
+        let now = now_ms();
+        if let Some(t) = self.tasks.get_mut(&job.task_id)
+            && t.status == TaskStatus::Working
+        {
+            t.status = status;
+            t.status_message = message.map(str::to_owned);
+            t.result = Some(result.clone());
+            t.last_updated_at_ms = now;
+        }
+        if status == TaskStatus::Completed && !result.is_error && job.cache_ttl_ms > 0 {
+            let json = serde_json::to_string(result).expect("results serialize");
+            self.results
+                .insert(job.call_hash.clone(), (json, now + job.cache_ttl_ms));
+        }
+        if self
+            .leases
+            .get(&job.call_hash)
+            .is_some_and(|l| l.task == job.task_id)
+        {
+            self.leases.remove(&job.call_hash);
+        }
+    }
+
+    pub(super) fn dead_letter(&mut self, job: &Job, reason: &str) {
+        if self.dead_letters.len() == DEAD_LETTERS_KEPT {
+            self.dead_letters.pop_front();
+        }
+        self.dead_letters
+            .push_back((job.clone(), reason.to_owned()));
+    }
+
+    pub(super) fn task_status(&mut self, task_id: &str) -> Option<TaskStatus> {
+        self.task(task_id).map(|t| t.status)
+    }
+}
+
+/// How long a fetch waits at most between checks of its queues.
+pub(super) const FETCH_POLL: Duration = Duration::from_millis(200);
