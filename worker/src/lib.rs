@@ -1,6 +1,16 @@
-//! Switchboard worker nodes: they will host tools and execute the tool calls that gateways
-//! route to them through Redis (the tool-call issue).
+//! A Switchboard worker: it hosts tools and executes the calls gateways route to it through
+//! the backend. Workers and gateways never talk directly; either side scales, restarts or fails
+//! alone.
 //!
-//! Nothing lives here yet: the foundation ships the gateway and its topic relay only. The crate
-//! exists so the workspace already has the shape the architecture describes
-//! (`docs/architecture.md`); the `switchboard worker` command arrives with its implementation.
+//! - [`tools`]: the tool interface, the toolbox, the built-in demo tools, command tools.
+//! - [`runner`]: the job loop: fetch, run with heartbeats, reclaim from silent workers,
+//!   dead-letter, cancel, announce in the registry.
+//! - [`config`]: every bound and timeout with its default.
+
+pub mod config;
+pub mod runner;
+pub mod tools;
+
+pub use config::WorkerConfig;
+pub use runner::run;
+pub use tools::Toolbox;
