@@ -29,6 +29,8 @@ enum Command {
     Dev(commands::dev::Args),
     /// Run a gateway node against Redis.
     Gateway(commands::gateway::Args),
+    /// Run a worker node that hosts tools and executes routed calls.
+    Worker(commands::worker::Args),
     /// Publish one event to a topic through Redis, as any backend would.
     Publish(commands::publish::Args),
     /// Mint an HS256 token for a subject.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(a) => commands::dev::run(a),
         Command::Gateway(a) => commands::gateway::run(a),
+        Command::Worker(a) => commands::worker::run(a),
         Command::Publish(a) => commands::publish::run(a),
         Command::Token(a) => commands::token::run(a),
         Command::Bench(a) => commands::bench::run(a),

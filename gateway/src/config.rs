@@ -31,6 +31,16 @@ pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 /// Default: events queued for each fan-out worker before new ones are dropped and counted.
 pub const DEFAULT_FANOUT_QUEUE: usize = 65_536;
+/// Default: tool calls one connection may have in flight (over it: -32006).
+pub const DEFAULT_MAX_INFLIGHT_CALLS: usize = 64;
+/// Default: how long a task is kept when the caller asks for no ttl.
+pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
+/// Default: the longest task ttl a caller may ask for.
+pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(86_400);
+/// Default: how often the node reads the worker registry (tools/list, list_changed).
+pub const DEFAULT_REGISTRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Default: a waiting call re-reads its task this often even without a signal.
+pub const DEFAULT_CALL_POLL: Duration = Duration::from_millis(500);
 /// Frames written to one socket in one vectored write, at most.
 pub const MAX_WRITE_BATCH: usize = 64;
 
@@ -63,6 +73,11 @@ pub struct GatewayConfig {
     /// Fan-out workers (a topic always goes to the same one); default: one per core.
     pub fanout_workers: usize,
     pub fanout_queue: usize,
+    pub max_inflight_calls: usize,
+    pub task_ttl: Duration,
+    pub max_task_ttl: Duration,
+    pub registry_interval: Duration,
+    pub call_poll: Duration,
 }
 
 /// A setting that cannot work, named by its config key.
@@ -101,6 +116,11 @@ impl GatewayConfig {
             subscribe_retry: DEFAULT_SUBSCRIBE_RETRY,
             fanout_workers: default_fanout_workers(),
             fanout_queue: DEFAULT_FANOUT_QUEUE,
+            max_inflight_calls: DEFAULT_MAX_INFLIGHT_CALLS,
+            task_ttl: DEFAULT_TASK_TTL,
+            max_task_ttl: DEFAULT_MAX_TASK_TTL,
+            registry_interval: DEFAULT_REGISTRY_INTERVAL,
+            call_poll: DEFAULT_CALL_POLL,
         }
     }
 
@@ -124,6 +144,15 @@ impl GatewayConfig {
         positive("write-timeout", self.write_timeout)?;
         positive("readiness-interval", self.readiness_interval)?;
         positive("subscribe-retry", self.subscribe_retry)?;
+        positive("task-ttl", self.task_ttl)?;
+        positive("registry-interval", self.registry_interval)?;
+        positive("call-poll", self.call_poll)?;
+        if self.max_task_ttl < self.task_ttl {
+            return Err(ConfigError::Invalid {
+                key: "max-task-ttl",
+                what: "at least task-ttl",
+            });
+        }
         let at_least_one = |key, n: usize| {
             if n == 0 {
                 Err(ConfigError::Invalid {
@@ -139,6 +168,7 @@ impl GatewayConfig {
         at_least_one("fanout-queue", self.fanout_queue)?;
         at_least_one("max-connections", self.max_connections)?;
         at_least_one("max-subscriptions", self.max_subscriptions)?;
+        at_least_one("max-inflight-calls", self.max_inflight_calls)?;
         if self.max_message_bytes < 256 {
             return Err(ConfigError::Invalid {
                 key: "max-message-bytes",

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::conn::{ConnCtl, Out};
 use crate::node::Node;
+use crate::calls::{self, InFlight};
 use crate::{hello, topics};
 
 /// Per-connection state, owned by the connection's reader.
@@ -33,6 +34,8 @@ pub(crate) struct ConnState {
     /// A close (code, reason) to start once the current reply is queued, so the client reads
     /// why before the socket closes.
     pub(crate) close_after_reply: Option<(u16, &'static str)>,
+    /// Tool calls in flight (request id -> task id), shared with their waiting tasks.
+    pub(crate) calls: InFlight,
 }
 
 impl ConnState {
@@ -50,7 +53,15 @@ impl ConnState {
             session: None,
             topics: HashSet::new(),
             close_after_reply: None,
+            calls: InFlight::default(),
         }
+    }
+
+    /// Who the caller is: tasks and per-user caches are bound to it.
+    pub(crate) fn owner(&self) -> String {
+        self.identity
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |i| i.subject.to_string())
     }
 }
 
@@ -85,6 +96,15 @@ pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) 
         "subscribe" => encode(id, topics::subscribe(node, state, params).await),
         "unsubscribe" => encode(id, topics::unsubscribe(node, state, params).await),
         "publish" => encode(id, topics::publish(node, params).await),
+        "tools/list" => encode(id, Ok(calls::tools_list(node))),
+        "tools/call" => later(id, calls::tools_call(node, state, id, params).await),
+        "tasks/get" => encode(id, calls::tasks_get(node, state, params).await),
+        "tasks/result" => later(id, calls::tasks_result(node, state, id, params).await),
+        "tasks/cancel" => encode(id, calls::tasks_cancel(node, state, params).await),
+        "notifications/cancelled" => {
+            calls::cancelled(node, state, params);
+            Ok(None)
+        }
         other => Err(RpcError::method_not_found(other)),
     };
     let id = id?;
@@ -93,6 +113,17 @@ pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) 
         Ok(None) => return None,
         Err(e) => wire::encode_error(Some(id), &e),
     })
+}
+
+/// Like [`encode`], for handlers that may answer later from a task of their own (`Ok(None)`).
+fn later<T: Serialize>(
+    id: Option<&RawValue>,
+    result: Result<Option<T>, RpcError>,
+) -> Result<Option<Bytes>, RpcError> {
+    match result? {
+        Some(v) => encode(id, Ok(v)),
+        None => Ok(None),
+    }
 }
 
 /// Encodes a handler's success for `id` (nothing for a notification).

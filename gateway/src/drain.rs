@@ -8,22 +8,36 @@ use std::sync::{Arc, Mutex};
 use switchboard_core::wire::close;
 use tokio::sync::Notify;
 
-use crate::conn::ConnCtl;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::conn::{ConnCtl, Out};
 use crate::node::Node;
 
 /// The open connections of a node.
 #[derive(Default)]
 pub(crate) struct Registry {
-    conns: Mutex<HashMap<u64, Arc<ConnCtl>>>,
+    conns: Mutex<HashMap<u64, (Arc<ConnCtl>, mpsc::Sender<Out>)>>,
     emptied: Notify,
 }
 
 impl Registry {
-    pub(crate) fn insert(&self, ctl: Arc<ConnCtl>) {
+    pub(crate) fn insert(&self, ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>) {
         self.conns
             .lock()
             .expect("registry lock poisoned")
-            .insert(ctl.id, ctl);
+            .insert(ctl.id, (ctl, tx));
+    }
+
+    /// Queues one frame to every connection that completed `hello` (a full queue skips it:
+    /// such notifications are advisory).
+    pub(crate) fn broadcast(&self, frame: &Bytes) {
+        let conns = self.conns.lock().expect("registry lock poisoned");
+        for (ctl, tx) in conns.values() {
+            if ctl.hello_done.load(std::sync::atomic::Ordering::Relaxed) && !ctl.is_closing() {
+                let _ = tx.try_send(Out::Text(frame.clone()));
+            }
+        }
     }
 
     pub(crate) fn remove(&self, id: u64) {
@@ -43,7 +57,7 @@ impl Registry {
             .lock()
             .expect("registry lock poisoned")
             .values()
-            .cloned()
+            .map(|(ctl, _)| ctl.clone())
             .collect()
     }
 

@@ -1,6 +1,6 @@
 //! Topic -> local subscribers, and the delivery of one live event to all of them.
 //!
-//! The backend calls [`Fanout::deliver`] for every message on a subscribed topic, from its own
+//! The backend calls [`Fanout::deliver`] (through the node's sink) for every message on a subscribed topic, from its own
 //! task. That call does the per-event work only: the payload is checked as JSON once, the
 //! `event` frame is encoded once, and the frame is handed to one of a few fan-out workers through
 //! a bounded queue (a topic always goes to the same worker, so its events stay in order). A
@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_core::backend::EventSink;
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, close};
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -162,8 +161,9 @@ impl Fanout {
     }
 }
 
-impl EventSink for Fanout {
-    fn deliver(&self, topic: &str, payload: &[u8]) {
+impl Fanout {
+    /// One message from the backend on a topic this node subscribed to.
+    pub(crate) fn deliver(&self, topic: &str, payload: &[u8]) {
         self.metrics.events_received.inc();
         let data = match wire::check_payload(payload) {
             Ok(data) => data,

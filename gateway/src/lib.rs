@@ -12,8 +12,12 @@
 //! - `dispatch`: a message to its method; `hello`, `topics`: the methods.
 //! - `fanout`: topic -> local subscribers; one encode per event, `try_send` to each.
 //! - `subscriptions`: where a topic's backend subscription is reference-counted.
+//! - `calls`: `tools/*` and `tasks/*`: validate, hash, submit, wait, answer; `catalog`: the
+//!   tools live workers announce; `signals`: local waiters and progress of executions.
 //! - `readiness`, `drain`, `metrics`, `node` (the shared state), [`config`].
 
+mod calls;
+mod catalog;
 pub mod config;
 mod conn;
 mod dispatch;
@@ -24,6 +28,7 @@ pub mod http;
 mod metrics;
 mod node;
 mod readiness;
+mod signals;
 mod subscriptions;
 mod topics;
 
@@ -36,6 +41,7 @@ pub use crate::config::{AuthConfig, ConfigError, GatewayConfig};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::signals::{CallSignals, NodeSink};
 use crate::subscriptions::Subscriptions;
 
 /// Why a gateway could not run.
@@ -65,15 +71,27 @@ pub async fn run(
         .into_iter()
         .map(|rx| tokio::spawn(fanout::run_worker(fanout.clone(), rx)))
         .collect();
-    backend.attach(fanout.clone());
+    let signals = Arc::new(CallSignals::default());
+    backend.attach(Arc::new(NodeSink {
+        fanout: fanout.clone(),
+        signals: signals.clone(),
+    }));
     let (subscriptions, subscriptions_task) = Subscriptions::spawn(
         backend.clone(),
         fanout.clone(),
         metrics.clone(),
         config.subscribe_retry,
     );
-    let node = Arc::new(Node::new(config, backend, fanout, subscriptions, metrics));
+    let node = Arc::new(Node::new(
+        config,
+        backend,
+        fanout,
+        signals,
+        subscriptions,
+        metrics,
+    ));
     let readiness_task = tokio::spawn(readiness::run(node.clone()));
+    let catalog_task = tokio::spawn(catalog::run(node.clone()));
     tracing::info!(
         node = %node.config.node_id,
         backend = node.backend.kind(),
@@ -100,6 +118,7 @@ pub async fn run(
     drop(listener);
     drain::drain(&node).await;
     readiness_task.abort();
+    catalog_task.abort();
     subscriptions_task.abort();
     for task in fanout_tasks {
         task.abort();

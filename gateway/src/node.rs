@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use switchboard_core::backend::Backend;
 use tokio::time::Instant;
 
+use crate::catalog::CatalogCell;
 use crate::config::GatewayConfig;
+use crate::signals::CallSignals;
 use crate::drain::Registry;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
@@ -21,6 +23,8 @@ pub(crate) struct Node {
     pub(crate) subscriptions: Subscriptions,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) registry: Registry,
+    pub(crate) catalog: CatalogCell,
+    pub(crate) signals: Arc<CallSignals>,
     /// The backend answered the last readiness ping.
     backend_ok: AtomicBool,
     /// Shutdown has begun: `/readyz` says 503 and no socket is accepted.
@@ -35,6 +39,7 @@ impl Node {
         config: GatewayConfig,
         backend: Arc<dyn Backend>,
         fanout: Arc<Fanout>,
+        signals: Arc<CallSignals>,
         subscriptions: Subscriptions,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -45,6 +50,8 @@ impl Node {
             subscriptions,
             metrics,
             registry: Registry::default(),
+            catalog: CatalogCell::default(),
+            signals,
             backend_ok: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             epoch: Instant::now(),

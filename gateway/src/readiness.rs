@@ -21,6 +21,9 @@ pub(crate) async fn run(node: Arc<Node>) {
         if ok && (now_reconnections != reconnections || !was) {
             reconnections = now_reconnections;
             node.subscriptions.resync_all();
+            if let Err(e) = node.backend.listen_calls().await {
+                tracing::warn!(error = %e, "cannot listen for call signals");
+            }
         }
         if was != ok {
             if ok {

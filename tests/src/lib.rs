@@ -493,6 +493,12 @@ impl WsClient {
         r
     }
 
+    /// Takes the first notification of `method` that arrived while waiting for replies.
+    pub fn take_notification(&mut self, method: &str) -> Option<Value> {
+        let i = self.skipped.iter().position(|v| v["method"] == method)?;
+        self.skipped.remove(i)
+    }
+
     /// Reads the next `event` notification's params.
     pub async fn next_event(&mut self) -> Value {
         while let Some(v) = self.skipped.pop_front() {

@@ -1,5 +1,6 @@
 //! `switchboard dev`: the whole thing in one process with an in-memory backend, for trying
-//! Switchboard out. Anonymous clients are allowed; nothing is shared beyond this process.
+//! Switchboard out. Anonymous clients are allowed; nothing is shared beyond this process. A
+//! worker with the built-in tools (echo, sleep, fail) runs in the same process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,9 +44,27 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         println!(r#"  {{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{{"topic":"chat:42"}}}}"#);
         println!(r#"  {{"jsonrpc":"2.0","id":3,"method":"publish","params":{{"topic":"chat:42","data":{{"text":"hi"}}}}}}"#);
         println!("Stop with ctrl-c.");
-        switchboard_gateway::run(config, listener, Arc::new(MemoryBackend::new()), super::shutdown_signal())
+        println!("Tools (in-process worker): echo, sleep, fail, e.g.");
+        println!(r#"  {{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{{"name":"echo","arguments":{{"hi":1}}}}}}"#);
+        let backend = Arc::new(MemoryBackend::new());
+        let mut toolbox = switchboard_worker::Toolbox::new();
+        switchboard_worker::tools::builtin::add_builtins(&mut toolbox)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(switchboard_worker::run(
+            switchboard_worker::WorkerConfig::new("dev-worker"),
+            backend.clone(),
+            toolbox,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let served = switchboard_gateway::run(config, listener, backend, super::shutdown_signal())
             .await
-            .context("gateway failed")
+            .context("gateway failed");
+        let _ = stop_tx.send(());
+        let _ = worker.await;
+        served
     })?;
     Ok(())
 }

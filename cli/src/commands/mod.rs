@@ -6,6 +6,7 @@ pub(crate) mod dev;
 pub(crate) mod gateway;
 pub(crate) mod publish;
 pub(crate) mod token;
+pub(crate) mod worker;
 
 use std::time::Duration;
 
@@ -65,6 +66,21 @@ pub(crate) struct Tuning {
     /// Events queued per fan-out worker before new ones are dropped and counted.
     #[arg(long, env = "SWITCHBOARD_FANOUT_QUEUE", default_value_t = gw::DEFAULT_FANOUT_QUEUE)]
     fanout_queue: usize,
+    /// Tool calls one connection may have in flight (over it: -32006).
+    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_CALLS", default_value_t = gw::DEFAULT_MAX_INFLIGHT_CALLS)]
+    max_inflight_calls: usize,
+    /// How long a task is kept when the caller asks for no ttl (ms).
+    #[arg(long, env = "SWITCHBOARD_TASK_TTL_MS", default_value_t = gw::DEFAULT_TASK_TTL.as_millis() as u64)]
+    task_ttl_ms: u64,
+    /// The longest task ttl a caller may ask for (ms).
+    #[arg(long, env = "SWITCHBOARD_MAX_TASK_TTL_MS", default_value_t = gw::DEFAULT_MAX_TASK_TTL.as_millis() as u64)]
+    max_task_ttl_ms: u64,
+    /// How often the worker registry is read (ms).
+    #[arg(long, env = "SWITCHBOARD_REGISTRY_INTERVAL_MS", default_value_t = gw::DEFAULT_REGISTRY_INTERVAL.as_millis() as u64)]
+    registry_interval_ms: u64,
+    /// A waiting call re-reads its task this often without a signal (ms).
+    #[arg(long, env = "SWITCHBOARD_CALL_POLL_MS", default_value_t = gw::DEFAULT_CALL_POLL.as_millis() as u64)]
+    call_poll_ms: u64,
 }
 
 impl Tuning {
@@ -88,6 +104,11 @@ impl Tuning {
                 .fanout_workers
                 .unwrap_or_else(gw::default_fanout_workers),
             fanout_queue: self.fanout_queue,
+            max_inflight_calls: self.max_inflight_calls,
+            task_ttl: ms(self.task_ttl_ms),
+            max_task_ttl: ms(self.max_task_ttl_ms),
+            registry_interval: ms(self.registry_interval_ms),
+            call_poll: ms(self.call_poll_ms),
         }
     }
 }

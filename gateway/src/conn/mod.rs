@@ -116,7 +116,8 @@ pub(crate) async fn serve(
     admission: Admission,
 ) {
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
-    let _registration = Registration::new(&node, ctl.clone());
+    let (tx, rx) = mpsc::channel(node.config.outbound_queue);
+    let _registration = Registration::new(&node, ctl.clone(), tx.clone());
     if node.is_draining() {
         // Upgraded while the drain took its snapshot of the registry: leave with the others.
         ctl.close(
@@ -126,7 +127,6 @@ pub(crate) async fn serve(
         );
     }
     let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel(node.config.outbound_queue);
     let identity = match admission {
         Admission::Open(identity) => identity,
         Admission::BadToken => {
@@ -168,9 +168,9 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(node: &Arc<Node>, ctl: Arc<ConnCtl>) -> Self {
+    fn new(node: &Arc<Node>, ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>) -> Self {
         let id = ctl.id;
-        node.registry.insert(ctl);
+        node.registry.insert(ctl, tx);
         node.metrics.connections_total.inc();
         node.metrics.connections.inc();
         Registration {

@@ -1,0 +1,381 @@
+//! `tools/list`, `tools/call`, `tasks/get`, `tasks/result`, `tasks/cancel` and the
+//! `notifications/cancelled` notification.
+//!
+//! A call is checked here (known tool, arguments valid against its schema, the connection's
+//! in-flight limit), hashed, and submitted to the backend, which answers from the cache, joins an
+//! identical call in flight, or queues a job. Waiting happens in a task of its own, so a socket
+//! can have many calls in flight; the reply goes out through the connection's queue when the
+//! execution's task record says it is done, or -32005 at the call's deadline. With `task` in
+//! the params the reply is the task at once, and `tasks/result` collects the outcome later,
+//! from any node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use switchboard_core::callhash::call_hash;
+use switchboard_core::calls::{Submission, Submitted};
+use switchboard_core::tasks::{TaskRecord, TaskStatus, new_task_id, now_ms};
+use switchboard_core::tools::CallToolResult;
+use switchboard_core::wire::{self, ErrorCode, RpcError};
+use tokio::sync::mpsc;
+
+use crate::conn::Out;
+use crate::dispatch::ConnState;
+use crate::node::Node;
+
+/// Calls of one connection in flight: request id (raw JSON) -> the caller's task id.
+pub(crate) type InFlight = Arc<Mutex<HashMap<String, String>>>;
+
+/// How a call may use the cache (`_meta["switchboard/cache"]`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CacheMode {
+    Use,
+    /// Skip reading the cache and do not write it.
+    Bypass,
+    /// Skip reading the cache; write the fresh result.
+    Refresh,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallParams {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Map<String, Value>>,
+    #[serde(default)]
+    task: Option<TaskParams>,
+}
+
+#[derive(Deserialize)]
+struct TaskParams {
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskIdParams {
+    task_id: String,
+}
+
+fn backend_unavailable() -> RpcError {
+    RpcError::new(ErrorCode::Internal, "backend unavailable, try again")
+}
+
+fn not_found() -> RpcError {
+    RpcError::new(ErrorCode::NotFound, "task not found")
+}
+
+pub(crate) fn tools_list(node: &Node) -> Value {
+    let catalog = node.catalog.get();
+    let tools: Vec<Value> = catalog.tools.values().map(|t| t.spec.mcp()).collect();
+    json!({ "tools": tools })
+}
+
+/// Starts a call. `Ok(None)`: the reply will be queued by the call's own task.
+pub(crate) async fn tools_call(
+    node: &Arc<Node>,
+    state: &mut ConnState,
+    id: Option<&RawValue>,
+    params: Option<&RawValue>,
+) -> Result<Option<Value>, RpcError> {
+    let p: CallParams = wire::decode_params(params)?;
+    let catalog = node.catalog.get();
+    let Some(tool) = catalog.tools.get(&p.name).cloned() else {
+        return Err(RpcError::invalid_params(format!(
+            "unknown tool: {}",
+            p.name.chars().take(128).collect::<String>()
+        )));
+    };
+    let arguments = p.arguments.unwrap_or_else(|| json!({}));
+    tool.check(&arguments)
+        .map_err(|why| RpcError::invalid_params(format!("invalid arguments: {why}")))?;
+    let meta = p.meta.unwrap_or_default();
+    let mode = match meta.get("switchboard/cache").and_then(Value::as_str) {
+        None | Some("use") => CacheMode::Use,
+        Some("bypass") => CacheMode::Bypass,
+        Some("refresh") => CacheMode::Refresh,
+        Some(_) => {
+            return Err(RpcError::invalid_params(
+                "_meta.switchboard/cache must be use, bypass or refresh",
+            ));
+        }
+    };
+    let progress_token = meta.get("progressToken").cloned();
+    let cfg = &node.config;
+    let task_ttl_ms = p
+        .task
+        .as_ref()
+        .and_then(|t| t.ttl)
+        .unwrap_or(cfg.task_ttl.as_millis() as u64)
+        .clamp(1, cfg.max_task_ttl.as_millis() as u64);
+
+    let in_flight = state.calls.clone();
+    let request_key = id.map(|i| i.get().to_owned());
+    let task_id = new_task_id();
+    if let Some(key) = &request_key {
+        let mut f = in_flight.lock().expect("poisoned");
+        if f.len() >= cfg.max_inflight_calls {
+            return Err(RpcError::new(
+                ErrorCode::Overloaded,
+                format!("too many calls in flight on this connection ({})", cfg.max_inflight_calls),
+            ));
+        }
+        f.insert(key.clone(), task_id.clone());
+    }
+    let owner = state.owner();
+    let spec = &tool.spec;
+    let submission = Submission {
+        call_hash: call_hash(spec, &arguments, &owner),
+        tool: spec.clone(),
+        arguments,
+        task_id,
+        owner,
+        read_cache: mode == CacheMode::Use && spec.cache.enabled(),
+        cache_ttl_ms: if mode == CacheMode::Bypass { 0 } else { spec.cache.ttl_ms },
+        task_ttl_ms,
+        poll_interval_ms: cfg.call_poll.as_millis() as u64,
+        deadline_ms: now_ms() + spec.timeout_ms,
+    };
+    let call = PendingCall {
+        node: node.clone(),
+        tx: state.tx.clone(),
+        id: id.map(RawValue::to_owned),
+        request_key,
+        in_flight,
+        progress_token,
+        task_mode: p.task.is_some(),
+    };
+    tokio::spawn(call.run(submission));
+    Ok(None)
+}
+
+/// A call between submission and reply.
+struct PendingCall {
+    node: Arc<Node>,
+    tx: mpsc::Sender<Out>,
+    /// `None` for a call sent as a notification: it runs, nobody is answered.
+    id: Option<Box<RawValue>>,
+    request_key: Option<String>,
+    in_flight: InFlight,
+    progress_token: Option<Value>,
+    task_mode: bool,
+}
+
+impl PendingCall {
+    async fn run(self, submission: Submission) {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()));
+        let reply = match self.node.backend.submit(&submission).await {
+            Err(e) => {
+                tracing::warn!(error = %e, "submitting a call failed");
+                Err(backend_unavailable())
+            }
+            Ok(Submitted::Cached(rec)) => Ok(result_value(&rec, &rec, true)),
+            Ok(s) if self.task_mode => Ok(json!({ "task": s.record().mcp() })),
+            Ok(s) => {
+                let rec = s.record().clone();
+                let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
+                match wait_outcome(&self.node, &rec, progress, Some(deadline)).await {
+                    Ok(leader) => Ok(result_value(&rec, &leader, false)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        // A call cancelled by `notifications/cancelled` gets no reply (MCP).
+        let still_wanted = match &self.request_key {
+            Some(key) => self.in_flight.lock().expect("poisoned").remove(key).is_some(),
+            None => false,
+        };
+        if let (true, Some(id)) = (still_wanted, &self.id) {
+            let frame = match reply {
+                Ok(v) => wire::encode_result(id, &v),
+                Err(e) => wire::encode_error(Some(id), &e),
+            };
+            let _ = self.tx.send(Out::Text(frame)).await;
+        }
+    }
+}
+
+/// The CallToolResult to answer for `own` task, from the record holding the outcome.
+fn result_value(own: &TaskRecord, outcome: &TaskRecord, cached: bool) -> Value {
+    let mut result = outcome.result.clone().unwrap_or_else(|| {
+        CallToolResult::error(
+            outcome
+                .status_message
+                .clone()
+                .unwrap_or_else(|| format!("the call ended {}", outcome.status.as_str())),
+        )
+    });
+    let meta = result.meta.get_or_insert_with(Map::new);
+    meta.insert("switchboard/taskId".into(), json!(own.task_id));
+    meta.insert("switchboard/callHash".into(), json!(own.call_hash));
+    meta.insert("switchboard/cached".into(), json!(cached));
+    serde_json::to_value(result).expect("results serialize")
+}
+
+/// Waits until the execution behind `own` is done and returns the record holding the outcome
+/// (the leader's, or `own` when it was cancelled itself). -32005 at `deadline`.
+async fn wait_outcome(
+    node: &Node,
+    own: &TaskRecord,
+    progress: Option<(Value, mpsc::Sender<Out>)>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<TaskRecord, RpcError> {
+    let leader = own.leader.clone().unwrap_or_else(|| own.task_id.clone());
+    let guard = node.signals.wait_for(&leader, progress);
+    loop {
+        let woken = guard.notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(done) = outcome(node, own).await? {
+            return Ok(done);
+        }
+        let poll = tokio::time::sleep(node.config.call_poll);
+        tokio::select! {
+            _ = woken => {}
+            _ = poll => {}
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                return Err(RpcError::new(ErrorCode::Timeout, "the call did not finish before its deadline"));
+            }
+        }
+    }
+}
+
+/// The record holding the outcome of `own`, if the execution is done. A task of its own in a
+/// terminal state (cancelled) is its own outcome; otherwise a joined task follows its leader.
+async fn outcome(node: &Node, own: &TaskRecord) -> Result<Option<TaskRecord>, RpcError> {
+    let fresh = node
+        .backend
+        .task(&own.task_id)
+        .await
+        .map_err(|_| backend_unavailable())?;
+    let Some(fresh) = fresh else {
+        return Err(not_found());
+    };
+    if fresh.status.is_terminal() {
+        return Ok(Some(fresh));
+    }
+    let Some(leader) = &fresh.leader else {
+        return Ok(None);
+    };
+    match node.backend.task(leader).await.map_err(|_| backend_unavailable())? {
+        Some(l) if l.status.is_terminal() => Ok(Some(l)),
+        Some(_) => Ok(None),
+        None => {
+            let mut lost = fresh.clone();
+            lost.status = TaskStatus::Failed;
+            lost.status_message = Some("the shared execution's task expired".into());
+            Ok(Some(lost))
+        }
+    }
+}
+
+/// The caller's own task, or -32004 (also when it belongs to someone else: no existence leak).
+async fn own_task(node: &Node, state: &ConnState, params: Option<&RawValue>) -> Result<TaskRecord, RpcError> {
+    let p: TaskIdParams = wire::decode_params(params)?;
+    match node.backend.task(&p.task_id).await {
+        Ok(Some(t)) if t.owner == state.owner() => Ok(t),
+        Ok(_) => Err(not_found()),
+        Err(_) => Err(backend_unavailable()),
+    }
+}
+
+/// The task as the caller sees it: a joined task shows its execution's state.
+async fn effective(node: &Node, own: &TaskRecord) -> Result<TaskRecord, RpcError> {
+    let mut shown = own.clone();
+    if let Some(done) = outcome(node, own).await? {
+        shown.status = done.status;
+        shown.status_message = done.status_message;
+        shown.last_updated_at_ms = done.last_updated_at_ms;
+    }
+    Ok(shown)
+}
+
+pub(crate) async fn tasks_get(node: &Arc<Node>, state: &ConnState, params: Option<&RawValue>) -> Result<Value, RpcError> {
+    let own = own_task(node, state, params).await?;
+    Ok(effective(node, &own).await?.mcp())
+}
+
+pub(crate) async fn tasks_cancel(node: &Arc<Node>, state: &ConnState, params: Option<&RawValue>) -> Result<Value, RpcError> {
+    let own = own_task(node, state, params).await?;
+    let shown = effective(node, &own).await?;
+    if shown.status.is_terminal() {
+        return Err(RpcError::invalid_params(format!(
+            "task is already {}",
+            shown.status.as_str()
+        )));
+    }
+    node.backend.cancel(&own).await.map_err(|_| backend_unavailable())?;
+    let after = node
+        .backend
+        .task(&own.task_id)
+        .await
+        .map_err(|_| backend_unavailable())?
+        .ok_or_else(not_found)?;
+    Ok(after.mcp())
+}
+
+/// `tasks/result`: waits (in its own task) until the outcome is there.
+pub(crate) async fn tasks_result(
+    node: &Arc<Node>,
+    state: &ConnState,
+    id: Option<&RawValue>,
+    params: Option<&RawValue>,
+) -> Result<Option<Value>, RpcError> {
+    let own = own_task(node, state, params).await?;
+    let Some(id) = id.map(RawValue::to_owned) else {
+        return Ok(None);
+    };
+    let node = node.clone();
+    let tx = state.tx.clone();
+    tokio::spawn(async move {
+        let reply: Result<Value, RpcError> = async {
+            let done = wait_outcome(&node, &own, None, None).await?;
+            Ok(result_value(&own, &done, own.cached))
+        }
+        .await;
+        let frame: Bytes = match reply {
+            Ok(v) => wire::encode_result(&id, &v),
+            Err(e) => wire::encode_error(Some(&id), &e),
+        };
+        let _ = tx.send(Out::Text(frame)).await;
+    });
+    Ok(None)
+}
+
+/// `notifications/cancelled {requestId}`: cancels that call's task; the call gets no reply.
+pub(crate) fn cancelled(node: &Arc<Node>, state: &ConnState, params: Option<&RawValue>) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct P<'a> {
+        #[serde(borrow)]
+        request_id: &'a RawValue,
+    }
+    let Ok(p) = wire::decode_params::<P<'_>>(params) else {
+        return;
+    };
+    let Some(task_id) = state
+        .calls
+        .lock()
+        .expect("poisoned")
+        .remove(p.request_id.get())
+    else {
+        return;
+    };
+    let node = node.clone();
+    tokio::spawn(async move {
+        if let Ok(Some(task)) = node.backend.task(&task_id).await
+            && let Err(e) = node.backend.cancel(&task).await
+        {
+            tracing::warn!(error = %e, "cancelling a call failed");
+        }
+    });
+}

@@ -1,0 +1,321 @@
+//! Tool calls through one gateway and an in-process worker, on both backends: the catalogue,
+//! calls and their `_meta`, the cache, errors, tasks (get, result, cancel, ownership), progress,
+//! cancellation and the per-connection limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_core::auth::{self, Verifier};
+use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
+use switchboard_core::calls::JobQueue;
+use switchboard_gateway::GatewayConfig;
+use switchboard_harness::{InProcessGateway, RedisServer, WsClient, eventually, http_get};
+use switchboard_worker::tools::builtin::add_builtins;
+use switchboard_worker::{Toolbox, WorkerConfig};
+
+const SECRET: &[u8] = b"tools-secret";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+struct Setup {
+    gw: InProcessGateway,
+    _redis: Option<RedisServer>,
+    _worker: tokio::task::JoinHandle<()>,
+}
+
+async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
+    let mut config = GatewayConfig::dev("tools-node");
+    config.auth.verifier = Some(Verifier::hs256(SECRET));
+    config.readiness_interval = Duration::from_millis(100);
+    config.registry_interval = Duration::from_millis(100);
+    tweak(&mut config);
+    let (backend, queue, redis): (Arc<dyn Backend>, Arc<dyn JobQueue>, _) = match kind {
+        Kind::Memory => {
+            let b = Arc::new(MemoryBackend::new());
+            (b.clone(), b, None)
+        }
+        Kind::Redis => {
+            let redis = RedisServer::start().await;
+            let b = Arc::new(RedisBackend::new(&RedisOptions::new(redis.url())).unwrap());
+            (b.clone(), b, Some(redis))
+        }
+    };
+    let mut toolbox = Toolbox::new();
+    add_builtins(&mut toolbox).unwrap();
+    let mut wc = WorkerConfig::new("w1");
+    wc.heartbeat = Duration::from_millis(100);
+    wc.visibility_timeout = Duration::from_secs(5);
+    let worker = tokio::spawn(switchboard_worker::run(
+        wc,
+        queue,
+        toolbox,
+        std::future::pending(),
+    ));
+    let gw = InProcessGateway::start(config, backend).await;
+    let addr = gw.addr;
+    eventually("gateway ready", || async move {
+        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    Setup {
+        gw,
+        _redis: redis,
+        _worker: worker,
+    }
+}
+
+async fn client(s: &Setup, user: &str) -> WsClient {
+    let token = auth::mint(SECRET, user, None).unwrap();
+    let mut c = WsClient::connect(&format!("{}?token={token}", s.gw.ws_url())).await;
+    c.hello().await;
+    // The catalogue fills within a registry interval of the worker's first announcement.
+    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
+    loop {
+        let r = c.call("tools/list", json!({})).await;
+        if r["result"]["tools"].as_array().map_or(0, Vec::len) == 3 {
+            return c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "tools never listed: {r}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$case(super::Kind::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$case(super::Kind::Redis).await
+            }
+        }
+    )*};
+}
+
+both_backends!(
+    lists_tools_with_mcp_fields,
+    echo_is_cached_and_key_order_does_not_matter,
+    errors_are_results_and_never_cached,
+    bad_calls_are_refused_before_routing,
+    task_mode_and_task_methods,
+    tasks_belong_to_their_caller,
+    progress_reaches_the_caller,
+    cancellation_stops_the_call,
+    in_flight_calls_are_limited,
+);
+
+fn meta(r: &Value) -> &Value {
+    &r["result"]["_meta"]
+}
+
+async fn lists_tools_with_mcp_fields(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    let r = c.call("tools/list", json!({})).await;
+    let tools = r["result"]["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "fail", "sleep"]);
+    let sleep = &tools[2];
+    assert_eq!(sleep["inputSchema"]["required"], json!(["ms"]));
+    assert!(sleep["description"].is_string());
+    assert_eq!(tools[0]["annotations"]["readOnlyHint"], true);
+}
+
+async fn echo_is_cached_and_key_order_does_not_matter(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    let r1 = c
+        .call("tools/call", json!({"name": "echo", "arguments": {"a": 1, "b": [1, 2]}}))
+        .await;
+    let res = &r1["result"];
+    assert_eq!(res["isError"], false, "{r1}");
+    assert_eq!(res["structuredContent"], json!({"a": 1, "b": [1, 2]}));
+    assert_eq!(res["content"][0]["type"], "text");
+    assert_eq!(meta(&r1)["switchboard/cached"], false);
+    let hash = meta(&r1)["switchboard/callHash"].as_str().unwrap().to_owned();
+    assert_eq!(hash.len(), 64);
+    let first_task = meta(&r1)["switchboard/taskId"].clone();
+
+    // Another user, another key order and spacing: the same call, from the cache.
+    let mut bob = client(&s, "bob").await;
+    let r2 = bob
+        .call("tools/call", json!({"name": "echo", "arguments": {"b": [1, 2], "a": 1}}))
+        .await;
+    assert_eq!(meta(&r2)["switchboard/cached"], true, "{r2}");
+    assert_eq!(meta(&r2)["switchboard/callHash"], hash.as_str());
+    assert_ne!(meta(&r2)["switchboard/taskId"], first_task, "every call is its own task");
+    assert_eq!(r2["result"]["structuredContent"], res["structuredContent"]);
+
+    // bypass and refresh skip the cache.
+    for mode in ["bypass", "refresh"] {
+        let r = bob
+            .call(
+                "tools/call",
+                json!({"name": "echo", "arguments": {"a": 1, "b": [1, 2]}, "_meta": {"switchboard/cache": mode}}),
+            )
+            .await;
+        assert_eq!(meta(&r)["switchboard/cached"], false, "{mode}: {r}");
+    }
+    let r = bob
+        .call("tools/call", json!({"name": "echo", "arguments": {"a": 2}}))
+        .await;
+    assert_eq!(meta(&r)["switchboard/cached"], false);
+}
+
+async fn errors_are_results_and_never_cached(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    for _ in 0..2 {
+        let r = c
+            .call("tools/call", json!({"name": "fail", "arguments": {"message": "boom"}}))
+            .await;
+        assert_eq!(r["result"]["isError"], true, "{r}");
+        assert_eq!(r["result"]["content"][0]["text"], "boom");
+        assert_eq!(meta(&r)["switchboard/cached"], false);
+    }
+}
+
+async fn bad_calls_are_refused_before_routing(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    let r = c.call("tools/call", json!({"name": "nope", "arguments": {}})).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("unknown tool"));
+    let r = c.call("tools/call", json!({"name": "sleep", "arguments": {"ms": "long"}})).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("invalid arguments"), "{r}");
+    let r = c.call("tools/call", json!({"name": "sleep", "arguments": {}})).await;
+    assert_eq!(r["error"]["code"], -32602, "missing required: {r}");
+    let r = c.call("tools/call", json!({"arguments": {}})).await;
+    assert_eq!(r["error"]["code"], -32602);
+    let r = c
+        .call("tools/call", json!({"name": "echo", "_meta": {"switchboard/cache": "maybe"}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602);
+}
+
+async fn task_mode_and_task_methods(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    let r = c
+        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 300}, "task": {"ttl": 60000}}))
+        .await;
+    let task = &r["result"]["task"];
+    assert_eq!(task["status"], "working", "{r}");
+    assert_eq!(task["ttl"], 60000);
+    assert!(task["createdAt"].as_str().unwrap().ends_with('Z'));
+    let id = task["taskId"].as_str().unwrap().to_owned();
+
+    let g = c.call("tasks/get", json!({"taskId": id})).await;
+    assert_eq!(g["result"]["taskId"], id.as_str(), "{g}");
+    let res = c.call("tasks/result", json!({"taskId": id})).await;
+    assert_eq!(res["result"]["structuredContent"]["slept_ms"], 300, "{res}");
+    assert_eq!(meta(&res)["switchboard/taskId"], id.as_str());
+    let g = c.call("tasks/get", json!({"taskId": id})).await;
+    assert_eq!(g["result"]["status"], "completed");
+    // A finished task cannot be cancelled.
+    let r = c.call("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+
+    // Every call is a task: the id in a plain call's _meta answers tasks/get.
+    let r = c.call("tools/call", json!({"name": "echo", "arguments": {"x": 9}})).await;
+    let id = meta(&r)["switchboard/taskId"].as_str().unwrap().to_owned();
+    let g = c.call("tasks/get", json!({"taskId": id})).await;
+    assert_eq!(g["result"]["status"], "completed");
+}
+
+async fn tasks_belong_to_their_caller(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut alice = client(&s, "alice").await;
+    let mut bob = client(&s, "bob").await;
+    let r = alice
+        .call("tools/call", json!({"name": "echo", "arguments": {"secret": 1}}))
+        .await;
+    let id = meta(&r)["switchboard/taskId"].as_str().unwrap().to_owned();
+    for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
+        let theirs = bob.call(method, json!({"taskId": id})).await;
+        let missing = bob.call(method, json!({"taskId": "0123456789abcdef"})).await;
+        assert_eq!(theirs["error"]["code"], -32004, "{method}: {theirs}");
+        // No existence leak: someone else's task looks exactly like a missing one.
+        assert_eq!(theirs["error"], missing["error"], "{method}");
+    }
+}
+
+async fn progress_reaches_the_caller(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    let r = c
+        .call(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 400}, "_meta": {"progressToken": "p1"}}),
+        )
+        .await;
+    assert_eq!(r["result"]["structuredContent"]["slept_ms"], 400, "{r}");
+    let mut seen = Vec::new();
+    while let Some(n) = c.take_notification("notifications/progress") {
+        assert_eq!(n["params"]["progressToken"], "p1");
+        assert_eq!(n["params"]["total"], 400.0);
+        seen.push(n["params"]["progress"].as_f64().unwrap());
+    }
+    assert!(!seen.is_empty(), "no progress notification arrived");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}
+
+async fn cancellation_stops_the_call(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut c = client(&s, "alice").await;
+    // tasks/cancel on a task-mode call.
+    let r = c
+        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 60000}, "task": {}}))
+        .await;
+    let id = r["result"]["task"]["taskId"].as_str().unwrap().to_owned();
+    let r = c.call("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(r["result"]["status"], "cancelled", "{r}");
+    let res = c.call("tasks/result", json!({"taskId": id})).await;
+    assert_eq!(res["result"]["isError"], true, "{res}");
+
+    // notifications/cancelled on a plain call: no reply for it, the task is cancelled.
+    let call_id = c
+        .send_request("tools/call", json!({"name": "sleep", "arguments": {"ms": 60001}}))
+        .await;
+    c.send_text(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": call_id}})
+            .to_string(),
+    )
+    .await;
+    // The very next reply is the ping's: the cancelled call is never answered.
+    let ping_id = c.send_request("ping", json!({})).await;
+    loop {
+        let v = c.read_json().await;
+        if v.get("id").is_some() {
+            assert_eq!(v["id"], json!(ping_id), "the cancelled call was answered: {v}");
+            break;
+        }
+    }
+    // The execution is gone from the worker: its slot is free for a short call.
+    let r = c
+        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 10}}))
+        .await;
+    assert_eq!(r["result"]["structuredContent"]["slept_ms"], 10, "{r}");
+}
+
+async fn in_flight_calls_are_limited(kind: Kind) {
+    let s = setup(kind, |c| c.max_inflight_calls = 2).await;
+    let mut c = client(&s, "alice").await;
+    for ms in [60000, 60001] {
+        c.send_request("tools/call", json!({"name": "sleep", "arguments": {"ms": ms}}))
+            .await;
+    }
+    let r = c
+        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 60002}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32006, "{r}");
+}
