@@ -125,7 +125,10 @@ pub(crate) async fn tools_call(
         if f.len() >= cfg.max_inflight_calls {
             return Err(RpcError::new(
                 ErrorCode::Overloaded,
-                format!("too many calls in flight on this connection ({})", cfg.max_inflight_calls),
+                format!(
+                    "too many calls in flight on this connection ({})",
+                    cfg.max_inflight_calls
+                ),
             ));
         }
         f.insert(key.clone(), task_id.clone());
@@ -139,7 +142,11 @@ pub(crate) async fn tools_call(
         task_id,
         owner,
         read_cache: mode == CacheMode::Use && spec.cache.enabled(),
-        cache_ttl_ms: if mode == CacheMode::Bypass { 0 } else { spec.cache.ttl_ms },
+        cache_ttl_ms: if mode == CacheMode::Bypass {
+            0
+        } else {
+            spec.cache.ttl_ms
+        },
         task_ttl_ms,
         poll_interval_ms: cfg.call_poll.as_millis() as u64,
         deadline_ms: now_ms() + spec.timeout_ms,
@@ -172,7 +179,8 @@ struct PendingCall {
 impl PendingCall {
     async fn run(self, submission: Submission) {
         let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()));
+            + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()))
+            + self.node.config.deadline_grace;
         let reply = match self.node.backend.submit(&submission).await {
             Err(e) => {
                 tracing::warn!(error = %e, "submitting a call failed");
@@ -191,7 +199,12 @@ impl PendingCall {
         };
         // A call cancelled by `notifications/cancelled` gets no reply (MCP).
         let still_wanted = match &self.request_key {
-            Some(key) => self.in_flight.lock().expect("poisoned").remove(key).is_some(),
+            Some(key) => self
+                .in_flight
+                .lock()
+                .expect("poisoned")
+                .remove(key)
+                .is_some(),
             None => false,
         };
         if let (true, Some(id)) = (still_wanted, &self.id) {
@@ -266,7 +279,12 @@ async fn outcome(node: &Node, own: &TaskRecord) -> Result<Option<TaskRecord>, Rp
     let Some(leader) = &fresh.leader else {
         return Ok(None);
     };
-    match node.backend.task(leader).await.map_err(|_| backend_unavailable())? {
+    match node
+        .backend
+        .task(leader)
+        .await
+        .map_err(|_| backend_unavailable())?
+    {
         Some(l) if l.status.is_terminal() => Ok(Some(l)),
         Some(_) => Ok(None),
         None => {
@@ -279,7 +297,11 @@ async fn outcome(node: &Node, own: &TaskRecord) -> Result<Option<TaskRecord>, Rp
 }
 
 /// The caller's own task, or -32004 (also when it belongs to someone else: no existence leak).
-async fn own_task(node: &Node, state: &ConnState, params: Option<&RawValue>) -> Result<TaskRecord, RpcError> {
+async fn own_task(
+    node: &Node,
+    state: &ConnState,
+    params: Option<&RawValue>,
+) -> Result<TaskRecord, RpcError> {
     let p: TaskIdParams = wire::decode_params(params)?;
     match node.backend.task(&p.task_id).await {
         Ok(Some(t)) if t.owner == state.owner() => Ok(t),
@@ -299,12 +321,20 @@ async fn effective(node: &Node, own: &TaskRecord) -> Result<TaskRecord, RpcError
     Ok(shown)
 }
 
-pub(crate) async fn tasks_get(node: &Arc<Node>, state: &ConnState, params: Option<&RawValue>) -> Result<Value, RpcError> {
+pub(crate) async fn tasks_get(
+    node: &Arc<Node>,
+    state: &ConnState,
+    params: Option<&RawValue>,
+) -> Result<Value, RpcError> {
     let own = own_task(node, state, params).await?;
     Ok(effective(node, &own).await?.mcp())
 }
 
-pub(crate) async fn tasks_cancel(node: &Arc<Node>, state: &ConnState, params: Option<&RawValue>) -> Result<Value, RpcError> {
+pub(crate) async fn tasks_cancel(
+    node: &Arc<Node>,
+    state: &ConnState,
+    params: Option<&RawValue>,
+) -> Result<Value, RpcError> {
     let own = own_task(node, state, params).await?;
     let shown = effective(node, &own).await?;
     if shown.status.is_terminal() {
@@ -313,7 +343,10 @@ pub(crate) async fn tasks_cancel(node: &Arc<Node>, state: &ConnState, params: Op
             shown.status.as_str()
         )));
     }
-    node.backend.cancel(&own).await.map_err(|_| backend_unavailable())?;
+    node.backend
+        .cancel(&own)
+        .await
+        .map_err(|_| backend_unavailable())?;
     let after = node
         .backend
         .task(&own.task_id)

@@ -39,6 +39,9 @@ pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(86_400);
 /// Default: how often the node reads the worker registry (tools/list, list_changed).
 pub const DEFAULT_REGISTRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Default: how long past a tool's own timeout a caller waits for the worker's answer (a
+/// timed-out call's `isError` result) before answering -32005 itself.
+pub const DEFAULT_DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// Default: a waiting call re-reads its task this often even without a signal.
 pub const DEFAULT_CALL_POLL: Duration = Duration::from_millis(500);
 /// Frames written to one socket in one vectored write, at most.
@@ -78,6 +81,7 @@ pub struct GatewayConfig {
     pub max_task_ttl: Duration,
     pub registry_interval: Duration,
     pub call_poll: Duration,
+    pub deadline_grace: Duration,
 }
 
 /// A setting that cannot work, named by its config key.
@@ -121,6 +125,7 @@ impl GatewayConfig {
             max_task_ttl: DEFAULT_MAX_TASK_TTL,
             registry_interval: DEFAULT_REGISTRY_INTERVAL,
             call_poll: DEFAULT_CALL_POLL,
+            deadline_grace: DEFAULT_DEADLINE_GRACE,
         }
     }
 

@@ -15,9 +15,9 @@ use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, ErrorCode, RpcError};
 use tokio::sync::mpsc;
 
+use crate::calls::{self, InFlight};
 use crate::conn::{ConnCtl, Out};
 use crate::node::Node;
-use crate::calls::{self, InFlight};
 use crate::{hello, topics};
 
 /// Per-connection state, owned by the connection's reader.

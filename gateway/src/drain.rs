@@ -12,12 +12,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::conn::{ConnCtl, Out};
+use crate::fanout::Subscriber;
 use crate::node::Node;
 
 /// The open connections of a node.
 #[derive(Default)]
 pub(crate) struct Registry {
-    conns: Mutex<HashMap<u64, (Arc<ConnCtl>, mpsc::Sender<Out>)>>,
+    conns: Mutex<HashMap<u64, Subscriber>>,
     emptied: Notify,
 }
 
@@ -26,16 +27,16 @@ impl Registry {
         self.conns
             .lock()
             .expect("registry lock poisoned")
-            .insert(ctl.id, (ctl, tx));
+            .insert(ctl.id, Subscriber { ctl, tx });
     }
 
     /// Queues one frame to every connection that completed `hello` (a full queue skips it:
     /// such notifications are advisory).
     pub(crate) fn broadcast(&self, frame: &Bytes) {
         let conns = self.conns.lock().expect("registry lock poisoned");
-        for (ctl, tx) in conns.values() {
-            if ctl.hello_done.load(std::sync::atomic::Ordering::Relaxed) && !ctl.is_closing() {
-                let _ = tx.try_send(Out::Text(frame.clone()));
+        for c in conns.values() {
+            if c.ctl.hello_done.load(std::sync::atomic::Ordering::Relaxed) && !c.ctl.is_closing() {
+                let _ = c.tx.try_send(Out::Text(frame.clone()));
             }
         }
     }
@@ -57,7 +58,7 @@ impl Registry {
             .lock()
             .expect("registry lock poisoned")
             .values()
-            .map(|(ctl, _)| ctl.clone())
+            .map(|c| c.ctl.clone())
             .collect()
     }
 

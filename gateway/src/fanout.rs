@@ -31,7 +31,8 @@ use crate::metrics::Metrics;
 /// Warnings about dropped events are logged at most this often.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One local subscriber of a topic.
+/// A connection as other parts of the node reach it: its control block and its queue (a
+/// topic's local subscriber; a registry entry).
 #[derive(Clone)]
 pub(crate) struct Subscriber {
     pub(crate) ctl: Arc<ConnCtl>,

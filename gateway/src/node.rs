@@ -9,10 +9,10 @@ use tokio::time::Instant;
 
 use crate::catalog::CatalogCell;
 use crate::config::GatewayConfig;
-use crate::signals::CallSignals;
 use crate::drain::Registry;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::signals::CallSignals;
 use crate::subscriptions::Subscriptions;
 
 /// See the module docs.

@@ -279,6 +279,69 @@ impl GatewayProcess {
     }
 }
 
+/// A `switchboard worker` child process.
+pub struct WorkerProcess {
+    pub id: String,
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts a worker with `extra` flags (`--builtin`, `--tools FILE`, ...) and waits until
+    /// its announcement is in the registry.
+    pub async fn start(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
+        let w = Self::spawn(redis, id, extra);
+        let id = w.id.clone();
+        eventually(&format!("worker {id} to announce itself"), || {
+            let id = id.clone();
+            async move {
+                let mut conn = redis.connection().await;
+                let v: Option<String> = redis::cmd("HGET")
+                    .arg("sb:workers")
+                    .arg(&id)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                v.map(|_| ())
+            }
+        })
+        .await;
+        w
+    }
+
+    /// Starts a worker without waiting for it (one that may die at once).
+    pub fn spawn(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
+        let child = Command::new(switchboard_bin())
+            .arg("worker")
+            .args(["--redis", &redis.url(), "--worker-id", id])
+            .args(["--heartbeat-ms", "200", "--fetch-block-ms", "200"])
+            .args(extra)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchboard worker");
+        WorkerProcess {
+            id: id.to_owned(),
+            child,
+        }
+    }
+
+    pub fn kill9(&self) {
+        let pid = self.child.id().expect("worker running") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9");
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
 /// A gateway running inside the test process.
 pub struct InProcessGateway {
     pub addr: SocketAddr,

@@ -24,6 +24,7 @@ enum Kind {
 
 struct Setup {
     gw: InProcessGateway,
+    queue: Arc<dyn JobQueue>,
     _redis: Option<RedisServer>,
     _worker: tokio::task::JoinHandle<()>,
 }
@@ -50,6 +51,7 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     let mut wc = WorkerConfig::new("w1");
     wc.heartbeat = Duration::from_millis(100);
     wc.visibility_timeout = Duration::from_secs(5);
+    let queue_for_tests = queue.clone();
     let worker = tokio::spawn(switchboard_worker::run(
         wc,
         queue,
@@ -57,6 +59,7 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
         std::future::pending(),
     ));
     let gw = InProcessGateway::start(config, backend).await;
+    let queue_handle = queue_for_tests;
     let addr = gw.addr;
     eventually("gateway ready", || async move {
         matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
@@ -64,6 +67,7 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     .await;
     Setup {
         gw,
+        queue: queue_handle,
         _redis: redis,
         _worker: worker,
     }
@@ -77,10 +81,18 @@ async fn client(s: &Setup, user: &str) -> WsClient {
     let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
     loop {
         let r = c.call("tools/list", json!({})).await;
-        if r["result"]["tools"].as_array().map_or(0, Vec::len) == 3 {
+        let listed = |name: &str| {
+            r["result"]["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == name))
+        };
+        if ["echo", "fail", "sleep"].into_iter().all(listed) {
             return c;
         }
-        assert!(tokio::time::Instant::now() < deadline, "tools never listed: {r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tools never listed: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -110,6 +122,7 @@ both_backends!(
     progress_reaches_the_caller,
     cancellation_stops_the_call,
     in_flight_calls_are_limited,
+    nobody_to_run_it_means_timeout_at_the_deadline,
 );
 
 fn meta(r: &Value) -> &Value {
@@ -133,25 +146,38 @@ async fn echo_is_cached_and_key_order_does_not_matter(kind: Kind) {
     let s = setup(kind, |_| {}).await;
     let mut c = client(&s, "alice").await;
     let r1 = c
-        .call("tools/call", json!({"name": "echo", "arguments": {"a": 1, "b": [1, 2]}}))
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"a": 1, "b": [1, 2]}}),
+        )
         .await;
     let res = &r1["result"];
     assert_eq!(res["isError"], false, "{r1}");
     assert_eq!(res["structuredContent"], json!({"a": 1, "b": [1, 2]}));
     assert_eq!(res["content"][0]["type"], "text");
     assert_eq!(meta(&r1)["switchboard/cached"], false);
-    let hash = meta(&r1)["switchboard/callHash"].as_str().unwrap().to_owned();
+    let hash = meta(&r1)["switchboard/callHash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(hash.len(), 64);
     let first_task = meta(&r1)["switchboard/taskId"].clone();
 
     // Another user, another key order and spacing: the same call, from the cache.
     let mut bob = client(&s, "bob").await;
     let r2 = bob
-        .call("tools/call", json!({"name": "echo", "arguments": {"b": [1, 2], "a": 1}}))
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"b": [1, 2], "a": 1}}),
+        )
         .await;
     assert_eq!(meta(&r2)["switchboard/cached"], true, "{r2}");
     assert_eq!(meta(&r2)["switchboard/callHash"], hash.as_str());
-    assert_ne!(meta(&r2)["switchboard/taskId"], first_task, "every call is its own task");
+    assert_ne!(
+        meta(&r2)["switchboard/taskId"],
+        first_task,
+        "every call is its own task"
+    );
     assert_eq!(r2["result"]["structuredContent"], res["structuredContent"]);
 
     // bypass and refresh skip the cache.
@@ -175,7 +201,10 @@ async fn errors_are_results_and_never_cached(kind: Kind) {
     let mut c = client(&s, "alice").await;
     for _ in 0..2 {
         let r = c
-            .call("tools/call", json!({"name": "fail", "arguments": {"message": "boom"}}))
+            .call(
+                "tools/call",
+                json!({"name": "fail", "arguments": {"message": "boom"}}),
+            )
             .await;
         assert_eq!(r["result"]["isError"], true, "{r}");
         assert_eq!(r["result"]["content"][0]["text"], "boom");
@@ -186,18 +215,41 @@ async fn errors_are_results_and_never_cached(kind: Kind) {
 async fn bad_calls_are_refused_before_routing(kind: Kind) {
     let s = setup(kind, |_| {}).await;
     let mut c = client(&s, "alice").await;
-    let r = c.call("tools/call", json!({"name": "nope", "arguments": {}})).await;
+    let r = c
+        .call("tools/call", json!({"name": "nope", "arguments": {}}))
+        .await;
     assert_eq!(r["error"]["code"], -32602, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("unknown tool"));
-    let r = c.call("tools/call", json!({"name": "sleep", "arguments": {"ms": "long"}})).await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool")
+    );
+    let r = c
+        .call(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": "long"}}),
+        )
+        .await;
     assert_eq!(r["error"]["code"], -32602, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("invalid arguments"), "{r}");
-    let r = c.call("tools/call", json!({"name": "sleep", "arguments": {}})).await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid arguments"),
+        "{r}"
+    );
+    let r = c
+        .call("tools/call", json!({"name": "sleep", "arguments": {}}))
+        .await;
     assert_eq!(r["error"]["code"], -32602, "missing required: {r}");
     let r = c.call("tools/call", json!({"arguments": {}})).await;
     assert_eq!(r["error"]["code"], -32602);
     let r = c
-        .call("tools/call", json!({"name": "echo", "_meta": {"switchboard/cache": "maybe"}}))
+        .call(
+            "tools/call",
+            json!({"name": "echo", "_meta": {"switchboard/cache": "maybe"}}),
+        )
         .await;
     assert_eq!(r["error"]["code"], -32602);
 }
@@ -206,7 +258,10 @@ async fn task_mode_and_task_methods(kind: Kind) {
     let s = setup(kind, |_| {}).await;
     let mut c = client(&s, "alice").await;
     let r = c
-        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 300}, "task": {"ttl": 60000}}))
+        .call(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 300}, "task": {"ttl": 60000}}),
+        )
         .await;
     let task = &r["result"]["task"];
     assert_eq!(task["status"], "working", "{r}");
@@ -226,7 +281,9 @@ async fn task_mode_and_task_methods(kind: Kind) {
     assert_eq!(r["error"]["code"], -32602, "{r}");
 
     // Every call is a task: the id in a plain call's _meta answers tasks/get.
-    let r = c.call("tools/call", json!({"name": "echo", "arguments": {"x": 9}})).await;
+    let r = c
+        .call("tools/call", json!({"name": "echo", "arguments": {"x": 9}}))
+        .await;
     let id = meta(&r)["switchboard/taskId"].as_str().unwrap().to_owned();
     let g = c.call("tasks/get", json!({"taskId": id})).await;
     assert_eq!(g["result"]["status"], "completed");
@@ -237,12 +294,17 @@ async fn tasks_belong_to_their_caller(kind: Kind) {
     let mut alice = client(&s, "alice").await;
     let mut bob = client(&s, "bob").await;
     let r = alice
-        .call("tools/call", json!({"name": "echo", "arguments": {"secret": 1}}))
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"secret": 1}}),
+        )
         .await;
     let id = meta(&r)["switchboard/taskId"].as_str().unwrap().to_owned();
     for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
         let theirs = bob.call(method, json!({"taskId": id})).await;
-        let missing = bob.call(method, json!({"taskId": "0123456789abcdef"})).await;
+        let missing = bob
+            .call(method, json!({"taskId": "0123456789abcdef"}))
+            .await;
         assert_eq!(theirs["error"]["code"], -32004, "{method}: {theirs}");
         // No existence leak: someone else's task looks exactly like a missing one.
         assert_eq!(theirs["error"], missing["error"], "{method}");
@@ -274,7 +336,10 @@ async fn cancellation_stops_the_call(kind: Kind) {
     let mut c = client(&s, "alice").await;
     // tasks/cancel on a task-mode call.
     let r = c
-        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 60000}, "task": {}}))
+        .call(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 60000}, "task": {}}),
+        )
         .await;
     let id = r["result"]["task"]["taskId"].as_str().unwrap().to_owned();
     let r = c.call("tasks/cancel", json!({"taskId": id})).await;
@@ -284,7 +349,10 @@ async fn cancellation_stops_the_call(kind: Kind) {
 
     // notifications/cancelled on a plain call: no reply for it, the task is cancelled.
     let call_id = c
-        .send_request("tools/call", json!({"name": "sleep", "arguments": {"ms": 60001}}))
+        .send_request(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 60001}}),
+        )
         .await;
     c.send_text(
         json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": call_id}})
@@ -296,13 +364,20 @@ async fn cancellation_stops_the_call(kind: Kind) {
     loop {
         let v = c.read_json().await;
         if v.get("id").is_some() {
-            assert_eq!(v["id"], json!(ping_id), "the cancelled call was answered: {v}");
+            assert_eq!(
+                v["id"],
+                json!(ping_id),
+                "the cancelled call was answered: {v}"
+            );
             break;
         }
     }
     // The execution is gone from the worker: its slot is free for a short call.
     let r = c
-        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 10}}))
+        .call(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 10}}),
+        )
         .await;
     assert_eq!(r["result"]["structuredContent"]["slept_ms"], 10, "{r}");
 }
@@ -311,11 +386,66 @@ async fn in_flight_calls_are_limited(kind: Kind) {
     let s = setup(kind, |c| c.max_inflight_calls = 2).await;
     let mut c = client(&s, "alice").await;
     for ms in [60000, 60001] {
-        c.send_request("tools/call", json!({"name": "sleep", "arguments": {"ms": ms}}))
-            .await;
+        c.send_request(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": ms}}),
+        )
+        .await;
     }
     let r = c
-        .call("tools/call", json!({"name": "sleep", "arguments": {"ms": 60002}}))
+        .call(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 60002}}),
+        )
         .await;
     assert_eq!(r["error"]["code"], -32006, "{r}");
+}
+
+async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
+    let s = setup(kind, |c| c.deadline_grace = Duration::from_millis(100)).await;
+    // A tool announced by a worker that never takes jobs.
+    let spec = switchboard_core::tools::ToolSpec {
+        name: "orphan".into(),
+        title: None,
+        description: String::new(),
+        input_schema: json!({"type": "object"}),
+        annotations: None,
+        version: "1".into(),
+        cache: switchboard_core::tools::CachePolicy::off(),
+        timeout_ms: 300,
+    };
+    s.queue
+        .announce(&switchboard_core::calls::WorkerAnnouncement {
+            worker_id: "ghost".into(),
+            tools: vec![spec],
+            expires_at_ms: switchboard_core::tasks::now_ms() + 600_000,
+        })
+        .await
+        .unwrap();
+    let mut c = client(&s, "alice").await;
+    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
+    loop {
+        let r = c.call("tools/list", json!({})).await;
+        if r["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "orphan"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphan never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let r = c
+        .call("tools/call", json!({"name": "orphan", "arguments": {}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32005, "{r}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
 }

@@ -27,6 +27,8 @@ use crate::tools::{CallContext, Toolbox};
 
 /// Pause after a failed backend call in a loop, so an outage does not spin.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Jobs taken over in one reclaim round, at most.
+const RECLAIM_BATCH: usize = 16;
 /// Progress reports queued per running call before new ones are dropped.
 const PROGRESS_QUEUE: usize = 64;
 
@@ -147,10 +149,8 @@ impl Worker {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let free = self.slots.available_permits();
-            if free == 0 {
-                continue;
-            }
+            // Not limited by the slots free right now: the fetch loop holds them while it waits
+            // for new jobs. Each reclaimed job waits for a slot below.
             let reclaimed = self
                 .queue
                 .reclaim(
@@ -158,7 +158,7 @@ impl Worker {
                     &names,
                     self.config.visibility_timeout,
                     self.config.max_deliveries,
-                    free,
+                    self.config.concurrency.min(RECLAIM_BATCH),
                 )
                 .await;
             let jobs = match reclaimed {

@@ -81,6 +81,9 @@ pub(crate) struct Tuning {
     /// A waiting call re-reads its task this often without a signal (ms).
     #[arg(long, env = "SWITCHBOARD_CALL_POLL_MS", default_value_t = gw::DEFAULT_CALL_POLL.as_millis() as u64)]
     call_poll_ms: u64,
+    /// How long past a tool's timeout a caller waits for the worker's answer before -32005 (ms).
+    #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE_MS", default_value_t = gw::DEFAULT_DEADLINE_GRACE.as_millis() as u64)]
+    deadline_grace_ms: u64,
 }
 
 impl Tuning {
@@ -109,6 +112,7 @@ impl Tuning {
             max_task_ttl: ms(self.max_task_ttl_ms),
             registry_interval: ms(self.registry_interval_ms),
             call_poll: ms(self.call_poll_ms),
+            deadline_grace: ms(self.deadline_grace_ms),
         }
     }
 }

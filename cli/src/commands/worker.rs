@@ -75,7 +75,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         fetch_block: ms(args.fetch_block_ms),
         shutdown_grace: ms(args.shutdown_grace_ms),
     };
-    config.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let mut opts = RedisOptions::new(&args.redis);
     opts.prefix = args.redis_prefix.clone();
     let rt = super::runtime()?;

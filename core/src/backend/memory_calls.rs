@@ -67,7 +67,7 @@ impl CallState {
     pub(super) fn submit(&mut self, s: &Submission) -> (Submitted, bool) {
         let now = now_ms();
         self.submissions += 1;
-        if self.submissions % SWEEP_EVERY == 0 {
+        if self.submissions.is_multiple_of(SWEEP_EVERY) {
             self.sweep(now);
         }
         let mut record = TaskRecord {
