@@ -8,9 +8,12 @@
 //! (`switchboard-harness`), so benchmarks and tests run Redis and gateways the same way.
 //!
 //! - [`fanout`]: N subscribers over K topics on G gateways; a backend publishes through Redis.
+//! - [`calls`]: tool calls through gateways, Redis and workers: cache hits, routed misses,
+//!   coalesced bursts.
 //! - [`procstat`]: CPU time and RSS of a process, from `/proc`.
 //! - [`stats`]: percentile arithmetic.
 
+pub mod calls;
 pub mod fanout;
 pub mod procstat;
 pub mod stats;

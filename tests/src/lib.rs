@@ -116,6 +116,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
@@ -289,7 +293,17 @@ impl WorkerProcess {
     /// Starts a worker with `extra` flags (`--builtin`, `--tools FILE`, ...) and waits until
     /// its announcement is in the registry.
     pub async fn start(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
-        let w = Self::spawn(redis, id, extra);
+        Self::start_with(&switchboard_bin(), redis, id, extra).await
+    }
+
+    /// Like [`start`](Self::start), with the `switchboard` binary at `bin`.
+    pub async fn start_with(
+        bin: &std::path::Path,
+        redis: &RedisServer,
+        id: &str,
+        extra: &[&str],
+    ) -> WorkerProcess {
+        let w = Self::spawn_with(bin, redis, id, extra);
         let id = w.id.clone();
         eventually(&format!("worker {id} to announce itself"), || {
             let id = id.clone();
@@ -310,7 +324,16 @@ impl WorkerProcess {
 
     /// Starts a worker without waiting for it (one that may die at once).
     pub fn spawn(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
-        let child = Command::new(switchboard_bin())
+        Self::spawn_with(&switchboard_bin(), redis, id, extra)
+    }
+
+    fn spawn_with(
+        bin: &std::path::Path,
+        redis: &RedisServer,
+        id: &str,
+        extra: &[&str],
+    ) -> WorkerProcess {
+        let child = Command::new(bin)
             .arg("worker")
             .args(["--redis", &redis.url(), "--worker-id", id])
             .args(["--heartbeat-ms", "200", "--fetch-block-ms", "200"])
@@ -325,6 +348,10 @@ impl WorkerProcess {
             id: id.to_owned(),
             child,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("worker running")
     }
 
     pub fn kill9(&self) {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
+use switchboard_bench::calls::{self, CallMode, CallsOptions};
 use switchboard_bench::fanout::{self, FanoutOptions};
 
 use crate::Failure;
@@ -44,6 +45,26 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         sources: usize,
     },
+    /// Tool calls through gateways, Redis and workers: cache hits, routed misses, coalesced bursts.
+    Calls {
+        /// hit, miss or coalesce.
+        #[arg(long, value_parser = ["hit", "miss", "coalesce"], default_value = "miss")]
+        mode: String,
+        #[arg(long, default_value_t = 1)]
+        gateways: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Calls in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Length of each coalesced `sleep` (ms).
+        #[arg(long, default_value_t = 50)]
+        burst_ms: u64,
+    },
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -71,16 +92,45 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 sources,
             };
             let report = rt.block_on(fanout::run(opts))?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report)
-                        .map_err(|e| Failure::Runtime(e.into()))?
-                );
-            } else {
-                print!("{}", report.table());
-            }
+            print_report(args.json, &report, report.table())?;
         }
+        Scenario::Calls {
+            mode,
+            gateways,
+            workers,
+            connections,
+            in_flight,
+            seconds,
+            burst_ms,
+        } => {
+            let mode = match mode.as_str() {
+                "hit" => CallMode::Hit,
+                "coalesce" => CallMode::Coalesce,
+                _ => CallMode::Miss,
+            };
+            let opts = CallsOptions {
+                bin,
+                mode,
+                gateways,
+                workers,
+                connections,
+                in_flight,
+                duration: Duration::from_secs(seconds),
+                burst_ms,
+            };
+            let report = rt.block_on(calls::run(opts))?;
+            print_report(args.json, &report, report.table())?;
+        }
+    }
+    Ok(())
+}
+
+fn print_report<T: serde::Serialize>(json: bool, report: &T, table: String) -> Result<(), Failure> {
+    if json {
+        let text = serde_json::to_string_pretty(report).map_err(|e| Failure::Runtime(e.into()))?;
+        println!("{text}");
+    } else {
+        print!("{table}");
     }
     Ok(())
 }
