@@ -36,6 +36,8 @@ pub(crate) struct ConnState {
     pub(crate) close_after_reply: Option<(u16, &'static str)>,
     /// Tool calls in flight (request id -> task id), shared with their waiting tasks.
     pub(crate) calls: InFlight,
+    /// The socket speaks the `mcp` subprotocol: `initialize` opens the session.
+    pub(crate) mcp: bool,
 }
 
 impl ConnState {
@@ -54,6 +56,7 @@ impl ConnState {
             topics: HashSet::new(),
             close_after_reply: None,
             calls: InFlight::default(),
+            mcp: false,
         }
     }
 
@@ -89,10 +92,18 @@ pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) 
     let params = req.params;
     let reply = match req.method.as_ref() {
         "hello" => encode(id, hello::hello(node, state, params)),
-        _ if state.session.is_none() => {
-            Err(RpcError::new(ErrorCode::Unauthorized, "send hello first"))
-        }
-        "ping" => encode(id, Ok(serde_json::json!({}))),
+        "initialize" => encode(id, hello::initialize(node, state, params)),
+        "server/discover" => encode(id, Ok(hello::discover())),
+        "ping" if state.mcp || state.session.is_some() => encode(id, Ok(serde_json::json!({}))),
+        _ if state.session.is_none() => Err(RpcError::new(
+            ErrorCode::Unauthorized,
+            if state.mcp {
+                "send initialize first"
+            } else {
+                "send hello first"
+            },
+        )),
+        "notifications/initialized" => Ok(None),
         "subscribe" => encode(id, topics::subscribe(node, state, params).await),
         "unsubscribe" => encode(id, topics::unsubscribe(node, state, params).await),
         "publish" => encode(id, topics::publish(node, params).await),

@@ -2,7 +2,7 @@
 //! `/readyz` and `/metrics`.
 //!
 //! The upgrade decides what can be decided before the socket exists: the subprotocol
-//! (`switchboard.v1`, also when none is offered), the token from the `Authorization` header or
+//! (`switchboard.v1`, also when none is offered, or `mcp`), the token from the `Authorization` header or
 //! the `token` query parameter, and whether the node is full. The socket then leaves hyper: the
 //! upgraded stream is taken back as the plain `TcpStream`, split into owned halves (no lock
 //! between reader and writer), and served by [`crate::conn::serve`].
@@ -26,6 +26,8 @@ use crate::node::Node;
 
 /// The subprotocol this node speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
+/// The subprotocol of unmodified MCP clients (`initialize` instead of `hello`).
+pub const MCP_SUBPROTOCOL: &str = "mcp";
 
 type Reply = Response<Full<Bytes>>;
 
@@ -99,10 +101,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
     let Ok(protocol) = negotiate(req.headers()) else {
         return text(
             StatusCode::BAD_REQUEST,
-            "unsupported subprotocol: offer switchboard.v1 (or none)\n",
+            "unsupported subprotocol: offer switchboard.v1 or mcp (or none)\n",
         );
     };
     let admission = admit(&node, &req);
+    let mcp = protocol == Some(MCP_SUBPROTOCOL);
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
@@ -123,7 +126,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
             Ok(parts) => {
                 let stream = parts.io.into_inner();
                 let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
-                conn::serve(node, stream, parts.read_buf, admission)
+                conn::serve(node, stream, parts.read_buf, admission, mcp)
                     .instrument(span)
                     .await
             }
@@ -140,8 +143,10 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
 }
 
 /// Picks the subprotocol: `Ok(None)` when none was offered, `Err` when only unknown ones were.
+/// `switchboard.v1` wins over `mcp` when both are offered.
 fn negotiate(headers: &header::HeaderMap) -> Result<Option<&'static str>, ()> {
     let mut offered = false;
+    let mut mcp = false;
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(value) = value.to_str() else { continue };
         for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -149,9 +154,14 @@ fn negotiate(headers: &header::HeaderMap) -> Result<Option<&'static str>, ()> {
             if p == SUBPROTOCOL {
                 return Ok(Some(SUBPROTOCOL));
             }
+            mcp |= p == MCP_SUBPROTOCOL;
         }
     }
-    if offered { Err(()) } else { Ok(None) }
+    match (offered, mcp) {
+        (_, true) => Ok(Some(MCP_SUBPROTOCOL)),
+        (true, false) => Err(()),
+        (false, false) => Ok(None),
+    }
 }
 
 fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
@@ -226,5 +236,10 @@ mod tests {
             Ok(Some(SUBPROTOCOL))
         );
         assert_eq!(negotiate(&h(Some("mqtt"))), Err(()));
+        assert_eq!(negotiate(&h(Some("mqtt, mcp"))), Ok(Some(MCP_SUBPROTOCOL)));
+        assert_eq!(
+            negotiate(&h(Some("mcp, switchboard.v1"))),
+            Ok(Some(SUBPROTOCOL))
+        );
     }
 }

@@ -123,6 +123,7 @@ both_backends!(
     cancellation_stops_the_call,
     in_flight_calls_are_limited,
     nobody_to_run_it_means_timeout_at_the_deadline,
+    an_unmodified_mcp_client_calls_tools,
 );
 
 fn meta(r: &Value) -> &Value {
@@ -448,4 +449,86 @@ async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
+}
+
+async fn an_unmodified_mcp_client_calls_tools(kind: Kind) {
+    let s = setup(kind, |c| c.auth.allow_anonymous = false).await;
+    let token = auth::mint(SECRET, "agent", None).unwrap();
+    let url = s.gw.ws_url();
+    let mut c = WsClient::connect_with(
+        &url,
+        &[
+            ("sec-websocket-protocol", "mcp"),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+    )
+    .await;
+    // Stateless discovery works before initialize; nothing else does.
+    let d = c.call("server/discover", json!({})).await;
+    assert!(
+        d["result"]["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2025-11-25")),
+        "{d}"
+    );
+    let r = c.call("tools/list", json!({})).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert_eq!(c.call("ping", json!({})).await["result"], json!({}));
+
+    let init = c
+        .call(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        )
+        .await;
+    let res = &init["result"];
+    assert_eq!(res["protocolVersion"], "2025-06-18", "{init}");
+    assert_eq!(res["capabilities"]["tools"]["listChanged"], true);
+    assert_eq!(res["serverInfo"]["name"], "switchboard");
+    c.send_text(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+        .await;
+    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
+    loop {
+        let r = c.call("tools/list", json!({})).await;
+        if r["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 3)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = c
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"from": "mcp"}}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["structuredContent"],
+        json!({"from": "mcp"}),
+        "{r}"
+    );
+
+    // An unknown protocol version is answered with the newest this server speaks.
+    let mut c2 = WsClient::connect_with(
+        &url,
+        &[
+            ("sec-websocket-protocol", "mcp"),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+    )
+    .await;
+    let init = c2
+        .call("initialize", json!({"protocolVersion": "1999-01-01"}))
+        .await;
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
+
+    // Without a token (and no anonymous access) initialize is refused and the socket closes.
+    let mut c3 = WsClient::connect_with(&url, &[("sec-websocket-protocol", "mcp")]).await;
+    let r = c3.call("initialize", json!({})).await;
+    assert_eq!(r["error"]["code"], -32001);
+    assert_eq!(c3.read_close().await, 1008);
 }

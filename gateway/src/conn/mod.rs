@@ -114,6 +114,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     read_buf: Bytes,
     admission: Admission,
+    mcp: bool,
 ) {
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
     let (tx, rx) = mpsc::channel(node.config.outbound_queue);
@@ -140,6 +141,7 @@ pub(crate) async fn serve(
     };
     let mut writer = tokio::spawn(writer::run(write_half, rx, ctl.clone(), node.clone()));
     let mut state = ConnState::new(node.clone(), ctl.clone(), tx, identity);
+    state.mcp = mcp;
     {
         let read = Cursor::new(read_buf).chain(read_half);
         let reader = reader::run(&node, &mut state, read);
