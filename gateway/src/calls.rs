@@ -28,7 +28,8 @@ use crate::conn::Out;
 use crate::dispatch::ConnState;
 use crate::node::Node;
 
-/// Calls of one connection in flight: request id (raw JSON) -> the caller's task id.
+/// Requests of one connection waiting in tasks of their own: request id (raw JSON) -> the
+/// caller's task id (`tools/call`), or "" (`tasks/result`, which waits but owns no execution).
 pub(crate) type InFlight = Arc<Mutex<HashMap<String, String>>>;
 
 /// How a call may use the cache (`_meta["switchboard/cache"]`).
@@ -164,6 +165,20 @@ pub(crate) async fn tools_call(
     Ok(None)
 }
 
+/// Counts a waiting request against the connection's in-flight limit (-32006 over it).
+fn track(node: &Node, in_flight: &InFlight, key: &str, task_id: &str) -> Result<(), RpcError> {
+    let max = node.config.max_inflight_calls;
+    let mut f = in_flight.lock().expect("poisoned");
+    if f.len() >= max {
+        return Err(RpcError::new(
+            ErrorCode::Overloaded,
+            format!("too many calls in flight on this connection ({max})"),
+        ));
+    }
+    f.insert(key.to_owned(), task_id.to_owned());
+    Ok(())
+}
+
 /// A call between submission and reply.
 struct PendingCall {
     node: Arc<Node>,
@@ -191,9 +206,12 @@ impl PendingCall {
             Ok(s) => {
                 let rec = s.record().clone();
                 let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
-                match wait_outcome(&self.node, &rec, progress, Some(deadline)).await {
-                    Ok(leader) => Ok(result_value(&rec, &leader, false)),
-                    Err(e) => Err(e),
+                let waiting = wait_outcome(&self.node, &rec, progress, Some(deadline));
+                tokio::select! {
+                    outcome = waiting => outcome.map(|done| result_value(&rec, &done, false)),
+                    // The socket is gone: stop waiting. The task stays in the backend for
+                    // `tasks/result` from anywhere.
+                    _ = self.tx.closed() => return,
                 }
             }
         };
@@ -367,14 +385,25 @@ pub(crate) async fn tasks_result(
     let Some(id) = id.map(RawValue::to_owned) else {
         return Ok(None);
     };
+    let key = id.get().to_owned();
+    // No task id: cancelling a wait must not cancel the task it waits for.
+    track(node, &state.calls, &key, "")?;
+    let in_flight = state.calls.clone();
     let node = node.clone();
     let tx = state.tx.clone();
     tokio::spawn(async move {
-        let reply: Result<Value, RpcError> = async {
+        let _untrack = Untrack {
+            in_flight: &in_flight,
+            key: &key,
+        };
+        let waiting = async {
             let done = wait_outcome(&node, &own, None, None).await?;
-            Ok(result_value(&own, &done, own.cached))
-        }
-        .await;
+            Ok::<Value, RpcError>(result_value(&own, &done, own.cached))
+        };
+        let reply = tokio::select! {
+            reply = waiting => reply,
+            _ = tx.closed() => return,
+        };
         let frame: Bytes = match reply {
             Ok(v) => wire::encode_result(&id, &v),
             Err(e) => wire::encode_error(Some(&id), &e),
@@ -382,6 +411,18 @@ pub(crate) async fn tasks_result(
         let _ = tx.send(Out::Text(frame)).await;
     });
     Ok(None)
+}
+
+/// Removes a request from the in-flight map when its waiting task ends.
+struct Untrack<'a> {
+    in_flight: &'a InFlight,
+    key: &'a str,
+}
+
+impl Drop for Untrack<'_> {
+    fn drop(&mut self) {
+        self.in_flight.lock().expect("poisoned").remove(self.key);
+    }
 }
 
 /// `notifications/cancelled {requestId}`: cancels that call's task; the call gets no reply.
@@ -400,6 +441,7 @@ pub(crate) fn cancelled(node: &Arc<Node>, state: &ConnState, params: Option<&Raw
         .lock()
         .expect("poisoned")
         .remove(p.request_id.get())
+        .filter(|t| !t.is_empty())
     else {
         return;
     };
