@@ -71,6 +71,8 @@ pub struct WorkerAnnouncement {
 pub struct Job {
     /// The queue entry's id.
     pub entry_id: String,
+    /// The queue it came from (`ToolSpec::queue_id`: the tool and its version).
+    pub queue: String,
     pub tool: String,
     /// The leader task: where the outcome is written.
     pub task_id: String,
@@ -110,23 +112,26 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError>;
     /// Removes the worker's announcement (graceful shutdown).
     async fn withdraw(&self, worker_id: &str) -> Result<(), BackendError>;
-    /// Makes sure the tools' queues exist.
-    async fn prepare(&self, tools: &[String]) -> Result<(), BackendError>;
-    /// Takes up to `max` new jobs from the tools' queues, waiting up to `block` for one.
+    /// Makes sure the queues (`ToolSpec::queue_id`s) exist.
+    async fn prepare(&self, queues: &[String]) -> Result<(), BackendError>;
+    /// Takes new jobs from the queues, waiting up to `block` for one: up to `max` per queue
+    /// (Redis counts per stream), so the caller must cope with more than `max` in all.
     async fn fetch(
         &self,
         worker_id: &str,
-        tools: &[String],
+        queues: &[String],
         max: usize,
         block: Duration,
     ) -> Result<Vec<Job>, BackendError>;
-    /// Tells the queue the job is still being worked on (resets its visibility timeout).
-    async fn extend(&self, worker_id: &str, job: &Job) -> Result<(), BackendError>;
+    /// Tells the queue the job is still being worked on (resets its visibility timeout), if it
+    /// is still this worker's: `Ok(false)` when another worker has taken it over meanwhile, and
+    /// this worker must stop running it.
+    async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError>;
     /// Takes over up to `max` jobs whose worker has been silent for `min_idle`.
     async fn reclaim(
         &self,
         worker_id: &str,
-        tools: &[String],
+        queues: &[String],
         min_idle: Duration,
         max_deliveries: u64,
         max: usize,
@@ -148,4 +153,6 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, BackendError>;
     /// Leader task ids whose execution was cancelled, as they happen.
     fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String>;
+    /// Checks the backend answers, keeping its connections (and their reconnects) alive.
+    async fn keepalive(&self) -> Result<(), BackendError>;
 }

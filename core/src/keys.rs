@@ -50,10 +50,13 @@ impl Keys {
         format!("{}:h:{{{topic}}}", self.prefix)
     }
 
-    /// A tool's job queue (a stream with the consumer group [`WORKER_GROUP`]):
-    /// `<prefix>:q:{<tool>}`.
-    pub fn tool_queue(&self, tool: &str) -> String {
-        format!("{}:q:{{{tool}}}", self.prefix)
+    /// A tool version's job queue (a stream with the consumer group [`WORKER_GROUP`]), from its
+    /// queue id `<tool>@<digest>` (`ToolSpec::queue_id`): `<prefix>:q:{<tool>}@<digest>`.
+    pub fn tool_queue(&self, queue_id: &str) -> String {
+        match queue_id.split_once('@') {
+            Some((tool, digest)) => format!("{}:q:{{{tool}}}@{digest}", self.prefix),
+            None => format!("{}:q:{{{queue_id}}}", self.prefix),
+        }
     }
 
     /// A task record (hash): `<prefix>:task:{<task id>}`.

@@ -67,15 +67,27 @@ pub struct TaskRecord {
     pub leader: Option<String>,
     /// Answered from the result cache.
     pub cached: bool,
+    /// The caller cancelled it. For a leader, `status` stays the shared execution's (others may
+    /// still wait for it); the caller sees `cancelled`.
+    pub caller_cancelled: bool,
     pub result: Option<CallToolResult>,
 }
 
 impl TaskRecord {
+    /// The status the caller sees.
+    pub fn caller_status(&self) -> TaskStatus {
+        if self.caller_cancelled && !self.status.is_terminal() {
+            TaskStatus::Cancelled
+        } else {
+            self.status
+        }
+    }
+
     /// The MCP `Task` object.
     pub fn mcp(&self) -> Value {
         let mut t = Map::new();
         t.insert("taskId".into(), json!(self.task_id));
-        t.insert("status".into(), json!(self.status.as_str()));
+        t.insert("status".into(), json!(self.caller_status().as_str()));
         if let Some(m) = &self.status_message {
             t.insert("statusMessage".into(), json!(m));
         }
@@ -102,6 +114,9 @@ impl TaskRecord {
             ("tool", self.tool.clone()),
             ("cached", if self.cached { "1" } else { "0" }.to_owned()),
         ];
+        if self.caller_cancelled {
+            f.push(("ccancel", "1".to_owned()));
+        }
         if let Some(m) = &self.status_message {
             f.push(("message", m.clone()));
         }
@@ -133,6 +148,7 @@ impl TaskRecord {
             tool: f.get("tool").cloned().unwrap_or_default(),
             leader: f.get("leader").cloned(),
             cached: f.get("cached").is_some_and(|v| v == "1"),
+            caller_cancelled: f.get("ccancel").is_some_and(|v| v == "1"),
             result: f.get("result").and_then(|r| serde_json::from_str(r).ok()),
         })
     }
@@ -176,6 +192,7 @@ mod tests {
             tool: "echo".into(),
             leader: Some("t0".into()),
             cached: true,
+            caller_cancelled: false,
             result: Some(CallToolResult::structured(json!({"a": 1}))),
         };
         let fields: HashMap<String, String> = r

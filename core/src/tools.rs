@@ -102,6 +102,13 @@ impl ToolSpec {
         Value::Object(t)
     }
 
+    /// The id of the tool's job queue: `<name>@<first 16 hex digits of the digest>`. Each
+    /// version of a tool has its own queue, so a worker never runs a call hashed, validated and
+    /// cached for another version (during a rolling upgrade both run side by side).
+    pub fn queue_id(&self) -> String {
+        format!("{}@{}", self.name, &self.digest()[..16])
+    }
+
     /// SHA-256 (hex) over the name, the version and the canonical input schema: the tool's
     /// identity in the call hash.
     pub fn digest(&self) -> String {

@@ -138,8 +138,14 @@ async fn a_worker_killed_mid_call_loses_nothing() {
     // Find the worker holding the job, and kill it.
     let running = eventually("a worker to take the job", || async {
         let mut conn = redis.connection().await;
+        // The queue of this version of `sleep`: sb:q:{sleep}@<digest>.
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("sb:q:{sleep}@*")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
         let consumers: Vec<(String, String)> = redis::cmd("XPENDING")
-            .arg("sb:q:{sleep}")
+            .arg(keys.first()?)
             .arg("workers")
             .query_async::<(
                 i64,

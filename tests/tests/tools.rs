@@ -26,7 +26,7 @@ struct Setup {
     gw: InProcessGateway,
     queue: Arc<dyn JobQueue>,
     _redis: Option<RedisServer>,
-    _worker: tokio::task::JoinHandle<()>,
+    _worker: tokio::task::JoinHandle<Result<(), switchboard_worker::RunError>>,
 }
 
 async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {

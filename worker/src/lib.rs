@@ -12,5 +12,5 @@ pub mod runner;
 pub mod tools;
 
 pub use config::WorkerConfig;
-pub use runner::run;
+pub use runner::{RunError, run};
 pub use tools::Toolbox;

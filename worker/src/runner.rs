@@ -1,15 +1,21 @@
 //! The job loop of one worker.
 //!
-//! - **fetch**: takes as many jobs as it has free slots (`concurrency`), waiting up to
-//!   `fetch_block` for one, and starts each in its own task.
+//! - **fetch**: takes jobs from the queues of the tools that have a free slot, as many as the
+//!   worker has free slots, waiting up to `fetch_block` for one, and starts each in a task of its
+//!   own. A read over several queues can return more jobs than slots (Redis counts per stream);
+//!   the extra ones wait for a slot like any other, heartbeating meanwhile.
 //! - **run**: a job past its deadline is not started; a job whose task was cancelled is not
-//!   started; otherwise it waits for a slot of its tool, runs with a heartbeat that keeps it
-//!   visible to this worker, and ends at its deadline (an `isError` result) or on cancellation.
-//!   The outcome is written with [`JobQueue::finish`].
+//!   started; otherwise it waits for a worker slot and a slot of its tool, and runs until it
+//!   answers, its deadline passes (an `isError` result), or it is cancelled. From the moment it
+//!   is fetched it heartbeats (`JobQueue::extend`), which also fences it: if another worker took
+//!   the job over meanwhile, this one stops running it. The outcome is written with
+//!   [`JobQueue::finish`], retried a few times (it is idempotent).
 //! - **reclaim**: every half visibility timeout, jobs whose worker went silent are taken over;
 //!   a job delivered `max_deliveries` times is dead-lettered and its callers get `isError`.
-//! - **announce**: the registry entry is refreshed every heartbeat and withdrawn on shutdown.
-//! - **cancel**: cancellations from the backend stop the matching running calls.
+//! - **announce**: the registry entry is refreshed every heartbeat (with a keepalive of the
+//!   backend's connections) and withdrawn on shutdown.
+//! - **cancel**: cancellations from the backend stop the matching running calls; each heartbeat
+//!   also re-reads the task, in case a cancellation signal was missed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,12 +24,12 @@ use std::time::Duration;
 use switchboard_core::calls::{Job, JobQueue, Progress, Reclaimed, WorkerAnnouncement};
 use switchboard_core::tasks::{TaskStatus, now_ms};
 use switchboard_core::tools::CallToolResult;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{REGISTRY_MISSES, WorkerConfig};
-use crate::tools::{CallContext, Toolbox};
+use crate::tools::{CallContext, Hosted, Toolbox};
 
 /// Pause after a failed backend call in a loop, so an outage does not spin.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -31,6 +37,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 const RECLAIM_BATCH: usize = 16;
 /// Progress reports queued per running call before new ones are dropped.
 const PROGRESS_QUEUE: usize = 64;
+/// Attempts at writing a call's outcome before leaving it to a reclaim.
+const FINISH_ATTEMPTS: u32 = 5;
+/// Pause while every hosted tool is at its concurrency limit.
+const TOOLS_BUSY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Why a worker stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the worker's {0} loop stopped unexpectedly")]
+    LoopFailed(&'static str),
+}
 
 struct Worker {
     config: WorkerConfig,
@@ -42,15 +59,23 @@ struct Worker {
     tasks: TaskTracker,
 }
 
+/// How a run ended.
+enum Ended {
+    Answered(CallToolResult),
+    Cancelled,
+    /// Another worker owns the job now: it writes the outcome, not us.
+    Lost,
+}
+
 /// Runs a worker until `shutdown` completes; then stops fetching, gives running calls the
-/// shutdown grace, and withdraws from the registry.
+/// shutdown grace, and withdraws from the registry. Returns an error if one of its loops died.
 pub async fn run(
     config: WorkerConfig,
     queue: Arc<dyn JobQueue>,
     toolbox: Toolbox,
     shutdown: impl Future<Output = ()>,
-) {
-    let names = toolbox.names();
+) -> Result<(), RunError> {
+    let queues = toolbox.queue_ids();
     let w = Arc::new(Worker {
         slots: Arc::new(Semaphore::new(config.concurrency)),
         config,
@@ -59,22 +84,29 @@ pub async fn run(
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),
     });
-    while let Err(e) = w.queue.prepare(&names).await {
+    while let Err(e) = w.queue.prepare(&queues).await {
         tracing::warn!(error = %e, "cannot prepare the tool queues; retrying");
         tokio::time::sleep(RETRY_PAUSE).await;
     }
-    tracing::info!(worker = %w.config.worker_id, tools = ?names, "worker started");
+    tracing::info!(worker = %w.config.worker_id, queues = ?queues, "worker started");
     let stop = CancellationToken::new();
-    let loops = [
-        tokio::spawn(w.clone().announce_loop(stop.clone())),
-        tokio::spawn(w.clone().fetch_loop(stop.clone())),
-        tokio::spawn(w.clone().reclaim_loop(stop.clone())),
-        tokio::spawn(w.clone().cancel_loop(stop.clone())),
-    ];
-    shutdown.await;
-    tracing::info!(worker = %w.config.worker_id, "stopping: no new jobs");
+    let stop_cancels = CancellationToken::new();
+    let mut announce = tokio::spawn(w.clone().announce_loop(stop.clone()));
+    let mut fetch = tokio::spawn(w.clone().fetch_loop(stop.clone()));
+    let mut reclaim = tokio::spawn(w.clone().reclaim_loop(stop.clone()));
+    let cancel = tokio::spawn(w.clone().cancel_loop(stop_cancels.clone()));
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        _ = &mut announce => Some("announce"),
+        _ = &mut fetch => Some("fetch"),
+        _ = &mut reclaim => Some("reclaim"),
+    };
+    match failed {
+        Some(which) => tracing::error!(loop_name = which, "a worker loop stopped; shutting down"),
+        None => tracing::info!(worker = %w.config.worker_id, "stopping: no new jobs"),
+    }
     stop.cancel();
-    for l in loops {
+    for l in [announce, fetch, reclaim] {
         let _ = l.await;
     }
     w.tasks.close();
@@ -84,13 +116,19 @@ pub async fn run(
     {
         tracing::warn!("shutdown grace over with calls still running; they will be reclaimed");
     }
+    stop_cancels.cancel();
+    let _ = cancel.await;
     let _ = w.queue.withdraw(&w.config.worker_id).await;
+    match failed {
+        Some(which) => Err(RunError::LoopFailed(which)),
+        None => Ok(()),
+    }
 }
 
 impl Worker {
     async fn announce_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.heartbeat);
-        while !stop.is_cancelled() {
+        loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
@@ -104,11 +142,14 @@ impl Worker {
             if let Err(e) = self.queue.announce(&a).await {
                 tracing::warn!(error = %e, "registry heartbeat failed");
             }
+            // Keeps the subscription connection (cancellations) reconnecting after an outage.
+            if let Err(e) = self.queue.keepalive().await {
+                tracing::debug!(error = %e, "backend keepalive failed");
+            }
         }
     }
 
     async fn fetch_loop(self: Arc<Self>, stop: CancellationToken) {
-        let names = self.toolbox.names();
         loop {
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => p.expect("never closed"),
@@ -118,44 +159,61 @@ impl Worker {
             while let Ok(p) = self.slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let fetched = tokio::select! {
-                r = self.queue.fetch(&self.config.worker_id, &names, permits.len(), self.config.fetch_block) => r,
-                _ = stop.cancelled() => return,
-            };
+            // Only tools with a free slot of their own: jobs held here while their tool is busy
+            // could run on another worker.
+            let queues = self.toolbox.queue_ids_with_room();
+            if queues.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(TOOLS_BUSY_PAUSE) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+            // Not raced against `stop`: dropping a read that Redis already answered would leave
+            // its jobs with this worker until a reclaim. It ends within `fetch_block`.
+            let fetched = self
+                .queue
+                .fetch(
+                    &self.config.worker_id,
+                    &queues,
+                    permits.len(),
+                    self.config.fetch_block,
+                )
+                .await;
             match fetched {
                 Ok(jobs) => {
                     for job in jobs {
-                        let permit = permits.pop().expect("fetched at most one job per slot");
+                        let permit = permits.pop();
                         let w = self.clone();
-                        self.tasks.spawn(async move {
-                            w.execute(job).await;
-                            drop(permit);
-                        });
+                        self.tasks
+                            .spawn(async move { w.execute(job, permit).await });
                     }
                 }
                 Err(e) => {
+                    drop(permits);
                     tracing::warn!(error = %e, "fetching jobs failed");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
+            }
+            if stop.is_cancelled() {
+                return;
             }
         }
     }
 
     async fn reclaim_loop(self: Arc<Self>, stop: CancellationToken) {
-        let names = self.toolbox.names();
+        let queues = self.toolbox.queue_ids();
         let mut tick = tokio::time::interval(self.config.visibility_timeout / 2);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            // Not limited by the slots free right now: the fetch loop holds them while it waits
-            // for new jobs. Each reclaimed job waits for a slot below.
             let reclaimed = self
                 .queue
                 .reclaim(
                     &self.config.worker_id,
-                    &names,
+                    &queues,
                     self.config.visibility_timeout,
                     self.config.max_deliveries,
                     self.config.concurrency.min(RECLAIM_BATCH),
@@ -172,17 +230,9 @@ impl Worker {
                 match r {
                     Reclaimed::Run(job) => {
                         tracing::info!(tool = %job.tool, task = %job.task_id, deliveries = job.deliveries, "took over a job from a silent worker");
-                        let permit = self
-                            .slots
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("never closed");
+                        // Waits for a slot inside `execute`, heartbeating meanwhile.
                         let w = self.clone();
-                        self.tasks.spawn(async move {
-                            w.execute(job).await;
-                            drop(permit);
-                        });
+                        self.tasks.spawn(async move { w.execute(job, None).await });
                     }
                     Reclaimed::Dead(job) => self.dead_letter(job).await,
                 }
@@ -205,7 +255,7 @@ impl Worker {
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "missed cancellations");
+                    tracing::warn!(missed = n, "missed cancellations (heartbeats re-check)");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -231,6 +281,8 @@ impl Worker {
         .await;
     }
 
+    /// Writes the outcome, retrying: `finish` is idempotent, and a job left unfinished would be
+    /// run again by a reclaim.
     async fn finish(
         &self,
         job: &Job,
@@ -238,23 +290,36 @@ impl Worker {
         message: Option<&str>,
         result: CallToolResult,
     ) {
-        // A failed write leaves the job pending: it is reclaimed and the outcome written later.
-        if let Err(e) = self.queue.finish(job, status, message, &result).await {
-            tracing::warn!(error = %e, task = %job.task_id, "could not record a call's outcome");
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1..=FINISH_ATTEMPTS {
+            match self.queue.finish(job, status, message, &result).await {
+                Ok(()) => return,
+                Err(e) if attempt == FINISH_ATTEMPTS => {
+                    tracing::error!(error = %e, task = %job.task_id, "could not record a call's outcome; the job will be reclaimed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "recording a call's outcome failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
     }
 
-    async fn execute(self: Arc<Self>, job: Job) {
-        let Some(hosted) = self.toolbox.get(&job.tool) else {
-            let why = format!("tool {} is not hosted here", job.tool);
-            self.finish(
-                &job,
-                TaskStatus::Failed,
-                Some(&why),
-                CallToolResult::error(&why),
-            )
-            .await;
-            return;
+    async fn execute(self: Arc<Self>, job: Job, slot: Option<OwnedSemaphorePermit>) {
+        let hosted = match self.toolbox.get(&job.tool) {
+            Some(h) if h.spec.queue_id() == job.queue => h,
+            _ => {
+                let why = format!("tool {} ({}) is not hosted here", job.tool, job.queue);
+                self.finish(
+                    &job,
+                    TaskStatus::Failed,
+                    Some(&why),
+                    CallToolResult::error(&why),
+                )
+                .await;
+                return;
+            }
         };
         let now = now_ms();
         if now >= job.deadline_ms {
@@ -268,81 +333,31 @@ impl Worker {
             .await;
             return;
         }
-        match self.queue.task_status(&job.task_id).await {
-            Ok(Some(TaskStatus::Working)) => {}
-            Ok(Some(TaskStatus::Cancelled)) | Ok(None) => {
-                let why = "cancelled before it started";
-                self.finish(
-                    &job,
-                    TaskStatus::Cancelled,
-                    Some(why),
-                    CallToolResult::error(why),
-                )
-                .await;
-                return;
-            }
-            Ok(Some(_)) => {
-                // Already finished (a slow worker's result arrived first): just acknowledge.
-                let why = "already finished";
-                self.finish(
-                    &job,
-                    TaskStatus::Completed,
-                    Some(why),
-                    CallToolResult::error(why),
-                )
-                .await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a task's status; leaving the job for later");
-                return;
-            }
-        }
-
+        // Registered before the status check, so a cancellation in between is not missed.
         let token = CancellationToken::new();
         self.running
             .lock()
             .expect("poisoned")
             .insert(job.task_id.clone(), token.clone());
-        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_QUEUE);
-        let ctx = CallContext::new(
-            self.config.worker_id.clone(),
-            job.task_id.clone(),
-            progress_tx,
-        );
-        let forward = tokio::spawn(forward_progress(self.queue.clone(), progress_rx));
-
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(job.deadline_ms - now);
-        let mut heartbeat = tokio::time::interval(self.config.visibility_timeout / 3);
-        heartbeat.tick().await;
-        let outcome = {
-            let run = async {
-                let _slot = hosted.permits.acquire().await.expect("never closed");
-                hosted.tool.call(job.arguments.clone(), &ctx).await
-            };
-            tokio::pin!(run);
-            loop {
-                tokio::select! {
-                    result = &mut run => break Some(result),
-                    _ = token.cancelled() => break None,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        break Some(CallToolResult::error(format!("timed out after {} ms", hosted.spec.timeout_ms)));
-                    }
-                    _ = heartbeat.tick() => {
-                        if let Err(e) = self.queue.extend(&self.config.worker_id, &job).await {
-                            tracing::warn!(error = %e, "job heartbeat failed");
-                        }
-                    }
-                }
+        let ended = match self.queue.task_status(&job.task_id).await {
+            Ok(Some(TaskStatus::Working)) => Some(self.run_call(&job, hosted, slot, &token).await),
+            Ok(Some(TaskStatus::Cancelled)) | Ok(None) => Some(Ended::Cancelled),
+            Ok(Some(_)) => {
+                // Already finished (a slow worker's outcome arrived first): just acknowledge.
+                let why = "already finished";
+                Some(Ended::Answered(CallToolResult::error(why)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a task's status; leaving the job for a reclaim");
+                None
             }
         };
-        // The call's future is gone (a command's process group with it); close its progress.
-        drop(ctx);
-        let _ = forward.await;
         self.running.lock().expect("poisoned").remove(&job.task_id);
-        match outcome {
-            Some(result) => self.finish(&job, TaskStatus::Completed, None, result).await,
-            None => {
+        match ended {
+            Some(Ended::Answered(result)) => {
+                self.finish(&job, TaskStatus::Completed, None, result).await
+            }
+            Some(Ended::Cancelled) => {
                 let why = "cancelled";
                 self.finish(
                     &job,
@@ -352,7 +367,83 @@ impl Worker {
                 )
                 .await;
             }
+            Some(Ended::Lost) => {
+                tracing::warn!(task = %job.task_id, "another worker took this job over; stopped running it");
+            }
+            None => {}
         }
+    }
+
+    /// Runs one call under its slots, heartbeating, until it ends.
+    async fn run_call(
+        &self,
+        job: &Job,
+        hosted: &Hosted,
+        slot: Option<OwnedSemaphorePermit>,
+        token: &CancellationToken,
+    ) -> Ended {
+        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_QUEUE);
+        let ctx = CallContext::new(
+            self.config.worker_id.clone(),
+            job.task_id.clone(),
+            progress_tx,
+        );
+        let forward = tokio::spawn(forward_progress(self.queue.clone(), progress_rx));
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(job.deadline_ms.saturating_sub(now_ms()));
+        let beat = self.config.visibility_timeout / 3;
+        let mut heartbeat = tokio::time::interval(beat);
+        heartbeat.tick().await;
+        let mut failed_beats = 0u32;
+        let ended = {
+            let run = async {
+                let _slot = match slot {
+                    Some(p) => p,
+                    None => self
+                        .slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed"),
+                };
+                let _tool_slot = hosted.permits.acquire().await.expect("never closed");
+                hosted.tool.call(job.arguments.clone(), &ctx).await
+            };
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    result = &mut run => break Ended::Answered(result),
+                    _ = token.cancelled() => break Ended::Cancelled,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        break Ended::Answered(CallToolResult::error(format!(
+                            "timed out after {} ms",
+                            hosted.spec.timeout_ms
+                        )));
+                    }
+                    _ = heartbeat.tick() => {
+                        match self.queue.extend(&self.config.worker_id, job).await {
+                            Ok(true) => failed_beats = 0,
+                            Ok(false) => break Ended::Lost,
+                            Err(e) => {
+                                failed_beats += 1;
+                                tracing::warn!(error = %e, failed_beats, "job heartbeat failed");
+                                // Two missed beats: another worker may be taking it over now.
+                                if failed_beats >= 2 {
+                                    break Ended::Lost;
+                                }
+                            }
+                        }
+                        if let Ok(Some(TaskStatus::Cancelled)) = self.queue.task_status(&job.task_id).await {
+                            break Ended::Cancelled;
+                        }
+                    }
+                }
+            }
+        };
+        // The call's future is gone (a command's process group with it); close its progress.
+        drop(ctx);
+        let _ = forward.await;
+        ended
     }
 }
 

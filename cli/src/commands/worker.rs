@@ -84,8 +84,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     rt.block_on(async move {
         let backend = RedisBackend::new(&opts)
             .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
-        switchboard_worker::run(config, Arc::new(backend), toolbox, super::shutdown_signal()).await;
-        Ok::<(), Failure>(())
+        switchboard_worker::run(config, Arc::new(backend), toolbox, super::shutdown_signal())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))
     })?;
     Ok(())
 }

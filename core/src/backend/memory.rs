@@ -177,8 +177,9 @@ impl JobQueue for MemoryBackend {
         }
     }
 
-    async fn extend(&self, _worker_id: &str, _job: &Job) -> Result<(), BackendError> {
-        Ok(())
+    async fn extend(&self, _worker_id: &str, _job: &Job) -> Result<bool, BackendError> {
+        // Nobody else can take a job over inside one process.
+        Ok(true)
     }
 
     async fn reclaim(
@@ -222,6 +223,10 @@ impl JobQueue for MemoryBackend {
 
     fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.cancels.subscribe()
+    }
+
+    async fn keepalive(&self) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 

@@ -83,6 +83,7 @@ impl CallState {
             tool: s.tool.name.clone(),
             leader: None,
             cached: false,
+            caller_cancelled: false,
             result: None,
         };
         if s.read_cache
@@ -113,11 +114,13 @@ impl CallState {
         );
         self.tasks.insert(record.task_id.clone(), record.clone());
         self.next_entry += 1;
+        let queue = s.tool.queue_id();
         self.queues
-            .entry(s.tool.name.clone())
+            .entry(queue.clone())
             .or_default()
             .push_back(Job {
                 entry_id: self.next_entry.to_string(),
+                queue,
                 tool: s.tool.name.clone(),
                 task_id: s.task_id.clone(),
                 call_hash: s.call_hash.clone(),
@@ -145,10 +148,11 @@ impl CallState {
     pub(super) fn cancel(&mut self, task: &TaskRecord) -> Option<String> {
         let now = now_ms();
         let t = self.tasks.get_mut(&task.task_id)?;
-        if t.status != TaskStatus::Working {
+        if t.status != TaskStatus::Working || t.caller_cancelled {
             return None;
         }
-        t.status = TaskStatus::Cancelled;
+        // Cancelled for this caller; a leader's status is the shared execution's.
+        t.caller_cancelled = true;
         t.last_updated_at_ms = now;
         let leader = task.leader.clone().unwrap_or_else(|| task.task_id.clone());
         let lease = self.leases.get_mut(&task.call_hash)?;

@@ -338,7 +338,7 @@ impl JobQueue for RedisBackend {
         self.calls_fetch(worker_id, tools, max, block).await
     }
 
-    async fn extend(&self, worker_id: &str, job: &Job) -> Result<(), BackendError> {
+    async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError> {
         self.calls_extend(worker_id, job).await
     }
 
@@ -378,5 +378,9 @@ impl JobQueue for RedisBackend {
 
     fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.cancels.subscribe()
+    }
+
+    async fn keepalive(&self) -> Result<(), BackendError> {
+        Backend::ping(self).await
     }
 }

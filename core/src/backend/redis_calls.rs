@@ -86,12 +86,15 @@ return 1
     )
 });
 
-/// KEYS: task, leader task, lease. ARGV: leader id, now, cancel channel.
+/// KEYS: task, leader task, lease. ARGV: leader id, now, cancel channel. Marks the caller's
+/// task cancelled *for the caller* (`ccancel`): a leader's `status` is the shared execution's,
+/// which goes on while other callers wait for it.
 static CANCEL: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'working' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[2])
+if redis.call('HGET', KEYS[1], 'ccancel') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'ccancel', '1', 'updated', ARGV[2])
 if redis.call('HGET', KEYS[3], 'task') == ARGV[1] then
   if redis.call('HINCRBY', KEYS[3], 'waiters', -1) <= 0 then
     if redis.call('HGET', KEYS[2], 'status') == 'working' then
@@ -105,6 +108,23 @@ return 1
 "#,
     )
 });
+
+/// KEYS: queue. ARGV: group, consumer, entry id. Resets the entry's idle time only while this
+/// consumer still owns it; 0 when another worker has taken it over (fencing).
+static EXTEND: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"#,
+    )
+});
+
+/// Dead letters kept, approximately (`XADD ... MAXLEN ~`): the dead-letter queue is for
+/// inspection, not work, so trimming it loses nothing that runs.
+const DEAD_LETTERS_KEPT: usize = 10_000;
 
 fn err(e: redis::RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
@@ -121,7 +141,7 @@ fn bulk(v: &Value) -> Option<String> {
 }
 
 fn job_of(
-    tool: &str,
+    queue: &str,
     entry_id: &str,
     map: &HashMap<String, Value>,
     deliveries: u64,
@@ -129,7 +149,8 @@ fn job_of(
     let get = |k: &str| map.get(k).and_then(bulk);
     Some(Job {
         entry_id: entry_id.to_owned(),
-        tool: tool.to_owned(),
+        queue: queue.to_owned(),
+        tool: get("tool")?,
         task_id: get("task")?,
         call_hash: get("hash")?,
         arguments: serde_json::from_str(&get("args")?).ok()?,
@@ -181,7 +202,7 @@ impl RedisBackend {
         inv.key(k.result(&s.call_hash))
             .key(k.lease(&s.call_hash))
             .key(k.task(&s.task_id))
-            .key(k.tool_queue(&s.tool.name))
+            .key(k.tool_queue(&s.tool.queue_id()))
             .arg(&s.task_id)
             .arg(&s.owner)
             .arg(now)
@@ -211,6 +232,7 @@ impl RedisBackend {
             tool: s.tool.name.clone(),
             leader: None,
             cached: false,
+            caller_cancelled: false,
             result: None,
         };
         Ok(match kind.as_str() {
@@ -388,24 +410,17 @@ impl RedisBackend {
         &self,
         worker_id: &str,
         job: &Job,
-    ) -> Result<(), BackendError> {
+    ) -> Result<bool, BackendError> {
+        let mut inv = EXTEND.prepare_invoke();
+        inv.key(self.keys().tool_queue(&job.queue))
+            .arg(WORKER_GROUP)
+            .arg(worker_id)
+            .arg(&job.entry_id);
         let mut conn = self.commands();
-        let key = self.keys().tool_queue(&job.tool);
-        let id = job.entry_id.clone();
-        let worker = worker_id.to_owned();
-        self.bounded(async move {
-            redis::cmd("XCLAIM")
-                .arg(key)
-                .arg(WORKER_GROUP)
-                .arg(worker)
-                .arg(0)
-                .arg(id)
-                .arg("JUSTID")
-                .query_async::<Value>(&mut conn)
-                .await
-        })
-        .await
-        .map(drop)
+        let kept: i64 = self
+            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        Ok(kept == 1)
     }
 
     pub(super) async fn calls_reclaim(
@@ -482,7 +497,7 @@ impl RedisBackend {
         inv.key(k.task(&job.task_id))
             .key(k.result(&job.call_hash))
             .key(k.lease(&job.call_hash))
-            .key(k.tool_queue(&job.tool))
+            .key(k.tool_queue(&job.queue))
             .arg(&job.task_id)
             .arg(status.as_str())
             .arg(message.unwrap_or(""))
@@ -506,6 +521,7 @@ impl RedisBackend {
         let mut conn = self.commands();
         let key = self.keys().dead_letters();
         let fields = [
+            ("queue", job.queue.clone()),
             ("tool", job.tool.clone()),
             ("task", job.task_id.clone()),
             ("hash", job.call_hash.clone()),
@@ -516,6 +532,9 @@ impl RedisBackend {
         self.bounded(async move {
             redis::cmd("XADD")
                 .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(DEAD_LETTERS_KEPT)
                 .arg("*")
                 .arg(&fields[..])
                 .query_async::<String>(&mut conn)

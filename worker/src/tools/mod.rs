@@ -122,6 +122,20 @@ impl Toolbox {
         self.tools.keys().cloned().collect()
     }
 
+    /// The queue of every hosted tool (`ToolSpec::queue_id`).
+    pub fn queue_ids(&self) -> Vec<String> {
+        self.tools.values().map(|h| h.spec.queue_id()).collect()
+    }
+
+    /// The queues of the tools that can start a call now.
+    pub fn queue_ids_with_room(&self) -> Vec<String> {
+        self.tools
+            .values()
+            .filter(|h| h.permits.available_permits() > 0)
+            .map(|h| h.spec.queue_id())
+            .collect()
+    }
+
     pub fn specs(&self) -> Vec<ToolSpec> {
         self.tools.values().map(|h| h.spec.clone()).collect()
     }
