@@ -74,9 +74,10 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// The status the caller sees.
+    /// The status the caller sees: a caller who cancelled sees `cancelled`, whatever became of
+    /// a shared execution for others.
     pub fn caller_status(&self) -> TaskStatus {
-        if self.caller_cancelled && !self.status.is_terminal() {
+        if self.caller_cancelled {
             TaskStatus::Cancelled
         } else {
             self.status

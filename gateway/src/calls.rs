@@ -66,6 +66,9 @@ struct TaskIdParams {
     task_id: String,
 }
 
+/// A task outlives its call's deadline and grace by at least this much.
+const TASK_TTL_MARGIN_MS: u64 = 5_000;
+
 fn backend_unavailable() -> RpcError {
     RpcError::new(ErrorCode::Internal, "backend unavailable, try again")
 }
@@ -111,29 +114,25 @@ pub(crate) async fn tools_call(
     };
     let progress_token = meta.get("progressToken").cloned();
     let cfg = &node.config;
+    let spec_timeout = tool.spec.timeout_ms;
+    // A task lives at least until its call's deadline (plus the grace), or its callers would
+    // lose the outcome of a call that is still running.
     let task_ttl_ms = p
         .task
         .as_ref()
         .and_then(|t| t.ttl)
         .unwrap_or(cfg.task_ttl.as_millis() as u64)
-        .clamp(1, cfg.max_task_ttl.as_millis() as u64);
+        .clamp(1, cfg.max_task_ttl.as_millis() as u64)
+        .max(spec_timeout + cfg.deadline_grace.as_millis() as u64 + TASK_TTL_MARGIN_MS);
 
     let in_flight = state.calls.clone();
-    let request_key = id.map(|i| i.get().to_owned());
     let task_id = new_task_id();
-    if let Some(key) = &request_key {
-        let mut f = in_flight.lock().expect("poisoned");
-        if f.len() >= cfg.max_inflight_calls {
-            return Err(RpcError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "too many calls in flight on this connection ({})",
-                    cfg.max_inflight_calls
-                ),
-            ));
-        }
-        f.insert(key.clone(), task_id.clone());
-    }
+    // A call sent as a notification counts too, under a key no request id can have.
+    let request_key = match id {
+        Some(i) => i.get().to_owned(),
+        None => format!("notification:{task_id}"),
+    };
+    track(node, &in_flight, &request_key, &task_id)?;
     let owner = state.owner();
     let spec = &tool.spec;
     let submission = Submission {
@@ -169,6 +168,11 @@ pub(crate) async fn tools_call(
 fn track(node: &Node, in_flight: &InFlight, key: &str, task_id: &str) -> Result<(), RpcError> {
     let max = node.config.max_inflight_calls;
     let mut f = in_flight.lock().expect("poisoned");
+    if f.contains_key(key) {
+        return Err(RpcError::invalid_request(
+            "a request with this id is still in flight",
+        ));
+    }
     if f.len() >= max {
         return Err(RpcError::new(
             ErrorCode::Overloaded,
@@ -185,7 +189,7 @@ struct PendingCall {
     tx: mpsc::Sender<Out>,
     /// `None` for a call sent as a notification: it runs, nobody is answered.
     id: Option<Box<RawValue>>,
-    request_key: Option<String>,
+    request_key: String,
     in_flight: InFlight,
     progress_token: Option<Value>,
     task_mode: bool,
@@ -196,13 +200,28 @@ impl PendingCall {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()))
             + self.node.config.deadline_grace;
-        let reply = match self.node.backend.submit(&submission).await {
+        let submitted = self.node.backend.submit(&submission).await;
+        // A `notifications/cancelled` that arrived while the call was being submitted found no
+        // task to cancel yet: cancel it now.
+        if let Ok(s) = &submitted
+            && !self
+                .in_flight
+                .lock()
+                .expect("poisoned")
+                .contains_key(&self.request_key)
+        {
+            if let Err(e) = self.node.backend.cancel(s.record()).await {
+                tracing::warn!(error = %e, "cancelling a call failed");
+            }
+            return;
+        }
+        let reply = match submitted {
             Err(e) => {
                 tracing::warn!(error = %e, "submitting a call failed");
                 Err(backend_unavailable())
             }
-            Ok(Submitted::Cached(rec)) => Ok(result_value(&rec, &rec, true)),
             Ok(s) if self.task_mode => Ok(json!({ "task": s.record().mcp() })),
+            Ok(Submitted::Cached(rec)) => Ok(result_value(&rec, &rec, true)),
             Ok(s) => {
                 let rec = s.record().clone();
                 let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
@@ -216,15 +235,12 @@ impl PendingCall {
             }
         };
         // A call cancelled by `notifications/cancelled` gets no reply (MCP).
-        let still_wanted = match &self.request_key {
-            Some(key) => self
-                .in_flight
-                .lock()
-                .expect("poisoned")
-                .remove(key)
-                .is_some(),
-            None => false,
-        };
+        let still_wanted = self
+            .in_flight
+            .lock()
+            .expect("poisoned")
+            .remove(&self.request_key)
+            .is_some();
         if let (true, Some(id)) = (still_wanted, &self.id) {
             let frame = match reply {
                 Ok(v) => wire::encode_result(id, &v),
@@ -266,8 +282,14 @@ async fn wait_outcome(
         let woken = guard.notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if let Some(done) = outcome(node, own).await? {
-            return Ok(done);
+        match outcome(node, own).await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {}
+            // Redis away for a moment: the call goes on; keep waiting until the deadline.
+            Err(e) if e.code == ErrorCode::Internal.code() => {
+                tracing::debug!(task = %own.task_id, "task read failed; waiting on");
+            }
+            Err(e) => return Err(e),
         }
         let poll = tokio::time::sleep(node.config.call_poll);
         tokio::select! {
@@ -288,9 +310,16 @@ async fn outcome(node: &Node, own: &TaskRecord) -> Result<Option<TaskRecord>, Rp
         .task(&own.task_id)
         .await
         .map_err(|_| backend_unavailable())?;
-    let Some(fresh) = fresh else {
+    let Some(mut fresh) = fresh else {
         return Err(not_found());
     };
+    if fresh.caller_cancelled {
+        // Cancelled for this caller, whatever became of the shared execution for others.
+        fresh.status = TaskStatus::Cancelled;
+        fresh.status_message = Some("cancelled".into());
+        fresh.result = None;
+        return Ok(Some(fresh));
+    }
     if fresh.status.is_terminal() {
         return Ok(Some(fresh));
     }

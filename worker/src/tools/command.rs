@@ -6,6 +6,7 @@
 //!   never a crashed worker. stdout is read up to [`MAX_OUTPUT_BYTES`].
 //! - stderr: lines that are JSON objects with `progress` are progress reports; the last
 //!   [`STDERR_TAIL_BYTES`] of the rest go into error results.
+//! - environment: only [`PASSED_ENV`] from the worker, plus the tool's `env` table.
 //! - The command runs in its own process group; when the call is cancelled or times out the
 //!   whole group is killed (SIGKILL), grandchildren included.
 
@@ -27,6 +28,11 @@ use super::{CallContext, Tool, Toolbox, ToolboxError};
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// How much of a command's stderr is kept for error results.
 pub const STDERR_TAIL_BYTES: usize = 4096;
+/// The longest stderr line read at once; longer ones are read in pieces.
+pub const MAX_STDERR_LINE: usize = 64 * 1024;
+/// Environment variables a command inherits from the worker; everything else comes from the
+/// tool's `env` table.
+pub const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
 /// Default timeout of a command tool.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default calls of one command tool running at once on one worker.
@@ -144,6 +150,14 @@ impl Drop for GroupGuard {
 impl Tool for CommandTool {
     async fn call(&self, arguments: Value, ctx: &CallContext) -> CallToolResult {
         let mut cmd = Command::new(&self.argv[0]);
+        // A clean environment: the worker's own (its Redis URL, perhaps with credentials) is not
+        // the tool's business. A few basics pass through; the tools file adds the rest.
+        cmd.env_clear();
+        for key in PASSED_ENV {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
         cmd.args(&self.argv[1..])
             .envs(&self.env)
             .stdin(Stdio::piped())
@@ -178,10 +192,22 @@ impl Tool for CommandTool {
             buf
         };
         let read_err = async {
-            let mut lines = BufReader::new(stderr).lines();
-            let mut tail = String::new();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            let mut tail: Vec<u8> = Vec::new();
+            loop {
+                line.clear();
+                // Lines are read in bounded pieces, and decoded lossily: a tool writing one huge
+                // line, or bytes that are not UTF-8, costs neither memory nor its stderr pipe.
+                match (&mut reader)
+                    .take(MAX_STDERR_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if let Ok(v) = serde_json::from_slice::<Value>(&line)
                     && let Some(p) = v.get("progress").and_then(Value::as_f64)
                 {
                     let total = v.get("total").and_then(Value::as_f64);
@@ -189,17 +215,12 @@ impl Tool for CommandTool {
                     ctx.progress(p, total, message);
                     continue;
                 }
-                tail.push_str(&line);
-                tail.push('\n');
+                tail.extend_from_slice(&line);
                 if tail.len() > STDERR_TAIL_BYTES {
-                    let cut = tail.len() - STDERR_TAIL_BYTES;
-                    let cut = (cut..tail.len())
-                        .find(|i| tail.is_char_boundary(*i))
-                        .unwrap_or(0);
-                    tail.drain(..cut);
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
                 }
             }
-            tail
+            String::from_utf8_lossy(&tail).into_owned()
         };
         let ((), out, err_tail) = tokio::join!(write, read_out, read_err);
         let status = child.wait().await;
@@ -314,6 +335,35 @@ command = ["sh", "-c", "cat >/dev/null; echo '{\"progress\": 1, \"total\": 2}' >
         assert_eq!(r.structured_content, Some(json!({"ok": true})));
         let p = rx.recv().await.unwrap();
         assert_eq!((p.progress, p.total), (1.0, Some(2.0)));
+    }
+
+    #[tokio::test]
+    async fn clean_environment_and_hostile_stderr() {
+        // cargo sets CARGO_MANIFEST_DIR for test runs: the tool must not see it.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let dir = std::env::temp_dir().join(format!("sb-env-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("tool.sh");
+        std::fs::write(
+            &script,
+            concat!(
+                "cat >/dev/null\n",
+                "printf '\\377\\376 not utf-8\\n' >&2\n",
+                "head -c 200000 /dev/zero | tr '\\0' x >&2\n",
+                "printf '{\"dir\": \"%s\", \"mine\": \"%s\"}' \"$CARGO_MANIFEST_DIR\" \"$MINE\"\n",
+            ),
+        )
+        .unwrap();
+        let tb = toolbox(&format!(
+            "[[tool]]\nname = \"env\"\ncommand = [\"sh\", \"{}\"]\nenv = {{ MINE = \"yes\" }}\n",
+            script.display()
+        ));
+        let r = call(&tb, "env", json!({})).await;
+        assert!(!r.is_error, "{r:?}");
+        assert_eq!(
+            r.structured_content,
+            Some(json!({"dir": "", "mine": "yes"}))
+        );
     }
 
     #[test]
