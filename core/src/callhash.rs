@@ -21,13 +21,24 @@ pub fn canonical_json(value: &Value) -> String {
 
 /// The call hash (64 hex digits); see the module docs.
 pub fn call_hash(tool: &ToolSpec, arguments: &Value, caller: &str) -> String {
+    call_hash_of(&tool.digest(), tool.cache.scope, arguments, caller)
+}
+
+/// [`call_hash`] with the tool's digest already computed (it is the same for every call of a
+/// tool, and costs a canonical encoding of the schema).
+pub fn call_hash_of(
+    tool_digest: &str,
+    scope: CacheScope,
+    arguments: &Value,
+    caller: &str,
+) -> String {
     let mut h = Sha256::new();
     h.update(HASH_VERSION);
     h.update([0]);
-    h.update(tool.digest().as_bytes());
+    h.update(tool_digest.as_bytes());
     h.update([0]);
     h.update(canonical_json(arguments).as_bytes());
-    if tool.cache.scope == CacheScope::PerUser {
+    if scope == CacheScope::PerUser {
         h.update([0]);
         h.update(caller.as_bytes());
     }

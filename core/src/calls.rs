@@ -22,6 +22,8 @@ use crate::tools::{CallToolResult, ToolSpec};
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub tool: ToolSpec,
+    /// The tool version's queue (`ToolSpec::queue_id`, computed once per tool).
+    pub queue: String,
     pub arguments: Value,
     pub call_hash: String,
     /// The caller's new task id.

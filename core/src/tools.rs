@@ -106,7 +106,7 @@ impl ToolSpec {
     /// version of a tool has its own queue, so a worker never runs a call hashed, validated and
     /// cached for another version (during a rolling upgrade both run side by side).
     pub fn queue_id(&self) -> String {
-        format!("{}@{}", self.name, &self.digest()[..16])
+        queue_id_of(&self.name, &self.digest())
     }
 
     /// SHA-256 (hex) over the name, the version and the canonical input schema: the tool's
@@ -120,6 +120,11 @@ impl ToolSpec {
         h.update(crate::callhash::canonical_json(&self.input_schema).as_bytes());
         hex(&h.finalize())
     }
+}
+
+/// The queue id of a tool from its name and digest (see [`ToolSpec::queue_id`]).
+pub fn queue_id_of(name: &str, digest: &str) -> String {
+    format!("{name}@{}", &digest[..16.min(digest.len())])
 }
 
 /// The MCP `CallToolResult`.

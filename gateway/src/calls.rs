@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use switchboard_core::callhash::call_hash;
+use switchboard_core::callhash::call_hash_of;
 use switchboard_core::calls::{Submission, Submitted};
 use switchboard_core::tasks::{TaskRecord, TaskStatus, new_task_id, now_ms};
 use switchboard_core::tools::CallToolResult;
@@ -136,7 +136,8 @@ pub(crate) async fn tools_call(
     let owner = state.owner();
     let spec = &tool.spec;
     let submission = Submission {
-        call_hash: call_hash(spec, &arguments, &owner),
+        call_hash: call_hash_of(&tool.digest, spec.cache.scope, &arguments, &owner),
+        queue: tool.queue.clone(),
         tool: spec.clone(),
         arguments,
         task_id,

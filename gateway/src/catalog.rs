@@ -17,6 +17,9 @@ use crate::node::Node;
 /// One tool, ready to take calls.
 pub(crate) struct CatalogTool {
     pub(crate) spec: ToolSpec,
+    /// `spec.digest()` and `spec.queue_id()`, computed once: every call needs them.
+    pub(crate) digest: String,
+    pub(crate) queue: String,
     validator: jsonschema::Validator,
 }
 
@@ -65,7 +68,17 @@ fn build(workers: Vec<switchboard_core::calls::WorkerAnnouncement>) -> Catalog {
             }
             match jsonschema::validator_for(&spec.input_schema) {
                 Ok(validator) => {
-                    tools.insert(spec.name.clone(), Arc::new(CatalogTool { spec, validator }));
+                    let digest = spec.digest();
+                    let queue = switchboard_core::tools::queue_id_of(&spec.name, &digest);
+                    tools.insert(
+                        spec.name.clone(),
+                        Arc::new(CatalogTool {
+                            spec,
+                            digest,
+                            queue,
+                            validator,
+                        }),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(tool = %spec.name, worker = %w.worker_id, error = %e, "tool left out: its input schema does not compile");
@@ -75,7 +88,7 @@ fn build(workers: Vec<switchboard_core::calls::WorkerAnnouncement>) -> Catalog {
     }
     let fingerprint = tools
         .values()
-        .map(|t: &Arc<CatalogTool>| (t.spec.name.clone(), t.spec.digest()))
+        .map(|t: &Arc<CatalogTool>| (t.spec.name.clone(), t.digest.clone()))
         .collect();
     Catalog { tools, fingerprint }
 }

@@ -308,7 +308,7 @@ impl Worker {
 
     async fn execute(self: Arc<Self>, job: Job, slot: Option<OwnedSemaphorePermit>) {
         let hosted = match self.toolbox.get(&job.tool) {
-            Some(h) if h.spec.queue_id() == job.queue => h,
+            Some(h) if h.queue_id == job.queue => h,
             _ => {
                 let why = format!("tool {} ({}) is not hosted here", job.tool, job.queue);
                 self.finish(

@@ -114,7 +114,7 @@ impl CallState {
         );
         self.tasks.insert(record.task_id.clone(), record.clone());
         self.next_entry += 1;
-        let queue = s.tool.queue_id();
+        let queue = s.queue.clone();
         self.queues
             .entry(queue.clone())
             .or_default()

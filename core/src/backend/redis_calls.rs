@@ -202,7 +202,7 @@ impl RedisBackend {
         inv.key(k.result(&s.call_hash))
             .key(k.lease(&s.call_hash))
             .key(k.task(&s.task_id))
-            .key(k.tool_queue(&s.tool.queue_id()))
+            .key(k.tool_queue(&s.queue))
             .arg(&s.task_id)
             .arg(&s.owner)
             .arg(now)

@@ -53,6 +53,8 @@ pub trait Tool: Send + Sync + 'static {
 /// One hosted tool.
 pub struct Hosted {
     pub spec: ToolSpec,
+    /// `spec.queue_id()`, computed once.
+    pub queue_id: String,
     pub tool: Arc<dyn Tool>,
     /// Calls of this tool running at once on this worker, at most.
     pub permits: Arc<Semaphore>,
@@ -106,6 +108,7 @@ impl Toolbox {
         self.tools.insert(
             name,
             Hosted {
+                queue_id: spec.queue_id(),
                 spec,
                 tool,
                 permits: Arc::new(Semaphore::new(concurrency)),
@@ -124,7 +127,7 @@ impl Toolbox {
 
     /// The queue of every hosted tool (`ToolSpec::queue_id`).
     pub fn queue_ids(&self) -> Vec<String> {
-        self.tools.values().map(|h| h.spec.queue_id()).collect()
+        self.tools.values().map(|h| h.queue_id.clone()).collect()
     }
 
     /// The queues of the tools that can start a call now.
@@ -132,7 +135,7 @@ impl Toolbox {
         self.tools
             .values()
             .filter(|h| h.permits.available_permits() > 0)
-            .map(|h| h.spec.queue_id())
+            .map(|h| h.queue_id.clone())
             .collect()
     }
 
