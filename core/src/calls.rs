@@ -39,6 +39,28 @@ pub struct Submission {
     pub deadline_ms: u64,
 }
 
+impl Submission {
+    /// The caller's task as a submission creates it: working, created `now`.
+    pub fn new_task(&self, now: u64) -> TaskRecord {
+        TaskRecord {
+            task_id: self.task_id.clone(),
+            owner: self.owner.clone(),
+            status: TaskStatus::Working,
+            status_message: None,
+            created_at_ms: now,
+            last_updated_at_ms: now,
+            ttl_ms: self.task_ttl_ms,
+            poll_interval_ms: self.poll_interval_ms,
+            call_hash: self.call_hash.clone(),
+            tool: self.tool.name.clone(),
+            leader: None,
+            cached: false,
+            caller_cancelled: false,
+            result: None,
+        }
+    }
+}
+
 /// What became of a submission. The record is the caller's own task.
 #[derive(Debug, Clone)]
 pub enum Submitted {

@@ -29,6 +29,31 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// Which backend a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Memory,
+    Redis,
+}
+
+/// Runs each listed case (`async fn case(kind: Kind)`) on both backends, as
+/// `mod <case> { memory, redis }`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$case($crate::Kind::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$case($crate::Kind::Redis).await
+            }
+        }
+    )*};
+}
+
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 

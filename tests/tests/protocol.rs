@@ -9,16 +9,12 @@ use serde_json::{Value, json};
 use switchboard_core::auth::{self, Verifier};
 use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{InProcessGateway, Read, RedisServer, WsClient, http_get};
+use switchboard_harness::{
+    InProcessGateway, Kind, Read, RedisServer, WsClient, both_backends, http_get,
+};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-}
 
 struct Setup {
     gw: InProcessGateway,
@@ -44,22 +40,6 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     })
     .await;
     Setup { gw, _redis: redis }
-}
-
-/// Runs each case on both backends: `mod <case> { memory, redis }`.
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$case(super::Kind::Memory).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$case(super::Kind::Redis).await
-            }
-        }
-    )*};
 }
 
 both_backends!(
@@ -360,7 +340,11 @@ async fn tokens_are_checked(kind: Kind) {
 }
 
 async fn slow_consumer_is_closed_4008_and_spares_others(kind: Kind) {
-    let s = setup(kind, |c| c.outbound_queue = 8).await;
+    const QUEUE: usize = 64;
+    // The publisher stays at most this many events ahead of what the fast client has read, so
+    // the fast client's queue never fills however the machine schedules the test.
+    const LEAD: u64 = 32;
+    let s = setup(kind, |c| c.outbound_queue = QUEUE).await;
     let url = s.gw.ws_url();
     let mut fast = WsClient::connect(&url).await;
     fast.hello().await;
@@ -380,15 +364,22 @@ async fn slow_consumer_is_closed_4008_and_spares_others(kind: Kind) {
     let mut publisher = WsClient::connect(&url).await;
     publisher.hello().await;
     let pad = "x".repeat(16 * 1024);
+    // Enough to fill the slow client's socket buffers (a few MiB) and its queue.
     const N: u64 = 600;
+    let (read_tx, mut read_rx) = tokio::sync::watch::channel(0u64);
     let drain = tokio::spawn(async move {
         for i in 0..N {
             let ev = fast.next_event().await;
             assert_eq!(ev["data"]["n"], i, "fast client lost or reordered an event");
+            let _ = read_tx.send(i + 1);
         }
         fast
     });
     for i in 0..N {
+        read_rx
+            .wait_for(|read| read + LEAD >= i)
+            .await
+            .expect("fast client alive");
         let r = publisher
             .call(
                 "publish",

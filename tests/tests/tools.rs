@@ -10,17 +10,13 @@ use switchboard_core::auth::{self, Verifier};
 use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
 use switchboard_core::calls::JobQueue;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{InProcessGateway, RedisServer, WsClient, eventually, http_get};
+use switchboard_harness::{
+    InProcessGateway, Kind, RedisServer, WsClient, both_backends, eventually, http_get,
+};
 use switchboard_worker::tools::builtin::add_builtins;
 use switchboard_worker::{Toolbox, WorkerConfig};
 
 const SECRET: &[u8] = b"tools-secret";
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-}
 
 struct Setup {
     gw: InProcessGateway,
@@ -95,21 +91,6 @@ async fn client(s: &Setup, user: &str) -> WsClient {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$case(super::Kind::Memory).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$case(super::Kind::Redis).await
-            }
-        }
-    )*};
 }
 
 both_backends!(

@@ -70,22 +70,7 @@ impl CallState {
         if self.submissions.is_multiple_of(SWEEP_EVERY) {
             self.sweep(now);
         }
-        let mut record = TaskRecord {
-            task_id: s.task_id.clone(),
-            owner: s.owner.clone(),
-            status: TaskStatus::Working,
-            status_message: None,
-            created_at_ms: now,
-            last_updated_at_ms: now,
-            ttl_ms: s.task_ttl_ms,
-            poll_interval_ms: s.poll_interval_ms,
-            call_hash: s.call_hash.clone(),
-            tool: s.tool.name.clone(),
-            leader: None,
-            cached: false,
-            caller_cancelled: false,
-            result: None,
-        };
+        let mut record = s.new_task(now);
         if s.read_cache
             && let Some((json, exp)) = self.results.get(&s.call_hash)
             && *exp > now
