@@ -11,6 +11,10 @@ pub(crate) mod worker;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
+use switchboard_core::backend::redis as redis_defaults;
+use switchboard_core::backend::{RedisBackend, RedisOptions};
+
+use crate::Failure;
 use switchboard_gateway::config::{self as gw, AuthConfig, GatewayConfig};
 
 pub(crate) fn init_logging() {
@@ -22,6 +26,50 @@ pub(crate) fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// How to reach Redis, shared by `gateway`, `worker` and `publish`.
+#[derive(ClapArgs, Debug, Clone)]
+pub(crate) struct RedisArgs {
+    /// Redis URL (redis://host:port/db).
+    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    redis: String,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = switchboard_core::keys::DEFAULT_PREFIX)]
+    redis_prefix: String,
+    /// Bound on one Redis command, in ms.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS", default_value_t = redis_defaults::DEFAULT_OP_TIMEOUT.as_millis() as u64)]
+    redis_timeout_ms: u64,
+    /// Bound on opening one Redis connection, in ms.
+    #[arg(long, env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT_MS", default_value_t = redis_defaults::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
+    redis_connect_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// The checked options; the error names the bad setting.
+    pub(crate) fn options(&self) -> Result<RedisOptions, Failure> {
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
+            return Err(Failure::Usage(
+                "redis-prefix (SWITCHBOARD_REDIS_PREFIX) must be non-empty and without { }".into(),
+            ));
+        }
+        if self.redis_timeout_ms == 0 || self.redis_connect_timeout_ms == 0 {
+            return Err(Failure::Usage(
+                "redis-timeout-ms and redis-connect-timeout-ms must be greater than zero".into(),
+            ));
+        }
+        let mut opts = RedisOptions::new(&self.redis);
+        opts.prefix = self.redis_prefix.clone();
+        opts.op_timeout = Duration::from_millis(self.redis_timeout_ms);
+        opts.connect_timeout = Duration::from_millis(self.redis_connect_timeout_ms);
+        Ok(opts)
+    }
+
+    /// The Redis backend; call it inside the runtime (its connections start tasks at once).
+    pub(crate) fn backend(&self) -> Result<RedisBackend, Failure> {
+        RedisBackend::new(&self.options()?)
+            .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))
+    }
 }
 
 /// The gateway's bounds and timeouts, shared by `gateway` and `dev`.

@@ -5,16 +5,13 @@ use anyhow::Context;
 use switchboard_core::keys::Keys;
 use switchboard_core::topic;
 
+use super::RedisArgs;
 use crate::Failure;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Redis URL.
-    #[arg(long, env = "SWITCHBOARD_REDIS")]
-    redis: String,
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = switchboard_core::keys::DEFAULT_PREFIX)]
-    redis_prefix: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// The topic.
     topic: String,
     /// The event's data: any JSON value.
@@ -25,8 +22,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     topic::validate(&args.topic).map_err(|e| Failure::Usage(format!("topic: {e}")))?;
     serde_json::from_str::<serde::de::IgnoredAny>(&args.json)
         .map_err(|e| Failure::Usage(format!("json: not valid JSON: {e}")))?;
-    let channel = Keys::new(&args.redis_prefix).topic_channel(&args.topic);
-    let client = redis::Client::open(args.redis.as_str())
+    let opts = args.redis.options()?;
+    let channel = Keys::new(&opts.prefix).topic_channel(&args.topic);
+    let client = redis::Client::open(opts.url.as_str())
         .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
     let rt = super::runtime()?;
     let receivers: i64 = rt.block_on(async {

@@ -5,21 +5,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_core::backend::{RedisBackend, RedisOptions};
 use switchboard_worker::config as wk;
 use switchboard_worker::tools::{builtin, command};
 use switchboard_worker::{Toolbox, WorkerConfig};
 
+use super::RedisArgs;
 use crate::Failure;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Redis URL.
-    #[arg(long, env = "SWITCHBOARD_REDIS")]
-    redis: String,
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = switchboard_core::keys::DEFAULT_PREFIX)]
-    redis_prefix: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// A TOML file of command tools.
     #[arg(long, env = "SWITCHBOARD_TOOLS")]
     tools: Option<PathBuf>,
@@ -78,12 +74,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let mut opts = RedisOptions::new(&args.redis);
-    opts.prefix = args.redis_prefix.clone();
+    args.redis.options()?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let backend = RedisBackend::new(&opts)
-            .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
+        let backend = args.redis.backend()?;
         switchboard_worker::run(config, Arc::new(backend), toolbox, super::shutdown_signal())
             .await
             .map_err(|e| Failure::Runtime(e.into()))
