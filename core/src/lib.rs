@@ -9,6 +9,7 @@
 //! - [`tools`]: the MCP `Tool` and `CallToolResult` shapes, tool names, cache policy.
 //! - [`callhash`]: where a call is hashed (RFC 8785 canonical arguments, SHA-256).
 //! - [`tasks`]: the task record every call has, and its MCP shape.
+//! - [`history`]: topic history rules, event ids, the live form of a history event.
 //! - [`calls`]: the call plane: submissions, jobs, the worker's queue interface.
 //! - [`backend`]: the narrow interface a gateway needs from its shared state (publish,
 //!   subscribe, health), with an in-memory implementation for `switchboard dev` and tests and a
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod backend;
 pub mod callhash;
 pub mod calls;
+pub mod history;
 pub mod keys;
 pub mod tasks;
 pub mod tools;

@@ -329,12 +329,21 @@ const EVENT_HEAD: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\"
 /// `topic` must be a valid topic name (its alphabet needs no JSON escaping) and `data` must be
 /// valid JSON text (see [`check_payload`]); both are copied verbatim.
 pub fn encode_event(topic: &str, data: &str) -> Bytes {
+    encode_event_with_id(topic, data, None)
+}
+
+/// [`encode_event`] for an event with a history id (`"id"` in the params).
+pub fn encode_event_with_id(topic: &str, data: &str, id: Option<crate::history::EventId>) -> Bytes {
     debug_assert!(crate::topic::validate(topic).is_ok());
-    let mut out = Vec::with_capacity(EVENT_HEAD.len() + topic.len() + data.len() + 12);
+    let mut out = Vec::with_capacity(EVENT_HEAD.len() + topic.len() + data.len() + 48);
     out.extend_from_slice(EVENT_HEAD);
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(b"\",\"data\":");
     out.extend_from_slice(data.as_bytes());
+    if let Some(id) = id {
+        use std::io::Write;
+        let _ = write!(out, ",\"id\":\"{id}\"");
+    }
     out.extend_from_slice(b"}}");
     Bytes::from(out)
 }

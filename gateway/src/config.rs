@@ -44,6 +44,10 @@ pub const DEFAULT_REGISTRY_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// Default: a waiting call re-reads its task this often even without a signal.
 pub const DEFAULT_CALL_POLL: Duration = Duration::from_millis(500);
+/// Default: events a `subscribe {since}` replays at most; further behind is `recovered: false`.
+pub const DEFAULT_MAX_REPLAY: usize = 10_000;
+/// Default: live events held for a subscriber while its replay is read; more closes it (4008).
+pub const DEFAULT_REPLAY_BUFFER: usize = 10_000;
 /// Frames written to one socket in one vectored write, at most.
 pub const MAX_WRITE_BATCH: usize = 64;
 
@@ -82,6 +86,10 @@ pub struct GatewayConfig {
     pub registry_interval: Duration,
     pub call_poll: Duration,
     pub deadline_grace: Duration,
+    /// Topics that keep history (first matching rule wins).
+    pub history: Vec<switchboard_core::history::HistoryRule>,
+    pub max_replay: usize,
+    pub replay_buffer: usize,
 }
 
 /// A setting that cannot work, named by its config key.
@@ -126,6 +134,9 @@ impl GatewayConfig {
             registry_interval: DEFAULT_REGISTRY_INTERVAL,
             call_poll: DEFAULT_CALL_POLL,
             deadline_grace: DEFAULT_DEADLINE_GRACE,
+            history: Vec::new(),
+            max_replay: DEFAULT_MAX_REPLAY,
+            replay_buffer: DEFAULT_REPLAY_BUFFER,
         }
     }
 
@@ -174,6 +185,8 @@ impl GatewayConfig {
         at_least_one("max-connections", self.max_connections)?;
         at_least_one("max-subscriptions", self.max_subscriptions)?;
         at_least_one("max-inflight-calls", self.max_inflight_calls)?;
+        at_least_one("max-replay", self.max_replay)?;
+        at_least_one("replay-buffer", self.replay_buffer)?;
         if self.max_message_bytes < 256 {
             return Err(ConfigError::Invalid {
                 key: "max-message-bytes",

@@ -24,10 +24,14 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn insert(&self, ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>) {
-        self.conns
-            .lock()
-            .expect("registry lock poisoned")
-            .insert(ctl.id, Subscriber { ctl, tx });
+        self.conns.lock().expect("registry lock poisoned").insert(
+            ctl.id,
+            Subscriber {
+                ctl,
+                tx,
+                gate: None,
+            },
+        );
     }
 
     /// Queues one frame to every connection that completed `hello` (a full queue skips it:

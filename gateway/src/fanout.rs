@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use switchboard_core::history::{self, EventId};
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, close};
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -37,6 +38,48 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Subscriber {
     pub(crate) ctl: Arc<ConnCtl>,
     pub(crate) tx: mpsc::Sender<Out>,
+    /// Set while the subscriber's history replay is being read: live events wait here.
+    pub(crate) gate: Option<Arc<Mutex<Gate>>>,
+}
+
+/// Live events held back from one subscriber while its history replay is read, so that replay
+/// and live meet with no gap and no duplicate.
+pub(crate) struct Gate {
+    holding: bool,
+    held: Vec<(Option<EventId>, Bytes)>,
+    cap: usize,
+}
+
+impl Gate {
+    pub(crate) fn new(cap: usize) -> Self {
+        Gate {
+            holding: true,
+            held: Vec::new(),
+            cap,
+        }
+    }
+
+    /// Hands the held events newer than `after` (and those without an id) to the subscriber,
+    /// in order, and lets live events through from now on. Returns the newest id delivered.
+    pub(crate) fn open(&mut self, after: EventId, sub: &Subscriber) -> EventId {
+        let mut newest = after;
+        for (id, frame) in self.held.drain(..) {
+            if id.is_some_and(|id| id <= after) {
+                continue; // already in the replay
+            }
+            if sub.tx.try_send(Out::Text(frame)).is_err() {
+                sub.ctl.close(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: outbound queue full",
+                    false,
+                );
+                break;
+            }
+            newest = newest.max(id.unwrap_or(newest));
+        }
+        self.holding = false;
+        newest
+    }
 }
 
 #[derive(Default)]
@@ -46,8 +89,8 @@ struct TopicEntry {
     snapshot: Option<Arc<[Subscriber]>>,
 }
 
-/// An encoded event on its way to a fan-out worker.
-type Job = (Box<str>, Bytes);
+/// An encoded event on its way to a fan-out worker (with its history id, if any).
+type Job = (Box<str>, Bytes, Option<EventId>);
 
 /// See the module docs.
 pub(crate) struct Fanout {
@@ -120,7 +163,7 @@ impl Fanout {
     }
 
     /// Gives one encoded event to every local subscriber of its topic.
-    fn fan_out(&self, topic: &str, frame: &Bytes) {
+    fn fan_out(&self, topic: &str, frame: &Bytes, id: Option<EventId>) {
         let Some(subs) = self.subscribers(topic) else {
             return;
         };
@@ -128,6 +171,21 @@ impl Fanout {
         for sub in subs.iter() {
             if sub.ctl.is_closing() {
                 continue;
+            }
+            if let Some(gate) = &sub.gate {
+                let mut g = gate.lock().expect("gate lock poisoned");
+                if g.holding {
+                    if g.held.len() < g.cap {
+                        g.held.push((id, frame.clone()));
+                    } else if sub.ctl.close(
+                        close::SLOW_CONSUMER,
+                        "slow consumer: too many events during replay",
+                        false,
+                    ) {
+                        self.metrics.slow_consumers.inc();
+                    }
+                    continue;
+                }
             }
             match sub.tx.try_send(Out::Text(frame.clone())) {
                 Ok(()) => delivered += 1,
@@ -166,6 +224,7 @@ impl Fanout {
     /// One message from the backend on a topic this node subscribed to.
     pub(crate) fn deliver(&self, topic: &str, payload: &[u8]) {
         self.metrics.events_received.inc();
+        let (id, payload) = history::split_live(payload);
         let data = match wire::check_payload(payload) {
             Ok(data) => data,
             Err(e) => {
@@ -177,9 +236,10 @@ impl Fanout {
         if !self.is_wanted(topic) {
             return;
         }
-        let frame = wire::encode_event(topic, data);
+        let frame = wire::encode_event_with_id(topic, data, id);
         let shard = (self.hasher.hash_one(topic) % self.workers.len() as u64) as usize;
-        if let Err(TrySendError::Full(_)) = self.workers[shard].try_send((topic.into(), frame)) {
+        if let Err(TrySendError::Full(_)) = self.workers[shard].try_send((topic.into(), frame, id))
+        {
             self.metrics.events_dropped.inc();
             self.warn_limited("dropped an event: fan-out queue full", topic);
         }
@@ -188,7 +248,7 @@ impl Fanout {
 
 /// One fan-out worker: takes encoded events off its queue and hands them to subscribers.
 pub(crate) async fn run_worker(fanout: Arc<Fanout>, mut rx: mpsc::Receiver<Job>) {
-    while let Some((topic, frame)) = rx.recv().await {
-        fanout.fan_out(&topic, &frame);
+    while let Some((topic, frame, id)) = rx.recv().await {
+        fanout.fan_out(&topic, &frame, id);
     }
 }

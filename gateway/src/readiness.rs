@@ -21,7 +21,7 @@ pub(crate) async fn run(node: Arc<Node>) {
         if ok && (now_reconnections != reconnections || !was) {
             reconnections = now_reconnections;
             node.subscriptions.resync_all();
-            if let Err(e) = node.backend.listen_calls().await {
+            if let Err(e) = node.backend.on_connected().await {
                 tracing::warn!(error = %e, "cannot listen for call signals");
             }
         }

@@ -4,18 +4,25 @@
 //! node's backend subscription covers the topic, so that anything published after the reply
 //! reaches the client. A publish goes through the backend even when the publisher's own node
 //! has subscribers: every node, this one included, receives it once from Redis.
+//!
+//! Topics that match a history rule keep their events (`publish` answers the event's `id`).
+//! `subscribe {since}` on such a topic replays what came after `since`, then goes live with no
+//! gap and no duplicate: live events are held at the subscriber's gate from before the history
+//! is read, and when the replay is out, those newer than its last id follow it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
+use switchboard_core::history::{self, EventId};
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{
     self, ErrorCode, PublishParams, PublishResult, RpcError, SubscribeParams, SubscribeResult,
     UnsubscribeParams,
 };
 
+use crate::conn::Out;
 use crate::dispatch::ConnState;
-use crate::fanout::Subscriber;
+use crate::fanout::{Gate, Subscriber};
 use crate::node::Node;
 
 fn topic(name: &str) -> Result<Topic, RpcError> {
@@ -33,39 +40,101 @@ pub(crate) async fn subscribe(
 ) -> Result<SubscribeResult, RpcError> {
     let p: SubscribeParams = wire::decode_params(params)?;
     let topic = topic(&p.topic)?;
-    // History arrives with the sessions issue; until then nothing can be replayed.
-    let recovered = p.since.as_ref().map(|_| false);
-    if !state.topics.contains(&topic) {
-        if state.topics.len() >= node.config.max_subscriptions {
-            return Err(RpcError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "subscription limit reached ({})",
-                    node.config.max_subscriptions
-                ),
-            ));
-        }
-        node.fanout.add(
-            &topic,
-            Subscriber {
-                ctl: state.ctl.clone(),
-                tx: state.tx.clone(),
-            },
-        );
-        state.topics.insert(topic.clone());
-        if let Err(e) = node.subscriptions.sync(vec![topic.clone()]).await {
-            tracing::warn!(topic = %topic, error = %e, "subscribe failed");
-            node.fanout.remove(&topic, state.ctl.id);
-            state.topics.remove(&topic);
-            node.subscriptions.sync_later(vec![topic]);
-            return Err(backend_unavailable());
-        }
+    let since =
+        match &p.since {
+            Some(s) => Some(EventId::parse(s).ok_or_else(|| {
+                RpcError::invalid_params("since must be an event id (<ms>-<seq>)")
+            })?),
+            None => None,
+        };
+    let has_history = history::rule_for(&node.config.history, topic.as_str()).is_some();
+    if state.topics.contains(&topic) {
+        return Ok(SubscribeResult {
+            topic: p.topic,
+            position: None,
+            recovered: None,
+        });
     }
+    if state.topics.len() >= node.config.max_subscriptions {
+        return Err(RpcError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "subscription limit reached ({})",
+                node.config.max_subscriptions
+            ),
+        ));
+    }
+    // A replay needs a gate from before the history is read until the replay is out.
+    let replay_from = match (has_history, since) {
+        (true, Some(since)) => Some((
+            Arc::new(Mutex::new(Gate::new(node.config.replay_buffer))),
+            since,
+        )),
+        _ => None,
+    };
+    let sub = Subscriber {
+        ctl: state.ctl.clone(),
+        tx: state.tx.clone(),
+        gate: replay_from.as_ref().map(|(gate, _)| gate.clone()),
+    };
+    node.fanout.add(&topic, sub.clone());
+    state.topics.insert(topic.clone());
+    if let Err(e) = node.subscriptions.sync(vec![topic.clone()]).await {
+        tracing::warn!(topic = %topic, error = %e, "subscribe failed");
+        release(node, state, &topic);
+        return Err(backend_unavailable());
+    }
+    let (position, recovered) = match replay_from {
+        Some((gate, since)) => {
+            let replay = match node
+                .backend
+                .replay(&topic, since, node.config.max_replay)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "reading history failed");
+                    release(node, state, &topic);
+                    return Err(backend_unavailable());
+                }
+            };
+            let mut last = since;
+            for (id, data) in &replay.events {
+                // History written by any backend: only valid JSON reaches a client.
+                if wire::check_payload(data.as_bytes()).is_ok() {
+                    let frame = wire::encode_event_with_id(topic.as_str(), data, Some(*id));
+                    if state.tx.send(Out::Text(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                last = *id;
+            }
+            let newest = gate.lock().expect("gate lock poisoned").open(last, &sub);
+            // From now on, no gate on this subscriber's path.
+            node.fanout.add(&topic, Subscriber { gate: None, ..sub });
+            let position = replay.position.map_or(newest, |p| p.max(newest));
+            (Some(position.to_string()), Some(replay.recovered))
+        }
+        // Where the client starts: what it can give as `since` later.
+        None if has_history => {
+            let position = node.backend.position(&topic).await.ok().flatten();
+            (position.map(|p| p.to_string()), None)
+        }
+        // No history to replay from: the client knows to reload.
+        None => (None, since.map(|_| false)),
+    };
     Ok(SubscribeResult {
         topic: p.topic,
-        position: None,
+        position,
         recovered,
     })
+}
+
+/// Undoes a subscription that could not be completed.
+fn release(node: &Node, state: &mut ConnState, topic: &Topic) {
+    node.fanout.remove(topic, state.ctl.id);
+    state.topics.remove(topic);
+    node.subscriptions.sync_later(vec![topic.clone()]);
 }
 
 pub(crate) async fn unsubscribe(
@@ -90,18 +159,34 @@ pub(crate) async fn publish(
 ) -> Result<PublishResult, RpcError> {
     let p: PublishParams<'_> = wire::decode_params(params)?;
     let topic = topic(&p.topic)?;
-    if p.history == Some(true) {
-        return Err(RpcError::invalid_params(
-            "history is not enabled for this topic",
-        ));
-    }
-    node.backend
-        .publish(&topic, p.data.get())
-        .await
-        .map_err(|e| {
-            tracing::warn!(topic = %topic, error = %e, "publish failed");
-            backend_unavailable()
-        })?;
+    let rule = history::rule_for(&node.config.history, topic.as_str());
+    let id = match rule {
+        Some(rule) => Some(
+            node.backend
+                .publish_history(&topic, p.data.get(), rule)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(topic = %topic, error = %e, "publish failed");
+                    backend_unavailable()
+                })?
+                .to_string(),
+        ),
+        None if p.history == Some(true) => {
+            return Err(RpcError::invalid_params(
+                "history is not enabled for this topic",
+            ));
+        }
+        None => {
+            node.backend
+                .publish(&topic, p.data.get())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(topic = %topic, error = %e, "publish failed");
+                    backend_unavailable()
+                })?;
+            None
+        }
+    };
     node.metrics.publishes.inc();
-    Ok(PublishResult { id: None })
+    Ok(PublishResult { id })
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 use switchboard_core::backend::redis as redis_defaults;
 use switchboard_core::backend::{RedisBackend, RedisOptions};
+use switchboard_core::history::HistoryRule;
 
 use crate::Failure;
 use switchboard_gateway::config::{self as gw, AuthConfig, GatewayConfig};
@@ -129,6 +130,16 @@ pub(crate) struct Tuning {
     /// A waiting call re-reads its task this often without a signal (ms).
     #[arg(long, env = "SWITCHBOARD_CALL_POLL_MS", default_value_t = gw::DEFAULT_CALL_POLL.as_millis() as u64)]
     call_poll_ms: u64,
+    /// Topics that keep history: PATTERN=MAXLEN[:TTL_MS] (`*` matches any run), e.g.
+    /// chat:*=1000:3600000. Repeat the flag, or separate rules with commas.
+    #[arg(long, env = "SWITCHBOARD_HISTORY", value_delimiter = ',', value_parser = HistoryRule::parse)]
+    history: Vec<HistoryRule>,
+    /// Events a `subscribe {since}` replays at most; further behind answers recovered: false.
+    #[arg(long, env = "SWITCHBOARD_MAX_REPLAY", default_value_t = gw::DEFAULT_MAX_REPLAY)]
+    max_replay: usize,
+    /// Live events held for a subscriber while its replay is read; more closes it (4008).
+    #[arg(long, env = "SWITCHBOARD_REPLAY_BUFFER", default_value_t = gw::DEFAULT_REPLAY_BUFFER)]
+    replay_buffer: usize,
     /// How long past a tool's timeout a caller waits for the worker's answer before -32005 (ms).
     #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE_MS", default_value_t = gw::DEFAULT_DEADLINE_GRACE.as_millis() as u64)]
     deadline_grace_ms: u64,
@@ -161,6 +172,9 @@ impl Tuning {
             registry_interval: ms(self.registry_interval_ms),
             call_poll: ms(self.call_poll_ms),
             deadline_grace: ms(self.deadline_grace_ms),
+            history: self.history.clone(),
+            max_replay: self.max_replay,
+            replay_buffer: self.replay_buffer,
         }
     }
 }

@@ -11,8 +11,10 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 use super::memory_calls::{CallState, FETCH_POLL};
+use super::memory_history::Histories;
 use super::{Backend, BackendError, EventSink};
 use crate::calls::{Job, JobQueue, Progress, Reclaimed, Submission, Submitted, WorkerAnnouncement};
+use crate::history::{EventId, HistoryRule, Replay, live_message};
 use crate::tasks::{TaskRecord, TaskStatus};
 use crate::tools::CallToolResult;
 use crate::topic::Topic;
@@ -22,6 +24,7 @@ pub struct MemoryBackend {
     subscribed: Mutex<HashSet<Topic>>,
     sink: OnceLock<Arc<dyn EventSink>>,
     calls: Mutex<CallState>,
+    histories: Mutex<Histories>,
     /// Woken when a job is queued.
     job_queued: tokio::sync::Notify,
     cancels: tokio::sync::broadcast::Sender<String>,
@@ -33,6 +36,7 @@ impl Default for MemoryBackend {
             subscribed: Mutex::default(),
             sink: OnceLock::new(),
             calls: Mutex::default(),
+            histories: Mutex::default(),
             job_queued: tokio::sync::Notify::new(),
             cancels: tokio::sync::broadcast::channel(1024).0,
         }
@@ -48,6 +52,18 @@ impl std::fmt::Debug for MemoryBackend {
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What Redis pub/sub does: the message reaches this node if it subscribed to the topic.
+    fn deliver_live(&self, topic: &Topic, payload: &[u8]) {
+        let wanted = self
+            .subscribed
+            .lock()
+            .expect("lock poisoned")
+            .contains(topic);
+        if wanted && let Some(sink) = self.sink.get() {
+            sink.deliver(topic.as_str(), payload);
+        }
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, CallState> {
@@ -85,14 +101,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn publish(&self, topic: &Topic, data: &str) -> Result<(), BackendError> {
-        let wanted = self
-            .subscribed
-            .lock()
-            .expect("lock poisoned")
-            .contains(topic);
-        if wanted && let Some(sink) = self.sink.get() {
-            sink.deliver(topic.as_str(), data.as_bytes());
-        }
+        self.deliver_live(topic, data.as_bytes());
         Ok(())
     }
 
@@ -138,8 +147,43 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn listen_calls(&self) -> Result<(), BackendError> {
+    async fn on_connected(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    async fn publish_history(
+        &self,
+        topic: &Topic,
+        data: &str,
+        rule: &HistoryRule,
+    ) -> Result<EventId, BackendError> {
+        // Appended and published under one lock, so live order is id order, as in Redis.
+        let mut h = self.histories.lock().expect("lock poisoned");
+        let id = h.append(topic.as_str(), data, rule);
+        self.deliver_live(topic, live_message(id, data).as_bytes());
+        drop(h);
+        Ok(id)
+    }
+
+    async fn replay(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        Ok(self
+            .histories
+            .lock()
+            .expect("lock poisoned")
+            .replay(topic.as_str(), since, max))
+    }
+
+    async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {
+        Ok(self
+            .histories
+            .lock()
+            .expect("lock poisoned")
+            .position(topic.as_str()))
     }
 }
 

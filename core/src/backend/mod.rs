@@ -8,14 +8,17 @@
 
 pub mod memory;
 mod memory_calls;
+mod memory_history;
 pub mod redis;
 mod redis_calls;
+mod redis_history;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::calls::{Progress, Submission, Submitted, WorkerAnnouncement};
+use crate::history::{EventId, HistoryRule, Replay};
 use crate::tasks::TaskRecord;
 use crate::topic::Topic;
 
@@ -83,9 +86,30 @@ pub trait Backend: Send + Sync + 'static {
     /// Cancels a working task; its execution stops when no other caller waits for it.
     async fn cancel(&self, task: &TaskRecord) -> Result<(), BackendError>;
 
-    /// Starts receiving call signals (finished, progress) through the sink. Idempotent; called
-    /// again after a reconnection.
-    async fn listen_calls(&self) -> Result<(), BackendError>;
+    /// Prepares the backend for this node: call signals (finished, progress) start reaching the
+    /// sink, the history function is loaded. Idempotent; called at start and again after every
+    /// reconnection (a restarted Redis without persistence has forgotten both).
+    async fn on_connected(&self) -> Result<(), BackendError>;
+
+    /// Appends an event to a topic's history and publishes it live, in one step; returns its id.
+    async fn publish_history(
+        &self,
+        topic: &Topic,
+        data: &str,
+        rule: &HistoryRule,
+    ) -> Result<EventId, BackendError>;
+
+    /// The events of a topic's history after `since` (at most `max`; more is a failed recovery),
+    /// whether the history still reaches back to `since`, and the latest id.
+    async fn replay(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError>;
+
+    /// The latest id in a topic's history.
+    async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError>;
 
     /// How many times the subscription connection was lost so far. A change tells the gateway
     /// to re-issue its subscriptions once the backend answers again.

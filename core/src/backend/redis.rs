@@ -25,6 +25,7 @@ use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 
 use super::{Backend, BackendError, EventSink};
 use crate::calls::{Job, JobQueue, Progress, Reclaimed, Submission, Submitted, WorkerAnnouncement};
+use crate::history::{EventId, HistoryRule, Replay};
 use crate::keys::Keys;
 use crate::tasks::{TaskRecord, TaskStatus};
 use crate::tools::CallToolResult;
@@ -309,8 +310,31 @@ impl Backend for RedisBackend {
         self.calls_cancel(task).await
     }
 
-    async fn listen_calls(&self) -> Result<(), BackendError> {
-        self.calls_listen().await
+    async fn on_connected(&self) -> Result<(), BackendError> {
+        self.calls_listen().await?;
+        self.history_load_function().await
+    }
+
+    async fn publish_history(
+        &self,
+        topic: &Topic,
+        data: &str,
+        rule: &HistoryRule,
+    ) -> Result<EventId, BackendError> {
+        self.history_publish(topic, data, rule).await
+    }
+
+    async fn replay(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        self.history_replay(topic, since, max).await
+    }
+
+    async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {
+        self.history_position(topic).await
     }
 }
 

@@ -1,0 +1,105 @@
+//! Topic history inside one process, with the Redis semantics: ids `<ms>-<seq>` increasing per
+//! topic, exact trimming to the rule's length, the same "does it reach back" rule, and expiry
+//! after the rule's ttl without events.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::history::{EventId, HistoryRule, Replay};
+use crate::tasks::now_ms;
+
+struct Stream {
+    entries: VecDeque<(EventId, String)>,
+    last: EventId,
+    max_deleted: EventId,
+    /// Unix ms after which the stream is gone (0: never).
+    expires_at_ms: u64,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(super) struct Histories {
+    streams: HashMap<String, Stream>,
+}
+
+impl Histories {
+    fn live(&mut self, topic: &str, now: u64) -> Option<&mut Stream> {
+        if self
+            .streams
+            .get(topic)
+            .is_some_and(|s| s.expires_at_ms != 0 && s.expires_at_ms <= now)
+        {
+            self.streams.remove(topic);
+        }
+        self.streams.get_mut(topic)
+    }
+
+    pub(super) fn append(&mut self, topic: &str, data: &str, rule: &HistoryRule) -> EventId {
+        let now = now_ms();
+        if self.live(topic, now).is_none() {
+            self.streams.insert(
+                topic.to_owned(),
+                Stream {
+                    entries: VecDeque::new(),
+                    last: EventId::ZERO,
+                    max_deleted: EventId::ZERO,
+                    expires_at_ms: 0,
+                },
+            );
+        }
+        let s = self.streams.get_mut(topic).expect("just inserted");
+        let id = s.last.next_at(now);
+        s.last = id;
+        s.entries.push_back((id, data.to_owned()));
+        while s.entries.len() as u64 > rule.max_len {
+            if let Some((old, _)) = s.entries.pop_front() {
+                s.max_deleted = old;
+            }
+        }
+        s.expires_at_ms = if rule.ttl.is_zero() {
+            0
+        } else {
+            now + rule.ttl.as_millis() as u64
+        };
+        id
+    }
+
+    pub(super) fn replay(&mut self, topic: &str, since: EventId, max: usize) -> Replay {
+        let Some(s) = self.live(topic, now_ms()) else {
+            return Replay {
+                events: Vec::new(),
+                recovered: since == EventId::ZERO,
+                position: None,
+            };
+        };
+        let events: Vec<(EventId, String)> = s
+            .entries
+            .iter()
+            .filter(|(id, _)| *id > since)
+            .take(max + 1)
+            .cloned()
+            .collect();
+        if events.len() > max {
+            return Replay {
+                events: Vec::new(),
+                recovered: false,
+                position: Some(s.last),
+            };
+        }
+        // As on Redis: whole if the oldest event kept is `since` or older; from the very
+        // beginning, if nothing was ever trimmed.
+        let recovered = if since == EventId::ZERO {
+            s.max_deleted == EventId::ZERO
+        } else {
+            s.entries.front().is_some_and(|(first, _)| *first <= since)
+        };
+        Replay {
+            events,
+            recovered,
+            position: Some(s.last),
+        }
+    }
+
+    pub(super) fn position(&mut self, topic: &str) -> Option<EventId> {
+        self.live(topic, now_ms()).map(|s| s.last)
+    }
+}

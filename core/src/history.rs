@@ -1,0 +1,174 @@
+//! Topic history: which topics keep one (rules by pattern, like Centrifugo namespaces), event
+//! ids, and how a history event travels live.
+//!
+//! A history event is appended to the topic's stream (`<prefix>:h:{topic}`) and published live
+//! in one step (the Redis Function `sb_publish`, or the in-memory equivalent). Its live message
+//! is `#<id> <json>`: a payload that starts with `#` cannot be JSON, so a gateway tells history
+//! events (with an id) from plain `PUBLISH`es (without) at a glance. Ids are Redis stream ids,
+//! `<ms>-<seq>`, increasing within a topic; `subscribe {since}` takes one.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A stream id: `<milliseconds>-<sequence>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EventId {
+    pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(EventId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// The id after `self` for a new event at `now_ms` (what Redis's `*` does).
+    pub fn next_at(self, now_ms: u64) -> Self {
+        if now_ms > self.ms {
+            EventId { ms: now_ms, seq: 0 }
+        } else {
+            EventId {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Which topics keep history, and how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// A topic pattern: `*` matches any run of characters (`chat:*`, `*:events`, `*`).
+    pub pattern: String,
+    /// Events kept per topic (older ones are trimmed).
+    pub max_len: u64,
+    /// How long a topic's history lives after its last event (0: no expiry).
+    pub ttl: Duration,
+}
+
+impl HistoryRule {
+    /// Parses `PATTERN=MAXLEN[:TTL_MS]`, e.g. `chat:*=1000:3600000`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (pattern, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected PATTERN=MAXLEN[:TTL_MS]"))?;
+        let (len, ttl) = match rest.split_once(':') {
+            Some((l, t)) => (l, Some(t)),
+            None => (rest, None),
+        };
+        let max_len: u64 = len
+            .parse()
+            .map_err(|_| format!("{s:?}: MAXLEN must be a whole number"))?;
+        if max_len == 0 || pattern.is_empty() {
+            return Err(format!("{s:?}: needs a pattern and MAXLEN of at least 1"));
+        }
+        let ttl = match ttl {
+            Some(t) => Duration::from_millis(
+                t.parse()
+                    .map_err(|_| format!("{s:?}: TTL_MS must be a whole number"))?,
+            ),
+            None => Duration::ZERO,
+        };
+        Ok(HistoryRule {
+            pattern: pattern.to_owned(),
+            max_len,
+            ttl,
+        })
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        glob(self.pattern.as_bytes(), topic.as_bytes())
+    }
+}
+
+/// The first rule whose pattern matches the topic.
+pub fn rule_for<'a>(rules: &'a [HistoryRule], topic: &str) -> Option<&'a HistoryRule> {
+    rules.iter().find(|r| r.matches(topic))
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// Splits a live message into the history id (for `#<id> <json>`) and the JSON.
+pub fn split_live(payload: &[u8]) -> (Option<EventId>, &[u8]) {
+    if let Some(rest) = payload.strip_prefix(b"#")
+        && let Some(space) = rest.iter().position(|b| *b == b' ')
+        && let Some(id) = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(EventId::parse)
+    {
+        return (Some(id), &rest[space + 1..]);
+    }
+    (None, payload)
+}
+
+/// The live message of a history event.
+pub fn live_message(id: EventId, data: &str) -> String {
+    format!("#{id} {data}")
+}
+
+/// What `subscribe {since}` reads back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// Events after `since`, oldest first.
+    pub events: Vec<(EventId, String)>,
+    /// Whether the history still reached back to `since` (nothing after it was trimmed).
+    pub recovered: bool,
+    /// The topic's latest id, if it has any history.
+    pub position: Option<EventId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_order_and_round_trip() {
+        let a = EventId::parse("1700000000000-0").unwrap();
+        let b = EventId::parse("1700000000000-1").unwrap();
+        let c = EventId::parse("1700000000001-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(a.to_string(), "1700000000000-0");
+        assert_eq!(a.next_at(1_700_000_000_000), b);
+        assert_eq!(b.next_at(1_700_000_000_001), c);
+        assert_eq!(EventId::parse("nope"), None);
+    }
+
+    #[test]
+    fn rules_parse_and_match() {
+        let r = HistoryRule::parse("chat:*=100:60000").unwrap();
+        assert_eq!((r.max_len, r.ttl), (100, Duration::from_secs(60)));
+        assert!(r.matches("chat:42") && !r.matches("news:1"));
+        assert!(HistoryRule::parse("*=5").unwrap().matches("anything"));
+        assert!(HistoryRule::parse("*:ev=5").unwrap().matches("a:b:ev"));
+        assert!(HistoryRule::parse("x").is_err());
+        assert!(HistoryRule::parse("x=0").is_err());
+        assert!(HistoryRule::parse("x=a").is_err());
+    }
+
+    #[test]
+    fn live_messages_split() {
+        let id = EventId { ms: 5, seq: 2 };
+        let m = live_message(id, r#"{"a":1}"#);
+        assert_eq!(split_live(m.as_bytes()), (Some(id), &br#"{"a":1}"#[..]));
+        assert_eq!(split_live(b"{\"a\":1}"), (None, &b"{\"a\":1}"[..]));
+        assert_eq!(split_live(b"#garbage"), (None, &b"#garbage"[..]));
+    }
+}
