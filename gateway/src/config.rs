@@ -25,6 +25,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default: on shutdown, how long connections get to close before the node exits anyway.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default: on shutdown, sockets are asked to close over this long, a batch at a time, so the
+/// nodes that take them over are not stampeded (at most the shutdown grace).
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(5);
 /// Default: how often the backend is pinged for `/readyz`.
 pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Default: how often a failed Redis (un)subscribe is retried.
@@ -75,6 +78,7 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     pub close_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub drain_spread: Duration,
     pub readiness_interval: Duration,
     pub subscribe_retry: Duration,
     /// Fan-out workers (a topic always goes to the same one); default: one per core.
@@ -124,6 +128,7 @@ impl GatewayConfig {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            drain_spread: DEFAULT_DRAIN_SPREAD,
             readiness_interval: DEFAULT_READINESS_INTERVAL,
             subscribe_retry: DEFAULT_SUBSCRIBE_RETRY,
             fanout_workers: default_fanout_workers(),

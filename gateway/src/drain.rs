@@ -1,5 +1,6 @@
-//! Shutdown: stop accepting (the accept loop's job), report not ready, ask every socket to
-//! close with 1012 (reconnect elsewhere), and wait for them to go, up to the grace period.
+//! Shutdown: stop accepting (the accept loop's job), report not ready, ask the sockets to close
+//! with 1012 (reconnect elsewhere) a batch at a time, spread over `drain_spread`, so the nodes
+//! that take them over are not stampeded, and wait for them to go, up to the grace period.
 //! The [`Registry`] of open connections is what the drain walks.
 
 use std::collections::HashMap;
@@ -14,6 +15,9 @@ use tokio::sync::mpsc;
 use crate::conn::{ConnCtl, Out};
 use crate::fanout::Subscriber;
 use crate::node::Node;
+
+/// The shortest pause between two batches of the drain.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The open connections of a node.
 #[derive(Default)]
@@ -81,15 +85,29 @@ impl Registry {
 pub(crate) async fn drain(node: &Node) {
     node.start_draining();
     let conns = node.registry.snapshot();
-    tracing::info!(connections = conns.len(), grace = ?node.config.shutdown_grace, "draining");
-    for ctl in &conns {
-        ctl.close(
-            close::RESTARTING,
-            "node restarting, reconnect elsewhere",
-            true,
-        );
+    let grace = node.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let spread = node.config.drain_spread.min(grace);
+    // At most one batch per tick, spaced evenly over the spread.
+    let max_batches = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+    let n_batches = conns.len().clamp(1, max_batches);
+    let per_batch = conns.len().div_ceil(n_batches).max(1);
+    let pause = spread / n_batches as u32;
+    tracing::info!(connections = conns.len(), ?grace, ?spread, "draining");
+    let mut batches = conns.chunks(per_batch).peekable();
+    while let Some(batch) = batches.next() {
+        for ctl in batch {
+            ctl.close(
+                close::RESTARTING,
+                "node restarting, reconnect elsewhere",
+                true,
+            );
+        }
+        if batches.peek().is_some() {
+            tokio::time::sleep(pause).await;
+        }
     }
-    if tokio::time::timeout(node.config.shutdown_grace, node.registry.wait_empty())
+    if tokio::time::timeout_at(deadline, node.registry.wait_empty())
         .await
         .is_err()
     {

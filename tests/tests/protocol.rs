@@ -422,6 +422,49 @@ async fn paused_setup(tweak: impl FnOnce(&mut GatewayConfig)) -> InProcessGatewa
 }
 
 #[tokio::test(start_paused = true)]
+async fn drain_spreads_closes_over_the_spread() {
+    let mut gw = paused_setup(|c| {
+        c.shutdown_grace = Duration::from_secs(10);
+        c.drain_spread = Duration::from_secs(2);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = WsClient::connect(&gw.ws_url()).await;
+        c.hello().await;
+        clients.push(c);
+    }
+    let stop_at = tokio::time::Instant::now();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let code = c.read_close().await;
+                (code, stop_at.elapsed())
+            })
+        })
+        .collect();
+    gw.stop().await;
+    let mut at = Vec::new();
+    for r in readers {
+        let (code, when) = r.await.unwrap();
+        assert_eq!(code, 1012);
+        at.push(when);
+    }
+    at.sort();
+    assert!(
+        at[0] < Duration::from_millis(100),
+        "first close at {:?}",
+        at[0]
+    );
+    assert!(
+        at[19] >= Duration::from_millis(1500) && at[19] <= Duration::from_secs(3),
+        "last close at {:?}: not spread over the 2 s",
+        at[19]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn hello_timeout_closes_4001() {
     let gw = paused_setup(|_| {}).await;
     let mut c = WsClient::connect(&gw.ws_url()).await;

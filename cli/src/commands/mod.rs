@@ -103,6 +103,9 @@ pub(crate) struct Tuning {
     /// On shutdown, give connections this long (ms) to close.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS", default_value_t = gw::DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     shutdown_grace_ms: u64,
+    /// On shutdown, ask sockets to close over this long (ms), a batch at a time.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_SPREAD_MS", default_value_t = gw::DEFAULT_DRAIN_SPREAD.as_millis() as u64)]
+    drain_spread_ms: u64,
     /// Ping the backend this often (ms) for /readyz.
     #[arg(long, env = "SWITCHBOARD_READINESS_INTERVAL_MS", default_value_t = gw::DEFAULT_READINESS_INTERVAL.as_millis() as u64)]
     readiness_interval_ms: u64,
@@ -160,6 +163,7 @@ impl Tuning {
             write_timeout: ms(self.write_timeout_ms),
             close_timeout: ms(self.close_timeout_ms),
             shutdown_grace: ms(self.shutdown_grace_ms),
+            drain_spread: ms(self.drain_spread_ms),
             readiness_interval: ms(self.readiness_interval_ms),
             subscribe_retry: ms(self.subscribe_retry_ms),
             fanout_workers: self
