@@ -20,7 +20,7 @@ use switchboard_client::{Client, ConnectOptions};
 use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess};
 
 use crate::procstat::{self, ProcSample};
-use crate::stats::{Percentiles, percentiles};
+use crate::stats::{Percentiles, percentiles, row};
 
 /// Which calls to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -261,8 +261,8 @@ impl CallsReport {
     /// The report as a table for people.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let mut row = |k: &str, v: String| out.push_str(&format!("{k:<26} {v}\n"));
         row(
+            &mut out,
             "scenario",
             format!(
                 "calls ({:?}): {} gateway(s), {} worker(s), {} connection(s) x {} in flight, {:.1} s",
@@ -275,6 +275,7 @@ impl CallsReport {
             ),
         );
         row(
+            &mut out,
             "calls",
             format!(
                 "{} answered ({} from the cache), {} errors",
@@ -283,12 +284,18 @@ impl CallsReport {
         );
         if let Some(e) = self.executions {
             row(
+                &mut out,
                 "executions",
                 format!("{e} distinct runs for {} calls", self.calls),
             );
         }
-        row("calls per second", format!("{:.0}", self.calls_per_s));
         row(
+            &mut out,
+            "calls per second",
+            format!("{:.0}", self.calls_per_s),
+        );
+        row(
+            &mut out,
             "round trip",
             format!(
                 "p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
@@ -299,6 +306,7 @@ impl CallsReport {
             ),
         );
         row(
+            &mut out,
             "CPU (cores)",
             format!(
                 "gateways {:.2}, workers {:.2}, redis {:.2}, load generator {:.2}",
@@ -313,7 +321,7 @@ impl CallsReport {
             .iter()
             .map(|b| format!("{:.1} MiB", *b as f64 / 1048576.0))
             .collect();
-        row("gateway RSS", rss.join(", "));
+        row(&mut out, "gateway RSS", rss.join(", "));
         out
     }
 }

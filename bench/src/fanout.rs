@@ -16,7 +16,7 @@ use switchboard_harness::{GatewayProcess, RedisServer};
 use tokio::sync::watch;
 
 use crate::procstat::{self, ProcSample};
-use crate::stats::{Percentiles, percentiles};
+use crate::stats::{Percentiles, percentiles, row};
 
 /// Connections one process may hold (the workplace's per-process descriptor cap, less room for
 /// everything else).
@@ -292,8 +292,8 @@ impl FanoutReport {
             .map(|b| format!("{:.1} MiB", mib(*b)))
             .collect();
         let mut out = String::new();
-        let mut row = |k: &str, v: String| out.push_str(&format!("{k:<26} {v}\n"));
         row(
+            &mut out,
             "scenario",
             format!(
                 "fanout: {} gateway(s), {} topic(s), {} subscribers, {} events/s per topic for {:.0} s, {}-byte padding",
@@ -305,8 +305,9 @@ impl FanoutReport {
                 self.payload_bytes
             ),
         );
-        row("events published", self.published.to_string());
+        row(&mut out, "events published", self.published.to_string());
         row(
+            &mut out,
             "deliveries",
             format!(
                 "{} expected, {} received, {} missing, {} out of order",
@@ -318,10 +319,12 @@ impl FanoutReport {
             ),
         );
         row(
+            &mut out,
             "delivered per second",
             format!("{:.0}", self.deliveries_per_s),
         );
         row(
+            &mut out,
             "publish-to-deliver latency",
             format!(
                 "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -332,14 +335,16 @@ impl FanoutReport {
             ),
         );
         row(
+            &mut out,
             "gateway CPU per delivery",
             format!(
                 "{:.2} µs (= CPU-seconds per million deliveries, all gateways)",
                 self.gateway_cpu_us_per_delivery
             ),
         );
-        row("gateway RSS", rss.join(", "));
+        row(&mut out, "gateway RSS", rss.join(", "));
         row(
+            &mut out,
             "load generator CPU",
             format!(
                 "{:.2} cores{}",

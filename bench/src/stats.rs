@@ -1,5 +1,10 @@
 //! Percentiles over recorded samples.
 
+/// Appends one `key  value` row of a report table.
+pub fn row(out: &mut String, key: &str, value: String) {
+    out.push_str(&format!("{key:<26} {value}\n"));
+}
+
 /// Latency percentiles, in microseconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Percentiles {

@@ -394,6 +394,40 @@ impl WorkerProcess {
     }
 }
 
+/// A backend of one kind for in-process gateways and workers, with the `redis-server` it
+/// runs on when it is Redis (kept alive as long as this is).
+pub struct TestBackend {
+    pub backend: Arc<dyn Backend>,
+    /// The same backend, as a worker sees it.
+    pub queue: Arc<dyn switchboard_core::calls::JobQueue>,
+    pub redis: Option<RedisServer>,
+}
+
+impl TestBackend {
+    pub async fn start(kind: Kind) -> TestBackend {
+        match kind {
+            Kind::Memory => {
+                let b = Arc::new(switchboard_core::backend::MemoryBackend::new());
+                TestBackend {
+                    backend: b.clone(),
+                    queue: b,
+                    redis: None,
+                }
+            }
+            Kind::Redis => {
+                let redis = RedisServer::start().await;
+                let opts = switchboard_core::backend::RedisOptions::new(redis.url());
+                let b = Arc::new(switchboard_core::backend::RedisBackend::new(&opts).unwrap());
+                TestBackend {
+                    backend: b.clone(),
+                    queue: b,
+                    redis: Some(redis),
+                }
+            }
+        }
+    }
+}
+
 /// A gateway running inside the test process.
 pub struct InProcessGateway {
     pub addr: SocketAddr,
@@ -422,6 +456,17 @@ impl InProcessGateway {
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Starts a gateway and waits until `/readyz` says it is ready.
+    pub async fn start_ready(config: GatewayConfig, backend: Arc<dyn Backend>) -> InProcessGateway {
+        let gw = Self::start(config, backend).await;
+        let addr = gw.addr;
+        eventually("gateway ready", || async move {
+            matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
+        })
+        .await;
+        gw
     }
 
     /// Triggers shutdown and waits for `run` to return.

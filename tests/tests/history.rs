@@ -2,14 +2,14 @@
 //! `since` meeting live events with no gap and no duplicate, and `recovered: false` when the
 //! history no longer reaches back.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
 use switchboard_core::history::{EventId, HistoryRule};
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{InProcessGateway, Kind, RedisServer, WsClient, both_backends, http_get};
+use switchboard_harness::{
+    InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
+};
 
 struct Setup {
     gw: InProcessGateway,
@@ -23,21 +23,9 @@ async fn setup(kind: Kind) -> Setup {
         HistoryRule::parse("short:*=5").unwrap(),
         HistoryRule::parse("h:*=1000").unwrap(),
     ];
-    let (backend, redis): (Arc<dyn Backend>, _) = match kind {
-        Kind::Memory => (Arc::new(MemoryBackend::new()), None),
-        Kind::Redis => {
-            let redis = RedisServer::start().await;
-            let b = RedisBackend::new(&RedisOptions::new(redis.url())).unwrap();
-            (Arc::new(b), Some(redis))
-        }
-    };
-    let gw = InProcessGateway::start(config, backend).await;
-    let addr = gw.addr;
-    switchboard_harness::eventually("gateway ready", || async move {
-        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await;
-    Setup { gw, redis }
+    let b = TestBackend::start(kind).await;
+    let gw = InProcessGateway::start_ready(config, b.backend).await;
+    Setup { gw, redis: b.redis }
 }
 
 async fn client(s: &Setup) -> WsClient {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{self, Verifier};
-use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
+use switchboard_core::backend::MemoryBackend;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
-    InProcessGateway, Kind, Read, RedisServer, WsClient, both_backends, http_get,
+    InProcessGateway, Kind, Read, RedisServer, TestBackend, WsClient, both_backends, http_get,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -25,21 +25,12 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     let mut config = GatewayConfig::dev("test-node");
     config.readiness_interval = Duration::from_millis(100);
     tweak(&mut config);
-    let (backend, redis): (Arc<dyn Backend>, _) = match kind {
-        Kind::Memory => (Arc::new(MemoryBackend::new()), None),
-        Kind::Redis => {
-            let redis = RedisServer::start().await;
-            let b = RedisBackend::new(&RedisOptions::new(redis.url())).unwrap();
-            (Arc::new(b), Some(redis))
-        }
-    };
-    let gw = InProcessGateway::start(config, backend).await;
-    let addr = gw.addr;
-    switchboard_harness::eventually("gateway ready", || async move {
-        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await;
-    Setup { gw, _redis: redis }
+    let b = TestBackend::start(kind).await;
+    let gw = InProcessGateway::start_ready(config, b.backend).await;
+    Setup {
+        gw,
+        _redis: b.redis,
+    }
 }
 
 both_backends!(

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{self, Verifier};
-use switchboard_core::backend::{Backend, MemoryBackend, RedisBackend, RedisOptions};
 use switchboard_core::calls::JobQueue;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
-    InProcessGateway, Kind, RedisServer, WsClient, both_backends, eventually, http_get,
+    InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
 };
 use switchboard_worker::tools::builtin::add_builtins;
 use switchboard_worker::{Toolbox, WorkerConfig};
@@ -31,17 +30,8 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     config.readiness_interval = Duration::from_millis(100);
     config.registry_interval = Duration::from_millis(100);
     tweak(&mut config);
-    let (backend, queue, redis): (Arc<dyn Backend>, Arc<dyn JobQueue>, _) = match kind {
-        Kind::Memory => {
-            let b = Arc::new(MemoryBackend::new());
-            (b.clone(), b, None)
-        }
-        Kind::Redis => {
-            let redis = RedisServer::start().await;
-            let b = Arc::new(RedisBackend::new(&RedisOptions::new(redis.url())).unwrap());
-            (b.clone(), b, Some(redis))
-        }
-    };
+    let b = TestBackend::start(kind).await;
+    let (backend, queue, redis) = (b.backend, b.queue, b.redis);
     let mut toolbox = Toolbox::new();
     add_builtins(&mut toolbox).unwrap();
     let mut wc = WorkerConfig::new("w1");
@@ -54,13 +44,8 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
         toolbox,
         std::future::pending(),
     ));
-    let gw = InProcessGateway::start(config, backend).await;
+    let gw = InProcessGateway::start_ready(config, backend).await;
     let queue_handle = queue_for_tests;
-    let addr = gw.addr;
-    eventually("gateway ready", || async move {
-        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await;
     Setup {
         gw,
         queue: queue_handle,
