@@ -98,12 +98,27 @@ pub fn rule_for<'a>(rules: &'a [HistoryRule], topic: &str) -> Option<&'a History
     rules.iter().find(|r| r.matches(topic))
 }
 
+/// `*`-only wildcard matching in O(pattern x topic): on a mismatch, go back to just after the
+/// last `*` and let it swallow one more character (no exponential backtracking).
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
     }
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// Splits a live message into the history id (for `#<id> <json>`) and the JSON.
@@ -127,8 +142,8 @@ pub fn live_message(id: EventId, data: &str) -> String {
 /// What `subscribe {since}` reads back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay {
-    /// Events after `since`, oldest first.
-    pub events: Vec<(EventId, String)>,
+    /// Events after `since`, oldest first, as stored (not checked: any backend writes them).
+    pub events: Vec<(EventId, Vec<u8>)>,
     /// Whether the history still reached back to `since` (nothing after it was trimmed).
     pub recovered: bool,
     /// The topic's latest id, if it has any history.
@@ -158,6 +173,13 @@ mod tests {
         assert!(r.matches("chat:42") && !r.matches("news:1"));
         assert!(HistoryRule::parse("*=5").unwrap().matches("anything"));
         assert!(HistoryRule::parse("*:ev=5").unwrap().matches("a:b:ev"));
+        assert!(HistoryRule::parse("a*b*c=5").unwrap().matches("aXbYc"));
+        assert!(!HistoryRule::parse("a*b*c=5").unwrap().matches("aXbY"));
+        assert!(HistoryRule::parse("exact=5").unwrap().matches("exact"));
+        assert!(!HistoryRule::parse("exact=5").unwrap().matches("exact2"));
+        // No exponential blow-up on many stars against a long topic.
+        let many = HistoryRule::parse("*:*:*:*:x=5").unwrap();
+        assert!(!many.matches(&":".repeat(199)));
         assert!(HistoryRule::parse("x").is_err());
         assert!(HistoryRule::parse("x=0").is_err());
         assert!(HistoryRule::parse("x=a").is_err());

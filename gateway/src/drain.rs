@@ -87,12 +87,19 @@ pub(crate) async fn drain(node: &Node) {
     let conns = node.registry.snapshot();
     let grace = node.config.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
-    let spread = node.config.drain_spread.min(grace);
+    // The last batch still gets its close timeout within the grace.
+    let spread = node
+        .config
+        .drain_spread
+        .min(grace.saturating_sub(node.config.close_timeout));
     // At most one batch per tick, spaced evenly over the spread.
     let max_batches = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
-    let n_batches = conns.len().clamp(1, max_batches);
-    let per_batch = conns.len().div_ceil(n_batches).max(1);
-    let pause = spread / n_batches as u32;
+    let per_batch = conns
+        .len()
+        .div_ceil(conns.len().clamp(1, max_batches))
+        .max(1);
+    let chunks = conns.len().div_ceil(per_batch).max(1);
+    let pause = spread / chunks as u32;
     tracing::info!(connections = conns.len(), ?grace, ?spread, "draining");
     let mut batches = conns.chunks(per_batch).peekable();
     while let Some(batch) = batches.next() {

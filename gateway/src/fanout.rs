@@ -42,43 +42,37 @@ pub(crate) struct Subscriber {
     pub(crate) gate: Option<Arc<Mutex<Gate>>>,
 }
 
-/// Live events held back from one subscriber while its history replay is read, so that replay
-/// and live meet with no gap and no duplicate.
+/// The seam between a subscriber's history replay and its live events. While the replay is
+/// read and sent, live events are held here; afterwards, live events at or below the newest id
+/// the subscriber already has are dropped (a live copy can still be on its way through the
+/// fan-out when the replay carried the same event).
 pub(crate) struct Gate {
     holding: bool,
     held: Vec<(Option<EventId>, Bytes)>,
     cap: usize,
+    floor: EventId,
 }
 
 impl Gate {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize, floor: EventId) -> Self {
         Gate {
             holding: true,
             held: Vec::new(),
             cap,
+            floor,
         }
     }
 
-    /// Hands the held events newer than `after` (and those without an id) to the subscriber,
-    /// in order, and lets live events through from now on. Returns the newest id delivered.
-    pub(crate) fn open(&mut self, after: EventId, sub: &Subscriber) -> EventId {
-        let mut newest = after;
-        for (id, frame) in self.held.drain(..) {
-            if id.is_some_and(|id| id <= after) {
-                continue; // already in the replay
-            }
-            if sub.tx.try_send(Out::Text(frame)).is_err() {
-                sub.ctl.close(
-                    close::SLOW_CONSUMER,
-                    "slow consumer: outbound queue full",
-                    false,
-                );
-                break;
-            }
-            newest = newest.max(id.unwrap_or(newest));
+    /// Takes the held events, or, when none are left, stops holding (from now on live events
+    /// above `floor` pass) and returns `None`.
+    pub(crate) fn take_or_open(&mut self, floor: EventId) -> Option<Vec<(Option<EventId>, Bytes)>> {
+        if self.held.is_empty() {
+            self.holding = false;
+            self.floor = floor;
+            None
+        } else {
+            Some(std::mem::take(&mut self.held))
         }
-        self.holding = false;
-        newest
     }
 }
 
@@ -185,6 +179,9 @@ impl Fanout {
                         self.metrics.slow_consumers.inc();
                     }
                     continue;
+                }
+                if id.is_some_and(|id| id <= g.floor) {
+                    continue; // the replay carried it
                 }
             }
             match sub.tx.try_send(Out::Text(frame.clone())) {

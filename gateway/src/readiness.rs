@@ -1,7 +1,8 @@
 //! Readiness: the backend is pinged every `readiness_interval`; `/readyz` answers 200 only
 //! while the last ping succeeded and the node is not draining. The pings also keep Redis
 //! reconnect attempts going while it is away. When the backend has reconnected (Redis came
-//! back, or dropped the connection briefly), every held subscription is re-issued.
+//! back, or dropped the connection briefly), every held subscription is re-issued and the
+//! backend is prepared again (call signals, the history function), retried until it works.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use crate::node::Node;
 
 pub(crate) async fn run(node: Arc<Node>) {
     let mut reconnections = node.backend.reconnections();
+    let mut prepared = false;
     let mut tick = tokio::time::interval(node.config.readiness_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -21,8 +23,13 @@ pub(crate) async fn run(node: Arc<Node>) {
         if ok && (now_reconnections != reconnections || !was) {
             reconnections = now_reconnections;
             node.subscriptions.resync_all();
-            if let Err(e) = node.backend.on_connected().await {
-                tracing::warn!(error = %e, "cannot listen for call signals");
+            prepared = false;
+        }
+        // Retried every tick until it works: call signals and the history function.
+        if ok && !prepared {
+            match node.backend.on_connected().await {
+                Ok(()) => prepared = true,
+                Err(e) => tracing::warn!(error = %e, "preparing the backend failed; retrying"),
             }
         }
         if was != ok {

@@ -67,7 +67,7 @@ pub(crate) async fn subscribe(
     // A replay needs a gate from before the history is read until the replay is out.
     let replay_from = match (has_history, since) {
         (true, Some(since)) => Some((
-            Arc::new(Mutex::new(Gate::new(node.config.replay_buffer))),
+            Arc::new(Mutex::new(Gate::new(node.config.replay_buffer, since))),
             since,
         )),
         _ => None,
@@ -101,17 +101,32 @@ pub(crate) async fn subscribe(
             let mut last = since;
             for (id, data) in &replay.events {
                 // History written by any backend: only valid JSON reaches a client.
-                if wire::check_payload(data.as_bytes()).is_ok() {
+                if wire::check_payload(data).is_ok() {
+                    let data = std::str::from_utf8(data).expect("checked");
                     let frame = wire::encode_event_with_id(topic.as_str(), data, Some(*id));
-                    if state.tx.send(Out::Text(frame)).await.is_err() {
+                    if !send_with_headroom(node, state, frame).await {
                         break;
                     }
+                } else {
+                    node.metrics.events_invalid.inc();
                 }
                 last = *id;
             }
-            let newest = gate.lock().expect("gate lock poisoned").open(last, &sub);
-            // From now on, no gate on this subscriber's path.
-            node.fanout.add(&topic, Subscriber { gate: None, ..sub });
+            // Then what arrived live meanwhile, newer than the replay, until nothing is held;
+            // the gate stays, dropping late live copies of replayed events.
+            let newest = loop {
+                let held = gate.lock().expect("gate lock poisoned").take_or_open(last);
+                let Some(held) = held else { break last };
+                for (id, frame) in held {
+                    if id.is_some_and(|id| id <= last) {
+                        continue;
+                    }
+                    if state.tx.send(Out::Text(frame)).await.is_err() {
+                        break;
+                    }
+                    last = last.max(id.unwrap_or(last));
+                }
+            };
             let position = replay.position.map_or(newest, |p| p.max(newest));
             (Some(position.to_string()), Some(replay.recovered))
         }
@@ -129,6 +144,24 @@ pub(crate) async fn subscribe(
         recovered,
     })
 }
+
+/// Queues one replayed event, first waiting until the socket's queue is at most half full, so
+/// that live events of the connection's other topics still find room (a full queue would close
+/// it as a slow consumer). False when the connection is gone or stuck past the write timeout.
+async fn send_with_headroom(node: &Node, state: &ConnState, frame: bytes::Bytes) -> bool {
+    let half = node.config.outbound_queue / 2;
+    let give_up = tokio::time::Instant::now() + node.config.write_timeout;
+    while state.tx.capacity() < half {
+        if tokio::time::Instant::now() >= give_up || state.ctl.is_closing() {
+            return false;
+        }
+        tokio::time::sleep(REPLAY_PACE).await;
+    }
+    state.tx.send(Out::Text(frame)).await.is_ok()
+}
+
+/// How long a replay waits before looking at the socket's queue again.
+const REPLAY_PACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Undoes a subscription that could not be completed.
 fn release(node: &Node, state: &mut ConnState, topic: &Topic) {

@@ -91,6 +91,22 @@ async fn history_events_carry_increasing_ids(kind: Kind) {
         assert_eq!(ev["data"]["from"], "backend");
         assert_eq!(ev["id"], id.as_str());
         assert!(EventId::parse(&id).unwrap() > ids[2]);
+        // Bad arguments are refused before anything is written.
+        let bad: redis::RedisResult<String> = redis::cmd("FCALL")
+            .arg("sb_publish")
+            .arg(1)
+            .arg("sb:h:{h:a}")
+            .arg("{}")
+            .arg(0)
+            .query_async(&mut conn)
+            .await;
+        assert!(bad.is_err());
+        let len: i64 = redis::cmd("XLEN")
+            .arg("sb:h:{h:a}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 4, "nothing written by the refused call");
     }
 }
 
@@ -155,6 +171,15 @@ async fn trimmed_history_is_not_recovered(kind: Kind) {
     for n in 17..20 {
         assert_eq!(c.next_event().await["data"]["n"], n);
     }
+    // An id this history never gave out vouches for nothing.
+    let mut c = client(&s).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"topic": "short:x", "since": "99999999999999-0"}),
+        )
+        .await;
+    assert_eq!(r["result"]["recovered"], false, "{r}");
     // A bad id is refused; a topic without history cannot recover.
     let r = c
         .call("subscribe", json!({"topic": "short:y", "since": "nope"}))

@@ -71,12 +71,20 @@ impl Histories {
                 position: None,
             };
         };
-        let events: Vec<(EventId, String)> = s
+        if since > s.last {
+            // An id this history never gave out: it cannot vouch for what came before.
+            return Replay {
+                events: Vec::new(),
+                recovered: false,
+                position: Some(s.last),
+            };
+        }
+        let events: Vec<(EventId, Vec<u8>)> = s
             .entries
             .iter()
             .filter(|(id, _)| *id > since)
             .take(max + 1)
-            .cloned()
+            .map(|(id, d)| (*id, d.clone().into_bytes()))
             .collect();
         if events.len() > max {
             return Replay {

@@ -311,8 +311,9 @@ impl Backend for RedisBackend {
     }
 
     async fn on_connected(&self) -> Result<(), BackendError> {
-        self.calls_listen().await?;
-        self.history_load_function().await
+        let listened = self.calls_listen().await;
+        let loaded = self.history_load_function().await;
+        listened.and(loaded)
     }
 
     async fn publish_history(

@@ -9,8 +9,6 @@
 //! MAXLEN defaults to [`DEFAULT_FUNCTION_MAXLEN`] (trimming is exact, so "does the history
 //! still reach back" has a sure answer); TTL_MS 0 or absent: the stream does not expire.
 
-use std::collections::HashMap;
-
 use redis::Value;
 
 use super::BackendError;
@@ -22,16 +20,24 @@ use crate::topic::Topic;
 pub(super) const DEFAULT_FUNCTION_MAXLEN: u64 = 10_000;
 
 const FUNCTION: &str = r#"#!lua name=switchboard
+local function whole(v, default)
+  if v == nil or v == '' then return default end
+  local n = tonumber(v)
+  if n == nil or n ~= math.floor(n) or n < 0 or n > 1e15 then return nil end
+  return n
+end
 local function sb_publish(keys, args)
   local stream = keys[1]
-  local maxlen = tonumber(args[2] or '') or DEFAULT_MAXLEN
-  local ttl = tonumber(args[3] or '') or 0
-  local id
-  if maxlen > 0 then
-    id = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'd', args[1])
-  else
-    id = redis.call('XADD', stream, '*', 'd', args[1])
+  local maxlen = whole(args[2], DEFAULT_MAXLEN)
+  local ttl = whole(args[3], 0)
+  if maxlen == nil or maxlen < 1 then
+    return redis.error_reply('sb_publish: MAXLEN must be a whole number of at least 1')
   end
+  if ttl == nil then
+    return redis.error_reply('sb_publish: TTL_MS must be a whole number of milliseconds')
+  end
+  local id
+  id = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'd', args[1])
   if ttl > 0 then redis.call('PEXPIRE', stream, ttl) end
   local channel = string.gsub(stream, ':h:{', ':t:{', 1)
   redis.call('PUBLISH', channel, '#' .. id .. ' ' .. args[1])
@@ -39,6 +45,33 @@ local function sb_publish(keys, args)
 end
 redis.register_function('sb_publish', sb_publish)
 "#;
+
+/// KEYS: the stream. ARGV: the exclusive start (`(<id>`), the count. Returns nothing when the
+/// stream does not exist, else the first and last ids, entries added and length, and the
+/// entries after the start: all read at one instant (a trim in between would hide a gap).
+static READ: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {f['recorded-first-entry-id'], f['last-generated-id'], f['entries-added'], f['length'], entries}
+"#,
+    )
+});
+
+/// A history read: the stream's facts and the events asked for.
+struct StreamRead {
+    first: Option<EventId>,
+    last: EventId,
+    never_trimmed: bool,
+    events: Vec<(EventId, Vec<u8>)>,
+}
 
 fn text(v: &Value) -> Option<String> {
     match v {
@@ -90,46 +123,55 @@ impl RedisBackend {
         EventId::parse(&id).ok_or_else(|| BackendError::Unavailable(format!("bad stream id {id}")))
     }
 
-    /// From `XINFO STREAM`: the latest id, and whether the history still reaches back to
-    /// `since`; `None` when the topic has no history.
-    async fn history_info(
+    /// Reads, in one atomic step, the stream's facts and the events after `since` (at most
+    /// `count`): `None` when the topic has no history.
+    async fn history_read(
         &self,
         topic: &Topic,
         since: EventId,
-    ) -> Result<Option<(EventId, bool)>, BackendError> {
+        count: usize,
+    ) -> Result<Option<StreamRead>, BackendError> {
+        let mut inv = READ.prepare_invoke();
+        inv.key(self.keys().topic_history(topic.as_str()))
+            .arg(format!("({since}"))
+            .arg(count);
         let mut conn = self.commands();
-        let key = self.keys().topic_history(topic.as_str());
-        let info = self
-            .bounded(async move {
-                redis::cmd("XINFO")
-                    .arg("STREAM")
-                    .arg(key)
-                    .query_async::<HashMap<String, Value>>(&mut conn)
-                    .await
-            })
-            .await;
-        let info = match info {
-            Ok(i) => i,
-            Err(BackendError::Unavailable(m)) if m.contains("no such key") => return Ok(None),
-            Err(e) => return Err(e),
+        let v: Value = self
+            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        let Value::Array(parts) = v else {
+            return Err(BackendError::Unavailable("unexpected history reply".into()));
         };
-        let id = |k: &str| info.get(k).and_then(text).and_then(|s| EventId::parse(&s));
-        let num = |k: &str| match info.get(k) {
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let id_at = |i: usize| parts.get(i).and_then(text).and_then(|s| EventId::parse(&s));
+        let int_at = |i: usize| match parts.get(i) {
             Some(Value::Int(n)) => Some(*n),
             _ => None,
         };
-        // Trimming removes the oldest first, so nothing after `since` is gone if the oldest
-        // event kept is `since` or older. (Redis does not count trimmed ids in
-        // `max-deleted-entry-id`.) From the very beginning: if nothing was ever trimmed.
-        let reaches = if since == EventId::ZERO {
-            num("entries-added") == num("length")
-        } else {
-            id("recorded-first-entry-id").is_some_and(|first| first <= since)
-        };
-        Ok(Some((
-            id("last-generated-id").unwrap_or(EventId::ZERO),
-            reaches,
-        )))
+        let mut events = Vec::new();
+        if let Some(Value::Array(entries)) = parts.get(4) {
+            for e in entries {
+                let Value::Array(pair) = e else { continue };
+                let (Some(id), Some(Value::Array(fields))) = (
+                    pair.first().and_then(text).and_then(|s| EventId::parse(&s)),
+                    pair.get(1),
+                ) else {
+                    continue;
+                };
+                // The payload as bytes: a bad entry is skipped later, never fails the read.
+                if let Some(Value::BulkString(d)) = fields.get(1) {
+                    events.push((id, d.clone()));
+                }
+            }
+        }
+        Ok(Some(StreamRead {
+            first: id_at(0),
+            last: id_at(1).unwrap_or(EventId::ZERO),
+            never_trimmed: int_at(2).is_some() && int_at(2) == int_at(3),
+            events,
+        }))
     }
 
     pub(super) async fn history_replay(
@@ -138,7 +180,7 @@ impl RedisBackend {
         since: EventId,
         max: usize,
     ) -> Result<Replay, BackendError> {
-        let Some((last, recovered)) = self.history_info(topic, since).await? else {
+        let Some(read) = self.history_read(topic, since, max + 1).await? else {
             // No history (never, or expired): only "from the very beginning" is complete.
             return Ok(Replay {
                 events: Vec::new(),
@@ -146,36 +188,28 @@ impl RedisBackend {
                 position: None,
             });
         };
-        let mut conn = self.commands();
-        let key = self.keys().topic_history(topic.as_str());
-        let entries: Vec<(String, HashMap<String, String>)> = self
-            .bounded(async move {
-                redis::cmd("XRANGE")
-                    .arg(key)
-                    .arg(format!("({since}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(max + 1)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        if entries.len() > max {
-            // Too far behind to replay: the client reloads instead.
+        // Trimming removes the oldest first, so nothing after `since` is gone if the oldest
+        // event kept is `since` or older (Redis does not count trimmed ids in
+        // `max-deleted-entry-id`). From the very beginning: if nothing was ever trimmed. An id
+        // past the last one given out vouches for nothing.
+        let recovered = if since > read.last {
+            false
+        } else if since == EventId::ZERO {
+            read.never_trimmed
+        } else {
+            read.first.is_some_and(|first| first <= since)
+        };
+        if since > read.last || read.events.len() > max {
             return Ok(Replay {
                 events: Vec::new(),
                 recovered: false,
-                position: Some(last),
+                position: Some(read.last),
             });
         }
-        let events = entries
-            .into_iter()
-            .filter_map(|(id, mut f)| Some((EventId::parse(&id)?, f.remove("d")?)))
-            .collect();
         Ok(Replay {
-            events,
+            events: read.events,
             recovered,
-            position: Some(last),
+            position: Some(read.last),
         })
     }
 
@@ -183,9 +217,7 @@ impl RedisBackend {
         &self,
         topic: &Topic,
     ) -> Result<Option<EventId>, BackendError> {
-        Ok(self
-            .history_info(topic, EventId::ZERO)
-            .await?
-            .map(|(last, _)| last))
+        let read = self.history_read(topic, EventId::ZERO, 0).await?;
+        Ok(read.map(|r| r.last))
     }
 }
