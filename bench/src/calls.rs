@@ -294,17 +294,7 @@ impl CallsReport {
             "calls per second",
             format!("{:.0}", self.calls_per_s),
         );
-        row(
-            &mut out,
-            "round trip",
-            format!(
-                "p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
-                self.latency_us.p50 as f64 / 1000.0,
-                self.latency_us.p99 as f64 / 1000.0,
-                self.latency_us.p999 as f64 / 1000.0,
-                self.latency_us.max as f64 / 1000.0
-            ),
-        );
+        row(&mut out, "round trip", self.latency_us.describe_ms(3));
         row(
             &mut out,
             "CPU (cores)",

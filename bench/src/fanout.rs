@@ -326,13 +326,7 @@ impl FanoutReport {
         row(
             &mut out,
             "publish-to-deliver latency",
-            format!(
-                "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-                self.latency_us.p50 as f64 / 1000.0,
-                self.latency_us.p99 as f64 / 1000.0,
-                self.latency_us.p999 as f64 / 1000.0,
-                self.latency_us.max as f64 / 1000.0
-            ),
+            self.latency_us.describe_ms(2),
         );
         row(
             &mut out,

@@ -14,6 +14,21 @@ pub struct Percentiles {
     pub max: u64,
 }
 
+impl Percentiles {
+    /// `p50 …, p99 …, p99.9 …, max …` in milliseconds, with `decimals` digits.
+    pub fn describe_ms(&self, decimals: usize) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "p50 {:.d$} ms, p99 {:.d$} ms, p99.9 {:.d$} ms, max {:.d$} ms",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.p999),
+            ms(self.max),
+            d = decimals
+        )
+    }
+}
+
 /// Sorts `samples` and reads the percentiles (all zero when empty).
 pub fn percentiles(samples: &mut [u64]) -> Percentiles {
     if samples.is_empty() {

@@ -653,6 +653,25 @@ impl WsClient {
         r
     }
 
+    /// Waits until `tools/list` lists `tool` (the catalogue follows worker announcements).
+    pub async fn wait_for_tool(&mut self, tool: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let r = self.call("tools/list", json!({})).await;
+            if r["result"]["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == tool))
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{tool} never listed: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Takes the first notification of `method` that arrived while waiting for replies.
     pub fn take_notification(&mut self, method: &str) -> Option<Value> {
         let i = self.skipped.iter().position(|v| v["method"] == method)?;

@@ -14,25 +14,6 @@ async fn client(g: &GatewayProcess) -> WsClient {
     c
 }
 
-/// Waits until `tool` is in the node's catalogue.
-async fn wait_for_tool(c: &mut WsClient, tool: &str) {
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
-    loop {
-        let r = c.call("tools/list", json!({})).await;
-        if r["result"]["tools"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["name"] == tool))
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{tool} never listed: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn meta(r: &Value) -> &Value {
     &r["result"]["_meta"]
 }
@@ -56,8 +37,8 @@ async fn cache_and_coalescing_span_nodes() {
     let _w2 = WorkerProcess::start(&redis, "w2", &["--builtin"]).await;
     let mut on_a = client(&a).await;
     let mut on_b = client(&b).await;
-    wait_for_tool(&mut on_a, "echo").await;
-    wait_for_tool(&mut on_b, "echo").await;
+    on_a.wait_for_tool("echo").await;
+    on_b.wait_for_tool("echo").await;
 
     // echo on A, then on B with another key order: a cache hit with the same hash.
     let r1 = on_a
@@ -128,7 +109,7 @@ async fn a_worker_killed_mid_call_loses_nothing() {
     let w1 = WorkerProcess::start(&redis, "w1", &flags).await;
     let w2 = WorkerProcess::start(&redis, "w2", &flags).await;
     let mut on_a = client(&a).await;
-    wait_for_tool(&mut on_a, "sleep").await;
+    on_a.wait_for_tool("sleep").await;
 
     let call = on_a
         .send_request(
@@ -211,7 +192,7 @@ command = ["sh", "-c", "kill -9 $PPID"]
     ];
     let mut w = WorkerProcess::start(&redis, "p0", &flags).await;
     let mut c = client(&a).await;
-    wait_for_tool(&mut c, "poison").await;
+    c.wait_for_tool("poison").await;
     let r = c
         .call(
             "tools/call",
@@ -311,7 +292,7 @@ input_schema = {{ type = "object", properties = {{ n = {{ type = "integer" }} }}
     let _w =
         WorkerProcess::start(&redis, "cmd-worker", &["--tools", tools.to_str().unwrap()]).await;
     let mut c = client(&a).await;
-    wait_for_tool(&mut c, "typed").await;
+    c.wait_for_tool("typed").await;
 
     // Cancellation kills the running process.
     let r = c
@@ -374,7 +355,7 @@ async fn a_dead_workers_tools_leave_the_list() {
     let a = GatewayProcess::start(&redis.url(), "gw-a", &gateway_flags()).await;
     let w = WorkerProcess::start(&redis, "short-lived", &["--builtin"]).await;
     let mut c = client(&a).await;
-    wait_for_tool(&mut c, "echo").await;
+    c.wait_for_tool("echo").await;
     w.kill9();
     // Three missed heartbeats (200 ms each) later the tools are gone, and the client is told.
     let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;

@@ -59,23 +59,10 @@ async fn client(s: &Setup, user: &str) -> WsClient {
     let mut c = WsClient::connect(&format!("{}?token={token}", s.gw.ws_url())).await;
     c.hello().await;
     // The catalogue fills within a registry interval of the worker's first announcement.
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
-    loop {
-        let r = c.call("tools/list", json!({})).await;
-        let listed = |name: &str| {
-            r["result"]["tools"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["name"] == name))
-        };
-        if ["echo", "fail", "sleep"].into_iter().all(listed) {
-            return c;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tools never listed: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    for tool in ["echo", "fail", "sleep"] {
+        c.wait_for_tool(tool).await;
     }
+    c
 }
 
 both_backends!(
@@ -392,21 +379,7 @@ async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
         .await
         .unwrap();
     let mut c = client(&s, "alice").await;
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
-    loop {
-        let r = c.call("tools/list", json!({})).await;
-        if r["result"]["tools"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["name"] == "orphan"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "orphan never listed"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    c.wait_for_tool("orphan").await;
     let started = tokio::time::Instant::now();
     let r = c
         .call("tools/call", json!({"name": "orphan", "arguments": {}}))
@@ -458,18 +431,7 @@ async fn an_unmodified_mcp_client_calls_tools(kind: Kind) {
     assert_eq!(res["serverInfo"]["name"], "switchboard");
     c.send_text(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
         .await;
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
-    loop {
-        let r = c.call("tools/list", json!({})).await;
-        if r["result"]["tools"]
-            .as_array()
-            .is_some_and(|t| t.len() >= 3)
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{r}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    c.wait_for_tool("echo").await;
     let r = c
         .call(
             "tools/call",

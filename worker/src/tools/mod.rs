@@ -121,10 +121,6 @@ impl Toolbox {
         self.tools.get(name)
     }
 
-    pub fn names(&self) -> Vec<String> {
-        self.tools.keys().cloned().collect()
-    }
-
     /// The queue of every hosted tool (`ToolSpec::queue_id`).
     pub fn queue_ids(&self) -> Vec<String> {
         self.tools.values().map(|h| h.queue_id.clone()).collect()
