@@ -94,6 +94,17 @@ impl Keys {
         format!("{}:c:progress", self.prefix)
     }
 
+    /// A session (hash; see [`crate::sessions`]): `<prefix>:s:{<session id>}`.
+    pub fn session(&self, session_id: &str) -> String {
+        format!("{}:s:{{{session_id}}}", self.prefix)
+    }
+
+    /// Channel: a session was attached by a new connection (message: `<session id> <gen>`);
+    /// the node holding an older generation closes that socket with 4009.
+    pub fn session_channel(&self) -> String {
+        format!("{}:c:session", self.prefix)
+    }
+
     /// Channel: cancel a running call (message: the leader task id).
     pub fn cancel_channel(&self) -> String {
         format!("{}:c:cancel", self.prefix)

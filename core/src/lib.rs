@@ -10,6 +10,8 @@
 //! - [`callhash`]: where a call is hashed (RFC 8785 canonical arguments, SHA-256).
 //! - [`tasks`]: the task record every call has, and its MCP shape.
 //! - [`history`]: topic history rules, event ids, the live form of a history event.
+//! - [`sessions`]: a session as stored: owner, generation, subscriptions with positions,
+//!   requests owed a reply.
 //! - [`calls`]: the call plane: submissions, jobs, the worker's queue interface.
 //! - [`backend`]: the narrow interface a gateway needs from its shared state (publish,
 //!   subscribe, health), with an in-memory implementation for `switchboard dev` and tests and a
@@ -21,6 +23,7 @@ pub mod callhash;
 pub mod calls;
 pub mod history;
 pub mod keys;
+pub mod sessions;
 pub mod tasks;
 pub mod tools;
 pub mod topic;

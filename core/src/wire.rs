@@ -373,8 +373,13 @@ pub fn check_payload(payload: &[u8]) -> Result<&str, PayloadError> {
 pub struct HelloParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A session to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// On a resume: the id of the last event the client has, per topic. These win over the
+    /// positions the session stored, so a client that tracks ids resumes exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<serde_json::Value>,
 }
@@ -397,6 +402,10 @@ pub struct HelloResult {
     pub node: String,
     pub heartbeat_ms: u64,
     pub limits: Limits,
+    /// On a resume: the restored subscriptions, each with its replay's outcome (as a
+    /// `subscribe` with `since` would answer). Their replayed events were sent before this reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscribeResult>,
 }
 
 /// `subscribe` params.

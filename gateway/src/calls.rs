@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use switchboard_core::callhash::call_hash_of;
 use switchboard_core::calls::{Submission, Submitted};
+use switchboard_core::sessions::OwedRequest;
 use switchboard_core::tasks::{TaskRecord, TaskStatus, new_task_id, now_ms};
 use switchboard_core::tools::CallToolResult;
 use switchboard_core::wire::{self, ErrorCode, RpcError};
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use crate::conn::Out;
 use crate::dispatch::ConnState;
 use crate::node::Node;
+use crate::sessions::{self, LiveSession};
 
 /// Requests of one connection waiting in tasks of their own: request id (raw JSON) -> the
 /// caller's task id (`tools/call`), or "" (`tasks/result`, which waits but owns no execution).
@@ -154,6 +156,7 @@ pub(crate) async fn tools_call(
     };
     let call = PendingCall {
         node: node.clone(),
+        live: state.live.clone(),
         tx: state.tx.clone(),
         id: id.map(RawValue::to_owned),
         request_key,
@@ -187,6 +190,8 @@ fn track(node: &Node, in_flight: &InFlight, key: &str, task_id: &str) -> Result<
 /// A call between submission and reply.
 struct PendingCall {
     node: Arc<Node>,
+    /// The session, owed the reply while the call runs.
+    live: Option<Arc<LiveSession>>,
     tx: mpsc::Sender<Out>,
     /// `None` for a call sent as a notification: it runs, nobody is answered.
     id: Option<Box<RawValue>>,
@@ -225,6 +230,14 @@ impl PendingCall {
             Ok(Submitted::Cached(rec)) => Ok(result_value(&rec, &rec, true)),
             Ok(s) => {
                 let rec = s.record().clone();
+                if let (Some(live), Some(id)) = (&self.live, &self.id) {
+                    let owed = OwedRequest {
+                        raw_id: id.get().to_owned(),
+                        task_id: rec.task_id.clone(),
+                        deadline_ms: submission.deadline_ms,
+                    };
+                    sessions::owe(&self.node, live, &owed).await;
+                }
                 let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
                 let waiting = wait_outcome(&self.node, &rec, progress, Some(deadline));
                 tokio::select! {
@@ -247,7 +260,11 @@ impl PendingCall {
                 Ok(v) => wire::encode_result(id, &v),
                 Err(e) => wire::encode_error(Some(id), &e),
             };
-            let _ = self.tx.send(Out::Text(frame)).await;
+            if self.tx.send(Out::Text(frame)).await.is_ok()
+                && let Some(live) = &self.live
+            {
+                live.answered(id.get());
+            }
         }
     }
 }
@@ -415,32 +432,108 @@ pub(crate) async fn tasks_result(
     let Some(id) = id.map(RawValue::to_owned) else {
         return Ok(None);
     };
-    let key = id.get().to_owned();
     // No task id: cancelling a wait must not cancel the task it waits for.
-    track(node, &state.calls, &key, "")?;
-    let in_flight = state.calls.clone();
-    let node = node.clone();
-    let tx = state.tx.clone();
-    tokio::spawn(async move {
-        let _untrack = Untrack {
-            in_flight: &in_flight,
-            key: &key,
-        };
-        let waiting = async {
-            let done = wait_outcome(&node, &own, None, None).await?;
-            Ok::<Value, RpcError>(result_value(&own, &done, own.cached))
-        };
-        let reply = tokio::select! {
-            reply = waiting => reply,
-            _ = tx.closed() => return,
-        };
-        let frame: Bytes = match reply {
-            Ok(v) => wire::encode_result(&id, &v),
-            Err(e) => wire::encode_error(Some(&id), &e),
-        };
-        let _ = tx.send(Out::Text(frame)).await;
-    });
+    track(node, &state.calls, id.get(), "")?;
+    let owed = OwedRequest {
+        raw_id: id.get().to_owned(),
+        task_id: own.task_id.clone(),
+        deadline_ms: 0,
+    };
+    tokio::spawn(answer_when_done(
+        node.clone(),
+        Waiter::of(state),
+        id,
+        Some(own),
+        owed,
+    ));
     Ok(None)
+}
+
+/// What a request answered later needs from its connection.
+struct Waiter {
+    tx: mpsc::Sender<Out>,
+    in_flight: InFlight,
+    live: Option<Arc<LiveSession>>,
+}
+
+impl Waiter {
+    fn of(state: &ConnState) -> Self {
+        Waiter {
+            tx: state.tx.clone(),
+            in_flight: state.calls.clone(),
+            live: state.live.clone(),
+        }
+    }
+}
+
+/// Answers request `id` with the outcome of task `owed.task_id` when it is there (or -32005 at
+/// the deadline, if it has one). The session is owed the reply meanwhile, so a resume anywhere
+/// answers it if this socket goes first. `own`: the task, when already read.
+async fn answer_when_done(
+    node: Arc<Node>,
+    waiter: Waiter,
+    id: Box<RawValue>,
+    own: Option<TaskRecord>,
+    owed: OwedRequest,
+) {
+    let key = id.get().to_owned();
+    let _untrack = Untrack {
+        in_flight: &waiter.in_flight,
+        key: &key,
+    };
+    if let Some(live) = &waiter.live {
+        sessions::owe(&node, live, &owed).await;
+    }
+    let deadline = (owed.deadline_ms > 0).then(|| {
+        tokio::time::Instant::now()
+            + Duration::from_millis(owed.deadline_ms.saturating_sub(now_ms()))
+            + node.config.deadline_grace
+    });
+    let waiting = async {
+        let own = match own {
+            Some(own) => own,
+            None => match node.backend.task(&owed.task_id).await {
+                Ok(Some(t)) if waiter.live.as_ref().is_some_and(|l| l.owner == t.owner) => t,
+                Ok(_) => return Err(not_found()),
+                Err(_) => return Err(backend_unavailable()),
+            },
+        };
+        let done = wait_outcome(&node, &own, None, deadline).await?;
+        Ok::<Value, RpcError>(result_value(&own, &done, own.cached))
+    };
+    let reply = tokio::select! {
+        reply = waiting => reply,
+        _ = waiter.tx.closed() => return,
+    };
+    let frame: Bytes = match reply {
+        Ok(v) => wire::encode_result(&id, &v),
+        Err(e) => wire::encode_error(Some(&id), &e),
+    };
+    if waiter.tx.send(Out::Text(frame)).await.is_ok()
+        && let Some(live) = &waiter.live
+    {
+        live.answered(&key);
+    }
+}
+
+/// A resumed session's owed replies: each is answered on this connection when its call is
+/// done, with the request id it was asked under.
+pub(crate) fn resume_owed(node: &Arc<Node>, state: &ConnState, owed: Vec<OwedRequest>) {
+    for o in owed {
+        let Ok(id) = RawValue::from_string(o.raw_id.clone()) else {
+            continue;
+        };
+        if track(node, &state.calls, &o.raw_id, &o.task_id).is_err() {
+            continue;
+        }
+        tokio::spawn(answer_when_done(
+            node.clone(),
+            Waiter::of(state),
+            id,
+            None,
+            o,
+        ));
+    }
 }
 
 /// Removes a request from the in-flight map when its waiting task ends.
@@ -475,6 +568,10 @@ pub(crate) fn cancelled(node: &Arc<Node>, state: &ConnState, params: Option<&Raw
     else {
         return;
     };
+    // A cancelled call is owed no reply.
+    if let Some(live) = &state.live {
+        live.answered(p.request_id.get());
+    }
     let node = node.clone();
     tokio::spawn(async move {
         if let Ok(Some(task)) = node.backend.task(&task_id).await

@@ -51,6 +51,10 @@ pub const DEFAULT_CALL_POLL: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX_REPLAY: usize = 10_000;
 /// Default: live events held for a subscriber while its replay is read; more closes it (4008).
 pub const DEFAULT_REPLAY_BUFFER: usize = 10_000;
+/// Default: how long a session outlives its socket (resume within it, on any node).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(120);
+/// Default: how often a node saves its sessions' positions and pushes their expiry ahead.
+pub const DEFAULT_SESSION_REFRESH: Duration = Duration::from_secs(10);
 /// Frames written to one socket in one vectored write, at most.
 pub const MAX_WRITE_BATCH: usize = 64;
 
@@ -94,6 +98,8 @@ pub struct GatewayConfig {
     pub history: Vec<switchboard_core::history::HistoryRule>,
     pub max_replay: usize,
     pub replay_buffer: usize,
+    pub session_ttl: Duration,
+    pub session_refresh: Duration,
 }
 
 /// A setting that cannot work, named by its config key.
@@ -142,6 +148,8 @@ impl GatewayConfig {
             history: Vec::new(),
             max_replay: DEFAULT_MAX_REPLAY,
             replay_buffer: DEFAULT_REPLAY_BUFFER,
+            session_ttl: DEFAULT_SESSION_TTL,
+            session_refresh: DEFAULT_SESSION_REFRESH,
         }
     }
 
@@ -168,6 +176,8 @@ impl GatewayConfig {
         positive("task-ttl", self.task_ttl)?;
         positive("registry-interval", self.registry_interval)?;
         positive("call-poll", self.call_poll)?;
+        positive("session-ttl", self.session_ttl)?;
+        positive("session-refresh", self.session_refresh)?;
         if self.max_task_ttl < self.task_ttl {
             return Err(ConfigError::Invalid {
                 key: "max-task-ttl",

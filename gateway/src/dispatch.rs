@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::calls::{self, InFlight};
 use crate::conn::{ConnCtl, Out};
 use crate::node::Node;
+use crate::sessions::LiveSession;
 use crate::{hello, topics};
 
 /// Per-connection state, owned by the connection's reader.
@@ -30,6 +31,8 @@ pub(crate) struct ConnState {
     pub(crate) identity: Option<Identity>,
     /// The session id, once `hello` succeeded.
     pub(crate) session: Option<String>,
+    /// The stored session (not for MCP connections, which cannot resume).
+    pub(crate) live: Option<Arc<LiveSession>>,
     pub(crate) topics: HashSet<Topic>,
     /// A close (code, reason) to start once the current reply is queued, so the client reads
     /// why before the socket closes.
@@ -53,6 +56,7 @@ impl ConnState {
             tx,
             identity,
             session: None,
+            live: None,
             topics: HashSet::new(),
             close_after_reply: None,
             calls: InFlight::default(),
@@ -91,7 +95,7 @@ pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) 
     let id = req.id;
     let params = req.params;
     let reply = match req.method.as_ref() {
-        "hello" => encode(id, hello::hello(node, state, params)),
+        "hello" => encode(id, hello::hello(node, state, params).await),
         "initialize" => encode(id, hello::initialize(node, state, params)),
         "server/discover" => encode(id, Ok(hello::discover())),
         "ping" if state.mcp || state.session.is_some() => encode(id, Ok(serde_json::json!({}))),

@@ -34,6 +34,7 @@ impl Registry {
                 ctl,
                 tx,
                 gate: None,
+                position: None,
             },
         );
     }

@@ -28,6 +28,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::conn::{ConnCtl, Out};
 use crate::metrics::Metrics;
+use crate::sessions::Position;
 
 /// Warnings about dropped events are logged at most this often.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,6 +41,8 @@ pub(crate) struct Subscriber {
     pub(crate) tx: mpsc::Sender<Out>,
     /// Set while the subscriber's history replay is being read: live events wait here.
     pub(crate) gate: Option<Arc<Mutex<Gate>>>,
+    /// On a history topic: the last event id queued to this subscriber (its session saves it).
+    pub(crate) position: Option<Arc<Position>>,
 }
 
 /// The seam between a subscriber's history replay and its live events. While the replay is
@@ -185,7 +188,12 @@ impl Fanout {
                 }
             }
             match sub.tx.try_send(Out::Text(frame.clone())) {
-                Ok(()) => delivered += 1,
+                Ok(()) => {
+                    delivered += 1;
+                    if let (Some(p), Some(id)) = (&sub.position, id) {
+                        p.raise(id);
+                    }
+                }
                 Err(TrySendError::Full(_)) => {
                     if sub.ctl.close(
                         close::SLOW_CONSUMER,

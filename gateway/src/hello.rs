@@ -5,22 +5,33 @@
 //! token anywhere, the connection is anonymous if the node allows it; otherwise -32001 and the
 //! socket closes with 1008, as it does for a bad or expired token.
 //!
-//! Sessions are not stored yet (the sessions issue): every `hello` opens a fresh session and
-//! answers `resumed: false`, also when it names an old one.
+//! `hello` stores a new session in the backend, or, given `session`, attaches the stored one
+//! (resume): its subscriptions are restored and replayed from their positions (the client's
+//! `positions` win over the stored ones) before the reply, and the replies it is still owed
+//! follow whenever their calls finish. A session of another identity is refused (-32001); a
+//! session that is gone opens a new one (`resumed: false`). While the backend is down no
+//! session can be stored: `hello` answers -32603 and the socket closes with 1013.
+//! MCP connections (`initialize`) have no stored session: MCP has no resume.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use rand::RngCore;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::auth::Identity;
-use switchboard_core::wire::{self, ErrorCode, HelloParams, HelloResult, Limits, RpcError, close};
+use switchboard_core::history::EventId;
+use switchboard_core::sessions::{Attach, SessionRecord, new_session_id};
+use switchboard_core::topic::Topic;
+use switchboard_core::wire::{
+    self, ErrorCode, HelloParams, HelloResult, Limits, RpcError, SubscribeResult, close,
+};
 
 use crate::dispatch::ConnState;
 use crate::node::Node;
+use crate::sessions::{self, LiveSession};
+use crate::{calls, topics};
 
-pub(crate) fn hello(
+pub(crate) async fn hello(
     node: &Arc<Node>,
     state: &mut ConnState,
     params: Option<&RawValue>,
@@ -40,11 +51,61 @@ pub(crate) fn hello(
         (None, None) if auth.allow_anonymous => Identity::anonymous(),
         (None, None) => return Err(refuse(state, "token required")),
     };
-    let session = open_session(state, identity);
+    if node.backend_down() {
+        return Err(unavailable(state, identity));
+    }
+    let owner = identity.subject.to_string();
+    let ttl = sessions::attached_ttl_ms(node);
+    let node_id = &node.config.node_id;
+    let mut resumed = None;
+    if let Some(id) = &p.session {
+        match node.backend.session_attach(id, &owner, node_id, ttl).await {
+            Ok(Attach::Resumed(record)) => resumed = Some((id.clone(), record)),
+            Ok(Attach::NotFound) => {}
+            Ok(Attach::WrongOwner) => {
+                state.identity = Some(identity);
+                return Err(RpcError::new(
+                    ErrorCode::Unauthorized,
+                    "this session belongs to another identity",
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "attaching a session failed");
+                return Err(unavailable(state, identity));
+            }
+        }
+    }
+    let (id, generation, record) = match resumed {
+        Some((id, record)) => (id, record.generation, Some(record)),
+        None => {
+            let id = new_session_id();
+            if let Err(e) = node.backend.session_create(&id, &owner, node_id, ttl).await {
+                tracing::warn!(error = %e, "storing a session failed");
+                return Err(unavailable(state, identity));
+            }
+            (id, 1, None)
+        }
+    };
+    let live = Arc::new(LiveSession::new(
+        id.clone(),
+        generation,
+        owner,
+        state.ctl.clone(),
+    ));
+    open_session(state, identity, id.clone());
+    state.live = Some(live.clone());
+    node.sessions.insert(live.clone());
+    let mut restored = Vec::new();
+    let was_resumed = record.is_some();
+    if let Some(record) = record {
+        restored = restore(node, state, record, p.positions.unwrap_or_default()).await;
+        sessions::save_now(node, &live).await;
+        node.metrics.sessions_resumed.inc();
+    }
     let cfg = &node.config;
     Ok(HelloResult {
-        session,
-        resumed: false,
+        session: id,
+        resumed: was_resumed,
         node: cfg.node_id.clone(),
         heartbeat_ms: cfg.heartbeat.as_millis() as u64,
         limits: Limits {
@@ -52,20 +113,53 @@ pub(crate) fn hello(
             max_subscriptions: cfg.max_subscriptions,
             outbound_queue: cfg.outbound_queue,
         },
+        subscriptions: restored,
     })
 }
 
-/// Binds the identity to the connection and opens a session; returns its id.
-fn open_session(state: &mut ConnState, identity: Identity) -> String {
+/// A resumed session's subscriptions and owed replies, back on this connection. Replays are
+/// sent before the `hello` reply; owed replies whenever their calls finish.
+async fn restore(
+    node: &Arc<Node>,
+    state: &mut ConnState,
+    record: SessionRecord,
+    positions: std::collections::BTreeMap<String, String>,
+) -> Vec<SubscribeResult> {
+    let mut restored = Vec::with_capacity(record.topics.len());
+    for (name, stored) in record.topics {
+        let Ok(topic) = Topic::new(&name) else {
+            continue;
+        };
+        let since = positions
+            .get(&name)
+            .and_then(|s| EventId::parse(s))
+            .or(stored);
+        match topics::subscribe_to(node, state, topic, since).await {
+            Ok(r) => restored.push(r),
+            Err(e) => {
+                // Not subscribed now: the client learns it here and may subscribe again.
+                tracing::warn!(topic = %name, error = %e.message, "restoring a subscription failed");
+                restored.push(SubscribeResult {
+                    topic: name,
+                    position: None,
+                    recovered: Some(false),
+                });
+            }
+        }
+    }
+    calls::resume_owed(node, state, record.requests);
+    restored
+}
+
+/// Binds the identity and the session id to the connection.
+fn open_session(state: &mut ConnState, identity: Identity, session: String) {
     if let Some(exp) = identity.expires_at {
         state.ctl.expires_at.store(exp, Ordering::Relaxed);
     }
     tracing::debug!(conn = state.ctl.id, subject = %identity.subject, "session opened");
     state.identity = Some(identity);
-    let session = new_session_id();
-    state.session = Some(session.clone());
+    state.session = Some(session);
     state.ctl.hello_done.store(true, Ordering::Relaxed);
-    session
 }
 
 /// MCP protocol versions this server speaks, newest first.
@@ -104,7 +198,7 @@ pub(crate) fn initialize(
         None if node.config.auth.allow_anonymous => Identity::anonymous(),
         None => return Err(refuse(state, "token required")),
     };
-    open_session(state, identity);
+    open_session(state, identity, new_session_id());
     let version = p
         .protocol_version
         .filter(|v| MCP_VERSIONS.contains(&v.as_str()))
@@ -135,8 +229,16 @@ fn refuse(state: &mut ConnState, why: &str) -> RpcError {
     )
 }
 
-fn new_session_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// No session can be stored now: answers -32603 and closes the socket with 1013 once the
+/// answer is written. The identity stays bound for a retry on this socket meanwhile.
+fn unavailable(state: &mut ConnState, identity: Identity) -> RpcError {
+    state.identity = Some(identity);
+    state.close_after_reply = Some((
+        close::TRY_AGAIN_LATER,
+        "backend unavailable, try again later",
+    ));
+    RpcError::new(
+        ErrorCode::Internal,
+        "cannot open a session: the backend is unavailable, try again later",
+    )
 }

@@ -14,6 +14,7 @@
 //! - `subscriptions`: where a topic's backend subscription is reference-counted.
 //! - `calls`: `tools/*` and `tasks/*`: validate, hash, submit, wait, answer; `catalog`: the
 //!   tools live workers announce; `signals`: local waiters and progress of executions.
+//! - `sessions`: sessions held here: saved positions, owed replies, expiry, takeover (4009).
 //! - `readiness`, `drain`, `metrics`, `node` (the shared state), [`config`].
 
 mod calls;
@@ -28,6 +29,7 @@ pub mod http;
 mod metrics;
 mod node;
 mod readiness;
+mod sessions;
 mod signals;
 mod subscriptions;
 mod topics;
@@ -72,9 +74,11 @@ pub async fn run(
         .map(|rx| tokio::spawn(fanout::run_worker(fanout.clone(), rx)))
         .collect();
     let signals = Arc::new(CallSignals::default());
+    let sessions = Arc::new(sessions::Sessions::default());
     backend.attach(Arc::new(NodeSink {
         fanout: fanout.clone(),
         signals: signals.clone(),
+        sessions: sessions.clone(),
     }));
     let (subscriptions, subscriptions_task) = Subscriptions::spawn(
         backend.clone(),
@@ -87,11 +91,13 @@ pub async fn run(
         backend,
         fanout,
         signals,
+        sessions,
         subscriptions,
         metrics,
     ));
     let readiness_task = tokio::spawn(readiness::run(node.clone()));
     let catalog_task = tokio::spawn(catalog::run(node.clone()));
+    let sessions_task = tokio::spawn(sessions::run_refresh(node.clone()));
     tracing::info!(
         node = %node.config.node_id,
         backend = node.backend.kind(),
@@ -119,6 +125,7 @@ pub async fn run(
     drain::drain(&node).await;
     readiness_task.abort();
     catalog_task.abort();
+    sessions_task.abort();
     subscriptions_task.abort();
     for task in fanout_tasks {
         task.abort();

@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub(crate) publishes: Counter,
     pub(crate) backend_subscriptions: Gauge,
     pub(crate) ready: Gauge,
+    pub(crate) sessions_resumed: Counter,
+    pub(crate) events_recovered: Counter,
 }
 
 impl Metrics {
@@ -75,6 +77,16 @@ impl Metrics {
             "switchboard_ready",
             "1 while the node is ready (backend reachable, not draining)",
             m.ready.clone(),
+        );
+        r.register(
+            "switchboard_sessions_resumed",
+            "Sessions resumed on this node",
+            m.sessions_resumed.clone(),
+        );
+        r.register(
+            "switchboard_events_recovered",
+            "History events this node read back after its backend subscription was lost",
+            m.events_recovered.clone(),
         );
         m
     }

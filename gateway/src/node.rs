@@ -12,6 +12,7 @@ use crate::config::GatewayConfig;
 use crate::drain::Registry;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 use crate::signals::CallSignals;
 use crate::subscriptions::Subscriptions;
 
@@ -25,8 +26,11 @@ pub(crate) struct Node {
     pub(crate) registry: Registry,
     pub(crate) catalog: CatalogCell,
     pub(crate) signals: Arc<CallSignals>,
+    pub(crate) sessions: Arc<Sessions>,
     /// The backend answered the last readiness ping.
     backend_ok: AtomicBool,
+    /// The last readiness ping failed (false before the first one: not known to be down).
+    backend_down: AtomicBool,
     /// Shutdown has begun: `/readyz` says 503 and no socket is accepted.
     draining: AtomicBool,
     /// Zero point of the millisecond clocks kept in atomics (`ConnCtl::last_rx_ms`).
@@ -40,6 +44,7 @@ impl Node {
         backend: Arc<dyn Backend>,
         fanout: Arc<Fanout>,
         signals: Arc<CallSignals>,
+        sessions: Arc<Sessions>,
         subscriptions: Subscriptions,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -52,7 +57,9 @@ impl Node {
             registry: Registry::default(),
             catalog: CatalogCell::default(),
             signals,
+            sessions,
             backend_ok: AtomicBool::new(false),
+            backend_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
             next_conn_id: AtomicU64::new(1),
@@ -76,12 +83,18 @@ impl Node {
         self.backend_ok.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
 
+    /// The last readiness ping failed: no use trying the backend for a client now.
+    pub(crate) fn backend_down(&self) -> bool {
+        self.backend_down.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_backend_ok(&self, ok: bool) -> bool {
         let was = self.backend_ok.swap(ok, Ordering::Relaxed);
+        self.backend_down.store(!ok, Ordering::Relaxed);
         self.metrics.ready.set(self.is_ready() as i64);
         was
     }

@@ -1,4 +1,4 @@
-//! Call signals on this node: who waits for which execution, and who wants its progress.
+//! Call signals on this node (and the sink the backend delivers everything into): who waits for which execution, and who wants its progress.
 //!
 //! A waiting call registers under its execution's leader task id and is woken when the backend
 //! signals that the execution finished; it then reads the task record, which is the truth (a
@@ -135,6 +135,7 @@ impl Drop for WaitGuard<'_> {
 pub(crate) struct NodeSink {
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) signals: Arc<CallSignals>,
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
 }
 
 impl EventSink for NodeSink {
@@ -148,5 +149,9 @@ impl EventSink for NodeSink {
 
     fn call_progress(&self, progress: Progress) {
         self.signals.progress(&progress);
+    }
+
+    fn session_taken(&self, session: &str, generation: u64) {
+        self.sessions.taken(session, generation);
     }
 }

@@ -24,6 +24,7 @@ use crate::conn::Out;
 use crate::dispatch::ConnState;
 use crate::fanout::{Gate, Subscriber};
 use crate::node::Node;
+use crate::sessions::{self, Position};
 
 fn topic(name: &str) -> Result<Topic, RpcError> {
     Topic::new(name).map_err(|e| RpcError::invalid_params(format!("invalid topic: {e}")))
@@ -47,10 +48,25 @@ pub(crate) async fn subscribe(
             })?),
             None => None,
         };
+    let result = subscribe_to(node, state, topic, since).await?;
+    if let Some(live) = &state.live {
+        sessions::save_now(node, live).await;
+    }
+    Ok(result)
+}
+
+/// Subscribes the connection to `topic`, replaying from `since` on a history topic, and tracks
+/// it in the connection's session (saved by the caller). Also how a resume restores a topic.
+pub(crate) async fn subscribe_to(
+    node: &Arc<Node>,
+    state: &mut ConnState,
+    topic: Topic,
+    since: Option<EventId>,
+) -> Result<SubscribeResult, RpcError> {
     let has_history = history::rule_for(&node.config.history, topic.as_str()).is_some();
     if state.topics.contains(&topic) {
         return Ok(SubscribeResult {
-            topic: p.topic,
+            topic: topic.to_string(),
             position: None,
             recovered: None,
         });
@@ -72,10 +88,12 @@ pub(crate) async fn subscribe(
         )),
         _ => None,
     };
+    let position_cell = has_history.then(|| Arc::new(Position::new(since)));
     let sub = Subscriber {
         ctl: state.ctl.clone(),
         tx: state.tx.clone(),
         gate: replay_from.as_ref().map(|(gate, _)| gate.clone()),
+        position: position_cell.clone(),
     };
     node.fanout.add(&topic, sub.clone());
     state.topics.insert(topic.clone());
@@ -107,6 +125,9 @@ pub(crate) async fn subscribe(
                     if !send_with_headroom(node, state, frame).await {
                         break;
                     }
+                    if let Some(cell) = &position_cell {
+                        cell.raise(*id);
+                    }
                 } else {
                     node.metrics.events_invalid.inc();
                 }
@@ -125,6 +146,9 @@ pub(crate) async fn subscribe(
                         break;
                     }
                     last = last.max(id.unwrap_or(last));
+                    if let Some(cell) = &position_cell {
+                        cell.raise(last);
+                    }
                 }
             };
             let position = replay.position.map_or(newest, |p| p.max(newest));
@@ -138,8 +162,18 @@ pub(crate) async fn subscribe(
         // No history to replay from: the client knows to reload.
         None => (None, since.map(|_| false)),
     };
+    // Where the client now is (unless the socket broke on the way).
+    if let Some(cell) = &position_cell
+        && let Some(at) = position.as_deref().and_then(EventId::parse)
+        && !state.tx.is_closed()
+    {
+        cell.raise(at);
+    }
+    if let Some(live) = &state.live {
+        live.track(topic.clone(), position_cell);
+    }
     Ok(SubscribeResult {
-        topic: p.topic,
+        topic: topic.to_string(),
         position,
         recovered,
     })
@@ -179,6 +213,10 @@ pub(crate) async fn unsubscribe(
     let topic = topic(&p.topic)?;
     if state.topics.remove(&topic) {
         node.fanout.remove(&topic, state.ctl.id);
+        if let Some(live) = &state.live {
+            live.untrack(&topic);
+            sessions::save_now(node, live).await;
+        }
         // Wait, so that once the reply is out the node holds no subscription nobody wants; a
         // failure is retried by the subscription task and does not concern the client.
         let _ = node.subscriptions.sync(vec![topic]).await;

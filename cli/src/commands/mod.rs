@@ -146,6 +146,12 @@ pub(crate) struct Tuning {
     /// How long past a tool's timeout a caller waits for the worker's answer before -32005 (ms).
     #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE_MS", default_value_t = gw::DEFAULT_DEADLINE_GRACE.as_millis() as u64)]
     deadline_grace_ms: u64,
+    /// How long a session outlives its socket (ms): a client may resume it on any node.
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL_MS", default_value_t = gw::DEFAULT_SESSION_TTL.as_millis() as u64)]
+    session_ttl_ms: u64,
+    /// How often a node saves its sessions' positions and extends their expiry (ms).
+    #[arg(long, env = "SWITCHBOARD_SESSION_REFRESH_MS", default_value_t = gw::DEFAULT_SESSION_REFRESH.as_millis() as u64)]
+    session_refresh_ms: u64,
 }
 
 impl Tuning {
@@ -179,6 +185,8 @@ impl Tuning {
             history: self.history.clone(),
             max_replay: self.max_replay,
             replay_buffer: self.replay_buffer,
+            session_ttl: ms(self.session_ttl_ms),
+            session_refresh: ms(self.session_refresh_ms),
         }
     }
 }

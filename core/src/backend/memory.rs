@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use super::memory_calls::{CallState, FETCH_POLL};
 use super::memory_history::Histories;
+use super::memory_sessions::Sessions;
 use super::{Backend, BackendError, EventSink};
 use crate::calls::{Job, JobQueue, Progress, Reclaimed, Submission, Submitted, WorkerAnnouncement};
 use crate::history::{EventId, HistoryRule, Replay, live_message};
+use crate::sessions::{Attach, SessionUpdate, UpdateOutcome};
 use crate::tasks::{TaskRecord, TaskStatus};
 use crate::tools::CallToolResult;
 use crate::topic::Topic;
@@ -25,6 +27,7 @@ pub struct MemoryBackend {
     sink: OnceLock<Arc<dyn EventSink>>,
     calls: Mutex<CallState>,
     histories: Mutex<Histories>,
+    sessions: Mutex<Sessions>,
     /// Woken when a job is queued.
     job_queued: tokio::sync::Notify,
     cancels: tokio::sync::broadcast::Sender<String>,
@@ -37,6 +40,7 @@ impl Default for MemoryBackend {
             sink: OnceLock::new(),
             calls: Mutex::default(),
             histories: Mutex::default(),
+            sessions: Mutex::default(),
             job_queued: tokio::sync::Notify::new(),
             cancels: tokio::sync::broadcast::channel(1024).0,
         }
@@ -184,6 +188,46 @@ impl Backend for MemoryBackend {
             .lock()
             .expect("lock poisoned")
             .position(topic.as_str()))
+    }
+
+    async fn session_create(
+        &self,
+        id: &str,
+        owner: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<(), BackendError> {
+        self.sessions
+            .lock()
+            .expect("lock poisoned")
+            .create(id, owner, node, ttl_ms);
+        Ok(())
+    }
+
+    async fn session_attach(
+        &self,
+        id: &str,
+        owner: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<Attach, BackendError> {
+        let attached = self
+            .sessions
+            .lock()
+            .expect("lock poisoned")
+            .attach(id, owner, node, ttl_ms);
+        if let (Attach::Resumed(rec), Some(sink)) = (&attached, self.sink.get()) {
+            sink.session_taken(id, rec.generation);
+        }
+        Ok(attached)
+    }
+
+    async fn session_update(
+        &self,
+        updates: &[SessionUpdate],
+    ) -> Result<Vec<UpdateOutcome>, BackendError> {
+        let mut s = self.sessions.lock().expect("lock poisoned");
+        Ok(updates.iter().map(|u| s.update(u)).collect())
     }
 }
 

@@ -9,9 +9,11 @@
 pub mod memory;
 mod memory_calls;
 mod memory_history;
+mod memory_sessions;
 pub mod redis;
 mod redis_calls;
 mod redis_history;
+mod redis_sessions;
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 
 use crate::calls::{Progress, Submission, Submitted, WorkerAnnouncement};
 use crate::history::{EventId, HistoryRule, Replay};
+use crate::sessions::{Attach, SessionUpdate, UpdateOutcome};
 use crate::tasks::TaskRecord;
 use crate::topic::Topic;
 
@@ -40,6 +43,10 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// Progress of the execution led by `progress.task`.
     fn call_progress(&self, _progress: Progress) {}
+
+    /// A connection attached session `session` at generation `generation`: a local connection holding
+    /// an older generation has been taken over.
+    fn session_taken(&self, _session: &str, _gen: u64) {}
 }
 
 /// A backend operation failed. Clients see these only as protocol errors.
@@ -110,6 +117,32 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The latest id in a topic's history.
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError>;
+
+    /// Stores a new session, held by a connection on `node` at generation 1, expiring in
+    /// `ttl_ms` unless refreshed.
+    async fn session_create(
+        &self,
+        id: &str,
+        owner: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<(), BackendError>;
+
+    /// Attaches a new connection to a stored session of `owner`: raises its generation, tells
+    /// every node (the sink's `session_taken`), and returns what the session holds.
+    async fn session_attach(
+        &self,
+        id: &str,
+        owner: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<Attach, BackendError>;
+
+    /// Applies fenced changes to sessions; answers what became of each.
+    async fn session_update(
+        &self,
+        updates: &[SessionUpdate],
+    ) -> Result<Vec<UpdateOutcome>, BackendError>;
 
     /// How many times the subscription connection was lost so far. A change tells the gateway
     /// to re-issue its subscriptions once the backend answers again.

@@ -27,6 +27,7 @@ use super::{Backend, BackendError, EventSink};
 use crate::calls::{Job, JobQueue, Progress, Reclaimed, Submission, Submitted, WorkerAnnouncement};
 use crate::history::{EventId, HistoryRule, Replay};
 use crate::keys::Keys;
+use crate::sessions::{Attach, SessionUpdate, UpdateOutcome};
 use crate::tasks::{TaskRecord, TaskStatus};
 use crate::tools::CallToolResult;
 use crate::topic::Topic;
@@ -220,6 +221,12 @@ fn handle_push(
             } else if let Some(sink) = sink {
                 if channel == keys.done_channel() {
                     sink.call_finished(&text);
+                } else if channel == keys.session_channel() {
+                    if let Some((id, generation)) = text.split_once(' ')
+                        && let Ok(generation) = generation.parse()
+                    {
+                        sink.session_taken(id, generation);
+                    }
                 } else if channel == keys.progress_channel()
                     && let Ok(p) = serde_json::from_str(&text)
                 {
@@ -312,8 +319,9 @@ impl Backend for RedisBackend {
 
     async fn on_connected(&self) -> Result<(), BackendError> {
         let listened = self.calls_listen().await;
+        let sessions = self.sessions_listen().await;
         let loaded = self.history_load_function().await;
-        listened.and(loaded)
+        listened.and(sessions).and(loaded)
     }
 
     async fn publish_history(
@@ -336,6 +344,33 @@ impl Backend for RedisBackend {
 
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {
         self.history_position(topic).await
+    }
+
+    async fn session_create(
+        &self,
+        id: &str,
+        owner: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<(), BackendError> {
+        self.sessions_create(id, owner, node, ttl_ms).await
+    }
+
+    async fn session_attach(
+        &self,
+        id: &str,
+        owner: &str,
+        node: &str,
+        ttl_ms: u64,
+    ) -> Result<Attach, BackendError> {
+        self.sessions_attach(id, owner, node, ttl_ms).await
+    }
+
+    async fn session_update(
+        &self,
+        updates: &[SessionUpdate],
+    ) -> Result<Vec<UpdateOutcome>, BackendError> {
+        self.sessions_update(updates).await
     }
 }
 

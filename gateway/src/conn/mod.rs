@@ -159,6 +159,9 @@ pub(crate) async fn serve(
         }
     }
     writer.abort();
+    if let Some(live) = state.live.take() {
+        crate::sessions::detach(&node, &live).await;
+    }
     // Dropping `state` releases the subscriptions and `_registration` the registry entry; both
     // are drop guards, so a panic in a handler cleans up too.
 }

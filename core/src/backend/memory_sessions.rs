@@ -1,0 +1,134 @@
+//! Sessions in memory, with the Redis contract (`redis_sessions.rs`): generation-fenced
+//! writes, expiry, and a takeover signal through the sink.
+
+use std::collections::HashMap;
+
+use tokio::time::{Duration, Instant};
+
+use crate::sessions::{
+    Attach, FIELD_GEN, FIELD_NODE, FIELD_OWNER, SessionRecord, SessionUpdate, UpdateOutcome,
+};
+
+struct Stored {
+    fields: HashMap<String, String>,
+    expires: Instant,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(super) struct Sessions {
+    map: HashMap<String, Stored>,
+}
+
+impl Sessions {
+    fn live(&mut self, id: &str) -> Option<&mut Stored> {
+        let now = Instant::now();
+        if self.map.get(id).is_some_and(|s| s.expires <= now) {
+            self.map.remove(id);
+        }
+        // Expired sessions of others are swept now and then, so memory stays bounded.
+        if self.map.len() > 1024 && self.map.len().is_power_of_two() {
+            self.map.retain(|_, s| s.expires > now);
+        }
+        self.map.get_mut(id)
+    }
+
+    pub(super) fn create(&mut self, id: &str, owner: &str, node: &str, ttl_ms: u64) {
+        let fields = HashMap::from([
+            (FIELD_OWNER.to_owned(), owner.to_owned()),
+            (FIELD_GEN.to_owned(), "1".to_owned()),
+            (FIELD_NODE.to_owned(), node.to_owned()),
+        ]);
+        let expires = Instant::now() + Duration::from_millis(ttl_ms);
+        self.map.insert(id.to_owned(), Stored { fields, expires });
+    }
+
+    pub(super) fn attach(&mut self, id: &str, owner: &str, node: &str, ttl_ms: u64) -> Attach {
+        let Some(s) = self.live(id) else {
+            return Attach::NotFound;
+        };
+        if s.fields.get(FIELD_OWNER).map(String::as_str) != Some(owner) {
+            return Attach::WrongOwner;
+        }
+        let generation = s
+            .fields
+            .get(FIELD_GEN)
+            .and_then(|g| g.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        s.fields
+            .insert(FIELD_GEN.to_owned(), generation.to_string());
+        s.fields.insert(FIELD_NODE.to_owned(), node.to_owned());
+        s.expires = Instant::now() + Duration::from_millis(ttl_ms);
+        Attach::Resumed(SessionRecord::from_fields(
+            s.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ))
+    }
+
+    pub(super) fn update(&mut self, u: &SessionUpdate) -> UpdateOutcome {
+        if self.live(&u.id).is_none() {
+            let Some((owner, node)) = &u.recreate else {
+                return UpdateOutcome::Missing;
+            };
+            self.create(&u.id, owner, node, u.ttl_ms);
+            let s = self.map.get_mut(&u.id).expect("just created");
+            s.fields
+                .insert(FIELD_GEN.to_owned(), u.generation.to_string());
+        }
+        let s = self.map.get_mut(&u.id).expect("live");
+        if s.fields.get(FIELD_GEN) != Some(&u.generation.to_string()) {
+            return UpdateOutcome::TakenOver;
+        }
+        for (f, v) in &u.set {
+            s.fields.insert(f.clone(), v.clone());
+        }
+        for f in &u.del {
+            s.fields.remove(f);
+        }
+        s.expires = Instant::now() + Duration::from_millis(u.ttl_ms);
+        UpdateOutcome::Applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn fenced_by_generation_and_expires() {
+        let mut s = Sessions::default();
+        s.create("a", "alice", "n1", 1000);
+        assert_eq!(s.attach("a", "bob", "n2", 1000), Attach::WrongOwner);
+        let Attach::Resumed(rec) = s.attach("a", "alice", "n2", 1000) else {
+            panic!("not resumed");
+        };
+        assert_eq!(rec.generation, 2);
+        let stale = SessionUpdate {
+            id: "a".into(),
+            generation: 1,
+            ttl_ms: 1000,
+            recreate: None,
+            set: vec![("t:x".into(), "1-0".into())],
+            del: vec![],
+        };
+        assert_eq!(s.update(&stale), UpdateOutcome::TakenOver);
+        let current = SessionUpdate {
+            generation: 2,
+            ..stale
+        };
+        assert_eq!(s.update(&current), UpdateOutcome::Applied);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(s.attach("a", "alice", "n2", 1000), Attach::NotFound);
+        assert_eq!(s.update(&current), UpdateOutcome::Missing);
+        let recreate = SessionUpdate {
+            recreate: Some(("alice".into(), "n3".into())),
+            ..current
+        };
+        assert_eq!(s.update(&recreate), UpdateOutcome::Applied);
+        let Attach::Resumed(rec) = s.attach("a", "alice", "n3", 1000) else {
+            panic!("not recreated");
+        };
+        assert_eq!(rec.generation, 3);
+        assert!(rec.topics.contains_key("x"));
+    }
+}
