@@ -84,6 +84,16 @@ struct TopicEntry {
     subs: HashMap<u64, Subscriber>,
     /// What delivery iterates; `None` after a change until the next event rebuilds it.
     snapshot: Option<Arc<[Subscriber]>>,
+    /// Set while the topic's history is read back after the backend subscription was lost:
+    /// live events wait here (see [`crate::recovery`]).
+    held: Option<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    events: Vec<(Option<EventId>, Bytes)>,
+    /// Events were dropped for want of room: read the history again before going live.
+    overflowed: bool,
 }
 
 /// An encoded event on its way to a fan-out worker (with its history id, if any).
@@ -93,6 +103,8 @@ type Job = (Box<str>, Bytes, Option<EventId>);
 pub(crate) struct Fanout {
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     workers: Vec<mpsc::Sender<Job>>,
+    /// Live events held per topic during a recovery, at most.
+    hold_cap: usize,
     hasher: std::collections::hash_map::RandomState,
     metrics: Arc<Metrics>,
     born: Instant,
@@ -107,11 +119,13 @@ impl Fanout {
         metrics: Arc<Metrics>,
         workers: usize,
         queue: usize,
+        hold_cap: usize,
     ) -> (Self, Vec<mpsc::Receiver<Job>>) {
         let (txs, rxs) = (0..workers.max(1)).map(|_| mpsc::channel(queue)).unzip();
         let fanout = Fanout {
             topics: Mutex::new(HashMap::new()),
             workers: txs,
+            hold_cap,
             hasher: Default::default(),
             metrics,
             born: Instant::now(),
@@ -151,19 +165,32 @@ impl Fanout {
     fn subscribers(&self, topic: &str) -> Option<Arc<[Subscriber]>> {
         let mut topics = self.topics.lock().expect("fanout lock poisoned");
         let entry = topics.get_mut(topic)?;
-        Some(
-            entry
-                .snapshot
-                .get_or_insert_with(|| entry.subs.values().cloned().collect())
-                .clone(),
-        )
+        Some(snapshot(entry))
     }
 
-    /// Gives one encoded event to every local subscriber of its topic.
+    /// Gives one encoded event to every local subscriber of its topic, or holds it while the
+    /// topic is being recovered.
     fn fan_out(&self, topic: &str, frame: &Bytes, id: Option<EventId>) {
-        let Some(subs) = self.subscribers(topic) else {
-            return;
+        let subs = {
+            let mut topics = self.topics.lock().expect("fanout lock poisoned");
+            let Some(entry) = topics.get_mut(topic) else {
+                return;
+            };
+            if let Some(held) = &mut entry.held {
+                if held.events.len() < self.hold_cap {
+                    held.events.push((id, frame.clone()));
+                } else {
+                    held.overflowed = true;
+                }
+                return;
+            }
+            snapshot(entry)
         };
+        self.send_to(&subs, topic, frame, id);
+    }
+
+    /// Queues one event to each of `subs`, skipping those that already have it (by id).
+    fn send_to(&self, subs: &[Subscriber], topic: &str, frame: &Bytes, id: Option<EventId>) {
         let mut delivered = 0u64;
         for sub in subs.iter() {
             if sub.ctl.is_closing() {
@@ -187,13 +214,13 @@ impl Fanout {
                     continue; // the replay carried it
                 }
             }
+            if let (Some(p), Some(id)) = (&sub.position, id)
+                && !p.advance(id)
+            {
+                continue; // a replay or a recovery carried it already
+            }
             match sub.tx.try_send(Out::Text(frame.clone())) {
-                Ok(()) => {
-                    delivered += 1;
-                    if let (Some(p), Some(id)) = (&sub.position, id) {
-                        p.raise(id);
-                    }
-                }
+                Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => {
                     if sub.ctl.close(
                         close::SLOW_CONSUMER,
@@ -247,6 +274,91 @@ impl Fanout {
         {
             self.metrics.events_dropped.inc();
             self.warn_limited("dropped an event: fan-out queue full", topic);
+        }
+    }
+}
+
+/// The topic's delivery snapshot, rebuilt after a change.
+fn snapshot(entry: &mut TopicEntry) -> Arc<[Subscriber]> {
+    entry
+        .snapshot
+        .get_or_insert_with(|| entry.subs.values().cloned().collect())
+        .clone()
+}
+
+/// Recovery after the backend subscription was lost (driven by [`crate::recovery`]).
+impl Fanout {
+    /// Starts holding the live events of every topic with history subscribers. Called in
+    /// order with the backend's messages (the connection-lost signal), so nothing newer than
+    /// what was already delivered slips past the hold.
+    pub(crate) fn hold_history(&self) {
+        let mut topics = self.topics.lock().expect("fanout lock poisoned");
+        for entry in topics.values_mut() {
+            if entry.held.is_none() && entry.subs.values().any(|s| s.position.is_some()) {
+                entry.held = Some(Held::default());
+            }
+        }
+    }
+
+    /// Topics whose live events are held.
+    pub(crate) fn held_topics(&self) -> Vec<Topic> {
+        let topics = self.topics.lock().expect("fanout lock poisoned");
+        topics
+            .iter()
+            .filter(|(_, e)| e.held.is_some())
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// The oldest position among the topic's history subscribers: where a read-back starts. A
+    /// subscriber without one subscribed before the history had any event: the start.
+    pub(crate) fn oldest_position(&self, topic: &Topic) -> Option<EventId> {
+        let subs = self.subscribers(topic.as_str())?;
+        subs.iter()
+            .filter_map(|s| {
+                s.position
+                    .as_ref()
+                    .map(|p| p.get().unwrap_or(EventId::ZERO))
+            })
+            .min()
+    }
+
+    /// Hands a read-back history event to the topic's subscribers that lack it.
+    pub(crate) fn deliver_recovered(&self, topic: &Topic, id: EventId, data: &str) {
+        let Some(subs) = self.subscribers(topic.as_str()) else {
+            return;
+        };
+        let frame = wire::encode_event_with_id(topic.as_str(), data, Some(id));
+        self.send_to(&subs, topic.as_str(), &frame, Some(id));
+    }
+
+    /// Delivers what was held and goes live. False if events were dropped while holding: the
+    /// history must be read again first (the topic stays held).
+    pub(crate) fn release(&self, topic: &Topic) -> bool {
+        loop {
+            let (subs, held) = {
+                let mut topics = self.topics.lock().expect("fanout lock poisoned");
+                let Some(entry) = topics.get_mut(topic) else {
+                    return true;
+                };
+                let Some(held) = &mut entry.held else {
+                    return true;
+                };
+                if held.overflowed {
+                    held.overflowed = false;
+                    held.events.clear();
+                    return false;
+                }
+                if held.events.is_empty() {
+                    entry.held = None;
+                    return true;
+                }
+                let events = std::mem::take(&mut held.events);
+                (snapshot(entry), events)
+            };
+            for (id, frame) in held {
+                self.send_to(&subs, topic.as_str(), &frame, id);
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - `calls`: `tools/*` and `tasks/*`: validate, hash, submit, wait, answer; `catalog`: the
 //!   tools live workers announce; `signals`: local waiters and progress of executions.
 //! - `sessions`: sessions held here: saved positions, owed replies, expiry, takeover (4009).
+//! - `recovery`: history events missed while the backend subscription was down, read back.
 //! - `readiness`, `drain`, `metrics`, `node` (the shared state), [`config`].
 
 mod calls;
@@ -29,6 +30,7 @@ pub mod http;
 mod metrics;
 mod node;
 mod readiness;
+mod recovery;
 mod sessions;
 mod signals;
 mod subscriptions;
@@ -66,8 +68,12 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
-    let (fanout, fanout_queues) =
-        Fanout::new(metrics.clone(), config.fanout_workers, config.fanout_queue);
+    let (fanout, fanout_queues) = Fanout::new(
+        metrics.clone(),
+        config.fanout_workers,
+        config.fanout_queue,
+        config.replay_buffer,
+    );
     let fanout = Arc::new(fanout);
     let fanout_tasks: Vec<_> = fanout_queues
         .into_iter()
@@ -98,6 +104,7 @@ pub async fn run(
     let readiness_task = tokio::spawn(readiness::run(node.clone()));
     let catalog_task = tokio::spawn(catalog::run(node.clone()));
     let sessions_task = tokio::spawn(sessions::run_refresh(node.clone()));
+    let recovery_task = tokio::spawn(recovery::run(node.clone()));
     tracing::info!(
         node = %node.config.node_id,
         backend = node.backend.kind(),
@@ -126,6 +133,7 @@ pub async fn run(
     readiness_task.abort();
     catalog_task.abort();
     sessions_task.abort();
+    recovery_task.abort();
     subscriptions_task.abort();
     for task in fanout_tasks {
         task.abort();

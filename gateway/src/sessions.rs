@@ -39,6 +39,16 @@ impl Position {
         }
     }
 
+    /// Moves to `id` if it is newer; false for an event this subscriber already has.
+    pub(crate) fn advance(&self, id: EventId) -> bool {
+        let mut p = self.0.lock().expect("position lock poisoned");
+        if p.is_some_and(|p| p >= id) {
+            return false;
+        }
+        *p = Some(id);
+        true
+    }
+
     pub(crate) fn get(&self) -> Option<EventId> {
         *self.0.lock().expect("position lock poisoned")
     }

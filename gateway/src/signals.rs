@@ -151,6 +151,10 @@ impl EventSink for NodeSink {
         self.signals.progress(&progress);
     }
 
+    fn subscription_lost(&self) {
+        self.fanout.hold_history();
+    }
+
     fn session_taken(&self, session: &str, generation: u64) {
         self.sessions.taken(session, generation);
     }

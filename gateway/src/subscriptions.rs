@@ -96,6 +96,22 @@ impl Subscriptions {
         });
     }
 
+    /// Like [`resync_all`](Self::resync_all), waiting until every held subscription is in
+    /// place again.
+    pub(crate) async fn resync(&self) -> Result<(), BackendError> {
+        let (done, wait) = oneshot::channel();
+        let req = SyncRequest {
+            topics: Vec::new(),
+            resync: true,
+            done: Some(done),
+        };
+        if self.tx.send(req).await.is_err() {
+            return Err(BackendError::Unavailable("node shutting down".into()));
+        }
+        wait.await
+            .unwrap_or_else(|_| Err(BackendError::Unavailable("node shutting down".into())))
+    }
+
     fn send_later(&self, req: SyncRequest) {
         match self.tx.try_send(req) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -194,7 +210,8 @@ impl Reconciler {
             let Some(done) = req.done.take() else {
                 continue;
             };
-            let failed = sub_error.is_some() && req.topics.iter().any(|t| to_sub.contains(t));
+            let failed = sub_error.is_some()
+                && (req.resync || req.topics.iter().any(|t| to_sub.contains(t)));
             let _ = done.send(match (&sub_error, failed) {
                 (Some(e), true) => Err(e.clone()),
                 _ => Ok(()),

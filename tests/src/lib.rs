@@ -90,13 +90,36 @@ where
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// With persistence: the directory of its append-only file (removed on drop).
+    dir: Option<PathBuf>,
 }
 
 impl RedisServer {
+    /// A server without persistence: a restart forgets everything.
     pub async fn start() -> RedisServer {
+        Self::start_with(false).await
+    }
+
+    /// A server with an append-only file synced on every write: a restart (even after
+    /// SIGKILL) keeps every key and the loaded functions, as a production Redis would.
+    pub async fn start_persistent() -> RedisServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { port, child: None };
+            let dir = persistent.then(|| {
+                let d = std::env::temp_dir()
+                    .join(format!("switchboard-redis-{}-{port}", std::process::id()));
+                std::fs::create_dir_all(&d).expect("temp dir");
+                d
+            });
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir,
+            };
             if server.spawn().await {
                 return server;
             }
@@ -105,6 +128,17 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) -> bool {
+        let persistence: Vec<String> = match &self.dir {
+            Some(d) => vec![
+                "--appendonly".into(),
+                "yes".into(),
+                "--appendfsync".into(),
+                "always".into(),
+                "--dir".into(),
+                d.display().to_string(),
+            ],
+            None => vec!["--appendonly".into(), "no".into()],
+        };
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -113,11 +147,10 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--maxmemory-policy",
                 "noeviction",
             ])
+            .args(&persistence)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -213,6 +246,17 @@ impl RedisServer {
             .query_async(&mut conn)
             .await
             .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

@@ -44,6 +44,10 @@ pub trait EventSink: Send + Sync + 'static {
     /// Progress of the execution led by `progress.task`.
     fn call_progress(&self, _progress: Progress) {}
 
+    /// The subscription connection was lost: live messages may be missed until it is back.
+    /// Called in order with the messages.
+    fn subscription_lost(&self) {}
+
     /// A connection attached session `session` at generation `generation`: a local connection holding
     /// an older generation has been taken over.
     fn session_taken(&self, _session: &str, _gen: u64) {}

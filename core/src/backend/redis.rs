@@ -236,6 +236,9 @@ fn handle_push(
         }
         PushKind::Disconnection => {
             tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
+            if let Some(sink) = sink {
+                sink.subscription_lost();
+            }
         }
         _ => {}
     }

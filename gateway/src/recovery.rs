@@ -1,0 +1,87 @@
+//! Nothing published with history is lost when the node's backend subscription drops (a Redis
+//! restart, a network blip): live pub/sub has no memory, but the history streams do.
+//!
+//! When the backend reports the subscription connection lost (in order with its messages), the
+//! fan-out starts holding the live events of every topic that has history subscribers. Once the
+//! backend answers again, this task re-issues the node's subscriptions and waits until they
+//! are in place, then, per held topic, reads the history after the oldest position among its
+//! subscribers, hands each event to the subscribers that lack it (positions de-duplicate), and
+//! releases what was held meanwhile. A topic whose held events overflowed is read again.
+
+use std::sync::Arc;
+
+use switchboard_core::wire;
+
+use crate::node::Node;
+
+pub(crate) async fn run(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.config.subscribe_retry);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let held = node.fanout.held_topics();
+        if held.is_empty() || node.backend_down() {
+            continue;
+        }
+        if let Err(e) = node.subscriptions.resync().await {
+            tracing::debug!(error = %e, "re-subscribing before recovery failed; retrying");
+            continue;
+        }
+        let mut recovered = 0u64;
+        for topic in held {
+            match recover(&node, &topic).await {
+                Ok(n) => recovered += n,
+                Err(e) => {
+                    tracing::debug!(topic = %topic, error = %e, "recovery read failed; retrying");
+                }
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(
+                events = recovered,
+                "recovered history events missed while the backend subscription was down"
+            );
+        }
+    }
+}
+
+/// Reads one held topic's history back until its subscribers are level, then releases it.
+async fn recover(
+    node: &Node,
+    topic: &switchboard_core::topic::Topic,
+) -> Result<u64, switchboard_core::backend::BackendError> {
+    let mut count = 0u64;
+    loop {
+        if let Some(since) = node.fanout.oldest_position(topic) {
+            loop {
+                let from = node.fanout.oldest_position(topic).unwrap_or(since);
+                let replay = node
+                    .backend
+                    .replay(topic, from, node.config.max_replay)
+                    .await?;
+                if !replay.recovered {
+                    tracing::warn!(topic = %topic, "history no longer reaches back to what this node delivered last; events were lost");
+                }
+                let full = replay.events.len() >= node.config.max_replay;
+                for (id, data) in &replay.events {
+                    match wire::check_payload(data) {
+                        Ok(data) => {
+                            node.fanout.deliver_recovered(topic, *id, data);
+                            count += 1;
+                        }
+                        Err(_) => {
+                            node.metrics.events_invalid.inc();
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        if node.fanout.release(topic) {
+            node.metrics.events_recovered.inc_by(count);
+            return Ok(count);
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Sessions: `hello {session}` resumes with the same subscriptions, replays what was missed
+//! (from the stored positions, or the client's), refuses another identity, takes over a socket
+//! still attached (4009), expires after its ttl, and answers calls that were in flight. Then the
+//! Redis outage: connected clients stay, `hello` is refused, and history published around the
+//! outage reaches subscribers exactly once.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use switchboard_core::auth::{self, Verifier};
+use switchboard_core::history::HistoryRule;
+use switchboard_gateway::GatewayConfig;
+use switchboard_harness::{
+    GatewayProcess, InProcessGateway, Kind, Read, RedisServer, TestBackend, WorkerProcess,
+    WsClient, both_backends, eventually, http_get,
+};
+
+const SECRET: &[u8] = b"session-secret";
+
+fn config(node: &str) -> GatewayConfig {
+    let mut config = GatewayConfig::dev(node);
+    config.readiness_interval = Duration::from_millis(100);
+    config.session_refresh = Duration::from_millis(200);
+    config.history = vec![HistoryRule::parse("h:*=1000").unwrap()];
+    config.auth.verifier = Some(Verifier::hs256(SECRET));
+    config
+}
+
+fn token(sub: &str) -> String {
+    auth::mint(SECRET, sub, None).unwrap()
+}
+
+async fn hello(c: &mut WsClient, params: Value) -> Value {
+    let r = c.call("hello", params).await;
+    assert!(r["result"]["session"].is_string(), "hello failed: {r}");
+    r["result"].clone()
+}
+
+async fn publish(c: &mut WsClient, topic: &str, data: Value) -> String {
+    let r = c
+        .call("publish", json!({"topic": topic, "data": data}))
+        .await;
+    r["result"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+/// Reads `n` events' data (in arrival order).
+async fn events(c: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.next_event().await["data"].clone());
+    }
+    out
+}
+
+both_backends!(
+    resume_restores_subscriptions_and_replays_the_gap,
+    client_positions_win_over_stored_ones,
+    another_identity_cannot_resume,
+    takeover_closes_the_older_socket_4009,
+    unknown_or_expired_session_opens_a_new_one,
+);
+
+async fn resume_restores_subscriptions_and_replays_the_gap(kind: Kind) {
+    let b = TestBackend::start(kind).await;
+    let gw = InProcessGateway::start_ready(config("s1"), b.backend).await;
+    let mut c1 = WsClient::connect(&gw.ws_url()).await;
+    let first = hello(&mut c1, json!({"token": token("alice")})).await;
+    assert_eq!(first["resumed"], false);
+    let session = first["session"].as_str().unwrap().to_owned();
+    c1.call("subscribe", json!({"topic": "h:room"})).await;
+    c1.call("subscribe", json!({"topic": "plain"})).await;
+    let mut publisher = WsClient::connect(&gw.ws_url()).await;
+    hello(&mut publisher, json!({"token": token("pub")})).await;
+    for i in 0..3 {
+        publish(&mut publisher, "h:room", json!(i)).await;
+    }
+    assert_eq!(events(&mut c1, 3).await, vec![json!(0), json!(1), json!(2)]);
+    c1.close(1000).await;
+    drop(c1);
+    // Missed while away.
+    for i in 3..5 {
+        publish(&mut publisher, "h:room", json!(i)).await;
+    }
+
+    let mut c2 = WsClient::connect(&gw.ws_url()).await;
+    // The replay comes before the reply: read raw.
+    let id = c2
+        .send_request(
+            "hello",
+            json!({"token": token("alice"), "session": session}),
+        )
+        .await;
+    let mut replayed = Vec::new();
+    let reply = loop {
+        let v = c2.read_json().await;
+        if v["id"] == json!(id) {
+            break v;
+        }
+        assert_eq!(v["method"], "event", "{v}");
+        replayed.push(v["params"]["data"].clone());
+    };
+    assert_eq!(replayed, vec![json!(3), json!(4)], "exactly the gap");
+    let result = &reply["result"];
+    assert_eq!(result["resumed"], true, "{reply}");
+    assert_eq!(result["session"], session.as_str());
+    let mut topics: Vec<&str> = result["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["topic"].as_str().unwrap())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["h:room", "plain"]);
+    // Both subscriptions are live again.
+    publish(&mut publisher, "plain", json!("p")).await;
+    publish(&mut publisher, "h:room", json!(5)).await;
+    assert_eq!(events(&mut c2, 2).await, vec![json!("p"), json!(5)]);
+}
+
+async fn client_positions_win_over_stored_ones(kind: Kind) {
+    let b = TestBackend::start(kind).await;
+    let gw = InProcessGateway::start_ready(config("s1"), b.backend).await;
+    let mut c1 = WsClient::connect(&gw.ws_url()).await;
+    let session = hello(&mut c1, json!({"token": token("alice")})).await["session"].clone();
+    c1.call("subscribe", json!({"topic": "h:t"})).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(publish(&mut c1, "h:t", json!(i)).await);
+    }
+    events(&mut c1, 4).await;
+    drop(c1);
+    // The client says it only has up to event 1: events 2 and 3 come again.
+    let mut c2 = WsClient::connect(&gw.ws_url()).await;
+    let r = hello(
+        &mut c2,
+        json!({"token": token("alice"), "session": session, "positions": {"h:t": ids[1]}}),
+    )
+    .await;
+    assert_eq!(r["resumed"], true);
+    assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
+    assert_eq!(events(&mut c2, 2).await, vec![json!(2), json!(3)]);
+}
+
+async fn another_identity_cannot_resume(kind: Kind) {
+    let b = TestBackend::start(kind).await;
+    let gw = InProcessGateway::start_ready(config("s1"), b.backend).await;
+    let mut alice = WsClient::connect(&gw.ws_url()).await;
+    let session = hello(&mut alice, json!({"token": token("alice")})).await["session"].clone();
+    alice.call("subscribe", json!({"topic": "h:secret"})).await;
+
+    let mut mallory = WsClient::connect(&gw.ws_url()).await;
+    let r = mallory
+        .call(
+            "hello",
+            json!({"token": token("mallory"), "session": session}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    // Alice is untouched, and Mallory may still open a session of her own.
+    let own = hello(&mut mallory, json!({"token": token("mallory")})).await;
+    assert_ne!(own["session"], session);
+    assert_eq!(own["resumed"], false);
+    let r = alice.call("ping", json!({})).await;
+    assert!(r["result"].is_object(), "{r}");
+}
+
+async fn takeover_closes_the_older_socket_4009(kind: Kind) {
+    let b = TestBackend::start(kind).await;
+    let gw = InProcessGateway::start_ready(config("s1"), b.backend).await;
+    let mut old = WsClient::connect(&gw.ws_url()).await;
+    let session = hello(&mut old, json!({"token": token("alice")})).await["session"].clone();
+    old.call("subscribe", json!({"topic": "h:x"})).await;
+    let mut new = WsClient::connect(&gw.ws_url()).await;
+    let r = hello(
+        &mut new,
+        json!({"token": token("alice"), "session": session}),
+    )
+    .await;
+    assert_eq!(r["resumed"], true);
+    assert_eq!(old.read_close().await, 4009);
+    // The old socket's end does not disturb the new holder's subscriptions.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&mut new, "h:x", json!("still here")).await;
+    assert_eq!(new.next_event().await["data"], "still here");
+}
+
+async fn unknown_or_expired_session_opens_a_new_one(kind: Kind) {
+    let b = TestBackend::start(kind).await;
+    let mut cfg = config("s1");
+    cfg.session_ttl = Duration::from_millis(300);
+    cfg.session_refresh = Duration::from_millis(100);
+    let gw = InProcessGateway::start_ready(cfg, b.backend).await;
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    let r = hello(
+        &mut c,
+        json!({"token": token("alice"), "session": "0123456789abcdef0123456789abcdef"}),
+    )
+    .await;
+    assert_eq!(r["resumed"], false);
+    assert_ne!(r["session"], "0123456789abcdef0123456789abcdef");
+    let session = r["session"].clone();
+    // Held past its ttl while attached (the refresh keeps it)...
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(c);
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    let r = hello(&mut c, json!({"token": token("alice"), "session": session})).await;
+    assert_eq!(r["resumed"], true, "an attached session must not expire");
+    // ...and gone a ttl after its socket closed.
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    let r = hello(&mut c, json!({"token": token("alice"), "session": session})).await;
+    assert_eq!(r["resumed"], false, "expired: {r}");
+}
+
+/// Gateway processes on one Redis, anonymous (the processes take no secret here).
+async fn hello_anon(c: &mut WsClient, session: Option<&Value>) -> Value {
+    let params = match session {
+        Some(s) => json!({"session": s}),
+        None => json!({}),
+    };
+    hello(c, params).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_across_nodes_closes_4009() {
+    let redis = RedisServer::start().await;
+    let a = GatewayProcess::start(&redis.url(), "node-a", &[]).await;
+    let b = GatewayProcess::start(&redis.url(), "node-b", &[]).await;
+    let mut on_a = WsClient::connect(&a.ws_url()).await;
+    let session = hello_anon(&mut on_a, None).await["session"].clone();
+    let mut on_b = WsClient::connect(&b.ws_url()).await;
+    let r = hello_anon(&mut on_b, Some(&session)).await;
+    assert_eq!(r["resumed"], true);
+    assert_eq!(r["node"], "node-b");
+    assert_eq!(on_a.read_close().await, 4009);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_in_flight_is_answered_after_resume_on_another_node() {
+    let redis = RedisServer::start().await;
+    let a = GatewayProcess::start(&redis.url(), "node-a", &[]).await;
+    let b = GatewayProcess::start(&redis.url(), "node-b", &[]).await;
+    let _worker = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
+    let mut c = WsClient::connect(&a.ws_url()).await;
+    let session = hello_anon(&mut c, None).await["session"].clone();
+    c.wait_for_tool("sleep").await;
+    c.send_text(
+        json!({"jsonrpc": "2.0", "id": "call-77", "method": "tools/call",
+               "params": {"name": "sleep", "arguments": {"ms": 1500}}})
+        .to_string(),
+    )
+    .await;
+    // Give the gateway time to store the owed reply, then kill its node.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal(Signal::SIGKILL);
+    assert!(matches!(c.read().await, Read::Eof | Read::Close(..)));
+
+    let mut c = WsClient::connect(&b.ws_url()).await;
+    let r = hello_anon(&mut c, Some(&session)).await;
+    assert_eq!(r["resumed"], true);
+    let reply = loop {
+        let v = c.read_json().await;
+        if v["id"] == "call-77" {
+            break v;
+        }
+    };
+    let result = &reply["result"];
+    assert_eq!(result["isError"], false, "{reply}");
+    assert!(result["_meta"]["switchboard/taskId"].is_string(), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_clients_and_loses_no_history() {
+    // Persistent, as production runs it: right after the restart a backend can publish again
+    // (the function survives), before the gateway's subscription is back.
+    let mut redis = RedisServer::start_persistent().await;
+    let gw = GatewayProcess::start(&redis.url(), "node-a", &["--history", "h:*=10000"]).await;
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    hello_anon(&mut c, None).await;
+    c.call("subscribe", json!({"topic": "h:feed"})).await;
+
+    // A backend publishes 200 events at a steady rate with FCALL sb_publish, retrying each until
+    // Redis takes it, as a backend with a retry policy does; Redis restarts in the middle.
+    let url = redis.url();
+    let publisher = tokio::spawn(async move {
+        let client = redis::Client::open(url).unwrap();
+        for i in 0..200 {
+            loop {
+                let sent = async {
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("FCALL")
+                        .arg("sb_publish")
+                        .arg(1)
+                        .arg("sb:h:{h:feed}")
+                        .arg(json!(i).to_string())
+                        .query_async::<String>(&mut conn)
+                        .await
+                };
+                if tokio::time::timeout(Duration::from_millis(500), sent)
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill().await;
+    // While Redis is down: not ready, new hellos refused with a clear error and 1013.
+    let addr = gw.addr;
+    eventually("not ready", || async move {
+        matches!(http_get(addr, "/readyz").await, Ok((503, _))).then_some(())
+    })
+    .await;
+    let mut refused = WsClient::connect(&gw.ws_url()).await;
+    let r = refused.call("hello", json!({})).await;
+    assert_eq!(r["error"]["code"], -32603, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable"),
+        "{r}"
+    );
+    assert_eq!(refused.read_close().await, 1013);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart().await;
+    publisher.await.unwrap();
+
+    // Every event exactly once, in order, on the socket that stayed open all along.
+    let got = events(&mut c, 200).await;
+    assert_eq!(got, (0..200).map(|i| json!(i)).collect::<Vec<_>>());
+    let r = c.call("ping", json!({})).await;
+    assert!(r["result"].is_object(), "still connected: {r}");
+    drop(gw);
+}
