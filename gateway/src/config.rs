@@ -51,6 +51,8 @@ pub const DEFAULT_CALL_POLL: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX_REPLAY: usize = 10_000;
 /// Default: live events held for a subscriber while its replay is read; more closes it (4008).
 pub const DEFAULT_REPLAY_BUFFER: usize = 10_000;
+/// Default: history replays (`subscribe {since}`, a resume) one node runs at once; more wait.
+pub const DEFAULT_MAX_CONCURRENT_REPLAYS: usize = 256;
 /// Default: how long a session outlives its socket (resume within it, on any node).
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(120);
 /// Default: how often a node saves its sessions' positions and pushes their expiry ahead.
@@ -98,6 +100,7 @@ pub struct GatewayConfig {
     pub history: Vec<switchboard_core::history::HistoryRule>,
     pub max_replay: usize,
     pub replay_buffer: usize,
+    pub max_concurrent_replays: usize,
     pub session_ttl: Duration,
     pub session_refresh: Duration,
 }
@@ -148,6 +151,7 @@ impl GatewayConfig {
             history: Vec::new(),
             max_replay: DEFAULT_MAX_REPLAY,
             replay_buffer: DEFAULT_REPLAY_BUFFER,
+            max_concurrent_replays: DEFAULT_MAX_CONCURRENT_REPLAYS,
             session_ttl: DEFAULT_SESSION_TTL,
             session_refresh: DEFAULT_SESSION_REFRESH,
         }
@@ -202,6 +206,7 @@ impl GatewayConfig {
         at_least_one("max-inflight-calls", self.max_inflight_calls)?;
         at_least_one("max-replay", self.max_replay)?;
         at_least_one("replay-buffer", self.replay_buffer)?;
+        at_least_one("max-concurrent-replays", self.max_concurrent_replays)?;
         if self.max_message_bytes < 256 {
             return Err(ConfigError::Invalid {
                 key: "max-message-bytes",

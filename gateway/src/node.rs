@@ -27,6 +27,8 @@ pub(crate) struct Node {
     pub(crate) catalog: CatalogCell,
     pub(crate) signals: Arc<CallSignals>,
     pub(crate) sessions: Arc<Sessions>,
+    /// Replays running at once, at most (`max_concurrent_replays`).
+    pub(crate) replay_slots: tokio::sync::Semaphore,
     /// The backend answered the last readiness ping.
     backend_ok: AtomicBool,
     /// The last readiness ping failed (false before the first one: not known to be down).
@@ -48,6 +50,7 @@ impl Node {
         subscriptions: Subscriptions,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let replay_slots = tokio::sync::Semaphore::new(config.max_concurrent_replays);
         Node {
             config,
             backend,
@@ -58,6 +61,7 @@ impl Node {
             catalog: CatalogCell::default(),
             signals,
             sessions,
+            replay_slots,
             backend_ok: AtomicBool::new(false),
             backend_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),

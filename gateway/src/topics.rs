@@ -80,6 +80,17 @@ pub(crate) async fn subscribe_to(
             ),
         ));
     }
+    // Replays take one of the node's replay slots from before the gate exists until they are
+    // out, so a mass resume holds a bounded number of histories in memory at once.
+    let _slot = match (has_history, since) {
+        (true, Some(_)) => Some(
+            node.replay_slots
+                .acquire()
+                .await
+                .map_err(|_| backend_unavailable())?,
+        ),
+        _ => None,
+    };
     // A replay needs a gate from before the history is read until the replay is out.
     let replay_from = match (has_history, since) {
         (true, Some(since)) => Some((

@@ -143,6 +143,9 @@ pub(crate) struct Tuning {
     /// Live events held for a subscriber while its replay is read; more closes it (4008).
     #[arg(long, env = "SWITCHBOARD_REPLAY_BUFFER", default_value_t = gw::DEFAULT_REPLAY_BUFFER)]
     replay_buffer: usize,
+    /// History replays one node runs at once (subscribe with since, session resumes); more wait.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_REPLAYS", default_value_t = gw::DEFAULT_MAX_CONCURRENT_REPLAYS)]
+    max_concurrent_replays: usize,
     /// How long past a tool's timeout a caller waits for the worker's answer before -32005 (ms).
     #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE_MS", default_value_t = gw::DEFAULT_DEADLINE_GRACE.as_millis() as u64)]
     deadline_grace_ms: u64,
@@ -185,6 +188,7 @@ impl Tuning {
             history: self.history.clone(),
             max_replay: self.max_replay,
             replay_buffer: self.replay_buffer,
+            max_concurrent_replays: self.max_concurrent_replays,
             session_ttl: ms(self.session_ttl_ms),
             session_refresh: ms(self.session_refresh_ms),
         }
