@@ -7,14 +7,28 @@
 //!
 //! Inside: a reader task routes replies to their waiting callers by id and notifications to a
 //! bounded queue (a client that stops reading notifications stops reading the socket, as a slow
-//! consumer would); a writer task owns the write half. Reconnection and session resume arrive
-//! with the sessions issue.
+//! consumer would); a writer task owns the write half.
+//!
+//! [`Session`] (in `session.rs`) is the reconnecting layer on top: it reconnects with backoff,
+//! resumes the session, restores subscriptions, dedupes events and keeps `tools/call`s waiting
+//! across a resume.
+
+mod backoff;
+mod router;
+mod session;
+mod tracker;
+
+pub use session::{
+    DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_CALL_TIMEOUT, DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_EVENT_QUEUE, DEFAULT_HELLO_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STALE_HEARTBEATS,
+    Session, SessionEvent, SessionEvents, SessionOptions,
+};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError};
@@ -29,7 +43,10 @@ use switchboard_core::wire::{
     SubscribeResult, UnsubscribeParams,
 };
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::router::ReplyRouter;
 
 /// Default: notifications buffered before the client stops reading the socket.
 pub const DEFAULT_NOTIFICATION_QUEUE: usize = 1024;
@@ -80,6 +97,17 @@ pub enum ClientError {
     Rpc(RpcError),
     #[error("unexpected reply: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A session's socket dropped while the request was in flight; the session reconnects on
+    /// its own, and the request may be sent again.
+    #[error("disconnected while the request was in flight (the session is reconnecting)")]
+    Disconnected,
+    /// The session could not be resumed (it expired, or the gateway does not keep sessions):
+    /// the reply to this call will never come. The call may have run.
+    #[error("the session was not resumed after a reconnect: this call's reply is lost")]
+    SessionLost,
+    /// Session options that cannot work.
+    #[error("invalid session options: {0}")]
+    Options(&'static str),
 }
 
 /// A notification from the gateway.
@@ -100,6 +128,7 @@ impl Notification {
 }
 
 /// Notifications in arrival order; ends when the socket closes.
+#[derive(Debug)]
 pub struct Notifications {
     rx: mpsc::Receiver<Notification>,
 }
@@ -126,6 +155,29 @@ type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Result<Box<RawValue>, R
 struct Shared {
     pending: Pending,
     closed: Mutex<Option<(u16, String)>>,
+    /// Where replies nobody on this socket waits for go (a session's other sockets' requests).
+    router: Option<ReplyRouter>,
+    /// When the socket was opened; `last_rx_ms` counts from here.
+    born: Instant,
+    /// Milliseconds from `born` to the last frame received (pings included).
+    last_rx_ms: AtomicU64,
+    /// Becomes `true` when the reader has stopped: the socket is gone.
+    done: watch::Sender<bool>,
+    /// The reader and writer tasks, for [`Client::abort`].
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Shared {
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_rx_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The reader stopped: fail every waiting request, and every later one.
+    fn finish(&self) {
+        self.pending.lock().expect("lock poisoned").take();
+        self.done.send_replace(true);
+    }
 }
 
 /// A connection to a gateway. Cheap to clone; all clones share the socket.
@@ -191,7 +243,17 @@ impl Client {
         url: &str,
         opts: ConnectOptions,
     ) -> Result<(Client, Notifications), ClientError> {
-        tokio::time::timeout(opts.connect_timeout, Self::connect_inner(url, &opts))
+        Self::connect_routed(url, &opts, None).await
+    }
+
+    /// [`connect`](Self::connect) for a session's socket: ids come from the router's counter,
+    /// and replies nobody on this socket waits for are handed to the router.
+    pub(crate) async fn connect_routed(
+        url: &str,
+        opts: &ConnectOptions,
+        router: Option<ReplyRouter>,
+    ) -> Result<(Client, Notifications), ClientError> {
+        tokio::time::timeout(opts.connect_timeout, Self::connect_inner(url, opts, router))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
@@ -199,6 +261,7 @@ impl Client {
     async fn connect_inner(
         url: &str,
         opts: &ConnectOptions,
+        router: Option<ReplyRouter>,
     ) -> Result<(Client, Notifications), ClientError> {
         let (authority, path) = parse_url(url)?;
         let peer: SocketAddr = tokio::net::lookup_host(&authority)
@@ -246,24 +309,35 @@ impl Client {
             .map_err(|e| ClientError::Handshake(e.to_string()))?;
 
         let (read, write) = ws.split(tokio::io::split);
+        let next_id = match &router {
+            Some(r) => r.ids(),
+            None => Arc::new(AtomicU64::new(1)),
+        };
         let shared = Arc::new(Shared {
             pending: Mutex::new(Some(HashMap::new())),
             closed: Mutex::new(None),
+            router,
+            born: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+            done: watch::channel(false).0,
+            tasks: Mutex::new(Vec::new()),
         });
         let (out_tx, out_rx) = mpsc::channel::<Frame<'static>>(WRITE_QUEUE);
         let (note_tx, note_rx) = mpsc::channel(opts.notification_queue.max(1));
-        tokio::spawn(write_loop(write, out_rx));
-        tokio::spawn(read_loop(
+        let writer = tokio::spawn(write_loop(write, out_rx));
+        let reader = tokio::spawn(read_loop(
             FragmentCollectorRead::new(read),
             shared.clone(),
             out_tx.clone(),
             note_tx,
         ));
+        *shared.tasks.lock().expect("lock poisoned") =
+            vec![writer.abort_handle(), reader.abort_handle()];
         Ok((
             Client {
                 shared,
                 out: out_tx,
-                next_id: Arc::new(AtomicU64::new(1)),
+                next_id,
                 peer,
             },
             Notifications { rx: note_rx },
@@ -275,6 +349,48 @@ impl Client {
         self.shared.closed.lock().expect("lock poisoned").clone()
     }
 
+    /// Whether two handles share one socket.
+    pub(crate) fn same(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Whether the socket is gone (the reader has stopped).
+    pub fn is_closed(&self) -> bool {
+        *self.shared.done.borrow()
+    }
+
+    /// Resolves once the socket is gone (closed by either side, or dropped).
+    pub async fn closed(&self) {
+        let mut rx = self.shared.done.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// How long since the last frame from the gateway (its pings included).
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.shared.last_rx_ms.load(Ordering::Relaxed));
+        self.shared.born.elapsed().saturating_sub(last)
+    }
+
+    /// Drops the socket at once, without a close handshake (a socket that went silent):
+    /// waiting requests fail and [`Notifications`] ends.
+    pub fn abort(&self) {
+        for task in self.shared.tasks.lock().expect("lock poisoned").iter() {
+            task.abort();
+        }
+        self.shared.finish();
+    }
+
+    /// Sends a request with a caller-chosen id without waiting for its reply here: a session's
+    /// call, whose reply its router awaits, on this socket or a later one.
+    pub(crate) async fn send_request<P: Serialize>(
+        &self,
+        id: u64,
+        method: &str,
+        params: &P,
+    ) -> Result<(), ClientError> {
+        self.send_text(encode_request(id, method, params)?).await
+    }
+
     /// Sends a request and waits for its reply.
     pub async fn request<P: Serialize, R: DeserializeOwned>(
         &self,
@@ -282,19 +398,7 @@ impl Client {
         params: &P,
     ) -> Result<R, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        #[derive(Serialize)]
-        struct Req<'a, P> {
-            jsonrpc: &'static str,
-            id: u64,
-            method: &'a str,
-            params: &'a P,
-        }
-        let text = serde_json::to_string(&Req {
-            jsonrpc: "2.0",
-            id,
-            method,
-            params,
-        })?;
+        let text = encode_request(id, method, params)?;
         let (tx, rx) = oneshot::channel();
         match self.shared.pending.lock().expect("lock poisoned").as_mut() {
             Some(pending) => pending.insert(id, tx),
@@ -321,8 +425,12 @@ impl Client {
         self.send_text(text).await
     }
 
-    /// Sends one text frame as it is (for tests and tools that speak raw JSON-RPC).
+    /// Sends one text frame as it is (for tests and tools that speak raw JSON-RPC). Fails once
+    /// the socket is gone.
     pub async fn send_text(&self, text: String) -> Result<(), ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed(self.close_reason()));
+        }
         self.out
             .send(Frame::text(Payload::Owned(text.into_bytes())))
             .await
@@ -334,11 +442,21 @@ impl Client {
     }
 
     pub async fn subscribe(&self, topic: &str) -> Result<SubscribeResult, ClientError> {
+        self.subscribe_since(topic, None).await
+    }
+
+    /// `subscribe` with `since`: the events after that id are replayed before the reply, whose
+    /// `recovered` says whether the history still reached back that far.
+    pub async fn subscribe_since(
+        &self,
+        topic: &str,
+        since: Option<&str>,
+    ) -> Result<SubscribeResult, ClientError> {
         self.request(
             "subscribe",
             &SubscribeParams {
                 topic: topic.to_owned(),
-                since: None,
+                since: since.map(str::to_owned),
             },
         )
         .await
@@ -379,6 +497,22 @@ impl Client {
     }
 }
 
+fn encode_request<P: Serialize>(id: u64, method: &str, params: &P) -> Result<String, ClientError> {
+    #[derive(Serialize)]
+    struct Req<'a, P> {
+        jsonrpc: &'static str,
+        id: u64,
+        method: &'a str,
+        params: &'a P,
+    }
+    Ok(serde_json::to_string(&Req {
+        jsonrpc: "2.0",
+        id,
+        method,
+        params,
+    })?)
+}
+
 async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut ws: fastwebsockets::WebSocketWrite<W>,
     mut rx: mpsc::Receiver<Frame<'static>>,
@@ -414,6 +548,8 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     // Pongs and the close echo go through the writer; once the writer is gone (it stops after
     // a close frame) there is nothing left to answer.
     let mut send_fn = |frame: Frame<'_>| {
+        // Called for the pong a ping obliges: a frame arrived.
+        shared.touch();
         let owned = Frame::new(
             true,
             frame.opcode,
@@ -431,6 +567,7 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
             Ok(f) => f,
             Err(_) => break,
         };
+        shared.touch();
         match frame.opcode {
             OpCode::Text => {
                 let Ok(msg) = serde_json::from_slice::<Incoming<'_>>(&frame.payload) else {
@@ -456,13 +593,16 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
                         .expect("lock poisoned")
                         .as_mut()
                         .and_then(|p| p.remove(&id));
+                    let reply = match (msg.result, msg.error) {
+                        (_, Some(e)) => Err(e),
+                        (Some(r), None) => Ok(r.to_owned()),
+                        (None, None) => Err(RpcError::invalid_request("reply without result")),
+                    };
                     if let Some(waiter) = waiter {
-                        let reply = match (msg.result, msg.error) {
-                            (_, Some(e)) => Err(e),
-                            (Some(r), None) => Ok(r.to_owned()),
-                            (None, None) => Err(RpcError::invalid_request("reply without result")),
-                        };
                         let _ = waiter.send(reply);
+                    } else if let Some(router) = &shared.router {
+                        // A request of the session's, sent on this socket or an earlier one.
+                        router.deliver(id, reply.map_err(ClientError::Rpc));
                     }
                 }
             }
@@ -483,7 +623,7 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
         }
     }
     // Fail every waiting request, and every later one: the socket is gone.
-    shared.pending.lock().expect("lock poisoned").take();
+    shared.finish();
 }
 
 #[cfg(test)]
