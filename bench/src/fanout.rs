@@ -203,7 +203,7 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
     })
 }
 
-fn which(cmd: &str) -> anyhow::Result<()> {
+pub(crate) fn which(cmd: &str) -> anyhow::Result<()> {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file()))
         .unwrap_or(false);

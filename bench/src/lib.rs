@@ -10,10 +10,13 @@
 //! - [`fanout`]: N subscribers over K topics on G gateways; a backend publishes through Redis.
 //! - [`calls`]: tool calls through gateways, Redis and workers: cache hits, routed misses,
 //!   coalesced bursts.
+//! - [`resume`]: sessions resumed on a second gateway after the first is killed with SIGKILL:
+//!   time until every client is back and has every missed event, replay rate.
 //! - [`procstat`]: CPU time and RSS of a process, from `/proc`.
 //! - [`stats`]: percentile arithmetic.
 
 pub mod calls;
 pub mod fanout;
 pub mod procstat;
+pub mod resume;
 pub mod stats;

@@ -57,6 +57,10 @@ pub const DEFAULT_MAX_CONCURRENT_REPLAYS: usize = 256;
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(120);
 /// Default: how often a node saves its sessions' positions and pushes their expiry ahead.
 pub const DEFAULT_SESSION_REFRESH: Duration = Duration::from_secs(10);
+/// Default: connections the kernel queues for `accept` (capped by `net.core.somaxconn`). A
+/// crowd reconnecting after a node died arrives at once; with the usual 128 the excess SYNs are
+/// dropped and those clients wait a second for their retransmission.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// Frames written to one socket in one vectored write, at most.
 pub const MAX_WRITE_BATCH: usize = 64;
 

@@ -58,6 +58,20 @@ pub enum GatewayError {
 /// Pause after a failed `accept` (out of file descriptors, say) before the next one.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Binds the gateway's port with a listen backlog of `backlog` (see
+/// [`config::DEFAULT_LISTEN_BACKLOG`]) and `SO_REUSEADDR`, so a restarted node gets its port
+/// back at once.
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Runs a gateway node on `listener` until `shutdown` completes, then drains: not ready, every
 /// socket closed with 1012, connections given `shutdown_grace` to go.
 pub async fn run(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use switchboard_bench::calls::{self, CallMode, CallsOptions};
 use switchboard_bench::fanout::{self, FanoutOptions};
+use switchboard_bench::resume::{self, ResumeOptions};
 
 use crate::Failure;
 
@@ -65,6 +66,51 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         burst_ms: u64,
     },
+    /// Sessions resumed on gateway B after gateway A is killed with SIGKILL; replay rate.
+    Resume {
+        /// Clients (one connection and one session each), all on gateway A at first.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// History topics the clients spread over (one each).
+        #[arg(long, default_value_t = 100)]
+        topics: usize,
+        /// Events per topic published (and received live) before the kill.
+        #[arg(long, default_value_t = 10)]
+        before: usize,
+        /// Events per topic published after the kill, which every client must get replayed.
+        #[arg(long, default_value_t = 10)]
+        missed: usize,
+        /// Bytes of padding in each event.
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// Loopback source addresses to connect from (127.0.0.1 ...).
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        /// Connections opened at once while setting up on gateway A.
+        #[arg(long, default_value_t = 256)]
+        connect_concurrency: usize,
+        /// Reconnects in progress at once on gateway B (each until its hello reply).
+        #[arg(long, default_value_t = 256)]
+        resume_concurrency: usize,
+        /// Reconnect attempts per client.
+        #[arg(long, default_value_t = 5)]
+        attempts: usize,
+        /// Pause after a failed reconnect attempt (ms).
+        #[arg(long, default_value_t = 100)]
+        retry_delay_ms: u64,
+        /// Time one reconnect attempt (connect and hello reply) may take (ms).
+        #[arg(long, default_value_t = 10_000)]
+        attempt_timeout_ms: u64,
+        /// Bound on each phase (setup, live delivery, resume), in seconds.
+        #[arg(long, default_value_t = 60)]
+        phase_timeout_secs: u64,
+        /// Events in the replay-rate topic, replayed from `since: 0-0` (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        replay_events: usize,
+        /// Replay-rate rounds, each with a new client.
+        #[arg(long, default_value_t = 3)]
+        replay_rounds: usize,
+    },
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -119,6 +165,42 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 burst_ms,
             };
             let report = rt.block_on(calls::run(opts))?;
+            print_report(args.json, &report, report.table())?;
+        }
+        Scenario::Resume {
+            clients,
+            topics,
+            before,
+            missed,
+            payload_bytes,
+            sources,
+            connect_concurrency,
+            resume_concurrency,
+            attempts,
+            retry_delay_ms,
+            attempt_timeout_ms,
+            phase_timeout_secs,
+            replay_events,
+            replay_rounds,
+        } => {
+            let opts = ResumeOptions {
+                bin,
+                clients,
+                topics,
+                before,
+                missed,
+                payload_bytes,
+                sources,
+                connect_concurrency,
+                resume_concurrency,
+                attempts,
+                retry_delay: Duration::from_millis(retry_delay_ms),
+                attempt_timeout: Duration::from_millis(attempt_timeout_ms),
+                phase_timeout: Duration::from_secs(phase_timeout_secs),
+                replay_events,
+                replay_rounds,
+            };
+            let report = rt.block_on(resume::run(opts))?;
             print_report(args.json, &report, report.table())?;
         }
     }

@@ -32,8 +32,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = switchboard_gateway::listen(args.listen, args.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
         println!("Switchboard dev: in-memory backend, anonymous clients allowed.");

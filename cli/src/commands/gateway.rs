@@ -58,8 +58,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     rt.block_on(async move {
         // Inside the runtime: the Redis connections start their tasks right away.
         let backend = redis.backend()?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = switchboard_gateway::listen(args.listen, args.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         switchboard_gateway::run(
             config,

@@ -91,6 +91,9 @@ pub(crate) struct Tuning {
     /// Sockets this node holds; more are closed with 1013.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = gw::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Connections the kernel queues for accept (capped by net.core.somaxconn).
+    #[arg(long, env = "SWITCHBOARD_LISTEN_BACKLOG", default_value_t = gw::DEFAULT_LISTEN_BACKLOG)]
+    pub(crate) listen_backlog: u32,
     /// Ping a quiet client this often (ms); close it after three silent heartbeats (4002).
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_MS", default_value_t = gw::DEFAULT_HEARTBEAT.as_millis() as u64)]
     heartbeat_ms: u64,
