@@ -160,7 +160,8 @@ impl RedisServer {
         let start = tokio::time::Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             if self.ping().await {
-                return true;
+                // Ours, not another test's server that won the race for the port.
+                return self.server_pid().await == self.pid();
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
@@ -202,6 +203,18 @@ impl RedisServer {
             .query_async::<String>(&mut conn)
             .await
             .is_ok()
+    }
+
+    async fn server_pid(&self) -> Option<u32> {
+        let mut conn = self.connection().await;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
     }
 
     /// Kills the server (SIGKILL): an outage.
@@ -280,6 +293,9 @@ pub fn switchboard_bin() -> PathBuf {
 pub struct GatewayProcess {
     pub addr: SocketAddr,
     child: Child,
+    /// How it was started, for [`restart`](Self::restart).
+    bin: PathBuf,
+    args: Vec<String>,
 }
 
 impl GatewayProcess {
@@ -299,27 +315,53 @@ impl GatewayProcess {
     ) -> GatewayProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(bin)
-            .arg("gateway")
-            .args(["--listen", &addr.to_string(), "--redis", redis_url])
-            .args(["--node-id", node_id, "--allow-anonymous"])
-            .args([
-                "--readiness-interval-ms",
-                "200",
-                "--subscribe-retry-ms",
-                "200",
-            ])
-            .args(extra)
+        let mut args: Vec<String> = [
+            "gateway",
+            "--listen",
+            &addr.to_string(),
+            "--redis",
+            redis_url,
+            "--node-id",
+            node_id,
+            "--allow-anonymous",
+            "--readiness-interval-ms",
+            "200",
+            "--subscribe-retry-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Self::spawn(bin, &args);
+        let g = GatewayProcess {
+            addr,
+            child,
+            bin: bin.to_owned(),
+            args,
+        };
+        g.wait_ready(true).await;
+        g
+    }
+
+    fn spawn(bin: &std::path::Path, args: &[String]) -> Child {
+        Command::new(bin)
+            .args(args)
             .env("SWITCHBOARD_LOG", "warn")
             .env_remove("SWITCHBOARD_JWT_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn switchboard gateway");
-        let g = GatewayProcess { addr, child };
-        g.wait_ready(true).await;
-        g
+            .expect("spawn switchboard gateway")
+    }
+
+    /// Starts the node again, same address and flags, once the previous process has exited
+    /// (after a SIGTERM or a SIGKILL), and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.wait().await;
+        self.child = Self::spawn(&self.bin, &self.args);
+        self.wait_ready(true).await;
     }
 
     pub fn ws_url(&self) -> String {
