@@ -662,6 +662,11 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Writes raw bytes to the socket, under the WebSocket layer (malformed frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.ws.get_mut().write_all(bytes).await.expect("send raw");
+    }
+
     pub async fn send_message(&mut self, m: Message) {
         self.ws.send(m).await.expect("send");
     }

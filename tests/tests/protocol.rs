@@ -40,6 +40,7 @@ both_backends!(
     subscribe_publish_unsubscribe,
     publisher_receives_own_event_once,
     binary_frame_closes_1003_and_spares_others,
+    malformed_frames_close_1002_or_1007,
     oversized_messages_close_1009,
     fragmented_messages_are_reassembled,
     tokens_are_checked,
@@ -216,6 +217,49 @@ async fn binary_frame_closes_1003_and_spares_others(kind: Kind) {
         .call("publish", json!({"topic": "t", "data": "still here"}))
         .await;
     assert_eq!(good.next_event().await["data"], "still here");
+}
+
+/// A client frame as bytes: `b0` (FIN, RSV, opcode), masked with `mask` unless it is `None`.
+fn raw_frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut v = vec![
+        b0,
+        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+    ];
+    match mask {
+        Some(m) => {
+            v.extend_from_slice(&m);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => v.extend_from_slice(payload),
+    }
+    v
+}
+
+async fn malformed_frames_close_1002_or_1007(kind: Kind) {
+    let s = setup(kind, |_| {}).await;
+    let mut good = WsClient::connect(&s.gw.ws_url()).await;
+    good.hello().await;
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let m = Some([3, 1, 4, 1]);
+    for (bytes, code) in [
+        (raw_frame(0x81, ping, None), 1002),       // unmasked
+        (raw_frame(0xC1, ping, m), 1002),          // a reserved bit
+        (raw_frame(0x83, b"x", m), 1002),          // an unknown opcode
+        (raw_frame(0x09, b"x", m), 1002),          // a fragmented ping
+        (raw_frame(0x81, &[0xC3, 0x28], m), 1007), // not UTF-8
+    ] {
+        let mut bad = WsClient::connect(&s.gw.ws_url()).await;
+        bad.hello().await;
+        bad.send_raw(&bytes).await;
+        assert_eq!(bad.read_close().await, code, "{bytes:?}");
+    }
+    // A well-formed frame written by hand is read like any other.
+    let mut hand = WsClient::connect(&s.gw.ws_url()).await;
+    hand.hello().await;
+    hand.send_raw(&raw_frame(0x81, ping, m)).await;
+    assert!(hand.read_json().await["result"].is_object());
+    assert!(good.call("ping", json!({})).await["result"].is_object());
 }
 
 async fn oversized_messages_close_1009(kind: Kind) {

@@ -3,17 +3,16 @@
 //! drains a bounded queue). Everything else reaches the socket through [`Out`] messages on
 //! that queue, or through [`ConnCtl::close`], which works even when the queue is full.
 
+mod frames;
 pub(crate) mod reader;
 pub(crate) mod writer;
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use switchboard_core::auth::Identity;
 use switchboard_core::wire::close;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
@@ -143,8 +142,7 @@ pub(crate) async fn serve(
     let mut state = ConnState::new(node.clone(), ctl.clone(), tx, identity);
     state.mcp = mcp;
     {
-        let read = Cursor::new(read_buf).chain(read_half);
-        let reader = reader::run(&node, &mut state, read);
+        let reader = reader::run(&node, &mut state, read_half, read_buf);
         tokio::pin!(reader);
         tokio::select! {
             _ = &mut reader => {

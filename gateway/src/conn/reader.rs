@@ -1,58 +1,85 @@
 //! The reader side of one socket: WebSocket frames in, requests dispatched, replies queued.
 //!
-//! fastwebsockets parses and unmasks frames; this module does the rest of the protocol's
-//! reading rules itself: text only (binary: 1003), messages reassembled from fragments up to
-//! `max_message_bytes` in total (over it: 1009; fastwebsockets bounds single frames only), UTF-8
-//! checked (1007), pings answered through the writer, a client's close echoed once.
-//! `read_frame` is not cancel-safe, so this loop is never raced against anything: other parts
-//! stop a connection through [`ConnCtl::close`] and the writer. Once a close has begun (from
+//! Frames are parsed in `frames.rs` (masking, reserved bits, control frame rules: 1002; a frame
+//! over the limit: 1009, from its header); this module does the rest of the protocol's reading
+//! rules: text only (binary: 1003), messages reassembled from fragments up to
+//! `max_message_bytes` in total (over it: 1009), UTF-8 checked (1007), pings answered through the
+//! writer, a client's close echoed once. The read buffer exists only while bytes wait to be
+//! parsed. The loop is never raced against anything (a frame half read must not be lost): other parts
+//! stop a connection through [`super::ConnCtl::close`] and the writer. Once a close has begun (from
 //! either side), the loop only waits for the client's close frame, discarding anything else, so
 //! that nothing is dispatched after a close and the client's answer is read before the socket
 //! goes (the connection bounds that wait with `close_timeout`).
 
+use std::io;
 use std::sync::Arc;
 
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use bytes::{Bytes, BytesMut};
 use switchboard_core::wire::close;
-use tokio::io::AsyncRead;
+use tokio::net::tcp::OwnedReadHalf;
 
-use super::{ConnCtl, Out};
+use super::Out;
+use super::frames::{self, FrameError};
 use crate::dispatch::{self, ConnState};
 use crate::node::Node;
 
+/// Bytes read from the socket at a time, at most (the buffer exists only while there are
+/// bytes to parse).
+const READ_CHUNK: usize = 4096;
+
 /// Reads and dispatches until the client leaves, breaks the protocol, or the connection is
-/// closing.
-pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut ConnState, read: R) {
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // A frame of exactly the limit is refused by fastwebsockets (`>=`), so allow one more byte.
-    ws.set_max_message_size(node.config.max_message_bytes + 1);
+/// closing. `leftover`: bytes the HTTP layer read past the upgrade request.
+pub(crate) async fn run(
+    node: &Arc<Node>,
+    state: &mut ConnState,
+    read: OwnedReadHalf,
+    leftover: Bytes,
+) {
     let max = node.config.max_message_bytes;
     let ctl = state.ctl.clone();
-    // With auto close and pong off, fastwebsockets never asks us to send anything.
-    let mut no_obligated_sends =
-        |_: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
+    let mut buf = BytesMut::from(&leftover[..]);
+    drop(leftover);
     let mut partial: Option<Vec<u8>> = None;
 
     loop {
-        let frame = match ws.read_frame(&mut no_obligated_sends).await {
-            Ok(frame) => frame,
-            Err(e) => {
-                fail(&ctl, &e);
+        let frame = match frames::parse(&mut buf, max) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if buf.is_empty() {
+                    // Idle: hold no buffer until the socket has something to read.
+                    buf = BytesMut::new();
+                }
+                match fill(&read, &mut buf).await {
+                    Ok(0) => {
+                        tracing::debug!(conn = ctl.id, "client went away");
+                        return;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(conn = ctl.id, error = %e, "read failed");
+                        return;
+                    }
+                }
+            }
+            Err(FrameError::TooBig) => {
+                ctl.close(close::TOO_BIG, "message too big", false);
+                return;
+            }
+            Err(FrameError::Protocol(why)) => {
+                tracing::debug!(conn = ctl.id, why, "protocol error");
+                ctl.close(close::PROTOCOL_ERROR, why, false);
                 return;
             }
         };
         ctl.touch(node.now_ms());
         if ctl.is_closing() {
-            if frame.opcode == OpCode::Close {
+            if frame.opcode == frames::OP_CLOSE {
                 return;
             }
             continue;
         }
         match frame.opcode {
-            OpCode::Text if frame.fin && partial.is_none() => {
-                // fastwebsockets checked UTF-8 for an unfragmented text frame.
+            frames::OP_TEXT if frame.fin && partial.is_none() => {
                 let Ok(text) = std::str::from_utf8(&frame.payload) else {
                     ctl.close(close::INVALID_PAYLOAD, "text frame is not UTF-8", false);
                     continue;
@@ -61,10 +88,10 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                     return;
                 }
             }
-            OpCode::Text if partial.is_none() => {
+            frames::OP_TEXT if partial.is_none() => {
                 partial = Some(frame.payload.to_vec());
             }
-            OpCode::Continuation => {
+            frames::OP_CONTINUATION => {
                 let Some(buf) = partial.as_mut() else {
                     ctl.close(
                         close::PROTOCOL_ERROR,
@@ -90,7 +117,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                     }
                 }
             }
-            OpCode::Text => {
+            frames::OP_TEXT => {
                 ctl.close(
                     close::PROTOCOL_ERROR,
                     "new message inside a fragmented one",
@@ -98,7 +125,7 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                 );
                 partial = None;
             }
-            OpCode::Binary => {
+            frames::OP_BINARY => {
                 ctl.close(
                     close::UNSUPPORTED_DATA,
                     "binary frames are not supported",
@@ -106,18 +133,33 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(node: &Arc<Node>, state: &mut Conn
                 );
                 partial = None;
             }
-            OpCode::Ping => {
-                let pong = Out::Pong(bytes::Bytes::copy_from_slice(&frame.payload));
-                if state.tx.send(pong).await.is_err() {
+            frames::OP_PING => {
+                if state.tx.send(Out::Pong(frame.payload)).await.is_err() {
                     return;
                 }
             }
-            OpCode::Pong => {}
-            OpCode::Close => {
+            frames::OP_PONG => {}
+            _ => {
+                // OP_CLOSE (parse refuses any other opcode).
                 let (code, reason) = answer_to_close(&frame.payload);
                 ctl.close(code, reason, true);
                 return;
             }
+        }
+    }
+}
+
+/// Waits until the socket is readable and reads what it has into `buf` (0: end of stream).
+async fn fill(read: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        read.readable().await?;
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        match read.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -156,24 +198,4 @@ fn answer_to_close(payload: &[u8]) -> (u16, &'static str) {
 /// Codes a peer may send (RFC 6455 section 7.4 and the IANA registry): not 1004-1006, 1015.
 fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
-fn fail(ctl: &ConnCtl, e: &WebSocketError) {
-    match e {
-        WebSocketError::FrameTooLarge => {
-            ctl.close(close::TOO_BIG, "message too big", false);
-        }
-        WebSocketError::InvalidUTF8 => {
-            ctl.close(close::INVALID_PAYLOAD, "text frame is not UTF-8", false);
-        }
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => {
-            tracing::debug!(conn = ctl.id, error = %e, "client went away");
-        }
-        _ => {
-            tracing::debug!(conn = ctl.id, error = %e, "protocol error");
-            ctl.close(close::PROTOCOL_ERROR, "protocol error", false);
-        }
-    }
 }
