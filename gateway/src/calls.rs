@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::conn::Out;
 use crate::dispatch::ConnState;
 use crate::node::Node;
-use crate::sessions::{self, LiveSession};
+use crate::sessions::{self, LiveSession, OwedReply};
 
 /// Requests of one connection waiting in tasks of their own: request id (raw JSON) -> the
 /// caller's task id (`tools/call`), or "" (`tasks/result`, which waits but owns no execution).
@@ -221,6 +221,7 @@ impl PendingCall {
             }
             return;
         }
+        let mut owed_by = None;
         let reply = match submitted {
             Err(e) => {
                 tracing::warn!(error = %e, "submitting a call failed");
@@ -237,6 +238,7 @@ impl PendingCall {
                         deadline_ms: submission.deadline_ms,
                     };
                     sessions::owe(&self.node, live, &owed).await;
+                    owed_by = Some(live.clone());
                 }
                 let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
                 let waiting = wait_outcome(&self.node, &rec, progress, Some(deadline));
@@ -248,23 +250,25 @@ impl PendingCall {
                 }
             }
         };
-        // A call cancelled by `notifications/cancelled` gets no reply (MCP).
-        let still_wanted = self
-            .in_flight
-            .lock()
-            .expect("poisoned")
-            .remove(&self.request_key)
-            .is_some();
+        // A call cancelled by `notifications/cancelled` gets no reply (MCP); nor does one whose
+        // id was meanwhile reused by a newer request.
+        let still_wanted = untrack(&self.in_flight, &self.request_key, &submission.task_id);
         if let (true, Some(id)) = (still_wanted, &self.id) {
             let frame = match reply {
                 Ok(v) => wire::encode_result(id, &v),
                 Err(e) => wire::encode_error(Some(id), &e),
             };
-            if self.tx.send(Out::Text(frame)).await.is_ok()
-                && let Some(live) = &self.live
-            {
-                live.answered(id.get());
-            }
+            let out = match owed_by {
+                Some(live) => Out::Owed(
+                    frame,
+                    Arc::new(OwedReply {
+                        live,
+                        raw_id: id.get().to_owned(),
+                    }),
+                ),
+                None => Out::Text(frame),
+            };
+            let _ = self.tx.send(out).await;
         }
     }
 }
@@ -441,7 +445,7 @@ pub(crate) async fn tasks_result(
     };
     tokio::spawn(answer_when_done(
         node.clone(),
-        Waiter::of(state),
+        Waiter::of(state, ""),
         id,
         Some(own),
         owed,
@@ -454,14 +458,17 @@ struct Waiter {
     tx: mpsc::Sender<Out>,
     in_flight: InFlight,
     live: Option<Arc<LiveSession>>,
+    /// The value the request is tracked under in `in_flight` (its task id, or "").
+    tracked_as: String,
 }
 
 impl Waiter {
-    fn of(state: &ConnState) -> Self {
+    fn of(state: &ConnState, tracked_as: &str) -> Self {
         Waiter {
             tx: state.tx.clone(),
             in_flight: state.calls.clone(),
             live: state.live.clone(),
+            tracked_as: tracked_as.to_owned(),
         }
     }
 }
@@ -480,6 +487,7 @@ async fn answer_when_done(
     let _untrack = Untrack {
         in_flight: &waiter.in_flight,
         key: &key,
+        tracked_as: &waiter.tracked_as,
     };
     if let Some(live) = &waiter.live {
         sessions::owe(&node, live, &owed).await;
@@ -505,15 +513,25 @@ async fn answer_when_done(
         reply = waiting => reply,
         _ = waiter.tx.closed() => return,
     };
+    // Cancelled by `notifications/cancelled`, or the id reused by a newer request: no reply.
+    if !untrack(&waiter.in_flight, &key, &waiter.tracked_as) {
+        return;
+    }
     let frame: Bytes = match reply {
         Ok(v) => wire::encode_result(&id, &v),
         Err(e) => wire::encode_error(Some(&id), &e),
     };
-    if waiter.tx.send(Out::Text(frame)).await.is_ok()
-        && let Some(live) = &waiter.live
-    {
-        live.answered(&key);
-    }
+    let out = match waiter.live {
+        Some(live) => Out::Owed(
+            frame,
+            Arc::new(OwedReply {
+                live,
+                raw_id: key.clone(),
+            }),
+        ),
+        None => Out::Text(frame),
+    };
+    let _ = waiter.tx.send(out).await;
 }
 
 /// A resumed session's owed replies: each is answered on this connection when its call is
@@ -528,7 +546,7 @@ pub(crate) fn resume_owed(node: &Arc<Node>, state: &ConnState, owed: Vec<OwedReq
         }
         tokio::spawn(answer_when_done(
             node.clone(),
-            Waiter::of(state),
+            Waiter::of(state, &o.task_id),
             id,
             None,
             o,
@@ -540,11 +558,24 @@ pub(crate) fn resume_owed(node: &Arc<Node>, state: &ConnState, owed: Vec<OwedReq
 struct Untrack<'a> {
     in_flight: &'a InFlight,
     key: &'a str,
+    tracked_as: &'a str,
 }
 
 impl Drop for Untrack<'_> {
     fn drop(&mut self) {
-        self.in_flight.lock().expect("poisoned").remove(self.key);
+        untrack(self.in_flight, self.key, self.tracked_as);
+    }
+}
+
+/// Removes request `key` from the in-flight map if it is still tracked as `tracked_as` (not
+/// cancelled, nor replaced by a newer request with the same id); whether it was.
+fn untrack(in_flight: &InFlight, key: &str, tracked_as: &str) -> bool {
+    let mut f = in_flight.lock().expect("poisoned");
+    if f.get(key).is_some_and(|t| t == tracked_as) {
+        f.remove(key);
+        true
+    } else {
+        false
     }
 }
 

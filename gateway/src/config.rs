@@ -53,6 +53,9 @@ pub const DEFAULT_MAX_REPLAY: usize = 10_000;
 pub const DEFAULT_REPLAY_BUFFER: usize = 10_000;
 /// Default: history replays (`subscribe {since}`, a resume) one node runs at once; more wait.
 pub const DEFAULT_MAX_CONCURRENT_REPLAYS: usize = 256;
+/// Default: the longest a history replay may take, waiting for a replay slot included; a
+/// client that does not read its replay in time is closed (4008), a wait past it is -32006.
+pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default: how long a session outlives its socket (resume within it, on any node).
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(120);
 /// Default: how often a node saves its sessions' positions and pushes their expiry ahead.
@@ -105,6 +108,7 @@ pub struct GatewayConfig {
     pub max_replay: usize,
     pub replay_buffer: usize,
     pub max_concurrent_replays: usize,
+    pub replay_timeout: Duration,
     pub session_ttl: Duration,
     pub session_refresh: Duration,
 }
@@ -156,6 +160,7 @@ impl GatewayConfig {
             max_replay: DEFAULT_MAX_REPLAY,
             replay_buffer: DEFAULT_REPLAY_BUFFER,
             max_concurrent_replays: DEFAULT_MAX_CONCURRENT_REPLAYS,
+            replay_timeout: DEFAULT_REPLAY_TIMEOUT,
             session_ttl: DEFAULT_SESSION_TTL,
             session_refresh: DEFAULT_SESSION_REFRESH,
         }
@@ -185,6 +190,7 @@ impl GatewayConfig {
         positive("registry-interval", self.registry_interval)?;
         positive("call-poll", self.call_poll)?;
         positive("session-ttl", self.session_ttl)?;
+        positive("replay-timeout", self.replay_timeout)?;
         positive("session-refresh", self.session_refresh)?;
         if self.max_task_ttl < self.task_ttl {
             return Err(ConfigError::Invalid {

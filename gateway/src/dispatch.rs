@@ -73,8 +73,12 @@ impl ConnState {
 }
 
 impl Drop for ConnState {
-    /// Releases every subscription of a closed connection (also when a handler panicked).
+    /// Releases every subscription of a closed connection, and its session if nobody detached
+    /// it (a handler panicked).
     fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            self.node.sessions.remove(&live);
+        }
         if self.topics.is_empty() {
             return;
         }

@@ -214,12 +214,16 @@ impl Fanout {
                     continue; // the replay carried it
                 }
             }
-            if let (Some(p), Some(id)) = (&sub.position, id)
-                && !p.advance(id)
-            {
-                continue; // a replay or a recovery carried it already
-            }
-            match sub.tx.try_send(Out::Text(frame.clone())) {
+            let out = match (&sub.position, id) {
+                (Some(p), Some(id)) => {
+                    if !p.advance(id) {
+                        continue; // a replay or a recovery carried it already
+                    }
+                    Out::Event(frame.clone(), p.clone(), id)
+                }
+                _ => Out::Text(frame.clone()),
+            };
+            match sub.tx.try_send(out) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => {
                     if sub.ctl.close(
@@ -310,16 +314,12 @@ impl Fanout {
             .collect()
     }
 
-    /// The oldest position among the topic's history subscribers: where a read-back starts. A
-    /// subscriber without one subscribed before the history had any event: the start.
+    /// The oldest position among the topic's history subscribers whose start is known: where a
+    /// read-back starts (a subscriber that has nothing yet: the very start).
     pub(crate) fn oldest_position(&self, topic: &Topic) -> Option<EventId> {
         let subs = self.subscribers(topic.as_str())?;
         subs.iter()
-            .filter_map(|s| {
-                s.position
-                    .as_ref()
-                    .map(|p| p.get().unwrap_or(EventId::ZERO))
-            })
+            .filter_map(|s| s.position.as_ref().and_then(|p| p.recovery_start()))
             .min()
     }
 

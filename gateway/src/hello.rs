@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::auth::Identity;
-use switchboard_core::history::EventId;
+use switchboard_core::history::{self, EventId};
 use switchboard_core::sessions::{Attach, SessionRecord, new_session_id};
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{
@@ -93,6 +93,7 @@ pub(crate) async fn hello(
         state.ctl.clone(),
     ));
     open_session(state, identity, id.clone());
+    let _ = state.ctl.session.set(Arc::downgrade(&live));
     state.live = Some(live.clone());
     node.sessions.insert(live.clone());
     let mut restored = Vec::new();
@@ -130,10 +131,14 @@ async fn restore(
         let Ok(topic) = Topic::new(&name) else {
             continue;
         };
+        // No position on a history topic: it was subscribed before its history had any event,
+        // so everything there is came after.
+        let has_history = history::rule_for(&node.config.history, &name).is_some();
         let since = positions
             .get(&name)
             .and_then(|s| EventId::parse(s))
-            .or(stored);
+            .or(stored)
+            .or(has_history.then_some(EventId::ZERO));
         match topics::subscribe_to(node, state, topic, since).await {
             Ok(r) => restored.push(r),
             Err(e) => {

@@ -45,25 +45,30 @@ pub(crate) async fn run(node: Arc<Node>) {
     }
 }
 
-/// Reads one held topic's history back until its subscribers are level, then releases it.
+/// Reads one held topic's history back in pages from the oldest subscriber position until its
+/// end, then releases the held live events (again from the top if some overflowed meanwhile).
 async fn recover(
     node: &Node,
     topic: &switchboard_core::topic::Topic,
 ) -> Result<u64, switchboard_core::backend::BackendError> {
     let mut count = 0u64;
     loop {
-        if let Some(since) = node.fanout.oldest_position(topic) {
+        if let Some(mut from) = node.fanout.oldest_position(topic) {
+            let mut first = true;
             loop {
-                let from = node.fanout.oldest_position(topic).unwrap_or(since);
-                let replay = node
+                let page = node
                     .backend
-                    .replay(topic, from, node.config.max_replay)
+                    .history_page(topic, from, RECOVERY_PAGE)
                     .await?;
-                if !replay.recovered {
+                if first && !page.recovered {
                     tracing::warn!(topic = %topic, "history no longer reaches back to what this node delivered last; events were lost");
                 }
-                let full = replay.events.len() >= node.config.max_replay;
-                for (id, data) in &replay.events {
+                first = false;
+                let Some((last, _)) = page.events.last() else {
+                    break;
+                };
+                let (last, full) = (*last, page.events.len() >= RECOVERY_PAGE);
+                for (id, data) in &page.events {
                     match wire::check_payload(data) {
                         Ok(data) => {
                             node.fanout.deliver_recovered(topic, *id, data);
@@ -77,6 +82,7 @@ async fn recover(
                 if !full {
                     break;
                 }
+                from = last;
             }
         }
         if node.fanout.release(topic) {
@@ -85,3 +91,6 @@ async fn recover(
         }
     }
 }
+
+/// History events read back per backend round trip.
+const RECOVERY_PAGE: usize = 1000;

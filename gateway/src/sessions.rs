@@ -23,35 +23,96 @@ use switchboard_core::wire::close;
 use crate::conn::ConnCtl;
 use crate::node::Node;
 
-/// The last history event queued to one subscriber (raised by the fan-out and the replay).
+/// Where one subscriber of a history topic is: the last event queued to its socket (what the
+/// fan-out de-duplicates against) and the last one written to it (what its session saves, so
+/// a resume never skips an event that was queued but not yet written when the socket died).
 #[derive(Debug, Default)]
-pub(crate) struct Position(Mutex<Option<EventId>>);
+pub(crate) struct Position(Mutex<PositionState>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PositionState {
+    /// The start is known (a fresh subscription learns it after its backend subscription is in
+    /// place; until then a recovery has no starting point for it).
+    known: bool,
+    queued: Option<EventId>,
+    written: Option<EventId>,
+}
 
 impl Position {
-    pub(crate) fn new(at: Option<EventId>) -> Self {
-        Position(Mutex::new(at))
+    /// A subscriber whose client has everything up to `at` (`None`: from the very start).
+    pub(crate) fn at(at: Option<EventId>) -> Self {
+        Position(Mutex::new(PositionState {
+            known: true,
+            queued: at,
+            written: at,
+        }))
     }
 
-    pub(crate) fn raise(&self, id: EventId) {
-        let mut p = self.0.lock().expect("position lock poisoned");
-        if p.is_none_or(|p| p < id) {
-            *p = Some(id);
-        }
+    /// A fresh subscriber whose start is not read yet.
+    pub(crate) fn unknown() -> Self {
+        Position::default()
     }
 
-    /// Moves to `id` if it is newer; false for an event this subscriber already has.
+    fn state(&self) -> std::sync::MutexGuard<'_, PositionState> {
+        self.0.lock().expect("position lock poisoned")
+    }
+
+    /// Moves the queued position to `id` if it is newer; false for an event this subscriber
+    /// already has.
     pub(crate) fn advance(&self, id: EventId) -> bool {
-        let mut p = self.0.lock().expect("position lock poisoned");
-        if p.is_some_and(|p| p >= id) {
+        let mut p = self.state();
+        if p.queued.is_some_and(|q| q >= id) {
             return false;
         }
-        *p = Some(id);
+        p.queued = Some(id);
         true
     }
 
-    pub(crate) fn get(&self) -> Option<EventId> {
-        *self.0.lock().expect("position lock poisoned")
+    /// The event `id` was written to the socket.
+    pub(crate) fn written(&self, id: EventId) {
+        let mut p = self.state();
+        if p.written.is_none_or(|w| w < id) {
+            p.written = Some(id);
+        }
     }
+
+    /// The subscriber's start is now known: it has everything up to `at`.
+    pub(crate) fn start_at(&self, at: Option<EventId>) {
+        let mut p = self.state();
+        p.known = true;
+        if let Some(at) = at {
+            p.queued = Some(p.queued.map_or(at, |q| q.max(at)));
+            p.written = Some(p.written.map_or(at, |w| w.max(at)));
+        }
+    }
+
+    /// Starts over at `at` (a `since` the history never reached: nothing up to it is had).
+    pub(crate) fn reset(&self, at: Option<EventId>) {
+        *self.state() = PositionState {
+            known: true,
+            queued: at,
+            written: at,
+        };
+    }
+
+    /// Where a read-back of the history starts for this subscriber: `None` while its start is
+    /// not known; the very start when it has nothing yet.
+    pub(crate) fn recovery_start(&self) -> Option<EventId> {
+        let p = self.state();
+        p.known.then(|| p.queued.unwrap_or(EventId::ZERO))
+    }
+
+    /// What the session saves: the last event written (`None`: nothing yet).
+    pub(crate) fn saved(&self) -> Option<EventId> {
+        self.state().written
+    }
+}
+
+/// A reply the session is owed, as queued to the socket: once written, it is owed no more.
+#[derive(Debug)]
+pub(crate) struct OwedReply {
+    pub(crate) live: Arc<LiveSession>,
+    pub(crate) raw_id: String,
 }
 
 struct Tracked {
@@ -65,7 +126,9 @@ struct Pending {
     topics: HashMap<Topic, Tracked>,
     /// Unsubscribed topics whose fields are still stored.
     dropped: Vec<Topic>,
-    /// Owed requests answered since the last save.
+    /// Replies owed: request id (raw JSON) -> (stored value, written to the backend).
+    owed: HashMap<String, (String, bool)>,
+    /// Owed replies written to the socket whose fields are still stored.
     answered: Vec<String>,
     /// Everything is to be written again, with the session itself (it went missing).
     recreate: bool,
@@ -78,6 +141,17 @@ pub(crate) struct LiveSession {
     pub(crate) owner: String,
     pub(crate) ctl: Arc<ConnCtl>,
     pending: Mutex<Pending>,
+    /// Saved for the last time (its socket closed).
+    detached: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for LiveSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSession")
+            .field("id", &self.id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LiveSession {
@@ -88,6 +162,7 @@ impl LiveSession {
             owner,
             ctl,
             pending: Mutex::default(),
+            detached: Default::default(),
         }
     }
 
@@ -115,9 +190,20 @@ impl LiveSession {
         }
     }
 
-    /// An owed request was answered: its field goes with the next save.
+    /// A reply the session now owes (saved with the next save).
+    pub(crate) fn owe(&self, owed: &OwedRequest) {
+        self.pending()
+            .owed
+            .insert(owed.raw_id.clone(), (owed.value(), false));
+    }
+
+    /// An owed reply was written to the socket (or is wanted no more): its field goes with the
+    /// next save. Ids never owed are ignored.
     pub(crate) fn answered(&self, raw_id: &str) {
-        self.pending().answered.push(raw_id.to_owned());
+        let mut p = self.pending();
+        if p.owed.remove(raw_id).is_some() {
+            p.answered.push(raw_id.to_owned());
+        }
     }
 
     /// The changes not yet saved, as one update expiring in `ttl_ms`. What it writes is
@@ -130,11 +216,17 @@ impl LiveSession {
             let value = t
                 .position
                 .as_ref()
-                .and_then(|p| p.get())
+                .and_then(|p| p.saved())
                 .map_or_else(String::new, |id| id.to_string());
             if recreate || t.saved.as_deref() != Some(value.as_str()) {
                 set.push((sessions::topic_field(topic.as_str()), value.clone()));
                 t.saved = Some(value);
+            }
+        }
+        for (raw, (value, saved)) in p.owed.iter_mut() {
+            if recreate || !*saved {
+                set.push((sessions::request_field(raw), value.clone()));
+                *saved = true;
             }
         }
         let mut del: Vec<String> = p
@@ -157,7 +249,11 @@ impl LiveSession {
     fn unsave(&self, update: SessionUpdate) {
         let mut p = self.pending();
         for (field, _) in &update.set {
-            if let Some(t) = p
+            if let Some(raw) = field.strip_prefix("r:") {
+                if let Some(o) = p.owed.get_mut(raw) {
+                    o.1 = false;
+                }
+            } else if let Some(t) = p
                 .topics
                 .iter_mut()
                 .find(|(topic, _)| sessions::topic_field(topic.as_str()) == *field)
@@ -173,15 +269,20 @@ impl LiveSession {
                 {
                     p.dropped.push(t);
                 }
-            } else if let Some(raw) = field.strip_prefix("r:") {
+            } else if let Some(raw) = field.strip_prefix("r:")
+                && !p.owed.contains_key(raw)
+            {
                 p.answered.push(raw.to_owned());
             }
         }
     }
 
     fn mark_missing(&self) {
-        let mut p = self.pending();
-        p.recreate = true;
+        self.pending().recreate = true;
+    }
+
+    fn needs_recreate(&self) -> bool {
+        self.pending().recreate
     }
 }
 
@@ -292,30 +393,33 @@ pub(crate) async fn save_now(node: &Node, live: &Arc<LiveSession>) {
     save(node, std::slice::from_ref(live), attached_ttl_ms(node)).await;
 }
 
-/// Stores a request the session is owed a reply for (a call waiting on a worker), so that a
+/// Records a reply the session is owed (a call waiting on a worker) and saves it now, so that a
 /// resume anywhere can answer it. Best effort: without Redis there is no resume either.
-pub(crate) async fn owe(node: &Node, live: &LiveSession, owed: &OwedRequest) {
-    let update = SessionUpdate {
-        id: live.id.clone(),
-        generation: live.generation,
-        ttl_ms: attached_ttl_ms(node),
-        recreate: None,
-        set: vec![(sessions::request_field(&owed.raw_id), owed.value())],
-        del: Vec::new(),
-    };
-    if let Err(e) = node.backend.session_update(&[update]).await {
-        tracing::debug!(session = %live.id, error = %e, "storing an owed reply failed");
-    }
+pub(crate) async fn owe(node: &Node, live: &Arc<LiveSession>, owed: &OwedRequest) {
+    live.owe(owed);
+    save_now(node, live).await;
 }
 
 /// The socket closed: save the session with the session ttl, so it can be resumed within it.
 pub(crate) async fn detach(node: &Node, live: &Arc<LiveSession>) {
     node.sessions.remove(live);
+    if live
+        .detached
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        return; // the writer did it before the close frame
+    }
     if live.ctl.close_reason().map(|r| r.code) == Some(close::TAKEN_OVER) {
         return; // no longer ours to write
     }
     let ttl = node.config.session_ttl.as_millis() as u64;
-    let write = save(node, std::slice::from_ref(live), ttl);
+    let write = async {
+        save(node, std::slice::from_ref(live), ttl).await;
+        // Gone from the backend (a Redis restart without persistence): written again, once.
+        if live.needs_recreate() {
+            save(node, std::slice::from_ref(live), ttl).await;
+        }
+    };
     if tokio::time::timeout(node.config.close_timeout, write)
         .await
         .is_err()

@@ -17,7 +17,7 @@ use switchboard_core::history::{self, EventId};
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{
     self, ErrorCode, PublishParams, PublishResult, RpcError, SubscribeParams, SubscribeResult,
-    UnsubscribeParams,
+    UnsubscribeParams, close,
 };
 
 use crate::conn::Out;
@@ -81,15 +81,22 @@ pub(crate) async fn subscribe_to(
         ));
     }
     // Replays take one of the node's replay slots from before the gate exists until they are
-    // out, so a mass resume holds a bounded number of histories in memory at once.
-    let _slot = match (has_history, since) {
-        (true, Some(_)) => Some(
-            node.replay_slots
-                .acquire()
-                .await
-                .map_err(|_| backend_unavailable())?,
-        ),
-        _ => None,
+    // out, so a mass resume holds a bounded number of histories in memory at once. The wait
+    // for a slot, and the replay itself, are bounded.
+    let replaying = has_history && since.is_some();
+    let _slot = if replaying {
+        match tokio::time::timeout(node.config.replay_timeout, node.replay_slots.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            Ok(Err(_)) => return Err(backend_unavailable()),
+            Err(_) => {
+                return Err(RpcError::new(
+                    ErrorCode::Overloaded,
+                    "too many history replays in progress, try again",
+                ));
+            }
+        }
+    } else {
+        None
     };
     // A replay needs a gate from before the history is read until the replay is out.
     let replay_from = match (has_history, since) {
@@ -99,7 +106,12 @@ pub(crate) async fn subscribe_to(
         )),
         _ => None,
     };
-    let position_cell = has_history.then(|| Arc::new(Position::new(since)));
+    let position_cell = has_history.then(|| {
+        Arc::new(match since {
+            Some(since) => Position::at(Some(since)),
+            None => Position::unknown(),
+        })
+    });
     let sub = Subscriber {
         ctl: state.ctl.clone(),
         tx: state.tx.clone(),
@@ -113,8 +125,8 @@ pub(crate) async fn subscribe_to(
         release(node, state, &topic);
         return Err(backend_unavailable());
     }
-    let (position, recovered) = match replay_from {
-        Some((gate, since)) => {
+    let (position, recovered) = match (replay_from, &position_cell) {
+        (Some((gate, since)), Some(cell)) => {
             let replay = match node
                 .backend
                 .replay(&topic, since, node.config.max_replay)
@@ -127,17 +139,24 @@ pub(crate) async fn subscribe_to(
                     return Err(backend_unavailable());
                 }
             };
+            // A `since` the history never reached (a wrong id, a history that was lost): the
+            // client has none of what is there; start from what there is.
             let mut last = since;
+            let newest_stored = replay.position.unwrap_or(EventId::ZERO);
+            if since > newest_stored {
+                last = newest_stored;
+                cell.reset(replay.position);
+            }
+            let give_up = tokio::time::Instant::now() + node.config.replay_timeout;
             for (id, data) in &replay.events {
                 // History written by any backend: only valid JSON reaches a client.
                 if wire::check_payload(data).is_ok() {
                     let data = std::str::from_utf8(data).expect("checked");
                     let frame = wire::encode_event_with_id(topic.as_str(), data, Some(*id));
-                    if !send_with_headroom(node, state, frame).await {
-                        break;
-                    }
-                    if let Some(cell) = &position_cell {
-                        cell.raise(*id);
+                    cell.advance(*id);
+                    let out = Out::Event(frame, cell.clone(), *id);
+                    if !send_with_headroom(node, state, out, give_up).await {
+                        return Err(abandon_replay(node, state, &topic));
                     }
                 } else {
                     node.metrics.events_invalid.inc();
@@ -146,40 +165,45 @@ pub(crate) async fn subscribe_to(
             }
             // Then what arrived live meanwhile, newer than the replay, until nothing is held;
             // the gate stays, dropping late live copies of replayed events.
-            let newest = loop {
+            loop {
                 let held = gate.lock().expect("gate lock poisoned").take_or_open(last);
-                let Some(held) = held else { break last };
+                let Some(held) = held else { break };
                 for (id, frame) in held {
-                    if id.is_some_and(|id| id <= last) {
-                        continue;
-                    }
-                    if state.tx.send(Out::Text(frame)).await.is_err() {
-                        break;
-                    }
-                    last = last.max(id.unwrap_or(last));
-                    if let Some(cell) = &position_cell {
-                        cell.raise(last);
+                    let out = match id {
+                        Some(id) if id <= last || !cell.advance(id) => continue,
+                        Some(id) => {
+                            last = id;
+                            Out::Event(frame, cell.clone(), id)
+                        }
+                        None => Out::Text(frame),
+                    };
+                    if !send_with_headroom(node, state, out, give_up).await {
+                        return Err(abandon_replay(node, state, &topic));
                     }
                 }
-            };
-            let position = replay.position.map_or(newest, |p| p.max(newest));
+            }
+            // Where the client is now: also past events it needs not replay (invalid ones, or
+            // those between its `since` and a failed recovery's newest).
+            let position = replay.position.map_or(last, |p| p.max(last));
+            cell.start_at(Some(position));
             (Some(position.to_string()), Some(replay.recovered))
         }
         // Where the client starts: what it can give as `since` later.
-        None if has_history => {
-            let position = node.backend.position(&topic).await.ok().flatten();
+        (None, Some(cell)) => {
+            let position = match node.backend.position(&topic).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "reading the history position failed");
+                    release(node, state, &topic);
+                    return Err(backend_unavailable());
+                }
+            };
+            cell.start_at(position);
             (position.map(|p| p.to_string()), None)
         }
         // No history to replay from: the client knows to reload.
-        None => (None, since.map(|_| false)),
+        _ => (None, since.map(|_| false)),
     };
-    // Where the client now is (unless the socket broke on the way).
-    if let Some(cell) = &position_cell
-        && let Some(at) = position.as_deref().and_then(EventId::parse)
-        && !state.tx.is_closed()
-    {
-        cell.raise(at);
-    }
     if let Some(live) = &state.live {
         live.track(topic.clone(), position_cell);
     }
@@ -190,19 +214,41 @@ pub(crate) async fn subscribe_to(
     })
 }
 
+/// A replay that cannot be delivered (the connection is going, or its client does not read):
+/// the subscription is undone and the socket closed without sending what is queued, so nothing
+/// after the undelivered event is ever taken for delivered.
+fn abandon_replay(node: &Node, state: &mut ConnState, topic: &Topic) -> RpcError {
+    if state.ctl.close(
+        close::SLOW_CONSUMER,
+        "slow consumer: history replay not read",
+        false,
+    ) {
+        node.metrics.slow_consumers.inc();
+    }
+    release(node, state, topic);
+    RpcError::new(
+        ErrorCode::Overloaded,
+        "the history replay could not be delivered",
+    )
+}
+
 /// Queues one replayed event, first waiting until the socket's queue is at most half full, so
 /// that live events of the connection's other topics still find room (a full queue would close
-/// it as a slow consumer). False when the connection is gone or stuck past the write timeout.
-async fn send_with_headroom(node: &Node, state: &ConnState, frame: bytes::Bytes) -> bool {
+/// it as a slow consumer). False when the connection is going, or the replay is past `give_up`.
+async fn send_with_headroom(
+    node: &Node,
+    state: &ConnState,
+    out: Out,
+    give_up: tokio::time::Instant,
+) -> bool {
     let half = node.config.outbound_queue / 2;
-    let give_up = tokio::time::Instant::now() + node.config.write_timeout;
     while state.tx.capacity() < half {
         if tokio::time::Instant::now() >= give_up || state.ctl.is_closing() {
             return false;
         }
         tokio::time::sleep(REPLAY_PACE).await;
     }
-    state.tx.send(Out::Text(frame)).await.is_ok()
+    state.tx.send(out).await.is_ok()
 }
 
 /// How long a replay waits before looking at the socket's queue again.

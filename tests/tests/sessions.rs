@@ -62,6 +62,7 @@ both_backends!(
     another_identity_cannot_resume,
     takeover_closes_the_older_socket_4009,
     unknown_or_expired_session_opens_a_new_one,
+    a_slow_consumer_resumes_from_what_was_written,
 );
 
 async fn resume_restores_subscriptions_and_replays_the_gap(kind: Kind) {
@@ -215,6 +216,73 @@ async fn unknown_or_expired_session_opens_a_new_one(kind: Kind) {
     let mut c = WsClient::connect(&gw.ws_url()).await;
     let r = hello(&mut c, json!({"token": token("alice"), "session": session})).await;
     assert_eq!(r["resumed"], false, "expired: {r}");
+}
+
+/// A client closed as a slow consumer (4008) had events queued that were never written: its
+/// session must resume from the last event written to it, not the last one queued, even when
+/// the client gives no positions of its own.
+async fn a_slow_consumer_resumes_from_what_was_written(kind: Kind) {
+    const N: u64 = 600;
+    let b = TestBackend::start(kind).await;
+    let mut cfg = config("s1");
+    cfg.outbound_queue = 16;
+    cfg.history = vec![HistoryRule::parse("h:*=10000").unwrap()];
+    let gw = InProcessGateway::start_ready(cfg, b.backend).await;
+    let url = gw.ws_url();
+    // A tiny receive buffer, and nothing read while the events flow.
+    let stream = {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(gw.addr).await.unwrap()
+    };
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut slow = WsClient::over(stream, url.as_str().into_client_request().unwrap()).await;
+    let session = hello(&mut slow, json!({"token": token("slow")})).await["session"].clone();
+    slow.call("subscribe", json!({"topic": "h:fire"})).await;
+    let mut publisher = WsClient::connect(&url).await;
+    hello(&mut publisher, json!({"token": token("pub")})).await;
+    let pad = "x".repeat(16 * 1024);
+    for i in 0..N {
+        publish(&mut publisher, "h:fire", json!({"n": i, "pad": pad})).await;
+    }
+    // Everything written before the close arrives, then 4008.
+    let mut got = Vec::new();
+    loop {
+        match slow.read().await {
+            Read::Json(v) if v["method"] == "event" => {
+                got.push(v["params"]["data"]["n"].as_u64().unwrap());
+            }
+            Read::Json(_) => {}
+            Read::Close(code, _) => {
+                assert_eq!(code, 4008);
+                break;
+            }
+            Read::Eof => panic!("no close frame"),
+        }
+    }
+    assert!(
+        (got.len() as u64) < N,
+        "the client was not slow enough to be closed"
+    );
+    // Resumed without positions of its own: the replay starts right after the last event
+    // written to it.
+    let mut c = WsClient::connect(&url).await;
+    let id = c
+        .send_request("hello", json!({"token": token("slow"), "session": session}))
+        .await;
+    loop {
+        let v = c.read_json().await;
+        if v["id"] == json!(id) {
+            assert_eq!(v["result"]["resumed"], true, "{v}");
+            break;
+        }
+        got.push(v["params"]["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "a gap or a duplicate at the seam"
+    );
 }
 
 /// Gateway processes on one Redis, anonymous (the processes take no secret here).

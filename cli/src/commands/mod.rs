@@ -149,6 +149,9 @@ pub(crate) struct Tuning {
     /// History replays one node runs at once (subscribe with since, session resumes); more wait.
     #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_REPLAYS", default_value_t = gw::DEFAULT_MAX_CONCURRENT_REPLAYS)]
     max_concurrent_replays: usize,
+    /// The longest a history replay may take, its wait for a replay slot included (ms).
+    #[arg(long, env = "SWITCHBOARD_REPLAY_TIMEOUT_MS", default_value_t = gw::DEFAULT_REPLAY_TIMEOUT.as_millis() as u64)]
+    replay_timeout_ms: u64,
     /// How long past a tool's timeout a caller waits for the worker's answer before -32005 (ms).
     #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE_MS", default_value_t = gw::DEFAULT_DEADLINE_GRACE.as_millis() as u64)]
     deadline_grace_ms: u64,
@@ -192,6 +195,7 @@ impl Tuning {
             max_replay: self.max_replay,
             replay_buffer: self.replay_buffer,
             max_concurrent_replays: self.max_concurrent_replays,
+            replay_timeout: ms(self.replay_timeout_ms),
             session_ttl: ms(self.session_ttl_ms),
             session_refresh: ms(self.session_refresh_ms),
         }

@@ -182,6 +182,19 @@ impl Backend for MemoryBackend {
             .replay(topic.as_str(), since, max))
     }
 
+    async fn history_page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        Ok(self
+            .histories
+            .lock()
+            .expect("lock poisoned")
+            .page(topic.as_str(), since, max))
+    }
+
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {
         Ok(self
             .histories

@@ -64,6 +64,15 @@ impl Histories {
     }
 
     pub(super) fn replay(&mut self, topic: &str, since: EventId, max: usize) -> Replay {
+        self.read(topic, since, max, false)
+    }
+
+    /// Like [`replay`](Self::replay), but more than `max` events is a page of the first `max`.
+    pub(super) fn page(&mut self, topic: &str, since: EventId, max: usize) -> Replay {
+        self.read(topic, since, max, true)
+    }
+
+    fn read(&mut self, topic: &str, since: EventId, max: usize, page: bool) -> Replay {
         let Some(s) = self.live(topic, now_ms()) else {
             return Replay {
                 events: Vec::new(),
@@ -79,14 +88,16 @@ impl Histories {
                 position: Some(s.last),
             };
         }
-        let events: Vec<(EventId, Vec<u8>)> = s
+        let mut events: Vec<(EventId, Vec<u8>)> = s
             .entries
             .iter()
             .filter(|(id, _)| *id > since)
             .take(max + 1)
             .map(|(id, d)| (*id, d.clone().into_bytes()))
             .collect();
-        if events.len() > max {
+        if page {
+            events.truncate(max);
+        } else if events.len() > max {
             return Replay {
                 events: Vec::new(),
                 recovered: false,

@@ -18,6 +18,8 @@ struct Stored {
 #[derive(Default)]
 pub(super) struct Sessions {
     map: HashMap<String, Stored>,
+    /// The size at which expired sessions are swept next (doubles with the live count).
+    sweep_at: usize,
 }
 
 impl Sessions {
@@ -26,14 +28,22 @@ impl Sessions {
         if self.map.get(id).is_some_and(|s| s.expires <= now) {
             self.map.remove(id);
         }
-        // Expired sessions of others are swept now and then, so memory stays bounded.
-        if self.map.len() > 1024 && self.map.len().is_power_of_two() {
-            self.map.retain(|_, s| s.expires > now);
-        }
         self.map.get_mut(id)
     }
 
+    /// Drops expired sessions whenever the map has doubled since the last sweep, so memory
+    /// follows the live sessions at amortized constant cost.
+    fn sweep(&mut self) {
+        if self.map.len() < self.sweep_at.max(1024) {
+            return;
+        }
+        let now = Instant::now();
+        self.map.retain(|_, s| s.expires > now);
+        self.sweep_at = self.map.len() * 2;
+    }
+
     pub(super) fn create(&mut self, id: &str, owner: &str, node: &str, ttl_ms: u64) {
+        self.sweep();
         let fields = HashMap::from([
             (FIELD_OWNER.to_owned(), owner.to_owned()),
             (FIELD_GEN.to_owned(), "1".to_owned()),

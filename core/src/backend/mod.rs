@@ -119,6 +119,16 @@ pub trait Backend: Send + Sync + 'static {
         max: usize,
     ) -> Result<Replay, BackendError>;
 
+    /// A page of a topic's history: the first `max` events after `since` (fewer at its end),
+    /// whether the history still reaches back to `since`, and the latest id. For reading a
+    /// long history in steps (a node catching up after its subscription was down).
+    async fn history_page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError>;
+
     /// The latest id in a topic's history.
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError>;
 

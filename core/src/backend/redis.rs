@@ -349,6 +349,15 @@ impl Backend for RedisBackend {
         self.history_position(topic).await
     }
 
+    async fn history_page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        self.history_read_page(topic, since, max).await
+    }
+
     async fn session_create(
         &self,
         id: &str,

@@ -180,7 +180,28 @@ impl RedisBackend {
         since: EventId,
         max: usize,
     ) -> Result<Replay, BackendError> {
-        let Some(read) = self.history_read(topic, since, max + 1).await? else {
+        self.history_replay_or_page(topic, since, max, false).await
+    }
+
+    /// Like `history_replay`, but more than `max` events is a page of the first `max`.
+    pub(super) async fn history_read_page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        self.history_replay_or_page(topic, since, max, true).await
+    }
+
+    async fn history_replay_or_page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+        page: bool,
+    ) -> Result<Replay, BackendError> {
+        let count = if page { max } else { max + 1 };
+        let Some(read) = self.history_read(topic, since, count).await? else {
             // No history (never, or expired): only "from the very beginning" is complete.
             return Ok(Replay {
                 events: Vec::new(),
@@ -199,7 +220,7 @@ impl RedisBackend {
         } else {
             read.first.is_some_and(|first| first <= since)
         };
-        if since > read.last || read.events.len() > max {
+        if since > read.last || (!page && read.events.len() > max) {
             return Ok(Replay {
                 events: Vec::new(),
                 recovered: false,

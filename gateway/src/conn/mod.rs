@@ -18,6 +18,8 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::dispatch::ConnState;
 use crate::node::Node;
+use crate::sessions::{LiveSession, OwedReply, Position};
+use switchboard_core::history::EventId;
 
 /// What the writer sends. Text frames are shared `Bytes`: an event's frame is encoded once and
 /// cloned (a reference count) into every subscriber's queue.
@@ -25,6 +27,21 @@ use crate::node::Node;
 pub(crate) enum Out {
     Text(Bytes),
     Pong(Bytes),
+    /// A history event: once it is written, the subscriber's saved position moves to its id.
+    Event(Bytes, Arc<Position>, EventId),
+    /// A reply the session is owed: once it is written, the session owes it no more.
+    Owed(Bytes, Arc<OwedReply>),
+}
+
+impl Out {
+    /// Whatever is owed on writing it: a saved position, a reply no longer owed.
+    pub(crate) fn written(&self) {
+        match self {
+            Out::Event(_, position, id) => position.written(*id),
+            Out::Owed(_, owed) => owed.live.answered(&owed.raw_id),
+            Out::Text(_) | Out::Pong(_) => {}
+        }
+    }
 }
 
 /// Why and how a connection closes.
@@ -47,6 +64,9 @@ pub(crate) struct ConnCtl {
     pub(crate) hello_done: AtomicBool,
     /// Unix seconds at which the client's token expires; 0 for never.
     pub(crate) expires_at: AtomicU64,
+    /// The connection's stored session, once `hello` opened it: the writer saves it before it
+    /// sends the close frame, so a client that reconnects on the close finds it up to date.
+    pub(crate) session: OnceLock<std::sync::Weak<LiveSession>>,
 }
 
 impl ConnCtl {
@@ -58,6 +78,7 @@ impl ConnCtl {
             last_rx_ms: AtomicU64::new(now_ms),
             hello_done: AtomicBool::new(false),
             expires_at: AtomicU64::new(0),
+            session: OnceLock::new(),
         }
     }
 

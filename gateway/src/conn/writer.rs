@@ -66,13 +66,22 @@ impl Header {
 
 fn frame_parts(out: &Out) -> (u8, &Bytes) {
     match out {
-        Out::Text(b) => (OP_TEXT, b),
+        Out::Text(b) | Out::Event(b, ..) | Out::Owed(b, _) => (OP_TEXT, b),
         Out::Pong(b) => (OP_PONG, b),
     }
 }
 
-/// Writes `batch` as consecutive frames with vectored writes.
+/// Writes `batch` as consecutive frames with vectored writes, then settles what writing them
+/// settles (saved positions, owed replies).
 async fn write_batch(io: &mut OwnedWriteHalf, batch: &[Out]) -> io::Result<()> {
+    write_frames(io, batch).await?;
+    for out in batch {
+        out.written();
+    }
+    Ok(())
+}
+
+async fn write_frames(io: &mut OwnedWriteHalf, batch: &[Out]) -> io::Result<()> {
     let headers: Vec<Header> = batch
         .iter()
         .map(|o| {
@@ -198,6 +207,7 @@ pub(crate) async fn run(
                     Due::Ping => {
                         let ping = tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[])).await;
                         if !matches!(ping, Ok(Ok(()))) {
+                            ctl.close(close::INTERNAL, "write failed", false);
                             return;
                         }
                     }
@@ -215,10 +225,12 @@ pub(crate) async fn run(
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(conn = ctl.id, error = %e, "write failed");
+                        ctl.close(close::INTERNAL, "write failed", false);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(conn = ctl.id, "write timed out; dropping the connection");
+                        ctl.close(close::INTERNAL, "write timed out", false);
                         return;
                     }
                 }
@@ -238,6 +250,11 @@ pub(crate) async fn run(
             if !batch.is_empty() {
                 write_batch(&mut io, &batch).await?;
             }
+        }
+        // Everything that will ever be written is written: save the session now, before the
+        // client learns of the close and resumes elsewhere.
+        if let Some(live) = ctl.session.get().and_then(std::sync::Weak::upgrade) {
+            crate::sessions::detach(&node, &live).await;
         }
         write_close(&mut io, reason).await?;
         io.shutdown().await
