@@ -12,11 +12,23 @@
 //!   coalesced bursts.
 //! - [`resume`]: sessions resumed on a second gateway after the first is killed with SIGKILL:
 //!   time until every client is back and has every missed event, replay rate.
+//! - [`idle`]: M idle connections (hello, one subscribe) on G gateways: RSS per connection, and
+//!   one event to every topic at the end, none lost.
+//! - [`connect`]: connections per second through the upgrade and a `hello` with a verified JWT.
+//! - [`floor`]: the floor server, a minimal broadcast server that `fanout --target floor`
+//!   measures Switchboard against.
+//! - [`loadgen`]: subscribers in this process or in agent processes (`switchboard bench agent`).
+//! - [`rawws`]: the WebSocket pieces the floor and `connect` write by hand.
 //! - [`procstat`]: CPU time and RSS of a process, from `/proc`.
 //! - [`stats`]: percentile arithmetic.
 
 pub mod calls;
+pub mod connect;
 pub mod fanout;
+pub mod floor;
+pub mod idle;
+pub mod loadgen;
 pub mod procstat;
+pub mod rawws;
 pub mod resume;
 pub mod stats;
