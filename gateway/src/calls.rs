@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::conn::OutTx;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -23,7 +24,6 @@ use switchboard_core::sessions::OwedRequest;
 use switchboard_core::tasks::{TaskRecord, TaskStatus, new_task_id, now_ms};
 use switchboard_core::tools::CallToolResult;
 use switchboard_core::wire::{self, ErrorCode, RpcError};
-use tokio::sync::mpsc;
 
 use crate::conn::Out;
 use crate::dispatch::ConnState;
@@ -192,7 +192,7 @@ struct PendingCall {
     node: Arc<Node>,
     /// The session, owed the reply while the call runs.
     live: Option<Arc<LiveSession>>,
-    tx: mpsc::Sender<Out>,
+    tx: OutTx,
     /// `None` for a call sent as a notification: it runs, nobody is answered.
     id: Option<Box<RawValue>>,
     request_key: String,
@@ -295,7 +295,7 @@ fn result_value(own: &TaskRecord, outcome: &TaskRecord, cached: bool) -> Value {
 async fn wait_outcome(
     node: &Node,
     own: &TaskRecord,
-    progress: Option<(Value, mpsc::Sender<Out>)>,
+    progress: Option<(Value, OutTx)>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<TaskRecord, RpcError> {
     let leader = own.leader.clone().unwrap_or_else(|| own.task_id.clone());
@@ -455,7 +455,7 @@ pub(crate) async fn tasks_result(
 
 /// What a request answered later needs from its connection.
 struct Waiter {
-    tx: mpsc::Sender<Out>,
+    tx: OutTx,
     in_flight: InFlight,
     live: Option<Arc<LiveSession>>,
     /// The value the request is tracked under in `in_flight` (its task id, or "").

@@ -7,16 +7,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::conn::OutTx;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use switchboard_core::auth::Identity;
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, ErrorCode, RpcError};
-use tokio::sync::mpsc;
 
 use crate::calls::{self, InFlight};
-use crate::conn::{ConnCtl, Out};
+use crate::conn::ConnCtl;
 use crate::node::Node;
 use crate::sessions::LiveSession;
 use crate::{hello, topics};
@@ -26,7 +26,7 @@ pub(crate) struct ConnState {
     node: Arc<Node>,
     pub(crate) ctl: Arc<ConnCtl>,
     /// The connection's outbound queue (replies wait for room; events do not).
-    pub(crate) tx: mpsc::Sender<Out>,
+    pub(crate) tx: OutTx,
     /// Set from the header or query token at upgrade, or by `hello`.
     pub(crate) identity: Option<Identity>,
     /// The session id, once `hello` succeeded.
@@ -47,7 +47,7 @@ impl ConnState {
     pub(crate) fn new(
         node: Arc<Node>,
         ctl: Arc<ConnCtl>,
-        tx: mpsc::Sender<Out>,
+        tx: OutTx,
         identity: Option<Identity>,
     ) -> Self {
         ConnState {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use switchboard_core::wire::close;
 use tokio::sync::Notify;
 
+use crate::conn::OutTx;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::conn::{ConnCtl, Out};
 use crate::fanout::Subscriber;
@@ -27,7 +27,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn insert(&self, ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>) {
+    pub(crate) fn insert(&self, ctl: Arc<ConnCtl>, tx: OutTx) {
         self.conns.lock().expect("registry lock poisoned").insert(
             ctl.id,
             Subscriber {

@@ -24,7 +24,9 @@ use bytes::Bytes;
 use switchboard_core::history::{self, EventId};
 use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, close};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::{self, error::TrySendError as JobFull};
+
+use crate::conn::{OutTx, TrySendError};
 
 use crate::conn::{ConnCtl, Out};
 use crate::metrics::Metrics;
@@ -38,7 +40,7 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) struct Subscriber {
     pub(crate) ctl: Arc<ConnCtl>,
-    pub(crate) tx: mpsc::Sender<Out>,
+    pub(crate) tx: OutTx,
     /// Set while the subscriber's history replay is being read: live events wait here.
     pub(crate) gate: Option<Arc<Mutex<Gate>>>,
     /// On a history topic: the last event id queued to this subscriber (its session saves it).
@@ -274,8 +276,7 @@ impl Fanout {
         }
         let frame = wire::encode_event_with_id(topic, data, id);
         let shard = (self.hasher.hash_one(topic) % self.workers.len() as u64) as usize;
-        if let Err(TrySendError::Full(_)) = self.workers[shard].try_send((topic.into(), frame, id))
-        {
+        if let Err(JobFull::Full(_)) = self.workers[shard].try_send((topic.into(), frame, id)) {
             self.metrics.events_dropped.inc();
             self.warn_limited("dropped an event: fan-out queue full", topic);
         }

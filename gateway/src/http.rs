@@ -113,7 +113,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
             return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade request\n");
         }
     };
-    tokio::spawn(async move {
+    let task = async move {
         let ws = match fut.await {
             Ok(ws) => ws,
             Err(e) => {
@@ -126,13 +126,15 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
             Ok(parts) => {
                 let stream = parts.io.into_inner();
                 let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
-                conn::serve(node, stream, parts.read_buf, admission, mcp)
-                    .instrument(span)
-                    .await
+                // A task of its own, so the connection does not carry the upgrade's state.
+                let conn =
+                    conn::serve(node, stream, parts.read_buf, admission, mcp).instrument(span);
+                tokio::spawn(conn);
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
-    });
+    };
+    tokio::spawn(task);
     let mut response = response.map(|_| Full::new(Bytes::new()));
     if let Some(p) = protocol {
         response

@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::conn::OutTx;
 use serde_json::{Value, json};
 use switchboard_core::backend::EventSink;
 use switchboard_core::calls::Progress;
 use switchboard_core::wire;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::conn::Out;
 use crate::fanout::Fanout;
@@ -25,7 +26,7 @@ struct Waiting {
 struct ProgressSub {
     id: u64,
     token: Value,
-    tx: mpsc::Sender<Out>,
+    tx: OutTx,
 }
 
 /// See the module docs.
@@ -47,11 +48,7 @@ pub(crate) struct WaitGuard<'a> {
 impl CallSignals {
     /// Registers a wait for the execution led by `leader`, and progress forwarding when the
     /// caller gave a token.
-    pub(crate) fn wait_for(
-        &self,
-        leader: &str,
-        progress: Option<(Value, mpsc::Sender<Out>)>,
-    ) -> WaitGuard<'_> {
+    pub(crate) fn wait_for(&self, leader: &str, progress: Option<(Value, OutTx)>) -> WaitGuard<'_> {
         let notify = {
             let mut w = self.waiting.lock().expect("poisoned");
             let e = w.entry(leader.to_owned()).or_insert_with(|| Waiting {

@@ -4,6 +4,7 @@
 //! that queue, or through [`ConnCtl::close`], which works even when the queue is full.
 
 mod frames;
+mod queue;
 pub(crate) mod reader;
 pub(crate) mod writer;
 
@@ -14,12 +15,16 @@ use bytes::Bytes;
 use switchboard_core::auth::Identity;
 use switchboard_core::wire::close;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::dispatch::ConnState;
 use crate::node::Node;
 use crate::sessions::{LiveSession, OwedReply, Position};
 use switchboard_core::history::EventId;
+
+/// The sending side of a connection's outbound queue.
+pub(crate) type OutTx = queue::Sender;
+pub(crate) use queue::TrySendError;
 
 /// What the writer sends. Text frames are shared `Bytes`: an event's frame is encoded once and
 /// cloned (a reference count) into every subscriber's queue.
@@ -137,7 +142,7 @@ pub(crate) async fn serve(
     mcp: bool,
 ) {
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
-    let (tx, rx) = mpsc::channel(node.config.outbound_queue);
+    let (tx, rx) = queue::channel(node.config.outbound_queue);
     let _registration = Registration::new(&node, ctl.clone(), tx.clone());
     if node.is_draining() {
         // Upgraded while the drain took its snapshot of the registry: leave with the others.
@@ -165,21 +170,24 @@ pub(crate) async fn serve(
     {
         let reader = reader::run(&node, &mut state, read_half, read_buf);
         tokio::pin!(reader);
-        tokio::select! {
-            _ = &mut reader => {
-                // The client went away or broke the protocol; make sure the writer ends too.
-                ctl.close(close::NORMAL, "", true);
-                let _ = tokio::time::timeout(node.config.close_timeout, &mut writer).await;
-            }
-            _ = &mut writer => {
-                // Our close frame is out: give the client a moment to answer it.
-                let _ = tokio::time::timeout(node.config.close_timeout, &mut reader).await;
-            }
+        let reader_ended = tokio::select! {
+            _ = &mut reader => true,
+            _ = &mut writer => false,
+        };
+        // The waits below are boxed: teardown state, not carried by every live connection.
+        if reader_ended {
+            // The client went away or broke the protocol; make sure the writer ends too.
+            ctl.close(close::NORMAL, "", true);
+            let _ = Box::pin(tokio::time::timeout(node.config.close_timeout, &mut writer)).await;
+        } else {
+            // Our close frame is out: give the client a moment to answer it.
+            let _ = Box::pin(tokio::time::timeout(node.config.close_timeout, &mut reader)).await;
         }
     }
     writer.abort();
     if let Some(live) = state.live.take() {
-        crate::sessions::detach(&node, &live).await;
+        // Boxed: a teardown step, not state every live connection carries.
+        Box::pin(crate::sessions::detach(&node, &live)).await;
     }
     // Dropping `state` releases the subscriptions and `_registration` the registry entry; both
     // are drop guards, so a panic in a handler cleans up too.
@@ -192,7 +200,7 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(node: &Arc<Node>, ctl: Arc<ConnCtl>, tx: mpsc::Sender<Out>) -> Self {
+    fn new(node: &Arc<Node>, ctl: Arc<ConnCtl>, tx: OutTx) -> Self {
         let id = ctl.id;
         node.registry.insert(ctl, tx);
         node.metrics.connections_total.inc();

@@ -84,7 +84,7 @@ pub(crate) async fn run(
                     ctl.close(close::INVALID_PAYLOAD, "text frame is not UTF-8", false);
                     continue;
                 };
-                if !handle_message(node, state, text).await {
+                if !Box::pin(handle_message(node, state, text)).await {
                     return;
                 }
             }
@@ -112,7 +112,7 @@ pub(crate) async fn run(
                         ctl.close(close::INVALID_PAYLOAD, "text message is not UTF-8", false);
                         continue;
                     };
-                    if !handle_message(node, state, text).await {
+                    if !Box::pin(handle_message(node, state, text)).await {
                         return;
                     }
                 }
@@ -134,7 +134,10 @@ pub(crate) async fn run(
                 partial = None;
             }
             frames::OP_PING => {
-                if state.tx.send(Out::Pong(frame.payload)).await.is_err() {
+                if Box::pin(state.tx.send(Out::Pong(frame.payload)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -149,22 +152,29 @@ pub(crate) async fn run(
     }
 }
 
-/// Waits until the socket is readable and reads what it has into `buf` (0: end of stream).
+/// Waits until the socket is readable and appends what it has to `buf` (0: end of stream).
+/// Nothing is reserved while waiting: the bytes go through a stack buffer, and `buf` grows by
+/// what was read.
 async fn fill(read: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         read.readable().await?;
-        if buf.capacity() - buf.len() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
-        }
-        match read.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
+        match read_now(read, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            other => return other,
         }
     }
 }
 
-/// Dispatches one message and queues its reply; false when the writer is gone.
+/// One non-blocking read through a stack buffer (not part of the connection's future).
+fn read_now(read: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = read.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// Dispatches one message and queues its reply; false when the writer is gone. Called boxed:
+/// a method's state lives on the heap while it runs, not in every idle connection's task.
 async fn handle_message(node: &Arc<Node>, state: &mut ConnState, text: &str) -> bool {
     if let Some(reply) = dispatch::handle(node, state, text).await
         && state.tx.send(Out::Text(reply)).await.is_err()

@@ -16,7 +16,6 @@ use switchboard_core::auth::{EXP_LEEWAY_SECS, now_secs};
 use switchboard_core::wire::close;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{CloseReason, ConnCtl, Out};
@@ -181,7 +180,7 @@ fn check_clocks(ctl: &ConnCtl, node: &Node, hello_deadline: Instant) -> (Due, In
 /// Runs until the connection closes; see the module docs.
 pub(crate) async fn run(
     mut io: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: super::queue::Receiver,
     ctl: Arc<ConnCtl>,
     node: Arc<Node>,
 ) {
@@ -202,10 +201,14 @@ pub(crate) async fn run(
             _ = &mut timer => {
                 let (due, next) = check_clocks(&ctl, &node, hello_deadline);
                 timer.as_mut().reset(next);
+                // Quiet for a while: hold no buffers (an idle socket costs as little as it can).
+                rx.shrink();
+                batch = Vec::new();
                 match due {
                     Due::Close(code, why) => { ctl.close(code, why, false); }
                     Due::Ping => {
-                        let ping = tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[])).await;
+                        // Boxed, like the close below: rare paths, not state every socket keeps.
+                        let ping = Box::pin(tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[]))).await;
                         if !matches!(ping, Ok(Ok(()))) {
                             ctl.close(close::INTERNAL, "write failed", false);
                             return;
@@ -240,15 +243,10 @@ pub(crate) async fn run(
 
     let closing = async {
         if reason.flush {
-            while let Ok(out) = rx.try_recv() {
-                batch.push(out);
-                if batch.len() == MAX_WRITE_BATCH {
-                    write_batch(&mut io, &batch).await?;
-                    batch.clear();
-                }
-            }
-            if !batch.is_empty() {
+            batch.clear();
+            while rx.try_recv_many(&mut batch, MAX_WRITE_BATCH) > 0 {
                 write_batch(&mut io, &batch).await?;
+                batch.clear();
             }
         }
         // Everything that will ever be written is written: save the session now, before the
@@ -259,7 +257,7 @@ pub(crate) async fn run(
         write_close(&mut io, reason).await?;
         io.shutdown().await
     };
-    if let Ok(Err(e)) = tokio::time::timeout(cfg.close_timeout, closing).await {
+    if let Ok(Err(e)) = Box::pin(tokio::time::timeout(cfg.close_timeout, closing)).await {
         tracing::debug!(conn = ctl.id, error = %e, "close failed");
     }
 }

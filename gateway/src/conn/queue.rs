@@ -1,0 +1,266 @@
+//! The bounded outbound queue of one socket: many senders (the reader's replies, the fan-out,
+//! calls answering later), one receiver (the writer).
+//!
+//! Written here rather than taken from `tokio::sync::mpsc` for memory: a tokio channel allocates
+//! a block of 32 slots when it is created, about 2 KiB per connection before anything is sent.
+//! This queue is a `VecDeque` behind a mutex that holds nothing while empty; the writer gives
+//! the memory back when the socket has been idle for a heartbeat ([`Receiver::shrink`]). The
+//! critical sections are a push or a drain, so the lock is held for nanoseconds.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::Out;
+
+struct State {
+    items: VecDeque<Out>,
+    /// The receiver is gone: nothing will be read any more.
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cap: usize,
+    senders: AtomicUsize,
+    /// Something was queued, or the last sender went (the writer waits on it; one waiter).
+    readable: Notify,
+    /// Room was made, or the receiver went (senders wait on it).
+    writable: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("queue lock poisoned")
+    }
+}
+
+/// A queue of at most `cap` frames.
+pub(crate) fn channel(cap: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            closed: false,
+        }),
+        cap: cap.max(1),
+        senders: AtomicUsize::new(1),
+        readable: Notify::new(),
+        writable: Notify::new(),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+/// Why a frame was not queued; it is handed back.
+#[derive(Debug)]
+pub(crate) enum TrySendError {
+    Full(#[allow(dead_code)] Out),
+    Closed(#[allow(dead_code)] Out),
+}
+
+/// The receiver is gone.
+#[derive(Debug)]
+pub(crate) struct SendError;
+
+pub(crate) struct Sender {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").finish_non_exhaustive()
+    }
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.readable.notify_one();
+        }
+    }
+}
+
+impl Sender {
+    /// Queues `out` if there is room, without waiting.
+    pub(crate) fn try_send(&self, out: Out) -> Result<(), TrySendError> {
+        let mut s = self.shared.lock();
+        if s.closed {
+            return Err(TrySendError::Closed(out));
+        }
+        if s.items.len() >= self.shared.cap {
+            return Err(TrySendError::Full(out));
+        }
+        s.items.push_back(out);
+        drop(s);
+        self.shared.readable.notify_one();
+        Ok(())
+    }
+
+    /// Queues `out`, waiting for room.
+    pub(crate) async fn send(&self, out: Out) -> Result<(), SendError> {
+        let mut out = Some(out);
+        loop {
+            let room = self.shared.writable.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_send(out.take().expect("kept until sent")) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(_)) => return Err(SendError),
+                Err(TrySendError::Full(back)) => out = Some(back),
+            }
+            room.await;
+        }
+    }
+
+    /// Completes when the receiver is gone (the connection is over).
+    pub(crate) async fn closed(&self) {
+        loop {
+            let woken = self.shared.writable.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// Frames that can be queued now.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shared
+            .cap
+            .saturating_sub(self.shared.lock().items.len())
+    }
+}
+
+pub(crate) struct Receiver {
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    /// Moves up to `limit` queued frames into `batch`, waiting for at least one; 0 once every
+    /// sender is gone and nothing is left.
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Out>, limit: usize) -> usize {
+        loop {
+            let ready = self.shared.readable.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let n = self.try_recv_many(batch, limit);
+            if n > 0 {
+                return n;
+            }
+            if self.shared.senders.load(Ordering::Acquire) == 0 {
+                return 0;
+            }
+            ready.await;
+        }
+    }
+
+    /// Moves up to `limit` queued frames into `batch` without waiting.
+    pub(crate) fn try_recv_many(&self, batch: &mut Vec<Out>, limit: usize) -> usize {
+        let mut s = self.shared.lock();
+        let n = s.items.len().min(limit);
+        batch.extend(s.items.drain(..n));
+        drop(s);
+        if n > 0 {
+            self.shared.writable.notify_waiters();
+        }
+        n
+    }
+
+    /// Gives the queue's memory back if it is empty (an idle socket holds none).
+    pub(crate) fn shrink(&self) {
+        let mut s = self.shared.lock();
+        if s.items.is_empty() && s.items.capacity() > 0 {
+            s.items = VecDeque::new();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut s = self.shared.lock();
+        s.closed = true;
+        s.items.clear();
+        drop(s);
+        self.shared.writable.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn text(n: u8) -> Out {
+        Out::Text(Bytes::from(vec![n]))
+    }
+
+    fn first_byte(o: &Out) -> u8 {
+        match o {
+            Out::Text(b) => b[0],
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_in_order_and_closes() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send(text(1)).unwrap();
+        tx.try_send(text(2)).unwrap();
+        assert!(matches!(tx.try_send(text(3)), Err(TrySendError::Full(_))));
+        assert_eq!(tx.capacity(), 0);
+        // A waiting send completes once the writer makes room.
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move { tx2.send(text(3)).await.is_ok() });
+        let mut batch = Vec::new();
+        assert_eq!(rx.recv_many(&mut batch, 64).await, 2);
+        assert!(waiting.await.unwrap());
+        assert_eq!(rx.recv_many(&mut batch, 64).await, 1);
+        assert_eq!(batch.iter().map(first_byte).collect::<Vec<_>>(), [1, 2, 3]);
+        rx.shrink();
+        // The last sender gone: the receiver sees the end.
+        drop(tx);
+        assert_eq!(rx.recv_many(&mut batch, 64).await, 0);
+    }
+
+    #[tokio::test]
+    async fn senders_see_the_receiver_go() {
+        let (tx, rx) = channel(1);
+        tx.try_send(text(1)).unwrap();
+        let tx2 = tx.clone();
+        let blocked = tokio::spawn(async move { tx2.send(text(2)).await.is_err() });
+        let closed = {
+            let tx3 = tx.clone();
+            tokio::spawn(async move { tx3.closed().await })
+        };
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(
+            blocked.await.unwrap(),
+            "a waiting send fails when the receiver goes"
+        );
+        closed.await.unwrap();
+        assert!(tx.is_closed());
+        assert!(matches!(tx.try_send(text(3)), Err(TrySendError::Closed(_))));
+    }
+}
