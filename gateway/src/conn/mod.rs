@@ -141,6 +141,13 @@ pub(crate) async fn serve(
     admission: Admission,
     mcp: bool,
 ) {
+    let stream = match fresh_registration(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "re-registering a socket failed; dropping it");
+            return;
+        }
+    };
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
     let (tx, rx) = queue::channel(node.config.outbound_queue);
     let _registration = Registration::new(&node, ctl.clone(), tx.clone());
@@ -191,6 +198,13 @@ pub(crate) async fn serve(
     }
     // Dropping `state` releases the subscriptions and `_registration` the registry entry; both
     // are drop guards, so a panic in a handler cleans up too.
+}
+
+/// The socket registered with the reactor anew. The HTTP task that read the upgrade request
+/// left its waker in the socket's readiness slots, and a finished task's memory (about 900
+/// bytes) lives as long as a waker of it does: re-registering drops them. Two `epoll_ctl`s.
+fn fresh_registration(stream: TcpStream) -> std::io::Result<TcpStream> {
+    TcpStream::from_std(stream.into_std()?)
 }
 
 /// A connection's entry in the node's registry and gauge, for as long as it lives.

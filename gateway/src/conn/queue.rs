@@ -3,8 +3,9 @@
 //!
 //! Written here rather than taken from `tokio::sync::mpsc` for memory: a tokio channel allocates
 //! a block of 32 slots when it is created, about 2 KiB per connection before anything is sent.
-//! This queue is a `VecDeque` behind a mutex that holds nothing while empty; the writer gives
-//! the memory back when the socket has been idle for a heartbeat ([`Receiver::shrink`]). The
+//! This queue is a `VecDeque` behind a mutex that holds nothing while empty: a small drain
+//! that empties it gives the memory back at once (a busy socket keeps its capacity until it
+//! has been quiet for a heartbeat, [`Receiver::shrink`]). The
 //! critical sections are a push or a drain, so the lock is held for nanoseconds.
 
 use std::collections::VecDeque;
@@ -180,6 +181,10 @@ impl Receiver {
         let mut s = self.shared.lock();
         let n = s.items.len().min(limit);
         batch.extend(s.items.drain(..n));
+        if s.items.is_empty() && n <= super::writer::SMALL_BATCH {
+            // A quiet socket holds no queue memory; a busy one keeps its capacity.
+            s.items = VecDeque::new();
+        }
         drop(s);
         if n > 0 {
             self.shared.writable.notify_waiters();

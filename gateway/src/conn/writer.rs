@@ -27,6 +27,8 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
+/// A batch of at most this many frames releases its buffers after the write (see `queue.rs`).
+pub(crate) const SMALL_BATCH: usize = 4;
 /// Heartbeats without a frame from the client before it is closed with 4002.
 const HEARTBEAT_MISSES: u32 = 3;
 /// The longest single sleep of the connection's clock (a far-future `exp` stays in range).
@@ -224,6 +226,11 @@ pub(crate) async fn run(
                 }
                 let written = tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, &batch)).await;
                 batch.clear();
+                if n <= SMALL_BATCH {
+                    // A quiet socket (a reply, an event now and then) holds no batch buffer;
+                    // a busy one keeps it.
+                    batch = Vec::new();
+                }
                 match written {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
