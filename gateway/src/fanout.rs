@@ -26,7 +26,7 @@ use switchboard_core::topic::Topic;
 use switchboard_core::wire::{self, close};
 use tokio::sync::mpsc::{self, error::TrySendError as JobFull};
 
-use crate::conn::{OutTx, TrySendError};
+use crate::conn::{OutTx, TrySendError, text_frame};
 
 use crate::conn::{ConnCtl, Out};
 use crate::metrics::Metrics;
@@ -223,7 +223,7 @@ impl Fanout {
                     }
                     Out::Event(frame.clone(), p.clone(), id)
                 }
-                _ => Out::Text(frame.clone()),
+                _ => Out::Frame(frame.clone()),
             };
             match sub.tx.try_send(out) {
                 Ok(()) => delivered += 1,
@@ -274,7 +274,7 @@ impl Fanout {
         if !self.is_wanted(topic) {
             return;
         }
-        let frame = wire::encode_event_with_id(topic, data, id);
+        let frame = text_frame(&wire::encode_event_with_id(topic, data, id));
         let shard = (self.hasher.hash_one(topic) % self.workers.len() as u64) as usize;
         if let Err(JobFull::Full(_)) = self.workers[shard].try_send((topic.into(), frame, id)) {
             self.metrics.events_dropped.inc();
@@ -329,7 +329,7 @@ impl Fanout {
         let Some(subs) = self.subscribers(topic.as_str()) else {
             return;
         };
-        let frame = wire::encode_event_with_id(topic.as_str(), data, Some(id));
+        let frame = text_frame(&wire::encode_event_with_id(topic.as_str(), data, Some(id)));
         self.send_to(&subs, topic.as_str(), &frame, Some(id));
     }
 

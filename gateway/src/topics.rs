@@ -20,7 +20,7 @@ use switchboard_core::wire::{
     UnsubscribeParams, close,
 };
 
-use crate::conn::Out;
+use crate::conn::{Out, text_frame};
 use crate::dispatch::ConnState;
 use crate::fanout::{Gate, Subscriber};
 use crate::node::Node;
@@ -152,7 +152,8 @@ pub(crate) async fn subscribe_to(
                 // History written by any backend: only valid JSON reaches a client.
                 if wire::check_payload(data).is_ok() {
                     let data = std::str::from_utf8(data).expect("checked");
-                    let frame = wire::encode_event_with_id(topic.as_str(), data, Some(*id));
+                    let frame =
+                        text_frame(&wire::encode_event_with_id(topic.as_str(), data, Some(*id)));
                     cell.advance(*id);
                     let out = Out::Event(frame, cell.clone(), *id);
                     if !send_with_headroom(node, state, out, give_up).await {
@@ -175,7 +176,7 @@ pub(crate) async fn subscribe_to(
                             last = id;
                             Out::Event(frame, cell.clone(), id)
                         }
-                        None => Out::Text(frame),
+                        None => Out::Frame(frame),
                     };
                     if !send_with_headroom(node, state, out, give_up).await {
                         return Err(abandon_replay(node, state, &topic));

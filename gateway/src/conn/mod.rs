@@ -30,9 +30,13 @@ pub(crate) use queue::TrySendError;
 /// cloned (a reference count) into every subscriber's queue.
 #[derive(Debug)]
 pub(crate) enum Out {
+    /// A text message's payload (the writer frames it).
     Text(Bytes),
+    /// A whole text frame, framed once for every subscriber ([`text_frame`]): an event.
+    Frame(Bytes),
     Pong(Bytes),
-    /// A history event: once it is written, the subscriber's saved position moves to its id.
+    /// A history event, framed like [`Out::Frame`]: once it is written, the subscriber's saved
+    /// position moves to its id.
     Event(Bytes, Arc<Position>, EventId),
     /// A reply the session is owed: once it is written, the session owes it no more.
     Owed(Bytes, Arc<OwedReply>),
@@ -44,9 +48,16 @@ impl Out {
         match self {
             Out::Event(_, position, id) => position.written(*id),
             Out::Owed(_, owed) => owed.live.answered(&owed.raw_id),
-            Out::Text(_) | Out::Pong(_) => {}
+            Out::Text(_) | Out::Frame(_) | Out::Pong(_) => {}
         }
     }
+}
+
+/// A whole server text frame (header and payload) for a message every subscriber gets alike:
+/// server frames are not masked, so one framing serves them all, and a socket with one event
+/// to send writes it with one `write` of shared bytes.
+pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
+    writer::framed(writer::OP_TEXT, payload)
 }
 
 /// Why and how a connection closes.
@@ -112,8 +123,14 @@ impl ConnCtl {
         self.close.get().is_some()
     }
 
+    /// Completes when the writer has something to look at: a frame was queued, the
+    /// connection is closing, or the last sender went.
     pub(crate) async fn woken(&self) {
         self.wake.notified().await
+    }
+
+    pub(crate) fn wake_writer(&self) {
+        self.wake.notify_one();
     }
 
     pub(crate) fn touch(&self, now_ms: u64) {
@@ -149,7 +166,7 @@ pub(crate) async fn serve(
         }
     };
     let ctl = Arc::new(ConnCtl::new(node.next_conn_id(), node.now_ms()));
-    let (tx, rx) = queue::channel(node.config.outbound_queue);
+    let (tx, rx) = queue::channel(node.config.outbound_queue, ctl.clone());
     let _registration = Registration::new(&node, ctl.clone(), tx.clone());
     if node.is_draining() {
         // Upgraded while the drain took its snapshot of the registry: leave with the others.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::Out;
+use super::{ConnCtl, Out};
 
 struct State {
     items: VecDeque<Out>,
@@ -26,8 +26,9 @@ struct Shared {
     state: Mutex<State>,
     cap: usize,
     senders: AtomicUsize,
-    /// Something was queued, or the last sender went (the writer waits on it; one waiter).
-    readable: Notify,
+    /// The connection: its writer is woken through it when something is queued or the last
+    /// sender goes (one wake-up for the queue and a close alike).
+    ctl: Arc<ConnCtl>,
     /// Room was made, or the receiver went (senders wait on it).
     writable: Notify,
 }
@@ -38,8 +39,8 @@ impl Shared {
     }
 }
 
-/// A queue of at most `cap` frames.
-pub(crate) fn channel(cap: usize) -> (Sender, Receiver) {
+/// A queue of at most `cap` frames for the connection `ctl`.
+pub(crate) fn channel(cap: usize, ctl: Arc<ConnCtl>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -47,7 +48,7 @@ pub(crate) fn channel(cap: usize) -> (Sender, Receiver) {
         }),
         cap: cap.max(1),
         senders: AtomicUsize::new(1),
-        readable: Notify::new(),
+        ctl,
         writable: Notify::new(),
     });
     (
@@ -91,7 +92,7 @@ impl Clone for Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.readable.notify_one();
+            self.shared.ctl.wake_writer();
         }
     }
 }
@@ -106,9 +107,13 @@ impl Sender {
         if s.items.len() >= self.shared.cap {
             return Err(TrySendError::Full(out));
         }
+        let was_empty = s.items.is_empty();
         s.items.push_back(out);
         drop(s);
-        self.shared.readable.notify_one();
+        // The writer drains everything queued before it sleeps: only the first item wakes it.
+        if was_empty {
+            self.shared.ctl.wake_writer();
+        }
         Ok(())
     }
 
@@ -158,25 +163,13 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    /// Moves up to `limit` queued frames into `batch`, waiting for at least one; 0 once every
-    /// sender is gone and nothing is left.
-    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Out>, limit: usize) -> usize {
-        loop {
-            let ready = self.shared.readable.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            let n = self.try_recv_many(batch, limit);
-            if n > 0 {
-                return n;
-            }
-            if self.shared.senders.load(Ordering::Acquire) == 0 {
-                return 0;
-            }
-            ready.await;
-        }
+    /// Every sender is gone: nothing more will be queued.
+    pub(crate) fn senders_gone(&self) -> bool {
+        self.shared.senders.load(Ordering::Acquire) == 0
     }
 
-    /// Moves up to `limit` queued frames into `batch` without waiting.
+    /// Moves up to `limit` queued frames into `batch` without waiting (the writer waits on
+    /// its connection's wake-up, [`ConnCtl::woken`]).
     pub(crate) fn try_recv_many(&self, batch: &mut Vec<Out>, limit: usize) -> usize {
         let mut s = self.shared.lock();
         let n = s.items.len().min(limit);
@@ -227,9 +220,14 @@ mod tests {
         }
     }
 
+    fn ctl() -> Arc<ConnCtl> {
+        Arc::new(ConnCtl::new(1, 0))
+    }
+
     #[tokio::test]
     async fn bounded_in_order_and_closes() {
-        let (tx, mut rx) = channel(2);
+        let ctl = ctl();
+        let (tx, rx) = channel(2, ctl.clone());
         tx.try_send(text(1)).unwrap();
         tx.try_send(text(2)).unwrap();
         assert!(matches!(tx.try_send(text(3)), Err(TrySendError::Full(_))));
@@ -238,19 +236,23 @@ mod tests {
         let tx2 = tx.clone();
         let waiting = tokio::spawn(async move { tx2.send(text(3)).await.is_ok() });
         let mut batch = Vec::new();
-        assert_eq!(rx.recv_many(&mut batch, 64).await, 2);
+        // The first item queued woke the writer.
+        ctl.woken().await;
+        assert_eq!(rx.try_recv_many(&mut batch, 64), 2);
         assert!(waiting.await.unwrap());
-        assert_eq!(rx.recv_many(&mut batch, 64).await, 1);
+        assert_eq!(rx.try_recv_many(&mut batch, 64), 1);
         assert_eq!(batch.iter().map(first_byte).collect::<Vec<_>>(), [1, 2, 3]);
         rx.shrink();
-        // The last sender gone: the receiver sees the end.
+        // The last sender gone: the writer is woken and sees the end.
+        assert!(!rx.senders_gone());
         drop(tx);
-        assert_eq!(rx.recv_many(&mut batch, 64).await, 0);
+        ctl.woken().await;
+        assert!(rx.senders_gone());
     }
 
     #[tokio::test]
     async fn senders_see_the_receiver_go() {
-        let (tx, rx) = channel(1);
+        let (tx, rx) = channel(1, ctl());
         tx.try_send(text(1)).unwrap();
         let tx2 = tx.clone();
         let blocked = tokio::spawn(async move { tx2.send(text(2)).await.is_err() });

@@ -22,7 +22,7 @@ use super::{CloseReason, ConnCtl, Out};
 use crate::config::MAX_WRITE_BATCH;
 use crate::node::Node;
 
-const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -65,10 +65,22 @@ impl Header {
     }
 }
 
-fn frame_parts(out: &Out) -> (u8, &Bytes) {
+/// A whole frame: header and payload in one buffer.
+pub(crate) fn framed(opcode: u8, payload: &[u8]) -> Bytes {
+    let h = Header::new(opcode, payload.len());
+    let mut b = bytes::BytesMut::with_capacity(h.len as usize + payload.len());
+    b.extend_from_slice(h.as_slice());
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
+/// What to write for one queued item: a header to add (`None`: it is framed already) and the
+/// bytes.
+fn frame_parts(out: &Out) -> (Option<Header>, &Bytes) {
     match out {
-        Out::Text(b) | Out::Event(b, ..) | Out::Owed(b, _) => (OP_TEXT, b),
-        Out::Pong(b) => (OP_PONG, b),
+        Out::Frame(b) | Out::Event(b, ..) => (None, b),
+        Out::Text(b) | Out::Owed(b, _) => (Some(Header::new(OP_TEXT, b.len())), b),
+        Out::Pong(b) => (Some(Header::new(OP_PONG, b.len())), b),
     }
 }
 
@@ -83,19 +95,21 @@ async fn write_batch(io: &mut OwnedWriteHalf, batch: &[Out]) -> io::Result<()> {
 }
 
 async fn write_frames(io: &mut OwnedWriteHalf, batch: &[Out]) -> io::Result<()> {
-    let headers: Vec<Header> = batch
-        .iter()
-        .map(|o| {
-            let (op, payload) = frame_parts(o);
-            Header::new(op, payload.len())
-        })
-        .collect();
+    // The common case, one event: one plain write of its shared frame.
+    if let [one] = batch
+        && let (None, frame) = frame_parts(one)
+    {
+        return io.write_all(frame).await;
+    }
+    let headers: Vec<Option<Header>> = batch.iter().map(|o| frame_parts(o).0).collect();
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
     for (h, o) in headers.iter().zip(batch) {
-        slices.push(IoSlice::new(h.as_slice()));
-        let payload = frame_parts(o).1;
-        if !payload.is_empty() {
-            slices.push(IoSlice::new(payload));
+        if let Some(h) = h {
+            slices.push(IoSlice::new(h.as_slice()));
+        }
+        let bytes = frame_parts(o).1;
+        if !bytes.is_empty() {
+            slices.push(IoSlice::new(bytes));
         }
     }
     write_all_vectored(io, &mut slices).await
@@ -182,7 +196,7 @@ fn check_clocks(ctl: &ConnCtl, node: &Node, hello_deadline: Instant) -> (Due, In
 /// Runs until the connection closes; see the module docs.
 pub(crate) async fn run(
     mut io: OwnedWriteHalf,
-    mut rx: super::queue::Receiver,
+    rx: super::queue::Receiver,
     ctl: Arc<ConnCtl>,
     node: Arc<Node>,
 ) {
@@ -196,54 +210,65 @@ pub(crate) async fn run(
         if let Some(reason) = ctl.close_reason() {
             break reason;
         }
-        tokio::select! {
-            biased;
-            _ = ctl.woken() => continue,
-            // The clock before the queue: a busy socket must not starve its deadlines.
-            _ = &mut timer => {
-                let (due, next) = check_clocks(&ctl, &node, hello_deadline);
-                timer.as_mut().reset(next);
-                // Quiet for a while: hold no buffers (an idle socket costs as little as it can).
-                rx.shrink();
-                batch = Vec::new();
-                match due {
-                    Due::Close(code, why) => { ctl.close(code, why, false); }
-                    Due::Ping => {
-                        // Boxed, like the close below: rare paths, not state every socket keeps.
-                        let ping = Box::pin(tokio::time::timeout(cfg.write_timeout, write_control(&mut io, OP_PING, &[]))).await;
-                        if !matches!(ping, Ok(Ok(()))) {
-                            ctl.close(close::INTERNAL, "write failed", false);
-                            return;
-                        }
-                    }
-                    Due::Nothing => {}
+        // The clock before the queue: a busy socket must not starve its deadlines.
+        if timer.is_elapsed() {
+            let (due, next) = check_clocks(&ctl, &node, hello_deadline);
+            timer.as_mut().reset(next);
+            // Quiet for a while: hold no buffers (an idle socket costs as little as it can).
+            rx.shrink();
+            batch = Vec::new();
+            match due {
+                Due::Close(code, why) => {
+                    ctl.close(code, why, false);
                 }
-            }
-            n = rx.recv_many(&mut batch, MAX_WRITE_BATCH) => {
-                if n == 0 {
-                    // Every sender is gone: the connection is being torn down.
-                    return;
-                }
-                let written = tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, &batch)).await;
-                batch.clear();
-                if n <= SMALL_BATCH {
-                    // A quiet socket (a reply, an event now and then) holds no batch buffer;
-                    // a busy one keeps it.
-                    batch = Vec::new();
-                }
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(conn = ctl.id, error = %e, "write failed");
+                Due::Ping => {
+                    // Boxed, like the close below: rare paths, not state every socket keeps.
+                    let ping = Box::pin(tokio::time::timeout(
+                        cfg.write_timeout,
+                        write_control(&mut io, OP_PING, &[]),
+                    ))
+                    .await;
+                    if !matches!(ping, Ok(Ok(()))) {
                         ctl.close(close::INTERNAL, "write failed", false);
                         return;
                     }
-                    Err(_) => {
-                        tracing::debug!(conn = ctl.id, "write timed out; dropping the connection");
-                        ctl.close(close::INTERNAL, "write timed out", false);
-                        return;
-                    }
                 }
+                Due::Nothing => {}
+            }
+            continue;
+        }
+        let n = rx.try_recv_many(&mut batch, MAX_WRITE_BATCH);
+        if n == 0 {
+            if rx.senders_gone() {
+                // Every sender is gone: the connection is being torn down.
+                return;
+            }
+            // One wake-up for everything: a frame queued, a close, the last sender gone.
+            tokio::select! {
+                biased;
+                _ = ctl.woken() => {}
+                _ = &mut timer => {}
+            }
+            continue;
+        }
+        let written = tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, &batch)).await;
+        batch.clear();
+        if n <= SMALL_BATCH {
+            // A quiet socket (a reply, an event now and then) holds no batch buffer; a busy
+            // one keeps it.
+            batch = Vec::new();
+        }
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(conn = ctl.id, error = %e, "write failed");
+                ctl.close(close::INTERNAL, "write failed", false);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(conn = ctl.id, "write timed out; dropping the connection");
+                ctl.close(close::INTERNAL, "write timed out", false);
+                return;
             }
         }
     };
