@@ -119,7 +119,12 @@ impl Sender {
 
     /// Queues `out`, waiting for room.
     pub(crate) async fn send(&self, out: Out) -> Result<(), SendError> {
-        let mut out = Some(out);
+        // The common case without registering a waiter.
+        let mut out = match self.try_send(out) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(SendError),
+            Err(TrySendError::Full(back)) => Some(back),
+        };
         loop {
             let room = self.shared.writable.notified();
             tokio::pin!(room);
@@ -173,13 +178,15 @@ impl Receiver {
     pub(crate) fn try_recv_many(&self, batch: &mut Vec<Out>, limit: usize) -> usize {
         let mut s = self.shared.lock();
         let n = s.items.len().min(limit);
+        // Senders wait for room only on a full queue: no one to wake otherwise.
+        let was_full = s.items.len() >= self.shared.cap;
         batch.extend(s.items.drain(..n));
         if s.items.is_empty() && n <= super::writer::SMALL_BATCH {
             // A quiet socket holds no queue memory; a busy one keeps its capacity.
             s.items = VecDeque::new();
         }
         drop(s);
-        if n > 0 {
+        if n > 0 && was_full {
             self.shared.writable.notify_waiters();
         }
         n
