@@ -73,7 +73,8 @@ struct StreamRead {
     events: Vec<(EventId, Vec<u8>)>,
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A Redis string reply as text (any of RESP3's string kinds).
+pub(super) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

@@ -9,6 +9,7 @@ use redis::Value;
 
 use super::BackendError;
 use super::redis::RedisBackend;
+use super::redis_history::text;
 use crate::sessions::{Attach, SessionRecord, SessionUpdate, UpdateOutcome};
 
 /// KEYS: the session. ARGV: owner, node, ttl ms.
@@ -63,15 +64,6 @@ return 1
 "#,
     )
 });
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
-    }
-}
 
 impl RedisBackend {
     pub(super) async fn sessions_create(
