@@ -501,7 +501,7 @@ async fn answer_when_done(
         let own = match own {
             Some(own) => own,
             None => match node.backend.task(&owed.task_id).await {
-                Ok(Some(t)) if waiter.live.as_ref().is_some_and(|l| l.owner == t.owner) => t,
+                Ok(Some(t)) if waiter.live.as_ref().is_some_and(|l| *l.owner == *t.owner) => t,
                 Ok(_) => return Err(not_found()),
                 Err(_) => return Err(backend_unavailable()),
             },

@@ -29,8 +29,8 @@ pub(crate) struct ConnState {
     pub(crate) tx: OutTx,
     /// Set from the header or query token at upgrade, or by `hello`.
     pub(crate) identity: Option<Identity>,
-    /// The session id, once `hello` succeeded.
-    pub(crate) session: Option<String>,
+    /// `hello` (or `initialize`) succeeded.
+    pub(crate) opened: bool,
     /// The stored session (not for MCP connections, which cannot resume).
     pub(crate) live: Option<Arc<LiveSession>>,
     pub(crate) topics: HashSet<Topic>,
@@ -55,7 +55,7 @@ impl ConnState {
             ctl,
             tx,
             identity,
-            session: None,
+            opened: false,
             live: None,
             topics: HashSet::new(),
             close_after_reply: None,
@@ -102,8 +102,8 @@ pub(crate) async fn handle(node: &Arc<Node>, state: &mut ConnState, text: &str) 
         "hello" => encode(id, hello::hello(node, state, params).await),
         "initialize" => encode(id, hello::initialize(node, state, params)),
         "server/discover" => encode(id, Ok(hello::discover())),
-        "ping" if state.mcp || state.session.is_some() => encode(id, Ok(serde_json::json!({}))),
-        _ if state.session.is_none() => Err(RpcError::new(
+        "ping" if state.mcp || state.opened => encode(id, Ok(serde_json::json!({}))),
+        _ if !state.opened => Err(RpcError::new(
             ErrorCode::Unauthorized,
             if state.mcp {
                 "send initialize first"

@@ -36,7 +36,7 @@ pub(crate) async fn hello(
     state: &mut ConnState,
     params: Option<&RawValue>,
 ) -> Result<HelloResult, RpcError> {
-    if state.session.is_some() {
+    if state.opened {
         return Err(RpcError::invalid_request("hello was already done"));
     }
     let p: HelloParams = wire::decode_params(params)?;
@@ -54,7 +54,7 @@ pub(crate) async fn hello(
     if node.backend_down() {
         return Err(unavailable(state, identity));
     }
-    let owner = identity.subject.to_string();
+    let owner = identity.subject.clone();
     let ttl = sessions::attached_ttl_ms(node);
     let node_id = &node.config.node_id;
     let mut resumed = None;
@@ -87,12 +87,12 @@ pub(crate) async fn hello(
         }
     };
     let live = Arc::new(LiveSession::new(
-        id.clone(),
+        Arc::from(id.as_str()),
         generation,
         owner,
         state.ctl.clone(),
     ));
-    open_session(state, identity, id.clone());
+    open_session(state, identity);
     let _ = state.ctl.session.set(Arc::downgrade(&live));
     state.live = Some(live.clone());
     node.sessions.insert(live.clone());
@@ -157,13 +157,13 @@ async fn restore(
 }
 
 /// Binds the identity and the session id to the connection.
-fn open_session(state: &mut ConnState, identity: Identity, session: String) {
+fn open_session(state: &mut ConnState, identity: Identity) {
     if let Some(exp) = identity.expires_at {
         state.ctl.expires_at.store(exp, Ordering::Relaxed);
     }
     tracing::debug!(conn = state.ctl.id, subject = %identity.subject, "session opened");
     state.identity = Some(identity);
-    state.session = Some(session);
+    state.opened = true;
     state.ctl.hello_done.store(true, Ordering::Relaxed);
 }
 
@@ -194,7 +194,7 @@ pub(crate) fn initialize(
         #[serde(default)]
         protocol_version: Option<String>,
     }
-    if state.session.is_some() {
+    if state.opened {
         return Err(RpcError::invalid_request("initialize was already done"));
     }
     let p: P = wire::decode_params(params)?;
@@ -203,7 +203,7 @@ pub(crate) fn initialize(
         None if node.config.auth.allow_anonymous => Identity::anonymous(),
         None => return Err(refuse(state, "token required")),
     };
-    open_session(state, identity, new_session_id());
+    open_session(state, identity);
     let version = p
         .protocol_version
         .filter(|v| MCP_VERSIONS.contains(&v.as_str()))

@@ -136,9 +136,9 @@ struct Pending {
 
 /// See the module docs.
 pub(crate) struct LiveSession {
-    pub(crate) id: String,
+    pub(crate) id: Arc<str>,
     pub(crate) generation: u64,
-    pub(crate) owner: String,
+    pub(crate) owner: Arc<str>,
     pub(crate) ctl: Arc<ConnCtl>,
     pending: Mutex<Pending>,
     /// Saved for the last time (its socket closed).
@@ -155,7 +155,7 @@ impl std::fmt::Debug for LiveSession {
 }
 
 impl LiveSession {
-    pub(crate) fn new(id: String, generation: u64, owner: String, ctl: Arc<ConnCtl>) -> Self {
+    pub(crate) fn new(id: Arc<str>, generation: u64, owner: Arc<str>, ctl: Arc<ConnCtl>) -> Self {
         LiveSession {
             id,
             generation,
@@ -236,10 +236,10 @@ impl LiveSession {
             .collect();
         del.extend(p.answered.drain(..).map(|r| sessions::request_field(&r)));
         SessionUpdate {
-            id: self.id.clone(),
+            id: self.id.to_string(),
             generation: self.generation,
             ttl_ms,
-            recreate: recreate.then(|| (self.owner.clone(), node_id.to_owned())),
+            recreate: recreate.then(|| (self.owner.to_string(), node_id.to_owned())),
             set,
             del,
         }
@@ -289,7 +289,7 @@ impl LiveSession {
 /// The sessions held on this node, by id.
 #[derive(Default)]
 pub(crate) struct Sessions {
-    local: Mutex<HashMap<String, Arc<LiveSession>>>,
+    local: Mutex<HashMap<Arc<str>, Arc<LiveSession>>>,
 }
 
 fn taken_over(ctl: &ConnCtl) {

@@ -17,9 +17,36 @@ use tokio::sync::Notify;
 use super::{ConnCtl, Out};
 
 struct State {
-    items: VecDeque<Out>,
+    /// The oldest queued item when it is alone: a socket that gets one event at a time never
+    /// allocates for its queue.
+    first: Option<Out>,
+    /// Everything after `first` (everything, when `first` is empty), in order.
+    rest: VecDeque<Out>,
     /// The receiver is gone: nothing will be read any more.
     closed: bool,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn push(&mut self, out: Out) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(out);
+        } else {
+            self.rest.push_back(out);
+        }
+    }
+}
+
+/// What [`Receiver::take`] found.
+pub(crate) enum Taken {
+    Nothing,
+    /// A lone item, handed over without the batch.
+    One(Out),
+    /// This many items, moved into the batch.
+    Many(usize),
 }
 
 struct Shared {
@@ -43,7 +70,8 @@ impl Shared {
 pub(crate) fn channel(cap: usize, ctl: Arc<ConnCtl>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            items: VecDeque::new(),
+            first: None,
+            rest: VecDeque::new(),
             closed: false,
         }),
         cap: cap.max(1),
@@ -104,11 +132,12 @@ impl Sender {
         if s.closed {
             return Err(TrySendError::Closed(out));
         }
-        if s.items.len() >= self.shared.cap {
+        let len = s.len();
+        if len >= self.shared.cap {
             return Err(TrySendError::Full(out));
         }
-        let was_empty = s.items.is_empty();
-        s.items.push_back(out);
+        let was_empty = len == 0;
+        s.push(out);
         drop(s);
         // The writer drains everything queued before it sleeps: only the first item wakes it.
         if was_empty {
@@ -157,9 +186,7 @@ impl Sender {
 
     /// Frames that can be queued now.
     pub(crate) fn capacity(&self) -> usize {
-        self.shared
-            .cap
-            .saturating_sub(self.shared.lock().items.len())
+        self.shared.cap.saturating_sub(self.shared.lock().len())
     }
 }
 
@@ -176,27 +203,57 @@ impl Receiver {
     /// Moves up to `limit` queued frames into `batch` without waiting (the writer waits on
     /// its connection's wake-up, [`ConnCtl::woken`]).
     pub(crate) fn try_recv_many(&self, batch: &mut Vec<Out>, limit: usize) -> usize {
+        match self.take(batch, limit) {
+            Taken::Nothing => 0,
+            Taken::One(out) => {
+                batch.push(out);
+                1
+            }
+            Taken::Many(n) => n,
+        }
+    }
+
+    /// Like [`Self::try_recv_many`], but a lone item comes back as itself, so the common case
+    /// (one event for a quiet socket) touches no batch buffer.
+    pub(crate) fn take(&self, batch: &mut Vec<Out>, limit: usize) -> Taken {
         let mut s = self.shared.lock();
-        let n = s.items.len().min(limit);
+        let len = s.len();
+        if len == 0 {
+            return Taken::Nothing;
+        }
         // Senders wait for room only on a full queue: no one to wake otherwise.
-        let was_full = s.items.len() >= self.shared.cap;
-        batch.extend(s.items.drain(..n));
-        if s.items.is_empty() && n <= super::writer::SMALL_BATCH {
+        let was_full = len >= self.shared.cap;
+        let taken = if len == 1 {
+            Taken::One(match s.first.take() {
+                Some(out) => out,
+                None => s.rest.pop_front().expect("one item"),
+            })
+        } else {
+            let n = len.min(limit);
+            let mut moved = 0;
+            if let Some(first) = s.first.take() {
+                batch.push(first);
+                moved = 1;
+            }
+            batch.extend(s.rest.drain(..n - moved));
+            Taken::Many(n)
+        };
+        if s.rest.is_empty() && s.rest.capacity() > 0 && len <= super::writer::SMALL_BATCH {
             // A quiet socket holds no queue memory; a busy one keeps its capacity.
-            s.items = VecDeque::new();
+            s.rest = VecDeque::new();
         }
         drop(s);
-        if n > 0 && was_full {
+        if was_full {
             self.shared.writable.notify_waiters();
         }
-        n
+        taken
     }
 
     /// Gives the queue's memory back if it is empty (an idle socket holds none).
     pub(crate) fn shrink(&self) {
         let mut s = self.shared.lock();
-        if s.items.is_empty() && s.items.capacity() > 0 {
-            s.items = VecDeque::new();
+        if s.rest.is_empty() && s.rest.capacity() > 0 {
+            s.rest = VecDeque::new();
         }
     }
 }
@@ -205,7 +262,8 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let mut s = self.shared.lock();
         s.closed = true;
-        s.items.clear();
+        s.first = None;
+        s.rest.clear();
         drop(s);
         self.shared.writable.notify_waiters();
     }
@@ -255,6 +313,27 @@ mod tests {
         drop(tx);
         ctl.woken().await;
         assert!(rx.senders_gone());
+    }
+
+    #[test]
+    fn a_lone_item_and_partial_drains_keep_the_order() {
+        let (tx, rx) = channel(16, ctl());
+        let mut batch = Vec::new();
+        tx.try_send(text(1)).unwrap();
+        assert!(matches!(rx.take(&mut batch, 64), Taken::One(o) if first_byte(&o) == 1));
+        for n in 2..=6 {
+            tx.try_send(text(n)).unwrap();
+        }
+        assert_eq!(tx.capacity(), 11);
+        // Two now, the rest later, and what is queued meanwhile goes behind them.
+        assert!(matches!(rx.take(&mut batch, 2), Taken::Many(2)));
+        tx.try_send(text(7)).unwrap();
+        assert_eq!(rx.try_recv_many(&mut batch, 64), 4);
+        assert_eq!(
+            batch.iter().map(first_byte).collect::<Vec<_>>(),
+            [2, 3, 4, 5, 6, 7]
+        );
+        assert!(matches!(rx.take(&mut batch, 64), Taken::Nothing));
     }
 
     #[tokio::test]

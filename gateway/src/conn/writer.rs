@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;
 
+use super::queue::Taken;
 use super::{CloseReason, ConnCtl, Out};
 use crate::config::MAX_WRITE_BATCH;
 use crate::node::Node;
@@ -237,27 +238,36 @@ pub(crate) async fn run(
             }
             continue;
         }
-        let n = rx.try_recv_many(&mut batch, MAX_WRITE_BATCH);
-        if n == 0 {
-            if rx.senders_gone() {
-                // Every sender is gone: the connection is being torn down.
-                return;
+        let written = match rx.take(&mut batch, MAX_WRITE_BATCH) {
+            Taken::Nothing => {
+                if rx.senders_gone() {
+                    // Every sender is gone: the connection is being torn down.
+                    return;
+                }
+                // One wake-up for everything: a frame queued, a close, the last sender gone.
+                tokio::select! {
+                    biased;
+                    _ = ctl.woken() => {}
+                    _ = &mut timer => {}
+                }
+                continue;
             }
-            // One wake-up for everything: a frame queued, a close, the last sender gone.
-            tokio::select! {
-                biased;
-                _ = ctl.woken() => {}
-                _ = &mut timer => {}
+            // One item: written without the batch buffer.
+            Taken::One(out) => {
+                let one = std::slice::from_ref(&out);
+                tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, one)).await
             }
-            continue;
-        }
-        let written = tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, &batch)).await;
-        batch.clear();
-        if n <= SMALL_BATCH {
-            // A quiet socket (a reply, an event now and then) holds no batch buffer; a busy
-            // one keeps it.
-            batch = Vec::new();
-        }
+            Taken::Many(n) => {
+                let written =
+                    tokio::time::timeout(cfg.write_timeout, write_batch(&mut io, &batch)).await;
+                batch.clear();
+                if n <= SMALL_BATCH {
+                    // A quiet socket holds no batch buffer; a busy one keeps it.
+                    batch = Vec::new();
+                }
+                written
+            }
+        };
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
