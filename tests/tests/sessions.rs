@@ -410,3 +410,29 @@ async fn redis_outage_keeps_clients_and_loses_no_history() {
     assert!(r["result"].is_object(), "still connected: {r}");
     drop(gw);
 }
+
+/// A node drained while Redis hangs (stopped: its socket open, no answers, as in a network
+/// partition) still closes its sockets with 1012: the close frame does not wait on saving the
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_during_a_redis_outage_still_sends_1012() {
+    let redis = RedisServer::start().await;
+    let mut gw = GatewayProcess::start(
+        &redis.url(),
+        "node-a",
+        &["--drain-spread-ms", "100", "--redis-timeout-ms", "3000"],
+    )
+    .await;
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    hello_anon(&mut c, None).await;
+    let redis_pid = nix::unistd::Pid::from_raw(redis.pid().unwrap() as i32);
+    nix::sys::signal::kill(redis_pid, Signal::SIGSTOP).unwrap();
+    gw.wait_ready(false).await;
+    gw.signal(Signal::SIGTERM);
+    match c.read().await {
+        Read::Close(code, _) => assert_eq!(code, 1012),
+        other => panic!("expected a 1012 close frame, got {other:?}"),
+    }
+    assert!(gw.wait().await.success());
+    nix::sys::signal::kill(redis_pid, Signal::SIGCONT).unwrap();
+}

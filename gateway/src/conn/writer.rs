@@ -283,7 +283,7 @@ pub(crate) async fn run(
         }
     };
 
-    let closing = async {
+    let flushing = async {
         if reason.flush {
             batch.clear();
             while rx.try_recv_many(&mut batch, MAX_WRITE_BATCH) > 0 {
@@ -291,16 +291,30 @@ pub(crate) async fn run(
                 batch.clear();
             }
         }
-        // Everything that will ever be written is written: save the session now, before the
-        // client learns of the close and resumes elsewhere.
-        if let Some(live) = ctl.session.get().and_then(std::sync::Weak::upgrade) {
-            crate::sessions::detach(&node, &live).await;
-        }
+        Ok::<(), io::Error>(())
+    };
+    let flushed = Box::pin(tokio::time::timeout(cfg.close_timeout, flushing)).await;
+    // Everything that will ever be written is written: save the session now, before the client
+    // learns of the close and resumes elsewhere. Not while the backend is known to be down (the
+    // close frame must not wait on it): the connection's teardown saves it then, if it can.
+    if !node.backend_down()
+        && let Some(live) = ctl.session.get().and_then(std::sync::Weak::upgrade)
+    {
+        let _ = Box::pin(tokio::time::timeout(
+            cfg.close_timeout / 2,
+            crate::sessions::detach(&node, &live),
+        ))
+        .await;
+    }
+    let closing = async {
         write_close(&mut io, reason).await?;
         io.shutdown().await
     };
-    if let Ok(Err(e)) = Box::pin(tokio::time::timeout(cfg.close_timeout, closing)).await {
-        tracing::debug!(conn = ctl.id, error = %e, "close failed");
+    let closed = Box::pin(tokio::time::timeout(cfg.close_timeout, closing)).await;
+    for result in [flushed, closed] {
+        if let Ok(Err(e)) = result {
+            tracing::debug!(conn = ctl.id, error = %e, "close failed");
+        }
     }
 }
 
