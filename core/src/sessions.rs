@@ -23,8 +23,10 @@ pub const FIELD_OWNER: &str = "owner";
 pub const FIELD_GEN: &str = "gen";
 /// Field of the node holding the session.
 pub const FIELD_NODE: &str = "node";
-const TOPIC_PREFIX: &str = "t:";
-const REQUEST_PREFIX: &str = "r:";
+/// Field names of subscriptions start with this, followed by the topic.
+pub const TOPIC_PREFIX: &str = "t:";
+/// Field names of owed requests start with this, followed by the request id (raw JSON).
+pub const REQUEST_PREFIX: &str = "r:";
 
 /// The field that stores a subscription.
 pub fn topic_field(topic: &str) -> String {

@@ -48,32 +48,27 @@ pub(crate) struct Subscriber {
 }
 
 /// The seam between a subscriber's history replay and its live events. While the replay is
-/// read and sent, live events are held here; afterwards, live events at or below the newest id
-/// the subscriber already has are dropped (a live copy can still be on its way through the
-/// fan-out when the replay carried the same event).
+/// read and sent, live events are held here. Afterwards they pass; a late live copy of an event
+/// the replay carried is dropped by the subscriber's [`Position`], like any duplicate.
 pub(crate) struct Gate {
     holding: bool,
     held: Vec<(Option<EventId>, Bytes)>,
     cap: usize,
-    floor: EventId,
 }
 
 impl Gate {
-    pub(crate) fn new(cap: usize, floor: EventId) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Gate {
             holding: true,
             held: Vec::new(),
             cap,
-            floor,
         }
     }
 
-    /// Takes the held events, or, when none are left, stops holding (from now on live events
-    /// above `floor` pass) and returns `None`.
-    pub(crate) fn take_or_open(&mut self, floor: EventId) -> Option<Vec<(Option<EventId>, Bytes)>> {
+    /// Takes the held events, or, when none are left, stops holding and returns `None`.
+    pub(crate) fn take_or_open(&mut self) -> Option<Vec<(Option<EventId>, Bytes)>> {
         if self.held.is_empty() {
             self.holding = false;
-            self.floor = floor;
             None
         } else {
             Some(std::mem::take(&mut self.held))
@@ -211,9 +206,6 @@ impl Fanout {
                         self.metrics.slow_consumers.inc();
                     }
                     continue;
-                }
-                if id.is_some_and(|id| id <= g.floor) {
-                    continue; // the replay carried it
                 }
             }
             let out = match (&sub.position, id) {

@@ -249,7 +249,7 @@ impl LiveSession {
     fn unsave(&self, update: SessionUpdate) {
         let mut p = self.pending();
         for (field, _) in &update.set {
-            if let Some(raw) = field.strip_prefix("r:") {
+            if let Some(raw) = field.strip_prefix(sessions::REQUEST_PREFIX) {
                 if let Some(o) = p.owed.get_mut(raw) {
                     o.1 = false;
                 }
@@ -263,13 +263,13 @@ impl LiveSession {
         }
         p.recreate |= update.recreate.is_some();
         for field in update.del {
-            if let Some(topic) = field.strip_prefix("t:") {
+            if let Some(topic) = field.strip_prefix(sessions::TOPIC_PREFIX) {
                 if let Ok(t) = Topic::new(topic)
                     && !p.topics.contains_key(&t)
                 {
                     p.dropped.push(t);
                 }
-            } else if let Some(raw) = field.strip_prefix("r:")
+            } else if let Some(raw) = field.strip_prefix(sessions::REQUEST_PREFIX)
                 && !p.owed.contains_key(raw)
             {
                 p.answered.push(raw.to_owned());

@@ -101,7 +101,7 @@ pub(crate) async fn subscribe_to(
     // A replay needs a gate from before the history is read until the replay is out.
     let replay_from = match (has_history, since) {
         (true, Some(since)) => Some((
-            Arc::new(Mutex::new(Gate::new(node.config.replay_buffer, since))),
+            Arc::new(Mutex::new(Gate::new(node.config.replay_buffer))),
             since,
         )),
         _ => None,
@@ -167,11 +167,11 @@ pub(crate) async fn subscribe_to(
             // Then what arrived live meanwhile, newer than the replay, until nothing is held;
             // the gate stays, dropping late live copies of replayed events.
             loop {
-                let held = gate.lock().expect("gate lock poisoned").take_or_open(last);
+                let held = gate.lock().expect("gate lock poisoned").take_or_open();
                 let Some(held) = held else { break };
                 for (id, frame) in held {
                     let out = match id {
-                        Some(id) if id <= last || !cell.advance(id) => continue,
+                        Some(id) if !cell.advance(id) => continue,
                         Some(id) => {
                             last = id;
                             Out::Event(frame, cell.clone(), id)
