@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use switchboard_client::{Client, ConnectOptions};
 use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess};
 
-use crate::procstat::{self, ProcSample};
+use crate::procstat::{cores, sample_all};
 use crate::stats::{Percentiles, percentiles, row};
 
 /// Which calls to make.
@@ -67,19 +67,6 @@ pub struct CallsReport {
     pub redis_cpu_cores: f64,
     pub load_generator_cores: f64,
     pub gateway_rss_bytes: Vec<u64>,
-}
-
-fn cores(before: &[ProcSample], after: &[ProcSample], wall: Duration) -> f64 {
-    after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| (a.cpu - b.cpu).as_secs_f64())
-        .sum::<f64>()
-        / wall.as_secs_f64()
-}
-
-fn sample_all(pids: &[u32]) -> Vec<ProcSample> {
-    pids.iter().filter_map(|p| procstat::sample(*p)).collect()
 }
 
 /// Runs the scenario.
@@ -144,12 +131,13 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
     let gw_pids: Vec<u32> = gateways.iter().map(|g| g.pid() as u32).collect();
     let w_pids: Vec<u32> = workers.iter().map(WorkerProcess::pid).collect();
     let r_pids: Vec<u32> = redis.pid().into_iter().collect();
-    let (gw0, w0, r0) = (
+    let self_pid = [std::process::id()];
+    let (gw0, w0, r0, self0) = (
         sample_all(&gw_pids),
         sample_all(&w_pids),
         sample_all(&r_pids),
+        sample_all(&self_pid),
     );
-    let self0 = procstat::sample(std::process::id()).unwrap_or_default();
 
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -213,12 +201,12 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
         starts.extend(s);
     }
     let wall = started.elapsed();
-    let (gw1, w1, r1) = (
+    let (gw1, w1, r1, self1) = (
         sample_all(&gw_pids),
         sample_all(&w_pids),
         sample_all(&r_pids),
+        sample_all(&self_pid),
     );
-    let self1 = procstat::sample(std::process::id()).unwrap_or_default();
     starts.sort_unstable();
     starts.dedup();
     let calls = latencies.len() as u64;
@@ -238,7 +226,7 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
         gateway_cpu_cores: cores(&gw0, &gw1, wall),
         worker_cpu_cores: cores(&w0, &w1, wall),
         redis_cpu_cores: cores(&r0, &r1, wall),
-        load_generator_cores: (self1.cpu - self0.cpu).as_secs_f64() / wall.as_secs_f64(),
+        load_generator_cores: cores(&self0, &self1, wall),
         gateway_rss_bytes: gw1.iter().map(|s| s.rss).collect(),
     })
 }

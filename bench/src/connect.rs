@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::fanout::{load_warnings, which};
-use crate::loadgen::{cores_each, cpu_seconds, sample_all};
+use crate::procstat::{cores_each, cpu_seconds, sample_all};
 use crate::rawws;
 use crate::stats::{Histogram, Percentiles, row};
 

@@ -20,10 +20,8 @@ use switchboard_harness::{GatewayProcess, RedisServer};
 
 use crate::floor::{FloorControl, FloorProcess, FloorStats};
 pub use crate::loadgen::MAX_SUBSCRIBERS_PER_PROCESS;
-use crate::loadgen::{
-    self, Stage, SubscriberSpec, Subscribers, Tally, Target, cores_each, cpu_seconds, sample_all,
-    topic_name,
-};
+use crate::loadgen::{self, Stage, SubscriberSpec, Subscribers, Tally, Target, topic_name};
+use crate::procstat::{cores, cores_each, cpu_seconds, sample_all};
 use crate::stats::{Percentiles, now_us, row};
 
 /// Connections opened at once while setting up (per load-generator process).
@@ -255,9 +253,7 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
         },
         server_cores: server_cpu / elapsed.as_secs_f64(),
         gateway_rss_bytes: server1.iter().map(|s| s.rss).collect(),
-        redis_cores: redis
-            .as_ref()
-            .map(|_| cores_each(&redis0, &redis1, elapsed).iter().sum()),
+        redis_cores: redis.as_ref().map(|_| cores(&redis0, &redis1, elapsed)),
         load_generator_cores: cores_each(&self0, &self1, elapsed)
             .first()
             .copied()

@@ -24,9 +24,9 @@ use switchboard_harness::{GatewayProcess, RedisServer, http_get};
 
 use crate::fanout::{load_warnings, which};
 use crate::loadgen::{
-    self, MAX_SUBSCRIBERS_PER_PROCESS, Stage, SubscriberSpec, Subscribers, Target, cores_each,
-    sample_all, topic_name,
+    self, MAX_SUBSCRIBERS_PER_PROCESS, Stage, SubscriberSpec, Subscribers, Target, topic_name,
 };
+use crate::procstat::{self, cores_each, sample_all};
 use crate::stats::{Percentiles, now_us, row};
 
 /// Descriptors left free in a gateway beyond its connections and what it already has open.
@@ -194,10 +194,7 @@ pub async fn run(opts: IdleOptions) -> anyhow::Result<IdleReport> {
     let idle_cores = cores_each(&idle0, &after, idle_started.elapsed());
     let redis_mem1 = redis_used_memory(&mut redis_conn).await?;
     let tcp_mem1 = kernel_tcp_mem()?;
-    let redis_rss = redis
-        .pid()
-        .and_then(crate::procstat::sample)
-        .map_or(0, |s| s.rss);
+    let redis_rss = redis.pid().and_then(procstat::sample).map_or(0, |s| s.rss);
     let mut lg_pids = subs.agent_pids();
     if lg_pids.is_empty() {
         lg_pids.push(std::process::id());

@@ -19,7 +19,8 @@
 //!   measures Switchboard against.
 //! - [`loadgen`]: subscribers in this process or in agent processes (`switchboard bench agent`).
 //! - [`rawws`]: the WebSocket pieces the floor and `connect` write by hand.
-//! - [`procstat`]: CPU time and RSS of a process, from `/proc`.
+//! - [`procstat`]: CPU time and RSS of processes, from `/proc`: the one sampler every scenario
+//!   uses (a set of pids sampled together, CPU seconds and cores between two samples).
 //! - [`stats`]: percentile arithmetic.
 
 pub mod calls;

@@ -28,7 +28,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::procstat::{self, ProcSample};
 use crate::stats::{Histogram, now_us};
 
 /// Connections one process may hold (the workplace's per-process descriptor cap, less room for
@@ -565,31 +564,6 @@ pub fn agents_for(connections: usize, asked: Option<usize>) -> usize {
     } else {
         connections.div_ceil(MAX_SUBSCRIBERS_PER_PROCESS)
     })
-}
-
-/// CPU time and RSS of a set of processes, sampled together.
-pub fn sample_all(pids: &[u32]) -> Vec<ProcSample> {
-    pids.iter()
-        .map(|p| procstat::sample(*p).unwrap_or_default())
-        .collect()
-}
-
-/// Cores each process used between two samples over `wall`.
-pub fn cores_each(before: &[ProcSample], after: &[ProcSample], wall: Duration) -> Vec<f64> {
-    after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| a.cpu.saturating_sub(b.cpu).as_secs_f64() / wall.as_secs_f64().max(1e-9))
-        .collect()
-}
-
-/// CPU seconds used by a set of processes between two samples.
-pub fn cpu_seconds(before: &[ProcSample], after: &[ProcSample]) -> f64 {
-    after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| a.cpu.saturating_sub(b.cpu).as_secs_f64())
-        .sum()
 }
 
 #[cfg(test)]

@@ -1,5 +1,10 @@
-//! CPU time and resident memory of a process, read from `/proc/<pid>/stat` and
-//! `/proc/<pid>/status` (Linux).
+//! CPU time and resident memory of processes, read from `/proc/<pid>/stat` and
+//! `/proc/<pid>/status` (Linux): the one sampler every scenario uses.
+//!
+//! A scenario samples the processes it measures (gateways, workers, Redis, the floor, agents,
+//! itself) with [`sample_all`] before and after a window, then reads from the two samples the
+//! CPU seconds used ([`cpu_seconds`]) or the cores, per process ([`cores_each`]) or together
+//! ([`cores`]). CPU time comes in clock ticks (10 ms), so it is coarse over short windows.
 
 use std::time::Duration;
 
@@ -37,6 +42,39 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Reads a set of processes together: one sample per pid, in the same order, a process that is
+/// gone reading as zero (so samples taken before and after a window always pair up).
+pub fn sample_all(pids: &[u32]) -> Vec<ProcSample> {
+    pids.iter()
+        .map(|p| sample(*p).unwrap_or_default())
+        .collect()
+}
+
+/// CPU seconds each process used between two samples of the same pids (a process whose counter
+/// went back, being gone by the second sample, used none).
+fn cpu_each(before: &[ProcSample], after: &[ProcSample]) -> impl Iterator<Item = f64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.cpu.saturating_sub(b.cpu).as_secs_f64())
+}
+
+/// CPU seconds used by a set of processes, all together, between two samples.
+pub fn cpu_seconds(before: &[ProcSample], after: &[ProcSample]) -> f64 {
+    cpu_each(before, after).sum()
+}
+
+/// Cores each process used between two samples taken `wall` apart.
+pub fn cores_each(before: &[ProcSample], after: &[ProcSample], wall: Duration) -> Vec<f64> {
+    let wall = wall.as_secs_f64().max(1e-9);
+    cpu_each(before, after).map(|s| s / wall).collect()
+}
+
+/// Cores a set of processes used, all together, between two samples taken `wall` apart.
+pub fn cores(before: &[ProcSample], after: &[ProcSample], wall: Duration) -> f64 {
+    cpu_seconds(before, after) / wall.as_secs_f64().max(1e-9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +83,23 @@ mod tests {
     fn reads_this_process() {
         let s = sample(std::process::id()).expect("/proc is readable");
         assert!(s.rss > 0);
+    }
+
+    #[test]
+    fn cpu_and_cores_between_samples() {
+        let at = |ms: u64| ProcSample {
+            cpu: Duration::from_millis(ms),
+            rss: 0,
+        };
+        let before = [at(100), at(500), at(300)];
+        // The third process is gone by the second sample: it reads as zero, and used nothing.
+        let after = [at(600), at(1500), ProcSample::default()];
+        assert!((cpu_seconds(&before, &after) - 1.5).abs() < 1e-9);
+        let each = cores_each(&before, &after, Duration::from_secs(2));
+        assert_eq!(each, vec![0.25, 0.5, 0.0]);
+        assert!((cores(&before, &after, Duration::from_secs(2)) - 0.75).abs() < 1e-9);
+        let gone = sample_all(&[std::process::id(), u32::MAX]);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(gone[1].rss, 0);
     }
 }

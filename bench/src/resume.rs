@@ -36,7 +36,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::fanout::{MAX_SUBSCRIBERS_PER_PROCESS, which};
-use crate::procstat::{self, ProcSample};
+use crate::procstat::{cores, cpu_seconds, sample_all};
 use crate::stats::{Percentiles, percentiles, row};
 
 /// Events per `sb_publish` pipeline.
@@ -325,9 +325,12 @@ pub async fn run(opts: ResumeOptions) -> anyhow::Result<ResumeReport> {
     let published = Instant::now();
 
     // 4. Every client reconnects to B.
-    let b0 = sample(&pids);
-    let r0 = sample(&redis_pid);
-    let self0 = procstat::sample(std::process::id()).unwrap_or_default();
+    let self_pid = [std::process::id()];
+    let (b0, r0, self0) = (
+        sample_all(&pids),
+        sample_all(&redis_pid),
+        sample_all(&self_pid),
+    );
     let deadline = published + opts.phase_timeout;
     let _ = go_tx.send(Some(Go {
         last: Arc::new(ids.iter().map(|t| t.last().copied()).collect()),
@@ -338,9 +341,11 @@ pub async fn run(opts: ResumeOptions) -> anyhow::Result<ResumeReport> {
         let _ = tokio::time::timeout_at((deadline + Duration::from_secs(1)).into(), all_done).await;
     }
     let ended = Instant::now();
-    let b1 = sample(&pids);
-    let r1 = sample(&redis_pid);
-    let self1 = procstat::sample(std::process::id()).unwrap_or_default();
+    let (b1, r1, self1) = (
+        sample_all(&pids),
+        sample_all(&redis_pid),
+        sample_all(&self_pid),
+    );
 
     let mut outcomes = Vec::with_capacity(opts.clients);
     let collect_deadline = Instant::now() + Duration::from_secs(5);
@@ -362,11 +367,11 @@ pub async fn run(opts: ResumeOptions) -> anyhow::Result<ResumeReport> {
     let window = window_end.duration_since(first_start.unwrap_or(published));
     report.resume_window_ms = ms(window);
     report.replayed_per_s = report.replayed.received as f64 / window.as_secs_f64().max(1e-9);
-    let wall = ended.duration_since(published).as_secs_f64().max(1e-9);
+    let wall = ended.duration_since(published);
     report.gateway_b_cores = cores(&b0, &b1, wall);
     report.redis_cores = cores(&r0, &r1, wall);
-    report.load_generator_cores = (self1.cpu - self0.cpu).as_secs_f64() / wall;
-    report.gateway_b_cpu_us_per_resume = cpu(&b0, &b1) * 1e6 / report.resumed.max(1) as f64;
+    report.load_generator_cores = cores(&self0, &self1, wall);
+    report.gateway_b_cpu_us_per_resume = cpu_seconds(&b0, &b1) * 1e6 / report.resumed.max(1) as f64;
     report.gateway_b_rss_bytes = b1.first().map_or(0, |s| s.rss);
     // The resumed sockets close before the replay measurement.
     drop(outcomes);
@@ -804,22 +809,6 @@ where
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn sample(pids: &[u32]) -> Vec<ProcSample> {
-    pids.iter().filter_map(|p| procstat::sample(*p)).collect()
-}
-
-fn cpu(before: &[ProcSample], after: &[ProcSample]) -> f64 {
-    after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| (a.cpu - b.cpu).as_secs_f64())
-        .sum()
-}
-
-fn cores(before: &[ProcSample], after: &[ProcSample], wall: f64) -> f64 {
-    cpu(before, after) / wall
 }
 
 impl ResumeReport {
