@@ -207,8 +207,8 @@ pub async fn run(opts: ConnectBenchOptions) -> anyhow::Result<ConnectReport> {
     let mut hello = Histogram::default();
     for t in tasks {
         let (u, h) = t.await?;
-        upgrade.merge(&u);
-        hello.merge(&h);
+        upgrade.merge(&u)?;
+        hello.merge(&h)?;
     }
 
     let secs = window.as_secs_f64();

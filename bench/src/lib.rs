@@ -21,7 +21,8 @@
 //! - [`rawws`]: the WebSocket pieces the floor and `connect` write by hand.
 //! - [`procstat`]: CPU time and RSS of processes, from `/proc`: the one sampler every scenario
 //!   uses (a set of pids sampled together, CPU seconds and cores between two samples).
-//! - [`stats`]: percentile arithmetic.
+//! - [`stats`]: percentiles, the latency histogram processes merge (hdrhistogram), the clock
+//!   events are stamped with.
 
 pub mod calls;
 pub mod connect;

@@ -11,13 +11,15 @@
 //! `i % topics`, loopback source `127.0.0.(1 + i % sources)`. Each connection gets a receiver
 //! that counts the events it is sent, checks their `seq` is in order, and records the latency
 //! from the `t` stamped in each event (microseconds on `CLOCK_MONOTONIC`, the same clock in every
-//! process). What the receivers saw is summed into a [`Tally`].
+//! process) in one of a few histograms its process's receivers share ([`LATENCY_SHARDS`]: a
+//! histogram holds some tens of KiB, too much for each of 19 000 connections). What the receivers
+//! saw is summed into a [`Tally`]; agents send theirs to the parent, which merges them.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -35,6 +37,9 @@ use crate::stats::{Histogram, now_us};
 pub const MAX_SUBSCRIBERS_PER_PROCESS: usize = 19_000;
 /// How long an agent may take to answer one request.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Latency histograms the receivers of one process share, connection `i` recording into
+/// `i % LATENCY_SHARDS`: enough that receivers on different threads rarely wait for one.
+pub const LATENCY_SHARDS: usize = 8;
 
 /// What the subscribers connect to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +115,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn merge(&mut self, o: &Tally) {
+    /// Adds another process's tally.
+    fn merge(&mut self, o: &Tally) -> Result<(), hdrhistogram::AdditionError> {
         self.min_per_connection = if self.connections == 0 {
             o.min_per_connection
         } else if o.connections == 0 {
@@ -124,7 +130,23 @@ impl Tally {
         self.out_of_order += o.out_of_order;
         self.short += o.short;
         self.closed_early += o.closed_early;
-        self.latency_us.merge(&o.latency_us);
+        self.latency_us.merge(&o.latency_us)
+    }
+
+    /// Counts one connection of this process, short when it got fewer than `expect` events (its
+    /// latencies are in its group's histograms).
+    fn count(&mut self, c: &ConnTally, expect: u64) {
+        self.min_per_connection = if self.connections == 0 {
+            c.received
+        } else {
+            self.min_per_connection.min(c.received)
+        };
+        self.max_per_connection = self.max_per_connection.max(c.received);
+        self.connections += 1;
+        self.received += c.received;
+        self.out_of_order += c.out_of_order;
+        self.short += u64::from(c.received < expect);
+        self.closed_early += u64::from(c.closed);
     }
 }
 
@@ -153,14 +175,17 @@ struct ConnTally {
     received: u64,
     out_of_order: u64,
     closed: bool,
-    latency: Histogram,
 }
+
+/// The latency histograms a group's receivers share (see [`LATENCY_SHARDS`]).
+type Latencies = Arc<[Mutex<Histogram>]>;
 
 /// Connections held by this process, each with its receiver.
 pub struct Group {
     clients: Vec<Client>,
     receivers: Vec<JoinHandle<ConnTally>>,
     received: Arc<AtomicU64>,
+    latency: Latencies,
     stop: watch::Sender<bool>,
 }
 
@@ -198,16 +223,21 @@ impl Group {
             clients: Vec::with_capacity(spec.count),
             receivers: Vec::with_capacity(spec.count),
             received,
+            latency: (0..LATENCY_SHARDS)
+                .map(|_| Mutex::new(Histogram::default()))
+                .collect(),
             stop,
         };
         let mut opened = Opened::default();
-        for o in opening {
+        for (i, o) in opening.into_iter().enumerate() {
             match o.await? {
                 Ok((client, notes)) => {
                     group.clients.push(client);
                     group.receivers.push(tokio::spawn(receive(
                         notes,
                         group.received.clone(),
+                        group.latency.clone(),
+                        i % LATENCY_SHARDS,
                         stop_rx.clone(),
                     )));
                     opened.established += 1;
@@ -233,18 +263,11 @@ impl Group {
         let _ = self.stop.send(true);
         let mut tally = Tally::default();
         for r in self.receivers {
-            let c = r.await?;
-            let one = Tally {
-                connections: 1,
-                received: c.received,
-                out_of_order: c.out_of_order,
-                min_per_connection: c.received,
-                max_per_connection: c.received,
-                short: u64::from(c.received < expect),
-                closed_early: u64::from(c.closed),
-                latency_us: c.latency,
-            };
-            tally.merge(&one);
+            tally.count(&r.await?, expect);
+        }
+        for shard in self.latency.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.latency_us.merge(&shard)?;
         }
         for c in &self.clients {
             c.abort();
@@ -293,13 +316,14 @@ struct EventEnvelope {
 async fn receive(
     mut notes: Notifications,
     total: Arc<AtomicU64>,
+    latency: Latencies,
+    shard: usize,
     mut stop: watch::Receiver<bool>,
 ) -> ConnTally {
     let mut r = ConnTally {
         received: 0,
         out_of_order: 0,
         closed: false,
-        latency: Histogram::default(),
     };
     let mut next_seq = 0u64;
     loop {
@@ -310,7 +334,8 @@ async fn receive(
                     break;
                 };
                 let Ok(ev) = serde_json::from_str::<EventEnvelope>(n.params.get()) else { continue };
-                r.latency.record(now_us().saturating_sub(ev.data.t));
+                let us = now_us().saturating_sub(ev.data.t);
+                latency[shard].lock().unwrap_or_else(PoisonError::into_inner).record(us);
                 if ev.data.seq != next_seq {
                     r.out_of_order += 1;
                 }
@@ -546,7 +571,7 @@ impl Subscribers {
                 let mut tally = Tally::default();
                 for a in agents.iter_mut() {
                     match a.recv().await? {
-                        AgentReply::Finished { tally: t } => tally.merge(&t),
+                        AgentReply::Finished { tally: t } => tally.merge(&t)?,
                         r => bail!("unexpected agent reply {r:?}"),
                     }
                 }
@@ -580,15 +605,16 @@ mod tests {
             max_per_connection: 6,
             ..Tally::default()
         };
-        a.merge(&b);
+        a.merge(&b).unwrap();
         a.merge(&Tally {
             connections: 1,
             received: 3,
             min_per_connection: 3,
             max_per_connection: 3,
             ..Tally::default()
-        });
-        a.merge(&Tally::default());
+        })
+        .unwrap();
+        a.merge(&Tally::default()).unwrap();
         assert_eq!(
             (
                 a.connections,
@@ -598,6 +624,31 @@ mod tests {
             ),
             (3, 13, 3, 6)
         );
+    }
+
+    #[test]
+    fn a_tally_reaches_the_parent_with_its_latencies() {
+        let mut latency_us = Histogram::default();
+        for us in [120, 3_000, 45_000] {
+            latency_us.record(us);
+        }
+        let reply = AgentReply::Finished {
+            tally: Tally {
+                connections: 1,
+                received: 3,
+                latency_us,
+                ..Tally::default()
+            },
+        };
+        let line = serde_json::to_string(&reply).unwrap();
+        let AgentReply::Finished { tally } = serde_json::from_str(&line).unwrap() else {
+            panic!("not a finished reply: {line}");
+        };
+        let p = tally.latency_us.percentiles();
+        assert_eq!((tally.received, tally.latency_us.len()), (3, 3));
+        // Above 2 048 µs, a bucket's highest value: within 0.1 %.
+        assert!(p.p50.abs_diff(3_000) * 1000 <= 3_000, "p50 {}", p.p50);
+        assert!(p.max.abs_diff(45_000) * 1000 <= 45_000, "max {}", p.max);
     }
 
     #[test]

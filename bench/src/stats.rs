@@ -1,8 +1,8 @@
-//! Percentiles over recorded samples, a mergeable latency histogram, and the clock that
-//! timestamps events across processes.
+//! Percentiles over recorded samples, a latency histogram that processes merge (hdrhistogram),
+//! and the clock that timestamps events across processes.
 
-use std::collections::BTreeMap;
-
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 /// Appends one `key  value` row of a report table.
@@ -57,111 +57,97 @@ pub fn now_us() -> u64 {
     t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000
 }
 
-/// A latency histogram, in microseconds, that processes can merge: exact below 1 024 µs, then
-/// 128 buckets per power of two (within 0.8 %). Sent between processes as JSON.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(into = "HistogramWire", from = "HistogramWire")]
-pub struct Histogram {
-    counts: BTreeMap<u32, u64>,
-    total: u64,
-    max: u64,
-}
+/// Significant figures the latency histograms keep: every value is read back exact below
+/// 2 048 µs and within 0.1 % above.
+const SIGNIFICANT_FIGURES: u8 = 3;
 
-/// A histogram as JSON: `[bucket, count]` pairs (map keys would be strings, which an
-/// internally tagged enum cannot read back as numbers).
-#[derive(Serialize, Deserialize)]
-struct HistogramWire {
-    counts: Vec<(u32, u64)>,
-    max: u64,
-}
+/// A latency histogram, in microseconds, that processes can merge (hdrhistogram with
+/// [`SIGNIFICANT_FIGURES`], resized as larger values come): exact below 2 048 µs, within 0.1 %
+/// above. Sent between processes as hdrhistogram's V2 serialization, in base64, as a JSON
+/// string.
+#[derive(Debug, Clone)]
+pub struct Histogram(hdrhistogram::Histogram<u64>);
 
-impl From<Histogram> for HistogramWire {
-    fn from(h: Histogram) -> Self {
-        HistogramWire {
-            counts: h.counts.into_iter().collect(),
-            max: h.max,
-        }
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(
+            hdrhistogram::Histogram::new(SIGNIFICANT_FIGURES)
+                .expect("3 significant figures is in hdrhistogram's range (0 to 5)"),
+        )
     }
-}
-
-impl From<HistogramWire> for Histogram {
-    fn from(w: HistogramWire) -> Self {
-        Histogram {
-            total: w.counts.iter().map(|(_, n)| n).sum(),
-            counts: w.counts.into_iter().collect(),
-            max: w.max,
-        }
-    }
-}
-
-const EXACT_BELOW: u64 = 1024;
-const SUB_BUCKETS: u32 = 128;
-
-fn bucket_of(v: u64) -> u32 {
-    if v < EXACT_BELOW {
-        return v as u32;
-    }
-    let e = 63 - v.leading_zeros(); // >= 10
-    let m = ((v >> (e - 7)) & 127) as u32;
-    EXACT_BELOW as u32 + (e - 10) * SUB_BUCKETS + m
-}
-
-/// The middle of a bucket.
-fn value_of(b: u32) -> u64 {
-    if u64::from(b) < EXACT_BELOW {
-        return u64::from(b);
-    }
-    let e = (b - EXACT_BELOW as u32) / SUB_BUCKETS + 10;
-    let m = u64::from((b - EXACT_BELOW as u32) % SUB_BUCKETS);
-    let width = 1u64 << (e - 7);
-    (128 + m) * width + width / 2
 }
 
 impl Histogram {
     pub fn record(&mut self, us: u64) {
-        *self.counts.entry(bucket_of(us)).or_default() += 1;
-        self.total += 1;
-        self.max = self.max.max(us);
+        // Only a value past what a resize can reach (near u64::MAX) fails: it is clamped.
+        if self.0.record(us).is_err() {
+            self.0.saturating_record(us);
+        }
     }
 
-    pub fn merge(&mut self, other: &Histogram) {
-        for (b, n) in &other.counts {
-            *self.counts.entry(*b).or_default() += n;
-        }
-        self.total += other.total;
-        self.max = self.max.max(other.max);
+    pub fn merge(&mut self, other: &Histogram) -> Result<(), hdrhistogram::AdditionError> {
+        self.0.add(&other.0)
     }
 
     pub fn len(&self) -> u64 {
-        self.total
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.total == 0
+        self.0.is_empty()
     }
 
-    /// The percentiles (all zero when empty), read as [`percentiles`] reads sorted samples.
+    /// The percentiles (all zero when empty), with the rank [`percentiles`] reads sorted samples
+    /// at, so a histogram and the samples it was recorded from give the same figures (to its
+    /// precision); each figure is the highest value of its bucket.
     pub fn percentiles(&self) -> Percentiles {
-        if self.total == 0 {
+        let total = self.0.len();
+        if total == 0 {
             return Percentiles::default();
         }
+        let max = self.0.max();
         let at = |q: f64| {
-            let rank = ((self.total as f64 * q) as u64).min(self.total - 1);
+            let rank = ((total as f64 * q) as u64).min(total - 1);
             let mut seen = 0;
-            for (b, n) in &self.counts {
-                seen += n;
+            for v in self.0.iter_recorded() {
+                seen += v.count_since_last_iteration();
                 if seen > rank {
-                    return value_of(*b).min(self.max);
+                    return v.value_iterated_to();
                 }
             }
-            self.max
+            max
         };
         Percentiles {
             p50: at(0.50),
             p99: at(0.99),
             p999: at(0.999),
-            max: self.max,
+            max,
         }
+    }
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&self.0, &mut bytes)
+            .map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&BASE64.encode(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for Histogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let text = String::deserialize(d)?;
+        let bytes = BASE64.decode(text).map_err(D::Error::custom)?;
+        let mut h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(D::Error::custom)?;
+        // Read back with the bounds it was sent with; it must still take larger values.
+        h.auto(true);
+        Ok(Histogram(h))
     }
 }
 
@@ -170,26 +156,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_is_exact_below_1024_and_close_above() {
+    fn histogram_is_exact_below_2048_and_within_a_thousandth_above() {
         let mut h = Histogram::default();
         for v in 1..=1000 {
             h.record(v);
         }
         let p = h.percentiles();
+        // The same figures as the samples themselves give.
+        let mut samples: Vec<u64> = (1..=1000).collect();
+        let exact = percentiles(&mut samples);
         assert_eq!((p.p50, p.p99, p.p999, p.max), (501, 991, 1000, 1000));
-        for v in [1024u64, 1500, 2047, 2048, 99_999, 1_234_567, 40_000_000_000] {
-            let got = value_of(bucket_of(v));
-            assert!(got.abs_diff(v) * 100 <= v, "{v} read back as {got}");
+        assert_eq!(
+            (p.p50, p.p99, p.p999, p.max),
+            (exact.p50, exact.p99, exact.p999, exact.max)
+        );
+        for v in [0u64, 1, 2047, 2048, 2049, 99_999, 1_234_567, 40_000_000_000] {
+            let mut h = Histogram::default();
+            h.record(v);
+            let got = h.percentiles();
+            assert!(
+                got.p50.abs_diff(v) * 1000 <= v,
+                "{v} read back as {}",
+                got.p50
+            );
+            assert_eq!(got.max, got.p50);
+            if v < 2048 {
+                assert_eq!(got.p50, v);
+            }
         }
+        assert_eq!(Histogram::default().percentiles().max, 0);
+    }
+
+    #[test]
+    fn histograms_merge_across_json() {
         let mut a = Histogram::default();
         a.record(5_000);
         let mut b = Histogram::default();
-        b.record(7);
-        a.merge(&b);
-        assert_eq!((a.len(), a.percentiles().max), (2, 5_000));
-        let json = serde_json::to_string(&a).unwrap();
+        for v in 0..100 {
+            b.record(7 + v % 3);
+        }
+        // As an agent sends it: a JSON string, base64 of the V2 serialization.
+        let json = serde_json::to_string(&b).unwrap();
+        assert!(json.starts_with('"'), "{json}");
         let back: Histogram = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.percentiles().p50, a.percentiles().p50);
+        assert_eq!(back.percentiles().p50, b.percentiles().p50);
+        a.merge(&back).unwrap();
+        assert_eq!(a.len(), 101);
+        assert_eq!(a.percentiles().p50, 8);
+        assert!(a.percentiles().max.abs_diff(5_000) * 1000 <= 5_000);
+        // One read back from JSON still takes values past the bounds it was sent with.
+        let mut back = back;
+        back.record(10_000_000);
+        back.merge(&a).unwrap();
+        assert_eq!(back.len(), 202);
+        assert!(serde_json::from_str::<Histogram>(r#""not base64!""#).is_err());
     }
 
     #[test]
