@@ -34,7 +34,8 @@ pub enum CallMode {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct CallsOptions {
-    pub bin: PathBuf,
+    /// The `switchboard` binary that gateway and worker processes are started from.
+    pub switchboard_bin: PathBuf,
     pub mode: CallMode,
     pub gateways: usize,
     pub workers: usize,
@@ -79,7 +80,7 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
     for i in 0..opts.gateways {
         gateways.push(
             GatewayProcess::start_with(
-                &opts.bin,
+                &opts.switchboard_bin,
                 &redis.url(),
                 &format!("bench-gw-{i}"),
                 &[
@@ -96,7 +97,7 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
     for i in 0..opts.workers {
         workers.push(
             WorkerProcess::start_with(
-                &opts.bin,
+                &opts.switchboard_bin,
                 &redis,
                 &format!("bench-w-{i}"),
                 &["--builtin", "--concurrency", "1024"],

@@ -36,7 +36,8 @@ const SECRET: &str = "switchboard-bench-connect-secret";
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ConnectBenchOptions {
-    pub bin: PathBuf,
+    /// The `switchboard` binary that gateway processes are started from.
+    pub switchboard_bin: PathBuf,
     pub gateways: usize,
     /// Connections being opened at once (all gateways).
     pub concurrency: usize,
@@ -107,7 +108,7 @@ pub async fn run(opts: ConnectBenchOptions) -> anyhow::Result<ConnectReport> {
     for i in 0..opts.gateways {
         gateways.push(
             GatewayProcess::start_with(
-                &opts.bin,
+                &opts.switchboard_bin,
                 &redis.url(),
                 &format!("connect-{i}"),
                 &["--jwt-secret", SECRET],

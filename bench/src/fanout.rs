@@ -36,8 +36,11 @@ pub const LOADGEN_SATURATED_CORES: f64 = 0.85;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct FanoutOptions {
-    /// The `switchboard` binary that gateway, floor and agent processes are started from.
-    pub bin: PathBuf,
+    /// The `switchboard` binary that gateway processes are started from (unused by the floor).
+    pub switchboard_bin: PathBuf,
+    /// This benchmark binary (`switchboard-bench`), run again for the floor server and
+    /// load-generator agents.
+    pub bench_bin: PathBuf,
     pub target: Target,
     pub gateways: usize,
     pub subscribers: usize,
@@ -137,8 +140,13 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
             let r = RedisServer::start().await;
             for i in 0..opts.gateways {
                 gateways.push(
-                    GatewayProcess::start_with(&opts.bin, &r.url(), &format!("bench-{i}"), &[])
-                        .await,
+                    GatewayProcess::start_with(
+                        &opts.switchboard_bin,
+                        &r.url(),
+                        &format!("bench-{i}"),
+                        &[],
+                    )
+                    .await,
                 );
             }
             redis = Some(r);
@@ -148,7 +156,7 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
             )
         }
         Target::Floor => {
-            let f = FloorProcess::start(&opts.bin, opts.floor_shards).await?;
+            let f = FloorProcess::start(&opts.bench_bin, opts.floor_shards).await?;
             let urls = vec![f.ws_url()];
             let pids = f.pid().into_iter().collect();
             floor = Some(f);
@@ -166,7 +174,7 @@ pub async fn run(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
         count: opts.subscribers,
         concurrency: opts.connect_concurrency,
     };
-    let (mut subs, opened) = Subscribers::open(&opts.bin, &spec, agents).await?;
+    let (mut subs, opened) = Subscribers::open(&opts.bench_bin, &spec, agents).await?;
     if opened.failed > 0 {
         bail!(
             "{} of {} subscribers could not connect: {}",

@@ -1,6 +1,6 @@
 //! The floor: the least a broadcast server can do, to measure Switchboard against.
 //!
-//! `switchboard bench floor-server --listen ADDR` is a separate process (so its CPU is read from
+//! `switchboard-bench floor-server --listen ADDR` is a separate process (so its CPU is read from
 //! `/proc` exactly as a gateway's is). It accepts WebSocket upgrades (`GET /ws?topic=NAME`,
 //! handshake by hand, the subprotocol echoed), does no JSON and no Redis, and for each broadcast
 //! writes the same pre-built frame to every socket of the topic: one `write` per socket per
@@ -383,18 +383,19 @@ pub struct FloorStats {
     pub dropped: u64,
 }
 
-/// A `switchboard bench floor-server` child process.
+/// A `switchboard-bench floor-server` child process.
 pub struct FloorProcess {
     pub addr: SocketAddr,
     child: Child,
 }
 
 impl FloorProcess {
-    /// Starts the floor on a free loopback port and waits until it answers.
+    /// Starts the floor (`bin floor-server`, `bin` being this benchmark binary) on a free
+    /// loopback port and waits until it answers.
     pub async fn start(bin: &Path, shards: usize) -> anyhow::Result<FloorProcess> {
         let addr: SocketAddr = format!("127.0.0.1:{}", switchboard_harness::free_port()).parse()?;
         let child = Command::new(bin)
-            .args(["bench", "floor-server", "--listen", &addr.to_string()])
+            .args(["floor-server", "--listen", &addr.to_string()])
             .args(["--shards", &shards.to_string(), "--exit-with-stdin"])
             .env("SWITCHBOARD_LOG", "warn")
             .stdin(Stdio::piped())
@@ -402,7 +403,7 @@ impl FloorProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {} bench floor-server", bin.display()))?;
+            .with_context(|| format!("starting {} floor-server", bin.display()))?;
         let floor = FloorProcess { addr, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

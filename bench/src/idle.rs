@@ -10,7 +10,7 @@
 //! receive it.
 //!
 //! One process may hold at most [`MAX_SUBSCRIBERS_PER_PROCESS`] sockets, so above that the
-//! connections are held by agent processes (`switchboard bench agent`, see `loadgen.rs`). A
+//! connections are held by agent processes (`switchboard-bench agent`, see `loadgen.rs`). A
 //! gateway is a process too: each must have room for its share of the connections under its
 //! descriptor limit, which is checked before connecting.
 
@@ -35,7 +35,10 @@ const FD_MARGIN: u64 = 16;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct IdleOptions {
-    pub bin: PathBuf,
+    /// The `switchboard` binary that gateway processes are started from.
+    pub switchboard_bin: PathBuf,
+    /// This benchmark binary (`switchboard-bench`), run again for load-generator agents.
+    pub bench_bin: PathBuf,
     pub gateways: usize,
     pub connections: usize,
     pub topics: usize,
@@ -131,7 +134,13 @@ pub async fn run(opts: IdleOptions) -> anyhow::Result<IdleReport> {
     let mut gateways = Vec::new();
     for i in 0..opts.gateways {
         gateways.push(
-            GatewayProcess::start_with(&opts.bin, &redis.url(), &format!("idle-{i}"), extra).await,
+            GatewayProcess::start_with(
+                &opts.switchboard_bin,
+                &redis.url(),
+                &format!("idle-{i}"),
+                extra,
+            )
+            .await,
         );
     }
     let pids: Vec<u32> = gateways.iter().map(|g| g.pid() as u32).collect();
@@ -177,7 +186,7 @@ pub async fn run(opts: IdleOptions) -> anyhow::Result<IdleReport> {
         count: opts.connections,
         concurrency: opts.connect_concurrency,
     };
-    let (mut subs, opened) = Subscribers::open(&opts.bin, &spec, agents).await?;
+    let (mut subs, opened) = Subscribers::open(&opts.bench_bin, &spec, agents).await?;
 
     // Settle, then keep the largest of a few samples.
     tokio::time::sleep(opts.settle).await;

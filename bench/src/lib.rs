@@ -1,8 +1,10 @@
-//! Benchmark scenarios for Switchboard, run by `switchboard bench <scenario>`.
+//! Benchmark scenarios for Switchboard, run by their own binary, `switchboard-bench <scenario>`
+//! (`main.rs`, a thin clap edge), so the production `switchboard` binary carries neither the
+//! scenarios nor the test harness.
 //!
 //! A benchmark is a program, never a timed test: it starts the real parts (a `redis-server` on
-//! a free port, gateway processes from the `switchboard` binary), drives them from this
-//! process, and prints a table (or JSON). Every figure comes from what was measured in that
+//! a free port, gateway and worker processes from the `switchboard` binary, found next to
+//! `switchboard-bench`), drives them from this process, and prints a table (or JSON). Every figure comes from what was measured in that
 //! run: deliveries counted one by one, latency from a timestamp inside each event, CPU and RSS
 //! of each gateway process read from `/proc`. The parts are started with the test harness
 //! (`switchboard-harness`), so benchmarks and tests run Redis and gateways the same way.
@@ -15,9 +17,9 @@
 //! - [`idle`]: M idle connections (hello, one subscribe) on G gateways: RSS per connection, and
 //!   one event to every topic at the end, none lost.
 //! - [`connect`]: connections per second through the upgrade and a `hello` with a verified JWT.
-//! - [`floor`]: the floor server, a minimal broadcast server that `fanout --target floor`
-//!   measures Switchboard against.
-//! - [`loadgen`]: subscribers in this process or in agent processes (`switchboard bench agent`).
+//! - [`floor`]: the floor server (`switchboard-bench floor-server`), a minimal broadcast server
+//!   that `fanout --target floor` measures Switchboard against.
+//! - [`loadgen`]: subscribers in this process or in agent processes (`switchboard-bench agent`).
 //! - [`rawws`]: the WebSocket pieces the floor and `connect` write by hand.
 //! - [`procstat`]: CPU time and RSS of processes, from `/proc`: the one sampler every scenario
 //!   uses (a set of pids sampled together, CPU seconds and cores between two samples).

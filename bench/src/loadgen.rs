@@ -2,7 +2,7 @@
 //! processes ("agents").
 //!
 //! One process may hold at most [`MAX_SUBSCRIBERS_PER_PROCESS`] sockets (the descriptor cap), so
-//! a scenario that needs more re-executes this binary as `switchboard bench agent`: each agent
+//! a scenario that needs more re-executes this binary as `switchboard-bench agent`: each agent
 //! opens its share of the connections and answers the parent over its stdout, one JSON line per
 //! request it read on its stdin (see [`AgentRequest`] and [`AgentReply`]). An agent exits when
 //! its stdin closes, so agents never outlive the scenario that started them.
@@ -375,7 +375,7 @@ pub enum AgentReply {
     Error { message: String },
 }
 
-/// The agent's side: serves requests from stdin until it closes (`switchboard bench agent`).
+/// The agent's side: serves requests from stdin until it closes (`switchboard-bench agent`).
 pub async fn serve_agent() -> anyhow::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
@@ -420,7 +420,7 @@ pub async fn serve_agent() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `switchboard bench agent` child process, seen from the parent.
+/// A `switchboard-bench agent` child process, seen from the parent.
 pub struct Agent {
     child: Child,
     stdin: ChildStdin,
@@ -428,17 +428,17 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `bin bench agent`; it is killed when dropped.
+    /// Starts `bin agent` (`bin` being this benchmark binary); it is killed when dropped.
     pub fn spawn(bin: &Path) -> anyhow::Result<Agent> {
         let mut child = Command::new(bin)
-            .args(["bench", "agent"])
+            .arg("agent")
             .env("SWITCHBOARD_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {} bench agent", bin.display()))?;
+            .with_context(|| format!("starting {} agent", bin.display()))?;
         let stdin = child.stdin.take().context("agent stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("agent stdout")?).lines();
         Ok(Agent {
@@ -479,7 +479,8 @@ pub enum Subscribers {
 }
 
 impl Subscribers {
-    /// Opens `spec` here (`agents == 0`) or split evenly over `agents` child processes.
+    /// Opens `spec` here (`agents == 0`) or split evenly over `agents` child processes, each
+    /// `bin agent` (`bin` being this benchmark binary).
     pub async fn open(
         bin: &Path,
         spec: &SubscriberSpec,

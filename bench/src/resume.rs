@@ -50,7 +50,7 @@ const REPLAY_TOPIC: &str = "bench:replay";
 #[derive(Debug, Clone)]
 pub struct ResumeOptions {
     /// The `switchboard` binary that gateway processes are started from.
-    pub bin: PathBuf,
+    pub switchboard_bin: PathBuf,
     pub clients: usize,
     pub topics: usize,
     /// Events per topic published (and received live) before the kill.
@@ -253,8 +253,10 @@ pub async fn run(opts: ResumeOptions) -> anyhow::Result<ResumeReport> {
     let rule = format!("bench:*={history_len}");
     let max_replay_s = max_replay.to_string();
     let extra = ["--history", &rule, "--max-replay", &max_replay_s];
-    let mut a = GatewayProcess::start_with(&opts.bin, &redis.url(), "bench-a", &extra).await;
-    let b = GatewayProcess::start_with(&opts.bin, &redis.url(), "bench-b", &extra).await;
+    let mut a =
+        GatewayProcess::start_with(&opts.switchboard_bin, &redis.url(), "bench-a", &extra).await;
+    let b =
+        GatewayProcess::start_with(&opts.switchboard_bin, &redis.url(), "bench-b", &extra).await;
     let mut conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await?;

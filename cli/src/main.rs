@@ -35,8 +35,6 @@ enum Command {
     Publish(commands::publish::Args),
     /// Mint an HS256 token for a subject.
     Token(commands::token::Args),
-    /// Run a benchmark scenario against real gateway processes.
-    Bench(commands::bench::Args),
 }
 
 /// A failure with the exit code it deserves.
@@ -69,7 +67,6 @@ fn main() -> ExitCode {
         Command::Worker(a) => commands::worker::run(a),
         Command::Publish(a) => commands::publish::run(a),
         Command::Token(a) => commands::token::run(a),
-        Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

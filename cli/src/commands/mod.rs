@@ -1,7 +1,6 @@
 //! The subcommands, and what they share: logging, the gateway's tuning flags, the shutdown
 //! signal, the file-descriptor limit.
 
-pub(crate) mod bench;
 pub(crate) mod dev;
 pub(crate) mod gateway;
 pub(crate) mod publish;

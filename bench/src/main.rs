@@ -1,11 +1,21 @@
-//! `switchboard bench <scenario>`: starts the real parts (redis-server, gateway processes from
-//! this very binary), drives them, prints a table or JSON. The scenarios live in the
-//! `switchboard-bench` crate.
+//! `switchboard-bench`: the benchmark suite's own binary, so the production `switchboard`
+//! binary (and its Docker image) carries neither the scenarios nor the test harness they start
+//! processes with. A thin edge over the library: it parses the command line (clap), runs one
+//! scenario and prints its report as a table or JSON. Exit codes as `switchboard`'s: 64 for an
+//! invalid command line or setting, 1 for a runtime failure.
+//!
+//! Gateways and workers are the real `switchboard` binary, found next to this executable
+//! (`target/release/` holds both) or given with `--switchboard PATH` (`SWITCHBOARD_BIN`).
+//! Load-generator agents and the floor server are this binary, run again as
+//! `switchboard-bench agent` and `switchboard-bench floor-server` (hidden subcommands).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Subcommand;
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
 use switchboard_bench::calls::{self, CallMode, CallsOptions};
 use switchboard_bench::connect::{self, ConnectBenchOptions};
 use switchboard_bench::fanout::{self, FanoutOptions};
@@ -14,15 +24,26 @@ use switchboard_bench::idle::{self, IdleOptions};
 use switchboard_bench::loadgen::{self, Stage, Target};
 use switchboard_bench::resume::{self, ResumeOptions};
 
-use crate::Failure;
+/// Exit code for an invalid command line or setting (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
 
-#[derive(clap::Args, Debug)]
-pub(crate) struct Args {
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchboard-bench",
+    version,
+    about = "Benchmarks for Switchboard: starts Redis, gateways, workers and load generators, \
+             measures, and reports"
+)]
+struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
     /// Print the report as JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The `switchboard` binary that gateways and workers are started from [default: the one
+    /// next to this executable].
+    #[arg(long, env = "SWITCHBOARD_BIN", global = true, value_name = "PATH")]
+    switchboard: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,11 +232,52 @@ enum Scenario {
     },
 }
 
-pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    let bin = std::env::current_exe().map_err(|e| Failure::Runtime(e.into()))?;
-    super::raise_fd_limit();
-    let rt = super::runtime()?;
-    match args.scenario {
+/// A failure with the exit code it deserves.
+enum Failure {
+    /// A bad setting: the message names it. Exit 64.
+    Usage(String),
+    /// Anything else. Exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("switchboard-bench: invalid configuration: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("switchboard-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    // Agents and the floor server are this very binary, run again.
+    let this = std::env::current_exe().context("finding this executable")?;
+    let given = cli.switchboard;
+    let switchboard = || switchboard_bin(given.clone(), &this);
+    raise_fd_limit();
+    let rt = runtime()?;
+    let json = cli.json;
+    match cli.scenario {
         Scenario::Fanout {
             target,
             compare_floor,
@@ -231,7 +293,13 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             floor_shards,
         } => {
             let opts = FanoutOptions {
-                bin,
+                // The floor alone starts no gateway, and needs no `switchboard` binary.
+                switchboard_bin: if target == "floor" && !compare_floor {
+                    PathBuf::new()
+                } else {
+                    switchboard()?
+                },
+                bench_bin: this.clone(),
                 target: if target == "floor" {
                     Target::Floor
                 } else {
@@ -250,10 +318,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             };
             if compare_floor {
                 let report = rt.block_on(fanout::compare(opts))?;
-                print_report(args.json, &report, report.table())?;
+                print_report(json, &report, report.table())?;
             } else {
                 let report = rt.block_on(fanout::run(opts))?;
-                print_report(args.json, &report, report.table())?;
+                print_report(json, &report, report.table())?;
             }
         }
         Scenario::Idle {
@@ -270,7 +338,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             deliver_timeout_ms,
         } => {
             let opts = IdleOptions {
-                bin,
+                switchboard_bin: switchboard()?,
+                bench_bin: this.clone(),
                 gateways,
                 connections,
                 topics,
@@ -288,7 +357,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 deliver_timeout: Duration::from_millis(deliver_timeout_ms),
             };
             let report = rt.block_on(idle::run(opts))?;
-            print_report(args.json, &report, report.table())?;
+            print_report(json, &report, report.table())?;
         }
         Scenario::Connect {
             gateways,
@@ -300,7 +369,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             attempt_timeout_ms,
         } => {
             let opts = ConnectBenchOptions {
-                bin,
+                switchboard_bin: switchboard()?,
                 gateways,
                 concurrency,
                 duration: Duration::from_secs(seconds),
@@ -310,7 +379,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 attempt_timeout: Duration::from_millis(attempt_timeout_ms),
             };
             let report = rt.block_on(connect::run(opts))?;
-            print_report(args.json, &report, report.table())?;
+            print_report(json, &report, report.table())?;
         }
         Scenario::Agent => rt.block_on(loadgen::serve_agent())?,
         Scenario::FloorServer {
@@ -337,7 +406,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 _ => CallMode::Miss,
             };
             let opts = CallsOptions {
-                bin,
+                switchboard_bin: switchboard()?,
                 mode,
                 gateways,
                 workers,
@@ -347,7 +416,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 burst_ms,
             };
             let report = rt.block_on(calls::run(opts))?;
-            print_report(args.json, &report, report.table())?;
+            print_report(json, &report, report.table())?;
         }
         Scenario::Resume {
             clients,
@@ -366,7 +435,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             replay_rounds,
         } => {
             let opts = ResumeOptions {
-                bin,
+                switchboard_bin: switchboard()?,
                 clients,
                 topics,
                 before,
@@ -383,18 +452,126 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 replay_rounds,
             };
             let report = rt.block_on(resume::run(opts))?;
-            print_report(args.json, &report, report.table())?;
+            print_report(json, &report, report.table())?;
         }
     }
     Ok(())
 }
 
+/// The `switchboard` binary: the one given (which must exist), else the one next to `this`
+/// executable.
+fn switchboard_bin(given: Option<PathBuf>, this: &Path) -> Result<PathBuf, Failure> {
+    match given {
+        Some(path) if path.is_file() => Ok(path),
+        Some(path) => Err(Failure::Usage(format!(
+            "switchboard (SWITCHBOARD_BIN): there is no file at {}",
+            path.display()
+        ))),
+        None => {
+            let path = this.with_file_name(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Failure::Runtime(anyhow!(
+                    "the switchboard binary, which gateways and workers run from, is not at {}: \
+                     build it: cargo build --release -p switchboard (or give --switchboard PATH)",
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
 fn print_report<T: serde::Serialize>(json: bool, report: &T, table: String) -> Result<(), Failure> {
     if json {
-        let text = serde_json::to_string_pretty(report).map_err(|e| Failure::Runtime(e.into()))?;
+        let text = serde_json::to_string_pretty(report).context("the report as JSON")?;
         println!("{text}");
     } else {
         print!("{table}");
     }
     Ok(())
+}
+
+/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (or `RUST_LOG`), as `switchboard` does.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,h2=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection is a descriptor.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_parses_as_switchboard_bench_did() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from([&["switchboard-bench"], args].concat());
+        let cli = parse(&["fanout", "--compare-floor", "--agents", "2", "--json"]).unwrap();
+        assert!(
+            cli.json
+                && matches!(
+                    cli.scenario,
+                    Scenario::Fanout {
+                        compare_floor: true,
+                        ..
+                    }
+                )
+        );
+        assert!(matches!(
+            parse(&["floor-server", "--listen", "127.0.0.1:1"])
+                .unwrap()
+                .scenario,
+            Scenario::FloorServer { .. }
+        ));
+        assert!(matches!(
+            parse(&["agent"]).unwrap().scenario,
+            Scenario::Agent
+        ));
+        let e = parse(&["fanout", "--target", "floor", "--compare-floor"]).unwrap_err();
+        assert!(e.use_stderr(), "a bad command line exits 64");
+    }
+
+    #[test]
+    fn switchboard_is_the_one_given_or_the_one_next_to_this_binary() {
+        let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let this = dir.join("switchboard-bench");
+        let next = dir.join(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+        assert!(matches!(
+            switchboard_bin(None, &this),
+            Err(Failure::Runtime(_))
+        ));
+        std::fs::write(&next, "").unwrap();
+        assert_eq!(switchboard_bin(None, &this).ok(), Some(next.clone()));
+        let missing = dir.join("elsewhere");
+        assert!(matches!(
+            switchboard_bin(Some(missing), &this),
+            Err(Failure::Usage(_))
+        ));
+        assert_eq!(switchboard_bin(Some(next.clone()), &this).ok(), Some(next));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
