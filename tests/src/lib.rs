@@ -305,8 +305,8 @@ impl GatewayProcess {
         Self::start_with(&switchboard_bin(), redis_url, node_id, extra).await
     }
 
-    /// Like [`start`](Self::start), with the `switchboard` binary at `bin` (the benchmarks run
-    /// their own executable).
+    /// Like [`start`](Self::start), with the `switchboard` binary at `bin` (the benchmarks give
+    /// the one next to `switchboard-bench`).
     pub async fn start_with(
         bin: &std::path::Path,
         redis_url: &str,
