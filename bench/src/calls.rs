@@ -18,6 +18,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use switchboard_client::{Client, ConnectOptions};
 use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess};
+use switchboard_protocol::methods::tools::{CallParams, META_CACHE, ToolsCall, ToolsList};
+use switchboard_protocol::methods::{Ignored, Method};
 
 use crate::procstat::{cores, sample_all};
 use crate::stats::{Percentiles, percentiles, row};
@@ -120,11 +122,8 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
         clients.push(client);
     }
     if opts.mode == CallMode::Hit {
-        let _: Value = clients[0]
-            .request(
-                "tools/call",
-                &json!({"name": "echo", "arguments": {"bench": "hit"}}),
-            )
+        clients[0]
+            .call(&CallParams::new("echo", json!({"bench": "hit"})))
             .await
             .context("warming the cache")?;
     }
@@ -158,21 +157,22 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
                 let mut round = 0u64;
                 while Instant::now() < end {
                     let params = match mode {
-                        CallMode::Hit => json!({"name": "echo", "arguments": {"bench": "hit"}}),
-                        CallMode::Miss => json!({
-                            "name": "echo",
-                            "arguments": {"n": counter.fetch_add(1, Ordering::Relaxed)},
-                            "_meta": {"switchboard/cache": "bypass"},
-                        }),
+                        CallMode::Hit => CallParams::new("echo", json!({"bench": "hit"})),
+                        CallMode::Miss => CallParams {
+                            meta: json!({META_CACHE: "bypass"}).as_object().cloned(),
+                            ..CallParams::new(
+                                "echo",
+                                json!({"n": counter.fetch_add(1, Ordering::Relaxed)}),
+                            )
+                        },
                         // Every connection and slot sends the same call in a round: a burst.
-                        CallMode::Coalesce => json!({
-                            "name": "sleep",
-                            "arguments": {"ms": burst_ms + round % 2},
-                        }),
+                        CallMode::Coalesce => {
+                            CallParams::new("sleep", json!({"ms": burst_ms + round % 2}))
+                        }
                     };
                     round += 1;
                     let t0 = Instant::now();
-                    match client.request::<_, Value>("tools/call", &params).await {
+                    match client.request::<_, Value>(ToolsCall::NAME, &params).await {
                         Ok(r) if r["isError"] == false => {
                             lat.push(t0.elapsed().as_micros() as u64);
                             if r["_meta"]["switchboard/cached"] == true {
@@ -235,8 +235,8 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
 async fn wait_for_tools(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let r: Value = client.request("tools/list", &json!({})).await?;
-        if r["tools"].as_array().is_some_and(|t| t.len() >= 3) {
+        let r = client.method::<ToolsList>(&Ignored {}).await?;
+        if r.tools.len() >= 3 {
             return Ok(());
         }
         if Instant::now() > deadline {

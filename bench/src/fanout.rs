@@ -342,7 +342,7 @@ async fn publish(publisher: &mut Publisher, opts: &FanoutOptions) -> anyhow::Res
                 for s in seq..upto {
                     let payload = event_data(s, &pad);
                     for t in &topics {
-                        let frame = switchboard_core::wire::encode_event(t, &payload);
+                        let frame = switchboard_protocol::event::encode_event(t, &payload);
                         control.broadcast(t, &frame).await?;
                     }
                 }

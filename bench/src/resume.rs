@@ -27,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use serde_json::json;
 use switchboard_client::{Client, ConnectOptions, Notification, Notifications};
-use switchboard_core::history::EventId;
-use switchboard_core::wire::{HelloParams, SubscribeResult};
 use switchboard_harness::{GatewayProcess, RedisServer};
+use switchboard_protocol::EventId;
+use switchboard_protocol::methods::session::HelloParams;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -760,8 +759,7 @@ async fn replay_rate(
         let mut received = Vec::with_capacity(opts.replay_events);
         let start = Instant::now();
         let deadline = tokio::time::Instant::from(start + opts.phase_timeout);
-        let params = json!({"topic": REPLAY_TOPIC, "since": "0-0"});
-        let sub = client.request::<_, SubscribeResult>("subscribe", &params);
+        let sub = client.subscribe_since(REPLAY_TOPIC, Some("0-0"));
         tokio::pin!(sub);
         let mut reply = None;
         let mut last = None;

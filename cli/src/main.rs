@@ -61,6 +61,10 @@ fn main() -> ExitCode {
         }
     };
     commands::init_logging();
+    if let Err(Failure::Usage(msg)) = commands::refuse_renamed_variables() {
+        eprintln!("switchboard: invalid configuration: {msg}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let result = match cli.command {
         Command::Dev(a) => commands::dev::run(a),
         Command::Gateway(a) => commands::gateway::run(a),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use switchboard_core::wire::close;
+use switchboard_protocol::close;
 
 /// The delay before reconnect attempt `attempt` (0 for the first): uniform in
 /// `[0, min(max, min_delay * 2^attempt)]`, `draw` mapping a ceiling in ms to a value in

@@ -38,9 +38,14 @@ use hyper::header::{self, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use switchboard_core::wire::{
-    EventParams, HelloParams, HelloResult, PublishResult, RpcError, SubscribeParams,
-    SubscribeResult, UnsubscribeParams,
+use switchboard_protocol::RpcError;
+use switchboard_protocol::event::EventParams;
+use switchboard_protocol::methods::Method;
+use switchboard_protocol::methods::session::{Hello, HelloParams, HelloResult, Ping};
+use switchboard_protocol::methods::tools::{CallParams, CallResult, ToolsCall};
+use switchboard_protocol::methods::topics::{
+    Publish, PublishParams, PublishResult, Subscribe, SubscribeParams, SubscribeResult,
+    Unsubscribe, UnsubscribeParams,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -72,7 +77,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             token: None,
-            subprotocol: Some("switchboard.v1".into()),
+            subprotocol: Some(switchboard_protocol::SUBPROTOCOL.into()),
             bind: None,
             notification_queue: DEFAULT_NOTIFICATION_QUEUE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -120,7 +125,7 @@ pub struct Notification {
 impl Notification {
     /// The params of an `event`, decoded.
     pub fn event(&self) -> Option<EventParams> {
-        if self.method != "event" {
+        if self.method != switchboard_protocol::event::EVENT {
             return None;
         }
         serde_json::from_str(self.params.get()).ok()
@@ -437,8 +442,17 @@ impl Client {
             .map_err(|_| ClientError::Closed(self.close_reason()))
     }
 
+    /// Sends a request of method `M` (its params and result are the protocol's types) and
+    /// waits for its reply.
+    pub async fn method<M: Method>(
+        &self,
+        params: &M::Params<'_>,
+    ) -> Result<M::Result, ClientError> {
+        self.request(M::NAME, params).await
+    }
+
     pub async fn hello(&self, params: HelloParams) -> Result<HelloResult, ClientError> {
-        self.request("hello", &params).await
+        self.method::<Hello>(&params).await
     }
 
     pub async fn subscribe(&self, topic: &str) -> Result<SubscribeResult, ClientError> {
@@ -452,25 +466,18 @@ impl Client {
         topic: &str,
         since: Option<&str>,
     ) -> Result<SubscribeResult, ClientError> {
-        self.request(
-            "subscribe",
-            &SubscribeParams {
-                topic: topic.to_owned(),
-                since: since.map(str::to_owned),
-            },
-        )
+        self.method::<Subscribe>(&SubscribeParams {
+            topic: topic.to_owned(),
+            since: since.map(str::to_owned),
+        })
         .await
     }
 
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientError> {
-        let _: serde_json::Value = self
-            .request(
-                "unsubscribe",
-                &UnsubscribeParams {
-                    topic: topic.to_owned(),
-                },
-            )
-            .await?;
+        self.method::<Unsubscribe>(&UnsubscribeParams {
+            topic: topic.to_owned(),
+        })
+        .await?;
         Ok(())
     }
 
@@ -479,21 +486,32 @@ impl Client {
         topic: &str,
         data: &T,
     ) -> Result<PublishResult, ClientError> {
-        self.request(
-            "publish",
-            &serde_json::json!({ "topic": topic, "data": data }),
-        )
-        .await
+        let data = serde_json::value::to_raw_value(data)?;
+        self.method::<Publish>(&publish_params(topic, &data)).await
+    }
+
+    /// `tools/call`: the tool's result (or the task, for a call made with `task`).
+    pub async fn call(&self, params: &CallParams) -> Result<CallResult, ClientError> {
+        self.method::<ToolsCall>(params).await
     }
 
     pub async fn ping(&self) -> Result<(), ClientError> {
-        let _: serde_json::Value = self.request("ping", &serde_json::json!({})).await?;
+        self.method::<Ping>(&Default::default()).await?;
         Ok(())
     }
 
     /// Starts a normal close (1000).
     pub async fn close(&self) {
         let _ = self.out.send(Frame::close(1000, b"")).await;
+    }
+}
+
+/// `publish` params for `topic` and already encoded `data`.
+pub(crate) fn publish_params<'a>(topic: &'a str, data: &'a RawValue) -> PublishParams<'a> {
+    PublishParams {
+        topic: std::borrow::Cow::Borrowed(topic),
+        data,
+        history: None,
     }
 }
 

@@ -55,12 +55,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-use switchboard_core::wire::{
-    ErrorCode, EventParams, HelloParams, HelloResult, PublishResult, SubscribeParams,
-    SubscribeResult, UnsubscribeParams, close,
+use switchboard_protocol::event::EventParams;
+use switchboard_protocol::methods::Method;
+use switchboard_protocol::methods::session::{HelloParams, HelloResult};
+use switchboard_protocol::methods::tools::{CallParams, ToolsCall};
+use switchboard_protocol::methods::topics::{
+    Publish, PublishResult, Subscribe, SubscribeParams, SubscribeResult, Unsubscribe,
+    UnsubscribeParams,
 };
+use switchboard_protocol::{ErrorCode, close};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff;
@@ -393,10 +397,7 @@ impl Session {
             topic: topic.to_owned(),
             since,
         };
-        match self
-            .request::<_, SubscribeResult>("subscribe", &params)
-            .await
-        {
+        match self.method::<Subscribe>(&params).await {
             Ok(r) => {
                 self.inner
                     .state()
@@ -433,7 +434,7 @@ impl Session {
         };
         match tokio::time::timeout(
             self.inner.opts.request_timeout,
-            client.request::<_, Value>("unsubscribe", &params),
+            client.method::<Unsubscribe>(&params),
         )
         .await
         {
@@ -452,11 +453,9 @@ impl Session {
         topic: &str,
         data: &T,
     ) -> Result<PublishResult, ClientError> {
-        self.request(
-            "publish",
-            &serde_json::json!({ "topic": topic, "data": data }),
-        )
-        .await
+        let data = serde_json::value::to_raw_value(data)?;
+        self.method::<Publish>(&crate::publish_params(topic, &data))
+            .await
     }
 
     /// `tools/call`: the `CallToolResult`. The reply is awaited across reconnects: after a
@@ -464,7 +463,7 @@ impl Session {
     /// [`ClientError::SessionLost`] when a reconnect could not resume the session, and with
     /// [`ClientError::Timeout`] after [`SessionOptions::call_timeout`].
     pub async fn call(&self, tool: &str, arguments: Value) -> Result<Value, ClientError> {
-        let call = self.call_inner(serde_json::json!({"name": tool, "arguments": arguments}));
+        let call = self.call_inner(CallParams::new(tool, arguments));
         match self.inner.opts.call_timeout {
             Some(t) => tokio::time::timeout(t, call)
                 .await
@@ -473,7 +472,7 @@ impl Session {
         }
     }
 
-    async fn call_inner(&self, params: Value) -> Result<Value, ClientError> {
+    async fn call_inner(&self, params: CallParams) -> Result<Value, ClientError> {
         let router = &self.inner.router;
         let id = router.next_id();
         let mut stale = None;
@@ -481,7 +480,7 @@ impl Session {
             let client = self.inner.ready(stale.as_ref()).await?;
             // Registered before it is sent, so that the reply cannot come first.
             let (guard, rx) = router.expect(id);
-            match client.send_request(id, "tools/call", &params).await {
+            match client.send_request(id, ToolsCall::NAME, &params).await {
                 Ok(()) => break (guard, rx),
                 // Never sent: that socket is gone; send it on the next one.
                 Err(_) => stale = Some(client),
@@ -506,17 +505,10 @@ impl Session {
     }
 
     /// A request on the current socket (waiting for one if the session is reconnecting).
-    async fn request<P: Serialize, R: DeserializeOwned>(
-        &self,
-        method: &str,
-        params: &P,
-    ) -> Result<R, ClientError> {
+    async fn method<M: Method>(&self, params: &M::Params<'_>) -> Result<M::Result, ClientError> {
         let request = async {
             let client = self.inner.ready(None).await?;
-            client
-                .request(method, params)
-                .await
-                .map_err(|e| self.settle(e))
+            client.method::<M>(params).await.map_err(|e| self.settle(e))
         };
         tokio::time::timeout(self.inner.opts.request_timeout, request)
             .await

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use switchboard_core::history::EventId;
+use switchboard_protocol::EventId;
 
 #[derive(Debug, Default)]
 struct TopicState {

@@ -5,10 +5,15 @@
 //! workspace), which it needs to work at all.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+use crate::clock::now_secs;
+
+/// The identity of a client without a token, on a node that allows anonymous clients.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// Seconds of clock skew tolerated on `exp`.
 pub const EXP_LEEWAY_SECS: u64 = 5;
@@ -35,7 +40,7 @@ impl Identity {
     /// The identity of a client on a gateway that allows anonymous connections.
     pub fn anonymous() -> Self {
         Identity {
-            subject: Arc::from("anonymous"),
+            subject: Arc::from(ANONYMOUS),
             expires_at: None,
         }
     }
@@ -128,13 +133,6 @@ pub fn mint_claims(secret: &[u8], claims: &Claims) -> Result<String, AuthError> 
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| AuthError::Invalid(e.to_string()))
-}
-
-/// Unix time in seconds.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -9,15 +9,11 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::tools::{CacheScope, ToolSpec, hex};
+use crate::encoding::{canonical_json, hex};
+use crate::tools::{CacheScope, ToolSpec};
 
 /// Bumped when the hash's inputs change, so old cache entries are never misread.
 const HASH_VERSION: &[u8] = b"switchboard-call-v1";
-
-/// RFC 8785 canonical JSON of a value.
-pub fn canonical_json(value: &Value) -> String {
-    serde_jcs::to_string(value).expect("a serde_json::Value always serializes")
-}
 
 /// The call hash (64 hex digits); see the module docs.
 pub fn call_hash(tool: &ToolSpec, arguments: &Value, caller: &str) -> String {

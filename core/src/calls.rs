@@ -1,22 +1,16 @@
-//! The call plane: how a gateway hands a tool call to workers and learns its outcome, and
-//! how a worker takes, keeps and finishes jobs. Both sides meet only in the backend.
-//!
-//! Gateway side (on [`crate::backend::Backend`]): [`Submission`] in, [`Submitted`] out (a cache
-//! hit, a new execution, or a join of an identical one in flight), task records, cancellation,
-//! and the live tool catalogue. Worker side: [`JobQueue`].
+//! The call plane's vocabulary: what a gateway hands to workers and learns back, and what a
+//! worker takes, keeps and finishes. The two sides meet only in the backend
+//! ([`crate::backend::CallPlane`] for gateways, [`crate::backend::JobQueue`] for workers).
 //!
 //! The stored task is the truth; signals (a call finished, progress) only wake waiters up, so a
 //! lost signal costs latency, never the answer.
 
-use std::time::Duration;
-
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use switchboard_protocol::methods::tasks::TaskStatus;
 
-use crate::backend::BackendError;
-use crate::tasks::{TaskRecord, TaskStatus};
-use crate::tools::{CallToolResult, ToolSpec};
+use crate::tasks::TaskRecord;
+use crate::tools::ToolSpec;
 
 /// A call, ready to be routed.
 #[derive(Debug, Clone)]
@@ -127,56 +121,4 @@ pub struct Progress {
     pub total: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-}
-
-/// The worker's side of the call plane. See the module docs.
-#[async_trait]
-pub trait JobQueue: Send + Sync + 'static {
-    /// Announces (or refreshes) the worker and the tools it hosts.
-    async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError>;
-    /// Removes the worker's announcement (graceful shutdown).
-    async fn withdraw(&self, worker_id: &str) -> Result<(), BackendError>;
-    /// Makes sure the queues (`ToolSpec::queue_id`s) exist.
-    async fn prepare(&self, queues: &[String]) -> Result<(), BackendError>;
-    /// Takes new jobs from the queues, waiting up to `block` for one: up to `max` per queue
-    /// (Redis counts per stream), so the caller must cope with more than `max` in all.
-    async fn fetch(
-        &self,
-        worker_id: &str,
-        queues: &[String],
-        max: usize,
-        block: Duration,
-    ) -> Result<Vec<Job>, BackendError>;
-    /// Tells the queue the job is still being worked on (resets its visibility timeout), if it
-    /// is still this worker's: `Ok(false)` when another worker has taken it over meanwhile, and
-    /// this worker must stop running it.
-    async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError>;
-    /// Takes over up to `max` jobs whose worker has been silent for `min_idle`.
-    async fn reclaim(
-        &self,
-        worker_id: &str,
-        queues: &[String],
-        min_idle: Duration,
-        max_deliveries: u64,
-        max: usize,
-    ) -> Result<Vec<Reclaimed>, BackendError>;
-    /// Records the outcome (task, cache), releases the call, acknowledges the job and signals
-    /// the waiters. Does not overwrite a task that was cancelled meanwhile.
-    async fn finish(
-        &self,
-        job: &Job,
-        status: TaskStatus,
-        message: Option<&str>,
-        result: &CallToolResult,
-    ) -> Result<(), BackendError>;
-    /// Moves the job to the dead-letter queue (then [`finish`](Self::finish) it as failed).
-    async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError>;
-    /// Reports progress to the callers.
-    async fn progress(&self, p: &Progress) -> Result<(), BackendError>;
-    /// The current status of a task, if it still exists.
-    async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, BackendError>;
-    /// Leader task ids whose execution was cancelled, as they happen.
-    fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String>;
-    /// Checks the backend answers, keeping its connections (and their reconnects) alive.
-    async fn keepalive(&self) -> Result<(), BackendError>;
 }

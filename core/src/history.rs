@@ -7,45 +7,9 @@
 //! events (with an id) from plain `PUBLISH`es (without) at a glance. Ids are Redis stream ids,
 //! `<ms>-<seq>`, increasing within a topic; `subscribe {since}` takes one.
 
-use std::fmt;
 use std::time::Duration;
 
-/// A stream id: `<milliseconds>-<sequence>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl EventId {
-    pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
-
-    pub fn parse(s: &str) -> Option<Self> {
-        let (ms, seq) = s.split_once('-')?;
-        Some(EventId {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-
-    /// The id after `self` for a new event at `now_ms` (what Redis's `*` does).
-    pub fn next_at(self, now_ms: u64) -> Self {
-        if now_ms > self.ms {
-            EventId { ms: now_ms, seq: 0 }
-        } else {
-            EventId {
-                ms: self.ms,
-                seq: self.seq + 1,
-            }
-        }
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
+pub use switchboard_protocol::EventId;
 
 /// Which topics keep history, and how much.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,18 +117,6 @@ pub struct Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_order_and_round_trip() {
-        let a = EventId::parse("1700000000000-0").unwrap();
-        let b = EventId::parse("1700000000000-1").unwrap();
-        let c = EventId::parse("1700000000001-0").unwrap();
-        assert!(a < b && b < c);
-        assert_eq!(a.to_string(), "1700000000000-0");
-        assert_eq!(a.next_at(1_700_000_000_000), b);
-        assert_eq!(b.next_at(1_700_000_000_001), c);
-        assert_eq!(EventId::parse("nope"), None);
-    }
 
     #[test]
     fn rules_parse_and_match() {

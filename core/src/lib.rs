@@ -1,30 +1,30 @@
-//! The shared vocabulary of Switchboard, used by the gateway, the worker, the client and the CLI.
+//! The domain Switchboard's nodes share: gateways, workers and the CLI build on it (clients
+//! need only the wire protocol, `switchboard-protocol`).
 //!
 //! A tour of the modules:
-//! - [`wire`]: the JSON-RPC 2.0 envelope as it crosses the socket: parsing a client frame,
-//!   encoding responses, errors and the `event` notification, and the error and close codes.
-//! - [`topic`]: what a valid topic name is (PROTOCOL.md section 6).
 //! - [`auth`]: HS256 JWT claims, verification and minting (`switchboard token`).
-//! - [`keys`]: the Redis key and channel schema; every name in Redis is built here.
-//! - [`tools`]: the MCP `Tool` and `CallToolResult` shapes, tool names, cache policy.
+//! - [`tools`]: what a worker announces about a tool (the MCP `Tool` plus version, timeout and
+//!   cache policy), tool names, a tool's digest.
 //! - [`callhash`]: where a call is hashed (RFC 8785 canonical arguments, SHA-256).
 //! - [`tasks`]: the task record every call has, and its MCP shape.
-//! - [`history`]: topic history rules, event ids, the live form of a history event.
+//! - [`history`]: topic history rules, the live form of a history event, what a replay reads.
 //! - [`sessions`]: a session as stored: owner, generation, subscriptions with positions,
 //!   requests owed a reply.
-//! - [`calls`]: the call plane: submissions, jobs, the worker's queue interface.
-//! - [`backend`]: the narrow interface a gateway needs from its shared state (publish,
-//!   subscribe, health), with an in-memory implementation for `switchboard dev` and tests and a
-//!   Redis implementation for production.
+//! - [`calls`]: the call plane's vocabulary: submissions, jobs, progress, worker announcements.
+//! - [`backend`]: the backend's roles as traits (topic bus, history, sessions, call plane, job
+//!   queue, health); the implementations are the crates `switchboard-memory` and
+//!   `switchboard-redis`.
+//! - [`settings`]: the value parsers every node's configuration shares (durations as `5s`).
+//! - [`encoding`], [`clock`]: canonical JSON and hex; Unix time.
 
 pub mod auth;
 pub mod backend;
 pub mod callhash;
 pub mod calls;
+pub mod clock;
+pub mod encoding;
 pub mod history;
-pub mod keys;
 pub mod sessions;
+pub mod settings;
 pub mod tasks;
 pub mod tools;
-pub mod topic;
-pub mod wire;

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::history::EventId;
+use switchboard_protocol::EventId;
 
 /// Field of the owner's subject.
 pub const FIELD_OWNER: &str = "owner";
@@ -130,10 +130,7 @@ pub enum UpdateOutcome {
 
 /// A new session's id: 128 random bits in hex.
 pub fn new_session_id() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::encoding::random_id()
 }
 
 #[cfg(test)]

@@ -4,50 +4,11 @@
 //! others' records point at it.
 
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use switchboard_protocol::methods::tasks::{Task, TaskStatus};
+use switchboard_protocol::methods::tools::CallToolResult;
 
-use crate::tools::CallToolResult;
-
-/// A task's state. `failed` means the platform could not produce the tool's own result
-/// (dead-lettered, deadline passed, worker lost); `tasks/result` then answers an `isError`
-/// result saying why. A tool that ran and answered `isError` is `completed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Working,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl TaskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Working => "working",
-            TaskStatus::Completed => "completed",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            TaskStatus::Working,
-            TaskStatus::Completed,
-            TaskStatus::Failed,
-            TaskStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        self != TaskStatus::Working
-    }
-}
+use crate::clock::rfc3339;
 
 /// A task as stored (see `docs/redis.md` for the hash fields).
 #[derive(Debug, Clone, PartialEq)]
@@ -85,21 +46,16 @@ impl TaskRecord {
     }
 
     /// The MCP `Task` object.
-    pub fn mcp(&self) -> Value {
-        let mut t = Map::new();
-        t.insert("taskId".into(), json!(self.task_id));
-        t.insert("status".into(), json!(self.caller_status().as_str()));
-        if let Some(m) = &self.status_message {
-            t.insert("statusMessage".into(), json!(m));
+    pub fn mcp(&self) -> Task {
+        Task {
+            task_id: self.task_id.clone(),
+            status: self.caller_status(),
+            status_message: self.status_message.clone(),
+            created_at: rfc3339(self.created_at_ms),
+            last_updated_at: rfc3339(self.last_updated_at_ms),
+            ttl: self.ttl_ms,
+            poll_interval: self.poll_interval_ms,
         }
-        t.insert("createdAt".into(), json!(rfc3339(self.created_at_ms)));
-        t.insert(
-            "lastUpdatedAt".into(),
-            json!(rfc3339(self.last_updated_at_ms)),
-        );
-        t.insert("ttl".into(), json!(self.ttl_ms));
-        t.insert("pollInterval".into(), json!(self.poll_interval_ms));
-        Value::Object(t)
     }
 
     /// The hash fields this record is stored as.
@@ -157,26 +113,13 @@ impl TaskRecord {
 
 /// A new task id: 128 random bits, hex.
 pub fn new_task_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 16];
-    rand::rng().fill_bytes(&mut b);
-    crate::tools::hex(&b)
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    crate::encoding::random_id()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn round_trips_through_fields() {
@@ -202,7 +145,7 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         assert_eq!(TaskRecord::from_fields("t1", &fields), Some(r.clone()));
-        let m = r.mcp();
+        let m = serde_json::to_value(r.mcp()).unwrap();
         assert_eq!(m["taskId"], "t1");
         assert_eq!(m["status"], "completed");
         assert_eq!(m["createdAt"], "2023-11-14T22:13:20.000Z");

@@ -1,10 +1,12 @@
-//! Tools as the registry and the wire know them: the MCP `Tool` object plus what Switchboard
-//! needs to route and cache a call (version, timeout, cache policy), and the MCP
-//! `CallToolResult`.
+//! Tools as workers announce them: the MCP `Tool` object plus what Switchboard needs to route
+//! and cache a call (version, timeout, cache policy), and a tool's identity (its digest).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use switchboard_protocol::methods::tools::Tool;
+
+use crate::encoding::{canonical_json, hex};
 
 /// The longest tool name accepted, in bytes (MCP suggests 1 to 128).
 pub const MAX_TOOL_NAME_LEN: usize = 128;
@@ -88,18 +90,14 @@ pub struct ToolSpec {
 
 impl ToolSpec {
     /// The MCP `Tool` object for `tools/list`.
-    pub fn mcp(&self) -> Value {
-        let mut t = Map::new();
-        t.insert("name".into(), json!(self.name));
-        if let Some(title) = &self.title {
-            t.insert("title".into(), json!(title));
+    pub fn mcp(&self) -> Tool {
+        Tool {
+            name: self.name.clone(),
+            title: self.title.clone(),
+            description: self.description.clone(),
+            input_schema: self.input_schema.clone(),
+            annotations: self.annotations.clone(),
         }
-        t.insert("description".into(), json!(self.description));
-        t.insert("inputSchema".into(), self.input_schema.clone());
-        if let Some(a) = &self.annotations {
-            t.insert("annotations".into(), a.clone());
-        }
-        Value::Object(t)
     }
 
     /// The id of the tool's job queue: `<name>@<first 16 hex digits of the digest>`. Each
@@ -117,7 +115,7 @@ impl ToolSpec {
         h.update([0]);
         h.update(self.version.as_bytes());
         h.update([0]);
-        h.update(crate::callhash::canonical_json(&self.input_schema).as_bytes());
+        h.update(canonical_json(&self.input_schema).as_bytes());
         hex(&h.finalize())
     }
 }
@@ -127,54 +125,10 @@ pub fn queue_id_of(name: &str, digest: &str) -> String {
     format!("{name}@{}", &digest[..16.min(digest.len())])
 }
 
-/// The MCP `CallToolResult`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CallToolResult {
-    pub content: Vec<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub structured_content: Option<Value>,
-    #[serde(default)]
-    pub is_error: bool,
-    #[serde(rename = "_meta", default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<Map<String, Value>>,
-}
-
-impl CallToolResult {
-    /// A successful result with structured content and the same JSON as one text item.
-    pub fn structured(value: Value) -> Self {
-        CallToolResult {
-            content: vec![json!({"type": "text", "text": value.to_string()})],
-            structured_content: Some(value),
-            is_error: false,
-            meta: None,
-        }
-    }
-
-    /// An error result (the tool ran and failed, or could not run): never cached.
-    pub fn error(message: impl Into<String>) -> Self {
-        CallToolResult {
-            content: vec![json!({"type": "text", "text": message.into()})],
-            structured_content: None,
-            is_error: true,
-            meta: None,
-        }
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn tool_names() {
@@ -203,15 +157,5 @@ mod tests {
         assert_eq!(t.digest(), u.digest());
         u.version = "2".into();
         assert_ne!(t.digest(), u.digest());
-    }
-
-    #[test]
-    fn results_serialize_with_mcp_names() {
-        let r = CallToolResult::structured(json!({"x": 1}));
-        let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["structuredContent"], json!({"x": 1}));
-        assert_eq!(v["isError"], false);
-        assert_eq!(v["content"][0]["type"], "text");
-        assert!(v.get("_meta").is_none());
     }
 }

@@ -1,236 +1,64 @@
-//! The gateway's configuration: one typed struct, every bound and timeout named with its
-//! default here. The CLI fills it from flags and `SWITCHBOARD_*` variables and calls
-//! [`GatewayConfig::validate`] before binding any port.
+//! The gateway's configuration, declared once: each setting's flag, `SWITCHBOARD_*` variable,
+//! default, help and validation are on its field ([`GatewayConfig`] is `clap::Args`). The CLI
+//! parses it (an invalid setting exits 64, naming the flag); tests and `switchboard dev` start
+//! from [`GatewayConfig::dev`]. Durations are written with their unit: `5s`, `250ms`.
+//! [`GatewayConfig::validate`] checks what involves several settings.
 
 use std::time::Duration;
 
 use switchboard_core::auth::Verifier;
-
-/// Default: the first message must be `hello` within this long (close 4001 otherwise).
-pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default: the largest message a client may send, in bytes (close 1009 over it).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Default: frames queued for one socket before it counts as a slow consumer (close 4008).
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
-/// Default: topics one connection may subscribe to.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
-/// Default: sockets one node holds; past it new sockets are closed with 1013.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default: a quiet client is pinged this often, and closed with 4002 after three of these
-/// without a frame from it.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
-/// Default: one write of queued frames may take this long before the peer counts as dead.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default: after sending a close frame, how long to wait for the client's reply.
-pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default: on shutdown, how long connections get to close before the node exits anyway.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Default: on shutdown, sockets are asked to close over this long, a batch at a time, so the
-/// nodes that take them over are not stampeded (at most the shutdown grace).
-pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(5);
-/// Default: how often the backend is pinged for `/readyz`.
-pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
-/// Default: how often a failed Redis (un)subscribe is retried.
-pub const DEFAULT_SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
-/// Default: events queued for each fan-out worker before new ones are dropped and counted.
-pub const DEFAULT_FANOUT_QUEUE: usize = 65_536;
-/// Default: tool calls one connection may have in flight (over it: -32006).
-pub const DEFAULT_MAX_INFLIGHT_CALLS: usize = 64;
-/// Default: how long a task is kept when the caller asks for no ttl.
-pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
-/// Default: the longest task ttl a caller may ask for.
-pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(86_400);
-/// Default: how often the node reads the worker registry (tools/list, list_changed).
-pub const DEFAULT_REGISTRY_INTERVAL: Duration = Duration::from_secs(1);
-/// Default: how long past a tool's own timeout a caller waits for the worker's answer (a
-/// timed-out call's `isError` result) before answering -32005 itself.
-pub const DEFAULT_DEADLINE_GRACE: Duration = Duration::from_secs(1);
-/// Default: a waiting call re-reads its task this often even without a signal.
-pub const DEFAULT_CALL_POLL: Duration = Duration::from_millis(500);
-/// Default: events a `subscribe {since}` replays at most; further behind is `recovered: false`.
-pub const DEFAULT_MAX_REPLAY: usize = 10_000;
-/// Default: live events held for a subscriber while its replay is read; more closes it (4008).
-pub const DEFAULT_REPLAY_BUFFER: usize = 10_000;
-/// Default: history replays (`subscribe {since}`, a resume) one node runs at once; more wait.
-pub const DEFAULT_MAX_CONCURRENT_REPLAYS: usize = 256;
-/// Default: the longest a history replay may take, waiting for a replay slot included; a
-/// client that does not read its replay in time is closed (4008), a wait past it is -32006.
-pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default: how long a session outlives its socket (resume within it, on any node).
-pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(120);
-/// Default: how often a node saves its sessions' positions and pushes their expiry ahead.
-pub const DEFAULT_SESSION_REFRESH: Duration = Duration::from_secs(10);
-/// Default: connections the kernel queues for `accept` (capped by `net.core.somaxconn`). A
-/// crowd reconnecting after a node died arrives at once; with the usual 128 the excess SYNs are
-/// dropped and those clients wait a second for their retransmission.
-pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
-/// Frames written to one socket in one vectored write, at most.
-pub const MAX_WRITE_BATCH: usize = 64;
+use switchboard_core::history::HistoryRule;
+use switchboard_core::settings::{
+    at_least_one, duration, from_args_without_env, positive_duration,
+};
 
 /// Who may connect.
-#[derive(Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Authentication (one of the two is required)")]
 pub struct AuthConfig {
-    /// Verifies HS256 tokens; `None` when no secret is configured.
+    /// HS256 secret that client tokens are verified with.
+    #[arg(
+        id = "jwt_secret",
+        long = "jwt-secret",
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        value_parser = verifier
+    )]
     pub verifier: Option<Verifier>,
-    /// Connections without a token are accepted as `anonymous`.
+    /// Accept clients without a token (as `anonymous`).
+    #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 }
 
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// This node's name, reported in `hello` results and logs.
-    pub node_id: String,
-    pub auth: AuthConfig,
-    pub hello_timeout: Duration,
-    pub max_message_bytes: usize,
-    pub outbound_queue: usize,
-    pub max_subscriptions: usize,
-    pub max_connections: usize,
-    pub heartbeat: Duration,
-    pub write_timeout: Duration,
-    pub close_timeout: Duration,
-    pub shutdown_grace: Duration,
-    pub drain_spread: Duration,
-    pub readiness_interval: Duration,
-    pub subscribe_retry: Duration,
-    /// Fan-out workers (a topic always goes to the same one); default: one per core.
-    pub fanout_workers: usize,
-    pub fanout_queue: usize,
-    pub max_inflight_calls: usize,
-    pub task_ttl: Duration,
-    pub max_task_ttl: Duration,
-    pub registry_interval: Duration,
-    pub call_poll: Duration,
-    pub deadline_grace: Duration,
-    /// Topics that keep history (first matching rule wins).
-    pub history: Vec<switchboard_core::history::HistoryRule>,
-    pub max_replay: usize,
-    pub replay_buffer: usize,
-    pub max_concurrent_replays: usize,
-    pub replay_timeout: Duration,
-    pub session_ttl: Duration,
-    pub session_refresh: Duration,
+fn verifier(secret: &str) -> Result<Verifier, String> {
+    if secret.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Verifier::hs256(secret.as_bytes()))
 }
 
-/// A setting that cannot work, named by its config key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "no way to authenticate clients: set --jwt-secret (SWITCHBOARD_JWT_SECRET) or --allow-anonymous (SWITCHBOARD_ALLOW_ANONYMOUS)"
-    )]
-    NoAuth,
-    #[error("{key} must be {what}")]
-    Invalid {
-        key: &'static str,
-        what: &'static str,
-    },
+fn node_id(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_owned())
 }
 
-impl GatewayConfig {
-    /// A configuration with every default and anonymous access (for `dev` and tests).
-    pub fn dev(node_id: impl Into<String>) -> Self {
-        GatewayConfig {
-            node_id: node_id.into(),
-            auth: AuthConfig {
-                verifier: None,
-                allow_anonymous: true,
-            },
-            hello_timeout: DEFAULT_HELLO_TIMEOUT,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
-            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            heartbeat: DEFAULT_HEARTBEAT,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
-            close_timeout: DEFAULT_CLOSE_TIMEOUT,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            drain_spread: DEFAULT_DRAIN_SPREAD,
-            readiness_interval: DEFAULT_READINESS_INTERVAL,
-            subscribe_retry: DEFAULT_SUBSCRIBE_RETRY,
-            fanout_workers: default_fanout_workers(),
-            fanout_queue: DEFAULT_FANOUT_QUEUE,
-            max_inflight_calls: DEFAULT_MAX_INFLIGHT_CALLS,
-            task_ttl: DEFAULT_TASK_TTL,
-            max_task_ttl: DEFAULT_MAX_TASK_TTL,
-            registry_interval: DEFAULT_REGISTRY_INTERVAL,
-            call_poll: DEFAULT_CALL_POLL,
-            deadline_grace: DEFAULT_DEADLINE_GRACE,
-            history: Vec::new(),
-            max_replay: DEFAULT_MAX_REPLAY,
-            replay_buffer: DEFAULT_REPLAY_BUFFER,
-            max_concurrent_replays: DEFAULT_MAX_CONCURRENT_REPLAYS,
-            replay_timeout: DEFAULT_REPLAY_TIMEOUT,
-            session_ttl: DEFAULT_SESSION_TTL,
-            session_refresh: DEFAULT_SESSION_REFRESH,
-        }
+fn message_bytes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n < 256 => Err("must be at least 256".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
+}
 
-    /// Checks the settings together; the error names the key to fix.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth.verifier.is_none() && !self.auth.allow_anonymous {
-            return Err(ConfigError::NoAuth);
-        }
-        let positive = |key, d: Duration| {
-            if d.is_zero() {
-                Err(ConfigError::Invalid {
-                    key,
-                    what: "greater than zero",
-                })
-            } else {
-                Ok(())
-            }
-        };
-        positive("hello-timeout", self.hello_timeout)?;
-        positive("heartbeat", self.heartbeat)?;
-        positive("write-timeout", self.write_timeout)?;
-        positive("readiness-interval", self.readiness_interval)?;
-        positive("subscribe-retry", self.subscribe_retry)?;
-        positive("task-ttl", self.task_ttl)?;
-        positive("registry-interval", self.registry_interval)?;
-        positive("call-poll", self.call_poll)?;
-        positive("session-ttl", self.session_ttl)?;
-        positive("replay-timeout", self.replay_timeout)?;
-        positive("session-refresh", self.session_refresh)?;
-        if self.max_task_ttl < self.task_ttl {
-            return Err(ConfigError::Invalid {
-                key: "max-task-ttl",
-                what: "at least task-ttl",
-            });
-        }
-        let at_least_one = |key, n: usize| {
-            if n == 0 {
-                Err(ConfigError::Invalid {
-                    key,
-                    what: "at least 1",
-                })
-            } else {
-                Ok(())
-            }
-        };
-        at_least_one("outbound-queue", self.outbound_queue)?;
-        at_least_one("fanout-workers", self.fanout_workers)?;
-        at_least_one("fanout-queue", self.fanout_queue)?;
-        at_least_one("max-connections", self.max_connections)?;
-        at_least_one("max-subscriptions", self.max_subscriptions)?;
-        at_least_one("max-inflight-calls", self.max_inflight_calls)?;
-        at_least_one("max-replay", self.max_replay)?;
-        at_least_one("replay-buffer", self.replay_buffer)?;
-        at_least_one("max-concurrent-replays", self.max_concurrent_replays)?;
-        if self.max_message_bytes < 256 {
-            return Err(ConfigError::Invalid {
-                key: "max-message-bytes",
-                what: "at least 256",
-            });
-        }
-        if self.node_id.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "node-id",
-                what: "non-empty",
-            });
-        }
-        Ok(())
-    }
+/// This node's default name: `$HOSTNAME` (the pod name on Kubernetes) or `gateway-<pid>`.
+pub fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
 }
 
 /// Default fan-out workers: one per available core.
@@ -238,13 +66,179 @@ pub fn default_fanout_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// See the module docs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayConfig {
+    /// This node's name in `hello` results and logs [default: $HOSTNAME, or gateway-<pid>].
+    #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = default_node_id(), hide_default_value = true, value_parser = node_id, help_heading = "Node")]
+    pub node_id: String,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Connections the kernel queues for accept (capped by net.core.somaxconn): a crowd
+    /// reconnecting after a node died arrives at once.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LISTEN_BACKLOG",
+        default_value_t = 4096,
+        value_name = "N",
+        help_heading = "Sockets"
+    )]
+    pub listen_backlog: u32,
+    /// Sockets this node holds; more are closed with 1013.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value = "100000", value_name = "N", value_parser = at_least_one, help_heading = "Sockets")]
+    pub max_connections: usize,
+    /// Close a socket that sends no `hello` within this long (4001).
+    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sockets")]
+    pub hello_timeout: Duration,
+    /// Largest message a client may send, in bytes (1009 over it).
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value = "65536", value_name = "BYTES", value_parser = message_bytes, help_heading = "Sockets")]
+    pub max_message_bytes: usize,
+    /// Frames queued per socket before it is closed as a slow consumer (4008).
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE", default_value = "1024", value_name = "N", value_parser = at_least_one, help_heading = "Sockets")]
+    pub outbound_queue: usize,
+    /// Ping a quiet client this often; close it after three silent heartbeats (4002).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sockets")]
+    pub heartbeat: Duration,
+    /// A write to a socket taking longer than this drops the connection.
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sockets")]
+    pub write_timeout: Duration,
+    /// After our close frame, wait this long for the client's.
+    #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
+    pub close_timeout: Duration,
+    /// On shutdown, give connections this long to close.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
+    pub shutdown_grace: Duration,
+    /// On shutdown, ask sockets to close over this long, a batch at a time, so the nodes that
+    /// take them over are not stampeded (at most the shutdown grace).
+    #[arg(long, env = "SWITCHBOARD_DRAIN_SPREAD", default_value = "5s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
+    pub drain_spread: Duration,
+
+    /// Topics one connection may subscribe to.
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value = "1024", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    pub max_subscriptions: usize,
+    /// Fan-out workers (a topic always goes to the same one) [default: one per core].
+    #[arg(long, env = "SWITCHBOARD_FANOUT_WORKERS", default_value_t = default_fanout_workers(), hide_default_value = true, value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    pub fanout_workers: usize,
+    /// Events queued per fan-out worker before new ones are dropped and counted.
+    #[arg(long, env = "SWITCHBOARD_FANOUT_QUEUE", default_value = "65536", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    pub fanout_queue: usize,
+    /// Retry a failed backend (un)subscribe this often.
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RETRY", default_value = "1s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Topics")]
+    pub subscribe_retry: Duration,
+    /// Topics that keep history: PATTERN=MAXLEN[:TTL_MS] (`*` matches any run), e.g.
+    /// chat:*=1000:3600000. Repeat the flag, or separate rules with commas. First match wins.
+    #[arg(long, env = "SWITCHBOARD_HISTORY", value_delimiter = ',', value_name = "RULE", value_parser = HistoryRule::parse, help_heading = "Topics")]
+    pub history: Vec<HistoryRule>,
+    /// Events a `subscribe {since}` replays at most; further behind answers recovered: false.
+    #[arg(long, env = "SWITCHBOARD_MAX_REPLAY", default_value = "10000", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    pub max_replay: usize,
+    /// Live events held for a subscriber while its replay is read; more closes it (4008).
+    #[arg(long, env = "SWITCHBOARD_REPLAY_BUFFER", default_value = "10000", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    pub replay_buffer: usize,
+    /// History replays one node runs at once (subscribe with since, session resumes); more
+    /// wait.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_REPLAYS", default_value = "256", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    pub max_concurrent_replays: usize,
+    /// The longest a history replay may take, its wait for a replay slot included: a client
+    /// that does not read its replay in time is closed (4008), a wait past it is -32006.
+    #[arg(long, env = "SWITCHBOARD_REPLAY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Topics")]
+    pub replay_timeout: Duration,
+
+    /// How long a session outlives its socket: a client may resume it on any node.
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL", default_value = "2m", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sessions")]
+    pub session_ttl: Duration,
+    /// How often a node saves its sessions' positions and extends their expiry.
+    #[arg(long, env = "SWITCHBOARD_SESSION_REFRESH", default_value = "10s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sessions")]
+    pub session_refresh: Duration,
+
+    /// Tool calls (and `tasks/result` waits) one connection may have in flight (over it:
+    /// -32006).
+    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_CALLS", default_value = "64", value_name = "N", value_parser = at_least_one, help_heading = "Tool calls")]
+    pub max_inflight_calls: usize,
+    /// How long a task is kept when the caller asks for no ttl.
+    #[arg(long, env = "SWITCHBOARD_TASK_TTL", default_value = "1h", value_name = "DURATION", value_parser = positive_duration, help_heading = "Tool calls")]
+    pub task_ttl: Duration,
+    /// The longest task ttl a caller may ask for (at least the task ttl).
+    #[arg(long, env = "SWITCHBOARD_MAX_TASK_TTL", default_value = "24h", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
+    pub max_task_ttl: Duration,
+    /// How often the worker registry is read (tools/list, list_changed).
+    #[arg(long, env = "SWITCHBOARD_REGISTRY_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Tool calls")]
+    pub registry_interval: Duration,
+    /// A waiting call re-reads its task this often without a signal.
+    #[arg(long, env = "SWITCHBOARD_CALL_POLL", default_value = "500ms", value_name = "DURATION", value_parser = positive_duration, help_heading = "Tool calls")]
+    pub call_poll: Duration,
+    /// How long past a tool's timeout a caller waits for the worker's answer (a timed-out
+    /// call's `isError` result) before answering -32005 itself.
+    #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
+    pub deadline_grace: Duration,
+
+    /// Ping the backend this often for /readyz.
+    #[arg(long, env = "SWITCHBOARD_READINESS_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Backend")]
+    pub readiness_interval: Duration,
+}
+
+/// Settings that cannot work together, named by their flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no way to authenticate clients: set --jwt-secret (SWITCHBOARD_JWT_SECRET) or --allow-anonymous (SWITCHBOARD_ALLOW_ANONYMOUS)"
+    )]
+    NoAuth,
+    #[error("--{key} must be {what}")]
+    Invalid {
+        key: &'static str,
+        what: &'static str,
+    },
+}
+
+impl GatewayConfig {
+    /// A configuration from `args` (flags only), every other setting at its default, no
+    /// `SWITCHBOARD_*` variable read.
+    pub fn from_args(args: &[&str]) -> Result<Self, clap::Error> {
+        from_args_without_env(args)
+    }
+
+    /// Every default, anonymous clients allowed (for `switchboard dev` and tests).
+    pub fn dev(node_id: &str) -> Self {
+        Self::from_args(&["--node-id", node_id, "--allow-anonymous"])
+            .expect("the defaults are valid")
+    }
+
+    /// Checks what involves several settings (each one alone is checked when it is parsed);
+    /// the error names the flag to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.verifier.is_none() && !self.auth.allow_anonymous {
+            return Err(ConfigError::NoAuth);
+        }
+        if self.max_task_ttl < self.task_ttl {
+            return Err(ConfigError::Invalid {
+                key: "max-task-ttl",
+                what: "at least --task-ttl",
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn dev_config_is_valid() {
-        GatewayConfig::dev("n1").validate().unwrap();
+    fn dev_config_is_valid_and_has_the_documented_defaults() {
+        let c = GatewayConfig::dev("n1");
+        c.validate().unwrap();
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(c.hello_timeout, Duration::from_secs(5));
+        assert_eq!(c.heartbeat, Duration::from_secs(25));
+        assert_eq!(c.session_ttl, Duration::from_secs(120));
+        assert_eq!(c.call_poll, Duration::from_millis(500));
+        assert_eq!(c.max_message_bytes, 64 * 1024);
+        assert_eq!(c.outbound_queue, 1024);
+        assert_eq!(c.max_connections, 100_000);
+        assert_eq!(c.listen_backlog, 4096);
+        assert!(c.history.is_empty());
     }
 
     #[test]
@@ -259,13 +253,42 @@ mod tests {
 
     #[test]
     fn names_the_bad_key() {
-        let mut c = GatewayConfig::dev("n1");
-        c.outbound_queue = 0;
+        let bad = |args: &[&str], key: &str| {
+            let err = GatewayConfig::from_args(args).unwrap_err().to_string();
+            assert!(err.contains(key), "{args:?}: {err}");
+        };
+        bad(&["--outbound-queue", "0"], "--outbound-queue");
+        bad(&["--heartbeat", "0s"], "--heartbeat");
+        bad(&["--heartbeat", "5000"], "--heartbeat");
+        bad(&["--max-message-bytes", "10"], "--max-message-bytes");
+        bad(&["--jwt-secret", ""], "--jwt-secret");
+        bad(&["--history", "chat:*"], "--history");
+        let c = GatewayConfig::from_args(&[
+            "--allow-anonymous",
+            "--task-ttl",
+            "2h",
+            "--max-task-ttl",
+            "1h",
+        ])
+        .unwrap();
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("outbound-queue")
+                .contains("--max-task-ttl")
         );
+    }
+
+    #[test]
+    fn durations_and_lists_parse() {
+        let c = GatewayConfig::from_args(&[
+            "--heartbeat",
+            "250ms",
+            "--history",
+            "chat:*=10,news:*=5:60000",
+        ])
+        .unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(250));
+        assert_eq!(c.history.len(), 2);
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchboard_core::backend::Backend;
+use switchboard_core::backend::{Backend, JobQueue};
 use switchboard_gateway::GatewayConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -324,10 +324,10 @@ impl GatewayProcess {
             "--node-id",
             node_id,
             "--allow-anonymous",
-            "--readiness-interval-ms",
-            "200",
-            "--subscribe-retry-ms",
-            "200",
+            "--readiness-interval",
+            "200ms",
+            "--subscribe-retry",
+            "200ms",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -447,7 +447,7 @@ impl WorkerProcess {
         let child = Command::new(bin)
             .arg("worker")
             .args(["--redis", &redis.url(), "--worker-id", id])
-            .args(["--heartbeat-ms", "200", "--fetch-block-ms", "200"])
+            .args(["--heartbeat", "200ms", "--fetch-block", "200ms"])
             .args(extra)
             .env("SWITCHBOARD_LOG", "warn")
             .stdout(Stdio::null())
@@ -483,9 +483,10 @@ impl WorkerProcess {
 /// A backend of one kind for in-process gateways and workers, with the `redis-server` it
 /// runs on when it is Redis (kept alive as long as this is).
 pub struct TestBackend {
-    pub backend: Arc<dyn Backend>,
+    /// The roles a gateway uses.
+    pub backend: Backend,
     /// The same backend, as a worker sees it.
-    pub queue: Arc<dyn switchboard_core::calls::JobQueue>,
+    pub queue: Arc<dyn JobQueue>,
     pub redis: Option<RedisServer>,
 }
 
@@ -493,25 +494,30 @@ impl TestBackend {
     pub async fn start(kind: Kind) -> TestBackend {
         match kind {
             Kind::Memory => {
-                let b = Arc::new(switchboard_core::backend::MemoryBackend::new());
+                let b = switchboard_memory::MemoryBackend::new();
                 TestBackend {
-                    backend: b.clone(),
+                    backend: b.backend(),
                     queue: b,
                     redis: None,
                 }
             }
             Kind::Redis => {
                 let redis = RedisServer::start().await;
-                let opts = switchboard_core::backend::RedisOptions::new(redis.url());
-                let b = Arc::new(switchboard_core::backend::RedisBackend::new(&opts).unwrap());
+                let b = redis_backend(&redis);
                 TestBackend {
-                    backend: b.clone(),
+                    backend: b.backend(),
                     queue: b,
                     redis: Some(redis),
                 }
             }
         }
     }
+}
+
+/// A Redis backend instance of its own (an instance feeds one in-process node's fan-out).
+pub fn redis_backend(redis: &RedisServer) -> Arc<switchboard_redis::RedisBackend> {
+    let opts = switchboard_redis::RedisOptions::new(redis.url());
+    switchboard_redis::RedisBackend::connect(&opts).expect("a valid Redis URL")
 }
 
 /// A gateway running inside the test process.
@@ -522,7 +528,7 @@ pub struct InProcessGateway {
 }
 
 impl InProcessGateway {
-    pub async fn start(config: GatewayConfig, backend: Arc<dyn Backend>) -> InProcessGateway {
+    pub async fn start(config: GatewayConfig, backend: Backend) -> InProcessGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -545,7 +551,7 @@ impl InProcessGateway {
     }
 
     /// Starts a gateway and waits until `/readyz` says it is ready.
-    pub async fn start_ready(config: GatewayConfig, backend: Arc<dyn Backend>) -> InProcessGateway {
+    pub async fn start_ready(config: GatewayConfig, backend: Backend) -> InProcessGateway {
         let gw = Self::start(config, backend).await;
         let addr = gw.addr;
         eventually("gateway ready", || async move {

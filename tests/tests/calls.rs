@@ -19,7 +19,7 @@ fn meta(r: &Value) -> &Value {
 }
 
 fn gateway_flags() -> [&'static str; 4] {
-    ["--registry-interval-ms", "200", "--call-poll-ms", "200"]
+    ["--registry-interval", "200ms", "--call-poll", "200ms"]
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -105,7 +105,7 @@ async fn a_worker_killed_mid_call_loses_nothing() {
     let redis = RedisServer::start().await;
     let a = GatewayProcess::start(&redis.url(), "gw-a", &gateway_flags()).await;
     let b = GatewayProcess::start(&redis.url(), "gw-b", &gateway_flags()).await;
-    let flags = ["--builtin", "--visibility-timeout-ms", "1500"];
+    let flags = ["--builtin", "--visibility-timeout", "1500ms"];
     let w1 = WorkerProcess::start(&redis, "w1", &flags).await;
     let w2 = WorkerProcess::start(&redis, "w2", &flags).await;
     let mut on_a = client(&a).await;
@@ -187,8 +187,8 @@ command = ["sh", "-c", "kill -9 $PPID"]
         tools,
         "--max-deliveries",
         "2",
-        "--visibility-timeout-ms",
-        "800",
+        "--visibility-timeout",
+        "800ms",
     ];
     let mut w = WorkerProcess::start(&redis, "p0", &flags).await;
     let mut c = client(&a).await;

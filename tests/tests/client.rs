@@ -16,14 +16,14 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use switchboard_client::{ClientError, Session, SessionEvent, SessionEvents, SessionOptions};
 use switchboard_core::auth::{self, Verifier};
-use switchboard_core::backend::{Backend, RedisBackend, RedisOptions};
+use switchboard_core::backend::{Backend, JobQueue};
 use switchboard_core::history::HistoryRule;
-use switchboard_core::topic::Topic;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     DEADLINE, GatewayProcess, Kind, RedisServer, TestBackend, WsClient, both_backends, eventually,
-    http_get, metric,
+    http_get, metric, redis_backend,
 };
+use switchboard_protocol::Topic;
 use switchboard_worker::tools::builtin::add_builtins;
 use switchboard_worker::{Toolbox, WorkerConfig};
 use tokio::net::TcpSocket;
@@ -40,15 +40,11 @@ struct Node {
 }
 
 impl Node {
-    async fn start(config: GatewayConfig, backend: Arc<dyn Backend>) -> Node {
+    async fn start(config: GatewayConfig, backend: Backend) -> Node {
         Self::start_at(Reserved::new(), config, backend).await
     }
 
-    async fn start_at(
-        reserved: Reserved,
-        config: GatewayConfig,
-        backend: Arc<dyn Backend>,
-    ) -> Node {
+    async fn start_at(reserved: Reserved, config: GatewayConfig, backend: Backend) -> Node {
         let addr = reserved.addr;
         drop(reserved.socket);
         let socket = TcpSocket::new_v4().unwrap();
@@ -180,13 +176,7 @@ async fn publish(p: &mut WsClient, topic: &str, data: Value) {
     assert!(r["result"].is_object(), "publish failed: {r}");
 }
 
-/// A backend instance of its own for each in-process node (an instance feeds one node's
-/// fan-out; the memory backend is one node's only, so the multi-node tests run on Redis).
-fn redis_backend(redis: &RedisServer) -> Arc<RedisBackend> {
-    Arc::new(RedisBackend::new(&RedisOptions::new(redis.url())).unwrap())
-}
-
-fn worker(queue: Arc<dyn switchboard_core::calls::JobQueue>) {
+fn worker(queue: Arc<dyn JobQueue>) {
     let mut toolbox = Toolbox::new();
     add_builtins(&mut toolbox).unwrap();
     let mut wc = WorkerConfig::new("w1");
@@ -224,7 +214,7 @@ async fn events_are_deduplicated_by_id(kind: Kind) {
         (&a, r#""no id""#),
         (&a, r#"#6-1 "a3""#),
     ] {
-        b.backend.publish(topic, payload).await.unwrap();
+        b.backend.topics.publish(topic, payload).await.unwrap();
     }
     // Topics may interleave; each keeps its order.
     let mut log = Vec::new();
@@ -254,8 +244,8 @@ async fn a_lost_session_resubscribes_from_the_last_event() {
         c.session_ttl = Duration::from_millis(300);
         c
     };
-    let mut a = Node::start(short_ttl("gw-a"), redis_backend(&redis)).await;
-    let p_node = Node::start(short_ttl("gw-p"), redis_backend(&redis)).await;
+    let mut a = Node::start(short_ttl("gw-a"), redis_backend(&redis).backend()).await;
+    let p_node = Node::start(short_ttl("gw-p"), redis_backend(&redis).backend()).await;
     let b_port = Reserved::new();
     let b_addr = b_port.addr;
     let (session, mut events) = Session::connect(options(&[url(a.addr), url(b_addr)]))
@@ -300,7 +290,7 @@ async fn a_lost_session_resubscribes_from_the_last_event() {
         tokio::spawn(async move { s.subscribe("h:late").await })
     };
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let _b = Node::start_at(b_port, short_ttl("gw-b"), redis_backend(&redis)).await;
+    let _b = Node::start_at(b_port, short_ttl("gw-b"), redis_backend(&redis).backend()).await;
 
     read_until(&mut events, &mut log, |l| {
         l.iter().any(|e| e.starts_with("Reconnected"))
@@ -358,8 +348,8 @@ async fn a_lost_session_resubscribes_from_the_last_event() {
 async fn a_resumed_session_keeps_its_call_and_its_topics() {
     let redis = RedisServer::start().await;
     worker(redis_backend(&redis));
-    let mut a = Node::start(config("gw-a"), redis_backend(&redis)).await;
-    let p_node = Node::start(config("gw-p"), redis_backend(&redis)).await;
+    let mut a = Node::start(config("gw-a"), redis_backend(&redis).backend()).await;
+    let p_node = Node::start(config("gw-p"), redis_backend(&redis).backend()).await;
     let b_port = Reserved::new();
     let b_addr = b_port.addr;
     let (session, mut events) = Session::connect(options(&[url(a.addr), url(b_addr)]))
@@ -394,7 +384,7 @@ async fn a_resumed_session_keeps_its_call_and_its_topics() {
         let s = session.clone();
         tokio::spawn(async move { s.subscribe("h:late").await })
     };
-    let _b = Node::start_at(b_port, config("gw-b"), redis_backend(&redis)).await;
+    let _b = Node::start_at(b_port, config("gw-b"), redis_backend(&redis).backend()).await;
     read_until(&mut events, &mut log, |l| {
         l.iter().any(|e| e.starts_with("Reconnected"))
     })
@@ -550,7 +540,7 @@ async fn close_is_final() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_socket_is_dropped_and_the_session_resumed_elsewhere() {
     let redis = RedisServer::start().await;
-    let flags = ["--heartbeat-ms", "200", "--history", "h:*=1000"];
+    let flags = ["--heartbeat", "200ms", "--history", "h:*=1000"];
     let a = GatewayProcess::start(&redis.url(), "node-a", &flags).await;
     let b = GatewayProcess::start(&redis.url(), "node-b", &flags).await;
     let (session, mut events) = Session::connect(options(&[a.ws_url(), b.ws_url()]))

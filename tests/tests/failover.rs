@@ -18,12 +18,12 @@ const COLLECT: Duration = Duration::from_secs(30);
 const FLAGS: &[&str] = &[
     "--history",
     "h:*=100000",
-    "--session-refresh-ms",
-    "200",
-    "--drain-spread-ms",
-    "300",
-    "--shutdown-grace-ms",
-    "3000",
+    "--session-refresh",
+    "200ms",
+    "--drain-spread",
+    "300ms",
+    "--shutdown-grace",
+    "3000ms",
 ];
 
 /// Publishes `n` events (`0..n`) on `TOPIC` with `FCALL sb_publish`, one every `every`,

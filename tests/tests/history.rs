@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_core::history::{EventId, HistoryRule};
+use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
 };
+use switchboard_protocol::EventId;
 
 struct Setup {
     gw: InProcessGateway,

@@ -2,16 +2,15 @@
 //! once on the in-memory backend and once on a real Redis, through an in-process gateway on an
 //! ephemeral port, with an independent WebSocket implementation as the client.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{self, Verifier};
-use switchboard_core::backend::MemoryBackend;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     InProcessGateway, Kind, Read, RedisServer, TestBackend, WsClient, both_backends, http_get,
 };
+use switchboard_memory::MemoryBackend;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -336,7 +335,7 @@ async fn tokens_are_checked(kind: Kind) {
         SECRET,
         &auth::Claims {
             sub: "alice".into(),
-            exp: Some(auth::now_secs() - 3600),
+            exp: Some(switchboard_core::clock::now_secs() - 3600),
             iat: None,
         },
     )
@@ -453,7 +452,7 @@ async fn shutdown_closes_sockets_with_1012(kind: Kind) {
 async fn paused_setup(tweak: impl FnOnce(&mut GatewayConfig)) -> InProcessGateway {
     let mut config = GatewayConfig::dev("paused");
     tweak(&mut config);
-    InProcessGateway::start(config, Arc::new(MemoryBackend::new())).await
+    InProcessGateway::start(config, MemoryBackend::new().backend()).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -555,7 +554,7 @@ async fn busy_client_still_hits_the_hello_timeout() {
             c.hello_timeout = Duration::from_millis(300);
             c
         },
-        Arc::new(MemoryBackend::new()),
+        MemoryBackend::new().backend(),
     )
     .await;
     let mut c = WsClient::connect(&gw.ws_url()).await;
@@ -583,12 +582,12 @@ async fn expiring_token_closes_1008() {
     const SECRET: &[u8] = b"s";
     let mut config = GatewayConfig::dev("exp");
     config.auth.verifier = Some(Verifier::hs256(SECRET));
-    let gw = InProcessGateway::start(config, Arc::new(MemoryBackend::new())).await;
+    let gw = InProcessGateway::start(config, MemoryBackend::new().backend()).await;
     let token = auth::mint_claims(
         SECRET,
         &auth::Claims {
             sub: "bob".into(),
-            exp: Some(auth::now_secs() + 2),
+            exp: Some(switchboard_core::clock::now_secs() + 2),
             iat: None,
         },
     )
@@ -607,7 +606,7 @@ async fn expiring_token_closes_1008() {
 
 #[tokio::test]
 async fn http_endpoints() {
-    let gw = InProcessGateway::start(GatewayConfig::dev("h"), Arc::new(MemoryBackend::new())).await;
+    let gw = InProcessGateway::start(GatewayConfig::dev("h"), MemoryBackend::new().backend()).await;
     let addr = gw.addr;
     assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
     switchboard_harness::eventually("ready", || async move {

@@ -420,7 +420,7 @@ async fn drain_during_a_redis_outage_still_sends_1012() {
     let mut gw = GatewayProcess::start(
         &redis.url(),
         "node-a",
-        &["--drain-spread-ms", "100", "--redis-timeout-ms", "3000"],
+        &["--drain-spread", "100ms", "--redis-timeout", "3000ms"],
     )
     .await;
     let mut c = WsClient::connect(&gw.ws_url()).await;

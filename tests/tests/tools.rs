@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{self, Verifier};
-use switchboard_core::calls::JobQueue;
+use switchboard_core::backend::JobQueue;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
@@ -374,7 +374,7 @@ async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
         .announce(&switchboard_core::calls::WorkerAnnouncement {
             worker_id: "ghost".into(),
             tools: vec![spec],
-            expires_at_ms: switchboard_core::tasks::now_ms() + 600_000,
+            expires_at_ms: switchboard_core::clock::now_ms() + 600_000,
         })
         .await
         .unwrap();

@@ -1,74 +1,110 @@
-//! The worker's configuration: every bound and timeout with its default.
+//! The worker's configuration, declared once: each setting's flag, `SWITCHBOARD_*` variable,
+//! default, help and validation are on its field ([`WorkerConfig`] is `clap::Args`).
+//! Durations are written with their unit (`1s`, `250ms`).
 
 use std::time::Duration;
 
-/// Default: calls one worker runs at once (all tools together).
-pub const DEFAULT_CONCURRENCY: usize = 64;
-/// Default: how often the worker refreshes its registry entry; it drops out of `tools/list`
-/// after three missed heartbeats.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
-/// Default: a job whose worker has been silent this long is taken over by another worker. A
-/// running job is kept visible by heartbeats every third of this.
-pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default: deliveries after which a job that keeps killing workers is dead-lettered.
-pub const DEFAULT_MAX_DELIVERIES: u64 = 3;
-/// Default: how long one fetch waits for a job.
-pub const DEFAULT_FETCH_BLOCK: Duration = Duration::from_secs(1);
-/// Default: on shutdown, how long running calls get to finish.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+use switchboard_core::settings::{at_least_one, from_args_without_env, positive_duration};
+
 /// Heartbeats missed before a worker's registry entry is stale.
 pub const REGISTRY_MISSES: u32 = 3;
 
+/// This worker's default id: `worker-<$HOSTNAME or gateway-<pid>>-<pid>`.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("gateway-{}", std::process::id()));
+    format!("worker-{host}-{}", std::process::id())
+}
+
+fn worker_id(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn deliveries(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// See the module docs.
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
+    /// This worker's id [default: worker-$HOSTNAME-<pid>].
+    #[arg(long, env = "SWITCHBOARD_WORKER_ID", default_value_t = default_worker_id(), hide_default_value = true, value_parser = worker_id)]
     pub worker_id: String,
+    /// Calls this worker runs at once (all tools together).
+    #[arg(long, env = "SWITCHBOARD_CONCURRENCY", default_value = "64", value_name = "N", value_parser = at_least_one)]
     pub concurrency: usize,
+    /// Registry heartbeat; the worker leaves tools/list after three missed ones.
+    #[arg(long, env = "SWITCHBOARD_WORKER_HEARTBEAT", default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
     pub heartbeat: Duration,
+    /// A job whose worker is silent this long is taken over by another worker (a running job
+    /// is kept visible by heartbeats every third of it; at least three heartbeats).
+    #[arg(long, env = "SWITCHBOARD_VISIBILITY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
     pub visibility_timeout: Duration,
+    /// Deliveries after which a job that keeps killing workers is dead-lettered.
+    #[arg(long, env = "SWITCHBOARD_MAX_DELIVERIES", default_value = "3", value_name = "N", value_parser = deliveries)]
     pub max_deliveries: u64,
+    /// How long one fetch waits for a job.
+    #[arg(long, env = "SWITCHBOARD_FETCH_BLOCK", default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
     pub fetch_block: Duration,
+    /// On shutdown, how long running calls get to finish.
+    #[arg(long = "shutdown-grace", env = "SWITCHBOARD_WORKER_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
 }
 
-/// A setting that cannot work, named by its key.
+/// Settings that cannot work together, named by their flags.
 #[derive(Debug, thiserror::Error)]
-#[error("{key} must be {what}")]
+#[error("--{key} must be {what}")]
 pub struct ConfigError {
     pub key: &'static str,
     pub what: &'static str,
 }
 
 impl WorkerConfig {
-    pub fn new(worker_id: impl Into<String>) -> Self {
-        WorkerConfig {
-            worker_id: worker_id.into(),
-            concurrency: DEFAULT_CONCURRENCY,
-            heartbeat: DEFAULT_HEARTBEAT,
-            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
-            max_deliveries: DEFAULT_MAX_DELIVERIES,
-            fetch_block: DEFAULT_FETCH_BLOCK,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-        }
+    /// Every default, with this worker id.
+    pub fn new(worker_id: &str) -> Self {
+        from_args_without_env(&["--worker-id", worker_id]).expect("the defaults are valid")
     }
 
+    /// Checks what involves several settings (each alone is checked when it is parsed).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, what| Err(ConfigError { key, what });
-        if self.worker_id.is_empty() {
-            return bad("worker-id", "non-empty");
-        }
-        if self.concurrency == 0 {
-            return bad("concurrency", "at least 1");
-        }
-        if self.max_deliveries == 0 {
-            return bad("max-deliveries", "at least 1");
-        }
-        if self.heartbeat.is_zero() || self.fetch_block.is_zero() {
-            return bad("heartbeat-ms and fetch-block-ms", "greater than zero");
-        }
         if self.visibility_timeout < self.heartbeat * 3 {
-            return bad("visibility-timeout-ms", "at least three heartbeats");
+            return Err(ConfigError {
+                key: "visibility-timeout",
+                what: "at least three heartbeats",
+            });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checks() {
+        let c = WorkerConfig::new("w");
+        assert_eq!(c.concurrency, 64);
+        assert_eq!(c.visibility_timeout, Duration::from_secs(30));
+        c.validate().unwrap();
+        let c: WorkerConfig = from_args_without_env(&["--heartbeat", "20s"]).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--visibility-timeout")
+        );
+        assert!(from_args_without_env::<WorkerConfig>(&["--concurrency", "0"]).is_err());
+        assert!(from_args_without_env::<WorkerConfig>(&["--fetch-block", "1000"]).is_err());
     }
 }

@@ -21,9 +21,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_core::calls::{Job, JobQueue, Progress, Reclaimed, WorkerAnnouncement};
-use switchboard_core::tasks::{TaskStatus, now_ms};
-use switchboard_core::tools::CallToolResult;
+use switchboard_core::backend::JobQueue;
+use switchboard_core::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
+use switchboard_core::clock::now_ms;
+use switchboard_protocol::methods::tasks::TaskStatus;
+use switchboard_protocol::methods::tools::CallToolResult;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

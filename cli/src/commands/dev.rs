@@ -3,13 +3,11 @@
 //! worker with the built-in tools (echo, sleep, fail) runs in the same process.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
-use switchboard_core::backend::MemoryBackend;
-use switchboard_gateway::AuthConfig;
+use switchboard_gateway::GatewayConfig;
+use switchboard_memory::MemoryBackend;
 
-use super::Tuning;
 use crate::Failure;
 
 #[derive(clap::Args, Debug)]
@@ -18,22 +16,23 @@ pub(crate) struct Args {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     #[command(flatten)]
-    tuning: Tuning,
+    config: GatewayConfig,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    let auth = AuthConfig {
-        verifier: None,
-        allow_anonymous: true,
-    };
-    let config = args.tuning.config("dev".into(), auth);
+    let Args { listen, mut config } = args;
+    // Everyone may connect, anonymously: there is nothing to protect in one process on a
+    // laptop (a secret in the environment, from `switchboard gateway`, is not used).
+    config.auth.allow_anonymous = true;
+    config.auth.verifier = None;
+    config.node_id = "dev".into();
     config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let listener = switchboard_gateway::listen(args.listen, args.tuning.listen_backlog)
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = switchboard_gateway::listen(listen, config.listen_backlog)
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         println!("Switchboard dev: in-memory backend, anonymous clients allowed.");
         println!("  WebSocket:  ws://{addr}/ws   (subprotocol switchboard.v1)");
@@ -45,22 +44,27 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         println!("Stop with ctrl-c.");
         println!("Tools (in-process worker): echo, sleep, fail, e.g.");
         println!(r#"  {{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{{"name":"echo","arguments":{{"hi":1}}}}}}"#);
-        let backend = Arc::new(MemoryBackend::new());
+        let memory = MemoryBackend::new();
         let mut toolbox = switchboard_worker::Toolbox::new();
         switchboard_worker::tools::builtin::add_builtins(&mut toolbox)
             .map_err(|e| anyhow::anyhow!(e))?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let worker = tokio::spawn(switchboard_worker::run(
             switchboard_worker::WorkerConfig::new("dev-worker"),
-            backend.clone(),
+            memory.clone(),
             toolbox,
             async {
                 let _ = stop_rx.await;
             },
         ));
-        let served = switchboard_gateway::run(config, listener, backend, super::shutdown_signal())
-            .await
-            .context("gateway failed");
+        let served = switchboard_gateway::run(
+            config,
+            listener,
+            memory.backend(),
+            super::shutdown_signal(),
+        )
+        .await
+        .context("gateway failed");
         let _ = stop_tx.send(());
         let _ = worker.await;
         served

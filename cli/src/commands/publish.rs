@@ -2,16 +2,15 @@
 //! `PUBLISH <prefix>:t:{<topic>} <json>` on Redis.
 
 use anyhow::Context;
-use switchboard_core::keys::Keys;
-use switchboard_core::topic;
+use switchboard_protocol::topic;
+use switchboard_redis::{Keys, RedisOptions};
 
-use super::RedisArgs;
 use crate::Failure;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     #[command(flatten)]
-    redis: RedisArgs,
+    redis: RedisOptions,
     /// The topic.
     topic: String,
     /// The event's data: any JSON value.
@@ -22,7 +21,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     topic::validate(&args.topic).map_err(|e| Failure::Usage(format!("topic: {e}")))?;
     serde_json::from_str::<serde::de::IgnoredAny>(&args.json)
         .map_err(|e| Failure::Usage(format!("json: not valid JSON: {e}")))?;
-    let opts = args.redis.options()?;
+    let opts = &args.redis;
     let channel = Keys::new(&opts.prefix).topic_channel(&args.topic);
     let client = redis::Client::open(opts.url.as_str())
         .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use switchboard_core::tasks::now_ms;
-use switchboard_core::tools::{CachePolicy, CacheScope, CallToolResult, ToolSpec};
+use switchboard_core::clock::now_ms;
+use switchboard_core::tools::{CachePolicy, CacheScope, ToolSpec};
+use switchboard_protocol::methods::tools::CallToolResult;
 
 use super::{CallContext, Tool, Toolbox, ToolboxError};
 

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use switchboard_core::tools::{CachePolicy, CallToolResult, ToolSpec};
+use switchboard_core::tools::{CachePolicy, ToolSpec};
+use switchboard_protocol::methods::tools::CallToolResult;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 use switchboard_core::calls::Progress;
-use switchboard_core::tools::{CallToolResult, ToolSpec};
+use switchboard_core::tools::ToolSpec;
+use switchboard_protocol::methods::tools::CallToolResult;
 use tokio::sync::{Semaphore, mpsc};
 
 /// What a running call can use besides its arguments.

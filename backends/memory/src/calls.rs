@@ -1,0 +1,265 @@
+//! The call plane inside one process (`switchboard dev`, tests): the same semantics as the
+//! Redis one (cache, coalescing leases, tasks, queues, cancellation), kept in maps. There is no
+//! other process to lose a job to, so nothing is ever reclaimed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_core::backend::{BackendError, CallPlane, CallSink};
+use switchboard_core::calls::{Job, Submission, Submitted, WorkerAnnouncement};
+use switchboard_core::clock::now_ms;
+use switchboard_core::tasks::TaskRecord;
+use switchboard_protocol::methods::tasks::TaskStatus;
+use switchboard_protocol::methods::tools::CallToolResult;
+
+use crate::MemoryBackend;
+
+/// Dead letters kept for inspection, newest last.
+const DEAD_LETTERS_KEPT: usize = 1000;
+/// Expired tasks and results are swept once per this many submissions.
+const SWEEP_EVERY: u64 = 1024;
+
+struct Lease {
+    task: String,
+    waiters: i64,
+    expires_at_ms: u64,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(crate) struct CallState {
+    workers: HashMap<String, WorkerAnnouncement>,
+    tasks: HashMap<String, TaskRecord>,
+    results: HashMap<String, (String, u64)>,
+    leases: HashMap<String, Lease>,
+    queues: HashMap<String, VecDeque<Job>>,
+    dead_letters: VecDeque<(Job, String)>,
+    next_entry: u64,
+    submissions: u64,
+}
+
+fn live(t: &TaskRecord, now: u64) -> bool {
+    t.created_at_ms + t.ttl_ms > now
+}
+
+impl CallState {
+    pub(crate) fn workers(&self) -> Vec<WorkerAnnouncement> {
+        let now = now_ms();
+        let mut v: Vec<_> = self
+            .workers
+            .values()
+            .filter(|a| a.expires_at_ms > now)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        v
+    }
+
+    pub(crate) fn announce(&mut self, a: &WorkerAnnouncement) {
+        self.workers.insert(a.worker_id.clone(), a.clone());
+    }
+
+    pub(crate) fn withdraw(&mut self, worker_id: &str) {
+        self.workers.remove(worker_id);
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.tasks.retain(|_, t| live(t, now));
+        self.results.retain(|_, (_, exp)| *exp > now);
+        self.leases.retain(|_, l| l.expires_at_ms > now);
+    }
+
+    pub(crate) fn submit(&mut self, s: &Submission) -> (Submitted, bool) {
+        let now = now_ms();
+        self.submissions += 1;
+        if self.submissions.is_multiple_of(SWEEP_EVERY) {
+            self.sweep(now);
+        }
+        let mut record = s.new_task(now);
+        if s.read_cache
+            && let Some((json, exp)) = self.results.get(&s.call_hash)
+            && *exp > now
+        {
+            record.status = TaskStatus::Completed;
+            record.cached = true;
+            record.result = serde_json::from_str(json).ok();
+            self.tasks.insert(record.task_id.clone(), record.clone());
+            return (Submitted::Cached(record), false);
+        }
+        if let Some(lease) = self.leases.get_mut(&s.call_hash)
+            && lease.expires_at_ms > now
+        {
+            lease.waiters += 1;
+            record.leader = Some(lease.task.clone());
+            self.tasks.insert(record.task_id.clone(), record.clone());
+            return (Submitted::Joined(record), false);
+        }
+        self.leases.insert(
+            s.call_hash.clone(),
+            Lease {
+                task: s.task_id.clone(),
+                waiters: 1,
+                expires_at_ms: s.deadline_ms.max(now) + 5_000,
+            },
+        );
+        self.tasks.insert(record.task_id.clone(), record.clone());
+        self.next_entry += 1;
+        let queue = s.queue.clone();
+        self.queues
+            .entry(queue.clone())
+            .or_default()
+            .push_back(Job {
+                entry_id: self.next_entry.to_string(),
+                queue,
+                tool: s.tool.name.clone(),
+                task_id: s.task_id.clone(),
+                call_hash: s.call_hash.clone(),
+                arguments: s.arguments.clone(),
+                deadline_ms: s.deadline_ms,
+                cache_ttl_ms: s.cache_ttl_ms,
+                deliveries: 1,
+            });
+        (Submitted::Leader(record), true)
+    }
+
+    pub(crate) fn task(&mut self, task_id: &str) -> Option<TaskRecord> {
+        let now = now_ms();
+        match self.tasks.get(task_id) {
+            Some(t) if live(t, now) => Some(t.clone()),
+            Some(_) => {
+                self.tasks.remove(task_id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Returns the leader whose execution must stop, if any.
+    pub(crate) fn cancel(&mut self, task: &TaskRecord) -> Option<String> {
+        let now = now_ms();
+        let t = self.tasks.get_mut(&task.task_id)?;
+        if t.status != TaskStatus::Working || t.caller_cancelled {
+            return None;
+        }
+        // Cancelled for this caller; a leader's status is the shared execution's.
+        t.caller_cancelled = true;
+        t.last_updated_at_ms = now;
+        let leader = task.leader.clone().unwrap_or_else(|| task.task_id.clone());
+        let lease = self.leases.get_mut(&task.call_hash)?;
+        if lease.task != leader {
+            return None;
+        }
+        lease.waiters -= 1;
+        if lease.waiters > 0 {
+            return None;
+        }
+        self.leases.remove(&task.call_hash);
+        if let Some(l) = self.tasks.get_mut(&leader)
+            && l.status == TaskStatus::Working
+        {
+            l.status = TaskStatus::Cancelled;
+            l.last_updated_at_ms = now;
+        }
+        Some(leader)
+    }
+
+    pub(crate) fn fetch(&mut self, tools: &[String], max: usize) -> Vec<Job> {
+        let mut out = Vec::new();
+        for tool in tools {
+            let Some(q) = self.queues.get_mut(tool) else {
+                continue;
+            };
+            while out.len() < max {
+                match q.pop_front() {
+                    Some(job) => out.push(job),
+                    None => break,
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn finish(
+        &mut self,
+        job: &Job,
+        status: TaskStatus,
+        message: Option<&str>,
+        result: &CallToolResult,
+    ) {
+        let now = now_ms();
+        if let Some(t) = self.tasks.get_mut(&job.task_id)
+            && t.status == TaskStatus::Working
+        {
+            t.status = status;
+            t.status_message = message.map(str::to_owned);
+            t.result = Some(result.clone());
+            t.last_updated_at_ms = now;
+        }
+        if status == TaskStatus::Completed && !result.is_error && job.cache_ttl_ms > 0 {
+            let json = serde_json::to_string(result).expect("results serialize");
+            self.results
+                .insert(job.call_hash.clone(), (json, now + job.cache_ttl_ms));
+        }
+        if self
+            .leases
+            .get(&job.call_hash)
+            .is_some_and(|l| l.task == job.task_id)
+        {
+            self.leases.remove(&job.call_hash);
+        }
+    }
+
+    pub(crate) fn dead_letter(&mut self, job: &Job, reason: &str) {
+        if self.dead_letters.len() == DEAD_LETTERS_KEPT {
+            self.dead_letters.pop_front();
+        }
+        self.dead_letters
+            .push_back((job.clone(), reason.to_owned()));
+    }
+
+    pub(crate) fn task_status(&mut self, task_id: &str) -> Option<TaskStatus> {
+        self.task(task_id).map(|t| t.status)
+    }
+}
+
+/// How long a fetch waits at most between checks of its queues.
+pub(crate) const FETCH_POLL: Duration = Duration::from_millis(200);
+
+impl MemoryBackend {
+    pub(crate) fn calls(&self) -> MutexGuard<'_, CallState> {
+        self.calls.lock().expect("lock poisoned")
+    }
+}
+
+#[async_trait]
+impl CallPlane for MemoryBackend {
+    fn set_sink(&self, sink: Arc<dyn CallSink>) {
+        let _ = self.call_sink.set(sink);
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerAnnouncement>, BackendError> {
+        Ok(self.calls().workers())
+    }
+
+    async fn submit(&self, s: &Submission) -> Result<Submitted, BackendError> {
+        let (submitted, queued) = self.calls().submit(s);
+        if queued {
+            self.job_queued.notify_waiters();
+        }
+        Ok(submitted)
+    }
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, BackendError> {
+        Ok(self.calls().task(task_id))
+    }
+
+    async fn cancel(&self, task: &TaskRecord) -> Result<(), BackendError> {
+        let stop = self.calls().cancel(task);
+        if let Some(leader) = stop {
+            let _ = self.cancels.send(leader);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Topic history on Redis: one stream per topic (`<prefix>:h:{topic}`), appended and published
+//! live in one step by the Redis Function `sb_publish` (`lua/library.lua`), which every gateway
+//! loads (again) whenever it (re)connects, so backends can always `FCALL` it:
+//!
+//! ```text
+//! FCALL sb_publish 1 sb:h:{chat:42} '{"text":"hi"}' [MAXLEN [TTL_MS]]
+//! ```
+//!
+//! MAXLEN defaults to [`DEFAULT_FUNCTION_MAXLEN`] (trimming is exact, so "does the history
+//! still reach back" has a sure answer); TTL_MS 0 or absent: the stream does not expire.
+//! Reads go through `lua/history_read.lua`, which takes the stream's facts (`XINFO STREAM`) and
+//! the events (`XRANGE`) at one instant.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use redis::Value;
+use switchboard_core::backend::{BackendError, HistoryStore};
+use switchboard_core::history::{HistoryRule, Replay};
+use switchboard_protocol::{EventId, Topic};
+
+use crate::{RedisBackend, text};
+
+/// Events kept by `sb_publish` when the caller gives no MAXLEN.
+const DEFAULT_FUNCTION_MAXLEN: u64 = 10_000;
+
+/// The function library, with its placeholder for the default MAXLEN.
+const LIBRARY: &str = include_str!("lua/library.lua");
+
+static READ: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/history_read.lua")));
+
+/// A history read: the stream's facts and the events asked for.
+struct StreamRead {
+    first: Option<EventId>,
+    last: EventId,
+    never_trimmed: bool,
+    events: Vec<(EventId, Vec<u8>)>,
+}
+
+impl RedisBackend {
+    /// Reads, in one atomic step, the stream's facts and the events after `since` (at most
+    /// `count`): `None` when the topic has no history.
+    async fn read_history(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        count: usize,
+    ) -> Result<Option<StreamRead>, BackendError> {
+        let mut inv = READ.prepare_invoke();
+        inv.key(self.keys.topic_history(topic.as_str()))
+            .arg(format!("({since}"))
+            .arg(count);
+        let mut conn = self.commands();
+        let v: Value = self
+            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        let Value::Array(parts) = v else {
+            return Err(BackendError::Unavailable("unexpected history reply".into()));
+        };
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let id_at = |i: usize| parts.get(i).and_then(text).and_then(|s| EventId::parse(&s));
+        let int_at = |i: usize| match parts.get(i) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        let mut events = Vec::new();
+        if let Some(Value::Array(entries)) = parts.get(4) {
+            for e in entries {
+                let Value::Array(pair) = e else { continue };
+                let (Some(id), Some(Value::Array(fields))) = (
+                    pair.first().and_then(text).and_then(|s| EventId::parse(&s)),
+                    pair.get(1),
+                ) else {
+                    continue;
+                };
+                // The payload as bytes: a bad entry is skipped later, never fails the read.
+                if let Some(Value::BulkString(d)) = fields.get(1) {
+                    events.push((id, d.clone()));
+                }
+            }
+        }
+        Ok(Some(StreamRead {
+            first: id_at(0),
+            last: id_at(1).unwrap_or(EventId::ZERO),
+            never_trimmed: int_at(2).is_some() && int_at(2) == int_at(3),
+            events,
+        }))
+    }
+
+    /// A replay (`page` false: more than `max` events is a failed recovery) or a page (the
+    /// first `max`).
+    async fn replay_or_page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+        page: bool,
+    ) -> Result<Replay, BackendError> {
+        let count = if page { max } else { max + 1 };
+        let Some(read) = self.read_history(topic, since, count).await? else {
+            // No history (never, or expired): only "from the very beginning" is complete.
+            return Ok(Replay {
+                events: Vec::new(),
+                recovered: since == EventId::ZERO,
+                position: None,
+            });
+        };
+        // Trimming removes the oldest first, so nothing after `since` is gone if the oldest
+        // event kept is `since` or older (Redis does not count trimmed ids in
+        // `max-deleted-entry-id`). From the very beginning: if nothing was ever trimmed. An id
+        // past the last one given out vouches for nothing.
+        let recovered = if since > read.last {
+            false
+        } else if since == EventId::ZERO {
+            read.never_trimmed
+        } else {
+            read.first.is_some_and(|first| first <= since)
+        };
+        if since > read.last || (!page && read.events.len() > max) {
+            return Ok(Replay {
+                events: Vec::new(),
+                recovered: false,
+                position: Some(read.last),
+            });
+        }
+        Ok(Replay {
+            events: read.events,
+            recovered,
+            position: Some(read.last),
+        })
+    }
+}
+
+#[async_trait]
+impl HistoryStore for RedisBackend {
+    async fn prepare(&self) -> Result<(), BackendError> {
+        let mut conn = self.commands();
+        let library = LIBRARY.replace("DEFAULT_MAXLEN", &DEFAULT_FUNCTION_MAXLEN.to_string());
+        self.bounded(async move {
+            redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(library)
+                .query_async::<Value>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn publish(
+        &self,
+        topic: &Topic,
+        data: &str,
+        rule: &HistoryRule,
+    ) -> Result<EventId, BackendError> {
+        let mut conn = self.commands();
+        let key = self.keys.topic_history(topic.as_str());
+        let data = data.to_owned();
+        let (len, ttl) = (rule.max_len, rule.ttl.as_millis() as u64);
+        let id: String = self
+            .bounded(async move {
+                redis::cmd("FCALL")
+                    .arg("sb_publish")
+                    .arg(1)
+                    .arg(key)
+                    .arg(data)
+                    .arg(len)
+                    .arg(ttl)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        EventId::parse(&id).ok_or_else(|| BackendError::Unavailable(format!("bad stream id {id}")))
+    }
+
+    async fn replay(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        self.replay_or_page(topic, since, max, false).await
+    }
+
+    async fn page(
+        &self,
+        topic: &Topic,
+        since: EventId,
+        max: usize,
+    ) -> Result<Replay, BackendError> {
+        self.replay_or_page(topic, since, max, true).await
+    }
+
+    async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {
+        let read = self.read_history(topic, EventId::ZERO, 0).await?;
+        Ok(read.map(|r| r.last))
+    }
+}

@@ -1,0 +1,144 @@
+//! The Redis key and channel schema. Every name Switchboard uses in Redis is built here, so
+//! `docs/redis.md` has one place to be checked against.
+//!
+//! Every key and channel that belongs to a topic carries the topic as a Redis Cluster hash tag
+//! (`{<topic>}`), so all of a topic lives in one slot. Topic names cannot contain `{` or `}`
+//! (see `switchboard_protocol::topic`), so the tag is always the whole topic.
+
+/// The default key prefix (`--redis-prefix`).
+pub const DEFAULT_PREFIX: &str = "sb";
+
+/// Builds and parses Redis names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+    /// `<prefix>:t:{` — the part of a topic channel before the topic.
+    channel_head: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            channel_head: format!("{prefix}:t:{{"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The live pub/sub channel of a topic: `<prefix>:t:{<topic>}`.
+    pub fn topic_channel(&self, topic: &str) -> String {
+        let mut s = String::with_capacity(self.channel_head.len() + topic.len() + 1);
+        s.push_str(&self.channel_head);
+        s.push_str(topic);
+        s.push('}');
+        s
+    }
+
+    /// The topic of a live channel name, if the name is one of ours.
+    pub fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.channel_head.as_str())?
+            .strip_suffix('}')
+    }
+
+    /// The history stream of a topic: `<prefix>:h:{<topic>}` (used from the history issue on;
+    /// reserved now so backends can rely on the name).
+    pub fn topic_history(&self, topic: &str) -> String {
+        format!("{}:h:{{{topic}}}", self.prefix)
+    }
+
+    /// A tool version's job queue (a stream with the consumer group [`WORKER_GROUP`]), from its
+    /// queue id `<tool>@<digest>` (`ToolSpec::queue_id`): `<prefix>:q:{<tool>}@<digest>`.
+    pub fn tool_queue(&self, queue_id: &str) -> String {
+        match queue_id.split_once('@') {
+            Some((tool, digest)) => format!("{}:q:{{{tool}}}@{digest}", self.prefix),
+            None => format!("{}:q:{{{queue_id}}}", self.prefix),
+        }
+    }
+
+    /// A task record (hash): `<prefix>:task:{<task id>}`.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}:task:{{{task_id}}}", self.prefix)
+    }
+
+    /// A cached result (string): `<prefix>:r:{<call hash>}`.
+    pub fn result(&self, call_hash: &str) -> String {
+        format!("{}:r:{{{call_hash}}}", self.prefix)
+    }
+
+    /// The in-flight lease of a call (hash: `task`, `waiters`): `<prefix>:l:{<call hash>}`.
+    pub fn lease(&self, call_hash: &str) -> String {
+        format!("{}:l:{{{call_hash}}}", self.prefix)
+    }
+
+    /// The worker registry (hash: worker id -> announcement): `<prefix>:workers`.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// Dead-lettered jobs (stream): `<prefix>:dlq`.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dlq", self.prefix)
+    }
+
+    /// Channel: a call's execution finished (message: the leader task id).
+    pub fn done_channel(&self) -> String {
+        format!("{}:c:done", self.prefix)
+    }
+
+    /// Channel: progress of a running call (message: JSON with `task` and the progress).
+    pub fn progress_channel(&self) -> String {
+        format!("{}:c:progress", self.prefix)
+    }
+
+    /// A session (hash; see [`crate::sessions`]): `<prefix>:s:{<session id>}`.
+    pub fn session(&self, session_id: &str) -> String {
+        format!("{}:s:{{{session_id}}}", self.prefix)
+    }
+
+    /// Channel: a session was attached by a new connection (message: `<session id> <gen>`);
+    /// the node holding an older generation closes that socket with 4009.
+    pub fn session_channel(&self) -> String {
+        format!("{}:c:session", self.prefix)
+    }
+
+    /// Channel: cancel a running call (message: the leader task id).
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:c:cancel", self.prefix)
+    }
+}
+
+/// The consumer group every worker reads tool queues through.
+pub const WORKER_GROUP: &str = "workers";
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new(DEFAULT_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_round_trips() {
+        let k = Keys::new("sb");
+        let ch = k.topic_channel("chat:42");
+        assert_eq!(ch, "sb:t:{chat:42}");
+        assert_eq!(k.topic_of_channel(&ch), Some("chat:42"));
+        assert_eq!(k.topic_of_channel("other:t:{chat:42}"), None);
+        assert_eq!(k.topic_of_channel("sb:t:{chat:42"), None);
+        assert_eq!(k.topic_history("a"), "sb:h:{a}");
+    }
+
+    #[test]
+    fn prefix_is_configurable() {
+        let k = Keys::new("tenant1");
+        assert_eq!(k.topic_channel("x"), "tenant1:t:{x}");
+        assert_eq!(k.topic_of_channel("sb:t:{x}"), None);
+    }
+}

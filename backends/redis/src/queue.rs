@@ -1,0 +1,367 @@
+//! The worker's side of the call plane on Redis (`docs/redis.md`).
+//!
+//! A tool version's jobs queue in a stream (`<p>:q:{tool}@<digest>`) read through one consumer
+//! group; a worker keeps a running job visible to itself with `XCLAIM ... JUSTID` heartbeats
+//! (`lua/extend.lua`, fenced: only while it still owns the job), and a job whose worker went
+//! silent is taken over with `XPENDING IDLE` + `XCLAIM` (which counts deliveries: past the limit
+//! the job is dead-lettered). Streams are never trimmed by length (that would drop
+//! unacknowledged jobs); a finished job is acknowledged and deleted by `lua/finish.lua`, which
+//! also writes the outcome into the leader task (unless cancelled), the cache, releases the
+//! lease and publishes the done signal, in one step.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Value;
+use redis::streams::{StreamClaimReply, StreamReadReply};
+use switchboard_core::backend::{BackendError, Health, JobQueue};
+use switchboard_core::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
+use switchboard_core::clock::now_ms;
+use switchboard_protocol::methods::tasks::TaskStatus;
+use switchboard_protocol::methods::tools::CallToolResult;
+
+use crate::RedisBackend;
+use crate::keys::WORKER_GROUP;
+
+static FINISH: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/finish.lua")));
+static EXTEND: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/extend.lua")));
+
+/// Dead letters kept, approximately (`XADD ... MAXLEN ~`): the dead-letter queue is for
+/// inspection, not work, so trimming it loses nothing that runs.
+const DEAD_LETTERS_KEPT: usize = 10_000;
+
+fn err(e: redis::RedisError) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+fn bulk(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn job_of(
+    queue: &str,
+    entry_id: &str,
+    map: &HashMap<String, Value>,
+    deliveries: u64,
+) -> Option<Job> {
+    let get = |k: &str| map.get(k).and_then(bulk);
+    Some(Job {
+        entry_id: entry_id.to_owned(),
+        queue: queue.to_owned(),
+        tool: get("tool")?,
+        task_id: get("task")?,
+        call_hash: get("hash")?,
+        arguments: serde_json::from_str(&get("args")?).ok()?,
+        deadline_ms: get("deadline")?.parse().ok()?,
+        cache_ttl_ms: get("cache_ttl").and_then(|v| v.parse().ok()).unwrap_or(0),
+        deliveries,
+    })
+}
+
+impl RedisBackend {
+    async fn ack(&self, queue: &str, entry_id: &str) -> Result<(), BackendError> {
+        let mut conn = self.commands();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(queue)
+            .arg(WORKER_GROUP)
+            .arg(entry_id)
+            .ignore();
+        pipe.cmd("XDEL").arg(queue).arg(entry_id).ignore();
+        self.bounded(async move { pipe.exec_async(&mut conn).await })
+            .await
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisBackend {
+    async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError> {
+        let json = serde_json::to_string(a).expect("announcements serialize");
+        let mut conn = self.commands();
+        let key = self.keys.workers();
+        let id = a.worker_id.clone();
+        self.bounded(async move {
+            redis::cmd("HSET")
+                .arg(key)
+                .arg(id)
+                .arg(json)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<(), BackendError> {
+        let mut conn = self.commands();
+        let key = self.keys.workers();
+        let id = worker_id.to_owned();
+        self.bounded(async move {
+            redis::cmd("HDEL")
+                .arg(key)
+                .arg(id)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn prepare(&self, tools: &[String]) -> Result<(), BackendError> {
+        for tool in tools {
+            let mut conn = self.commands();
+            let key = self.keys.tool_queue(tool);
+            let created = self
+                .bounded(async move {
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(key)
+                        .arg(WORKER_GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async::<Value>(&mut conn)
+                        .await
+                })
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(BackendError::Unavailable(m)) if m.contains("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Cancellations reach every worker on the pub/sub connection.
+        let mut pubsub = self.pubsub();
+        let channel = self.keys.cancel_channel();
+        self.bounded(async move { pubsub.subscribe(channel).await })
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        worker_id: &str,
+        tools: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, BackendError> {
+        if tools.is_empty() || max == 0 {
+            tokio::time::sleep(block).await;
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = tools.iter().map(|t| self.keys.tool_queue(t)).collect();
+        let ids: Vec<&str> = tools.iter().map(|_| ">").collect();
+        let mut conn = self.blocking.clone();
+        let reply: Option<StreamReadReply> =
+            tokio::time::timeout(block + self.op_timeout, async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(WORKER_GROUP)
+                    .arg(worker_id)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("BLOCK")
+                    .arg(block.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&keys)
+                    .arg(&ids)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|_| BackendError::Timeout)?
+            .map_err(err)?;
+        let mut jobs = Vec::new();
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(tool) = tools.iter().find(|t| self.keys.tool_queue(t) == stream.key) else {
+                continue;
+            };
+            for entry in stream.ids {
+                match job_of(tool, &entry.id, &entry.map, 1) {
+                    Some(job) => jobs.push(job),
+                    None => {
+                        tracing::warn!(tool, id = %entry.id, "malformed job; dropping it");
+                        self.ack(&stream.key, &entry.id).await?;
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError> {
+        let mut inv = EXTEND.prepare_invoke();
+        inv.key(self.keys.tool_queue(&job.queue))
+            .arg(WORKER_GROUP)
+            .arg(worker_id)
+            .arg(&job.entry_id);
+        let mut conn = self.commands();
+        let kept: i64 = self
+            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        Ok(kept == 1)
+    }
+
+    async fn reclaim(
+        &self,
+        worker_id: &str,
+        tools: &[String],
+        min_idle: Duration,
+        max_deliveries: u64,
+        max: usize,
+    ) -> Result<Vec<Reclaimed>, BackendError> {
+        let mut out = Vec::new();
+        let idle = min_idle.as_millis() as u64;
+        for tool in tools {
+            let key = self.keys.tool_queue(tool);
+            let mut conn = self.commands();
+            let k = key.clone();
+            // [id, consumer, idle ms, deliveries] of entries silent for at least `min_idle`.
+            let pending: Vec<(String, String, u64, u64)> = self
+                .bounded(async move {
+                    redis::cmd("XPENDING")
+                        .arg(k)
+                        .arg(WORKER_GROUP)
+                        .arg("IDLE")
+                        .arg(idle)
+                        .arg("-")
+                        .arg("+")
+                        .arg(max)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            for (id, _owner, _idle, deliveries) in pending {
+                let mut conn = self.commands();
+                let (k, i, w) = (key.clone(), id.clone(), worker_id.to_owned());
+                let claimed: StreamClaimReply = self
+                    .bounded(async move {
+                        redis::cmd("XCLAIM")
+                            .arg(k)
+                            .arg(WORKER_GROUP)
+                            .arg(w)
+                            .arg(idle)
+                            .arg(i)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
+                // Empty: another worker claimed it first, or it was deleted meanwhile.
+                for entry in claimed.ids {
+                    match job_of(tool, &entry.id, &entry.map, deliveries + 1) {
+                        Some(job) if deliveries >= max_deliveries => out.push(Reclaimed::Dead(job)),
+                        Some(job) => out.push(Reclaimed::Run(job)),
+                        None => self.ack(&key, &entry.id).await?,
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish(
+        &self,
+        job: &Job,
+        status: TaskStatus,
+        message: Option<&str>,
+        result: &CallToolResult,
+    ) -> Result<(), BackendError> {
+        let k = &self.keys;
+        let cache_ttl = if status == TaskStatus::Completed && !result.is_error {
+            job.cache_ttl_ms
+        } else {
+            0
+        };
+        let mut inv = FINISH.prepare_invoke();
+        inv.key(k.task(&job.task_id))
+            .key(k.result(&job.call_hash))
+            .key(k.lease(&job.call_hash))
+            .key(k.tool_queue(&job.queue))
+            .arg(&job.task_id)
+            .arg(status.as_str())
+            .arg(message.unwrap_or(""))
+            .arg(serde_json::to_string(result).expect("results serialize"))
+            .arg(now_ms())
+            .arg(cache_ttl)
+            .arg(&job.entry_id)
+            .arg(WORKER_GROUP)
+            .arg(k.done_channel());
+        let mut conn = self.commands();
+        self.bounded(async move { inv.invoke_async::<i64>(&mut conn).await })
+            .await
+            .map(drop)
+    }
+
+    async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError> {
+        let mut conn = self.commands();
+        let key = self.keys.dead_letters();
+        let fields = [
+            ("queue", job.queue.clone()),
+            ("tool", job.tool.clone()),
+            ("task", job.task_id.clone()),
+            ("hash", job.call_hash.clone()),
+            ("args", job.arguments.to_string()),
+            ("deliveries", job.deliveries.to_string()),
+            ("reason", reason.to_owned()),
+        ];
+        self.bounded(async move {
+            redis::cmd("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(DEAD_LETTERS_KEPT)
+                .arg("*")
+                .arg(&fields[..])
+                .query_async::<String>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn progress(&self, p: &Progress) -> Result<(), BackendError> {
+        let mut conn = self.commands();
+        let channel = self.keys.progress_channel();
+        let json = serde_json::to_string(p).expect("progress serializes");
+        self.bounded(async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(json)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, BackendError> {
+        let mut conn = self.commands();
+        let key = self.keys.task(task_id);
+        let status: Option<String> = self
+            .bounded(async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg("status")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(status.as_deref().and_then(TaskStatus::parse))
+    }
+
+    fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.cancels.subscribe()
+    }
+
+    async fn keepalive(&self) -> Result<(), BackendError> {
+        Health::ping(self).await
+    }
+}

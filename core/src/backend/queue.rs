@@ -1,0 +1,63 @@
+//! The worker's side of the call plane: announce, take jobs, keep them, finish them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_protocol::methods::tasks::TaskStatus;
+use switchboard_protocol::methods::tools::CallToolResult;
+
+use super::error::BackendError;
+use crate::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
+
+/// Where a worker's jobs come from and its outcomes go.
+#[async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Announces (or refreshes) the worker and the tools it hosts.
+    async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError>;
+    /// Removes the worker's announcement (graceful shutdown).
+    async fn withdraw(&self, worker_id: &str) -> Result<(), BackendError>;
+    /// Makes sure the queues (`ToolSpec::queue_id`s) exist, and that cancellations reach
+    /// [`cancellations`](Self::cancellations).
+    async fn prepare(&self, queues: &[String]) -> Result<(), BackendError>;
+    /// Takes new jobs from the queues, waiting up to `block` for one: up to `max` per queue
+    /// (Redis counts per stream), so the caller must cope with more than `max` in all.
+    async fn fetch(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, BackendError>;
+    /// Tells the queue the job is still being worked on (resets its visibility timeout), if it
+    /// is still this worker's: `Ok(false)` when another worker has taken it over meanwhile, and
+    /// this worker must stop running it.
+    async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError>;
+    /// Takes over up to `max` jobs whose worker has been silent for `min_idle`.
+    async fn reclaim(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        min_idle: Duration,
+        max_deliveries: u64,
+        max: usize,
+    ) -> Result<Vec<Reclaimed>, BackendError>;
+    /// Records the outcome (task, cache), releases the call, acknowledges the job and signals
+    /// the waiters. Does not overwrite a task that was cancelled meanwhile.
+    async fn finish(
+        &self,
+        job: &Job,
+        status: TaskStatus,
+        message: Option<&str>,
+        result: &CallToolResult,
+    ) -> Result<(), BackendError>;
+    /// Moves the job to the dead-letter queue (then [`finish`](Self::finish) it as failed).
+    async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError>;
+    /// Reports progress to the callers.
+    async fn progress(&self, p: &Progress) -> Result<(), BackendError>;
+    /// The current status of a task, if it still exists.
+    async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, BackendError>;
+    /// Leader task ids whose execution was cancelled, as they happen.
+    fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String>;
+    /// Checks the backend answers, keeping its connections (and their reconnects) alive.
+    async fn keepalive(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,133 @@
+//! The tool catalogue of this node: the union of what live workers announce, read from the
+//! backend every `registry_interval`, with each tool's argument schema compiled once.
+//!
+//! When the set of tools changes (a worker came or went, a tool changed version or schema),
+//! every connection that completed `hello` gets `notifications/tools/list_changed`, encoded once.
+//! A tool announced by several workers is taken from the first (by worker id); a tool whose
+//! schema does not compile is left out, with a warning.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use switchboard_core::backend::CallPlane;
+use switchboard_core::calls::WorkerAnnouncement;
+use switchboard_core::tools::ToolSpec;
+use switchboard_protocol::jsonrpc;
+use switchboard_protocol::methods::tools::ListChanged;
+use switchboard_protocol::methods::{Empty, Notification};
+
+use crate::conns::Conns;
+
+/// One tool, ready to take calls.
+pub(crate) struct CatalogTool {
+    pub(crate) spec: ToolSpec,
+    /// `spec.digest()` and `spec.queue_id()`, computed once: every call needs them.
+    pub(crate) digest: String,
+    pub(crate) queue: String,
+    validator: jsonschema::Validator,
+}
+
+impl CatalogTool {
+    /// Checks arguments against the tool's input schema; the error says why.
+    pub(crate) fn check(&self, arguments: &serde_json::Value) -> Result<(), String> {
+        self.validator.validate(arguments).map_err(|e| {
+            let path = e.instance_path().to_string();
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e} (at {path})")
+            }
+        })
+    }
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub(crate) tools: BTreeMap<String, Arc<CatalogTool>>,
+    /// The tools' identities (name and digest), to tell a change.
+    fingerprint: Vec<(String, String)>,
+}
+
+/// The node's current catalogue, replaced whole on change.
+#[derive(Default)]
+pub(crate) struct CatalogCell(RwLock<Arc<Catalog>>);
+
+impl CatalogCell {
+    pub(crate) fn get(&self) -> Arc<Catalog> {
+        self.0.read().expect("poisoned").clone()
+    }
+
+    fn set(&self, c: Catalog) {
+        *self.0.write().expect("poisoned") = Arc::new(c);
+    }
+}
+
+fn build(workers: Vec<WorkerAnnouncement>) -> Catalog {
+    let mut tools = BTreeMap::new();
+    for w in workers {
+        for spec in w.tools {
+            if tools.contains_key(&spec.name) {
+                continue;
+            }
+            match jsonschema::validator_for(&spec.input_schema) {
+                Ok(validator) => {
+                    let digest = spec.digest();
+                    let queue = switchboard_core::tools::queue_id_of(&spec.name, &digest);
+                    tools.insert(
+                        spec.name.clone(),
+                        Arc::new(CatalogTool {
+                            spec,
+                            digest,
+                            queue,
+                            validator,
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(tool = %spec.name, worker = %w.worker_id, error = %e, "tool left out: its input schema does not compile");
+                }
+            }
+        }
+    }
+    let fingerprint = tools
+        .values()
+        .map(|t: &Arc<CatalogTool>| (t.spec.name.clone(), t.digest.clone()))
+        .collect();
+    Catalog { tools, fingerprint }
+}
+
+/// Keeps `cell` current from the worker registry, every `interval`; tells every open
+/// connection when the set of tools changed.
+pub(crate) async fn run(
+    cell: Arc<CatalogCell>,
+    calls: Arc<dyn CallPlane>,
+    conns: Arc<Conns>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        let workers = match calls.workers().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the worker registry");
+                continue;
+            }
+        };
+        let next = build(workers);
+        if next.fingerprint == cell.get().fingerprint {
+            first = false;
+            continue;
+        }
+        tracing::info!(tools = ?next.tools.keys().collect::<Vec<_>>(), "tool catalogue changed");
+        cell.set(next);
+        if !first {
+            conns.broadcast(&jsonrpc::encode_notification(ListChanged::NAME, &Empty {}));
+        }
+        first = false;
+    }
+}

@@ -1,0 +1,54 @@
+//! Who is calling, on one connection: what the method handlers know about a connection
+//! between its messages (its identity and session, its subscriptions and calls in flight) and
+//! how they reach it (its [`Link`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use switchboard_core::auth::{ANONYMOUS, Identity};
+use switchboard_protocol::Topic;
+
+use crate::calls::inflight::InFlight;
+use crate::sessions::LiveSession;
+use crate::transport::Link;
+
+/// See the module docs.
+pub(crate) struct Caller {
+    /// The connection: its control block and its outbound queue (replies that come later,
+    /// events, progress).
+    pub(crate) link: Link,
+    /// Set from the upgrade request's token, or by `hello`.
+    pub(crate) identity: Option<Identity>,
+    /// `hello` (or `initialize`) succeeded.
+    pub(crate) opened: bool,
+    /// The socket speaks the `mcp` subprotocol: `initialize` opens it.
+    pub(crate) mcp: bool,
+    /// The stored session (not for MCP connections, which cannot resume).
+    pub(crate) live: Option<Arc<LiveSession>>,
+    pub(crate) topics: HashSet<Topic>,
+    /// Requests waiting in tasks of their own.
+    pub(crate) calls: InFlight,
+    /// A close (code, reason) to start once the current reply is queued, so the client reads
+    /// why before the socket closes.
+    pub(crate) close_after_reply: Option<(u16, &'static str)>,
+}
+
+impl Caller {
+    pub(crate) fn new(link: Link, identity: Option<Identity>, mcp: bool) -> Self {
+        Caller {
+            link,
+            identity,
+            opened: false,
+            mcp,
+            live: None,
+            topics: HashSet::new(),
+            calls: InFlight::default(),
+            close_after_reply: None,
+        }
+    }
+
+    /// Who the caller is: tasks and per-user caches are bound to it.
+    pub(crate) fn owner(&self) -> &str {
+        self.identity.as_ref().map_or(ANONYMOUS, |i| &*i.subject)
+    }
+}

@@ -1,0 +1,255 @@
+//! `hello` (and, for MCP clients, `initialize`): authenticate the connection and open its
+//! session; `server/discover`, MCP's stateless description of the server.
+//!
+//! A token in `hello` params wins over one from the upgrade request (header or query). With no
+//! token anywhere, the connection is anonymous if the node allows it; otherwise -32001 and the
+//! socket closes with 1008, as it does for a bad or expired token.
+//!
+//! `hello` stores a new session in the backend, or, given `session`, attaches the stored one
+//! (resume): its subscriptions are restored and replayed from their positions (the client's
+//! `positions` win over the stored ones) before the reply, and the replies it is still owed
+//! follow whenever their calls finish. A session of another identity is refused (-32001); a
+//! session that is gone opens a new one (`resumed: false`). While the backend is down no
+//! session can be stored: `hello` answers -32603 and the socket closes with 1013.
+//! MCP connections (`initialize`) have no stored session: MCP has no resume.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use switchboard_core::auth::Identity;
+use switchboard_core::sessions::{Attach, SessionRecord, new_session_id};
+use switchboard_protocol::methods::session::{
+    DiscoverResult, HelloParams, HelloResult, InitializeParams, InitializeResult, Limits,
+    MCP_VERSIONS, ServerInfo,
+};
+use switchboard_protocol::methods::topics::SubscribeResult;
+use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close};
+
+use super::caller::Caller;
+use super::tasks::Tasks;
+use super::topics::Topics;
+use crate::config::AuthConfig;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+
+/// The session methods and the handles they need.
+pub(crate) struct Session {
+    /// Who may open a connection.
+    pub(crate) auth: AuthConfig,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// What `hello` announces.
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) limits: Limits,
+}
+
+impl Session {
+    /// `hello`. Restoring a resumed session's subscriptions and owed replies goes through the
+    /// topic and task methods.
+    pub(crate) async fn hello(
+        &self,
+        caller: &mut Caller,
+        p: HelloParams,
+        topics: &Topics,
+        tasks: &Tasks,
+    ) -> Result<HelloResult, RpcError> {
+        let auth = &self.auth;
+        let identity = match (p.token.as_deref(), caller.identity.take()) {
+            (Some(token), _) => match auth.verifier.as_ref().map(|v| v.verify(token)) {
+                Some(Ok(identity)) => identity,
+                Some(Err(e)) => return Err(refuse(caller, &e.to_string())),
+                None => return Err(refuse(caller, "this node verifies no tokens")),
+            },
+            (None, Some(identity)) => identity,
+            (None, None) if auth.allow_anonymous => Identity::anonymous(),
+            (None, None) => return Err(refuse(caller, "token required")),
+        };
+        if self.health.backend_down() {
+            return Err(unavailable(caller, identity));
+        }
+        let owner = identity.subject.clone();
+        let store = self.sessions.store();
+        let ttl = self.sessions.attached_ttl_ms();
+        let node_id = self.sessions.node_id();
+        let mut resumed = None;
+        if let Some(id) = &p.session {
+            match store.attach(id, &owner, node_id, ttl).await {
+                Ok(Attach::Resumed(record)) => resumed = Some((id.clone(), record)),
+                Ok(Attach::NotFound) => {}
+                Ok(Attach::WrongOwner) => {
+                    caller.identity = Some(identity);
+                    return Err(RpcError::new(
+                        ErrorCode::Unauthorized,
+                        "this session belongs to another identity",
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "attaching a session failed");
+                    return Err(unavailable(caller, identity));
+                }
+            }
+        }
+        let (id, generation, record) = match resumed {
+            Some((id, record)) => (id, record.generation, Some(record)),
+            None => {
+                let id = new_session_id();
+                if let Err(e) = store.create(&id, &owner, node_id, ttl).await {
+                    tracing::warn!(error = %e, "storing a session failed");
+                    return Err(unavailable(caller, identity));
+                }
+                (id, 1, None)
+            }
+        };
+        let live = self.sessions.open(
+            Arc::from(id.as_str()),
+            generation,
+            owner,
+            caller.link.ctl.clone(),
+        );
+        open(caller, identity);
+        caller.live = Some(live.clone());
+        let mut restored = Vec::new();
+        let was_resumed = record.is_some();
+        if let Some(record) = record {
+            restored = restore(
+                caller,
+                record,
+                p.positions.unwrap_or_default(),
+                topics,
+                tasks,
+            )
+            .await;
+            self.sessions.save_now(&live).await;
+            self.metrics.sessions_resumed.inc();
+        }
+        Ok(HelloResult {
+            session: id,
+            resumed: was_resumed,
+            node: node_id.to_owned(),
+            heartbeat_ms: self.heartbeat_ms,
+            limits: self.limits.clone(),
+            subscriptions: restored,
+        })
+    }
+
+    /// MCP `initialize`: the MCP client's `hello`. The token comes from the upgrade request
+    /// (header or query); without one, the client is anonymous where the node allows it.
+    pub(crate) fn initialize(
+        &self,
+        caller: &mut Caller,
+        p: InitializeParams,
+    ) -> Result<InitializeResult, RpcError> {
+        let identity = match caller.identity.take() {
+            Some(identity) => identity,
+            None if self.auth.allow_anonymous => Identity::anonymous(),
+            None => return Err(refuse(caller, "token required")),
+        };
+        open(caller, identity);
+        let version = p
+            .protocol_version
+            .filter(|v| MCP_VERSIONS.contains(&v.as_str()))
+            .unwrap_or_else(|| MCP_VERSIONS[0].to_owned());
+        Ok(InitializeResult {
+            protocol_version: version,
+            capabilities: mcp_capabilities(),
+            server_info: server_info(),
+        })
+    }
+
+    /// MCP `server/discover`: what the server speaks, without a session.
+    pub(crate) fn discover(&self) -> DiscoverResult {
+        DiscoverResult {
+            supported_versions: MCP_VERSIONS.iter().map(|v| v.to_string()).collect(),
+            capabilities: mcp_capabilities(),
+            server_info: server_info(),
+        }
+    }
+}
+
+/// A resumed session's subscriptions and owed replies, back on this connection. Replays are
+/// sent before the `hello` reply; owed replies whenever their calls finish.
+async fn restore(
+    caller: &mut Caller,
+    record: SessionRecord,
+    positions: BTreeMap<String, String>,
+    topics: &Topics,
+    tasks: &Tasks,
+) -> Vec<SubscribeResult> {
+    let mut restored = Vec::with_capacity(record.topics.len());
+    for (name, stored) in record.topics {
+        let Ok(topic) = Topic::new(&name) else {
+            continue;
+        };
+        // No position on a history topic: it was subscribed before its history had any event,
+        // so everything there is came after.
+        let has_history = topics.has_history(&name);
+        let since = positions
+            .get(&name)
+            .and_then(|s| EventId::parse(s))
+            .or(stored)
+            .or(has_history.then_some(EventId::ZERO));
+        match topics.subscribe_to(caller, topic, since).await {
+            Ok(r) => restored.push(r),
+            Err(e) => {
+                // Not subscribed now: the client learns it here and may subscribe again.
+                tracing::warn!(topic = %name, error = %e.message, "restoring a subscription failed");
+                restored.push(SubscribeResult {
+                    topic: name,
+                    position: None,
+                    recovered: Some(false),
+                });
+            }
+        }
+    }
+    tasks.resume_owed(caller, record.requests);
+    restored
+}
+
+/// Binds the identity to the connection, which is now open.
+fn open(caller: &mut Caller, identity: Identity) {
+    caller.link.ctl.opened(identity.expires_at);
+    tracing::debug!(conn = caller.link.id(), subject = %identity.subject, "session opened");
+    caller.identity = Some(identity);
+    caller.opened = true;
+}
+
+fn server_info() -> ServerInfo {
+    ServerInfo {
+        name: "switchboard".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+fn mcp_capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": true},
+        "tasks": {"cancel": {}, "requests": {"tools": {"call": {}}}},
+    })
+}
+
+/// Answers -32001 and closes the socket with 1008 once the answer is written.
+fn refuse(caller: &mut Caller, why: &str) -> RpcError {
+    tracing::debug!(conn = caller.link.id(), why, "hello refused");
+    caller.close_after_reply = Some((close::POLICY, "bad or expired token"));
+    RpcError::new(
+        ErrorCode::Unauthorized,
+        "unauthorized: bad, expired or missing token",
+    )
+}
+
+/// No session can be stored now: answers -32603 and closes the socket with 1013 once the
+/// answer is written. The identity stays bound for a retry on this socket meanwhile.
+fn unavailable(caller: &mut Caller, identity: Identity) -> RpcError {
+    caller.identity = Some(identity);
+    caller.close_after_reply = Some((
+        close::TRY_AGAIN_LATER,
+        "backend unavailable, try again later",
+    ));
+    RpcError::new(
+        ErrorCode::Internal,
+        "cannot open a session: the backend is unavailable, try again later",
+    )
+}

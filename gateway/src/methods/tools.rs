@@ -1,0 +1,237 @@
+//! `tools/list` and `tools/call`.
+//!
+//! A call is checked here (known tool, arguments valid against its schema, the connection's
+//! in-flight limit), hashed (`switchboard_core::callhash`), and submitted to the call plane,
+//! which answers from the cache, joins an identical call in flight, or queues a job. Waiting
+//! happens in a task of its own, so a socket can have many calls in flight; the reply goes out
+//! through the connection's queue when the execution's task record says it is done, or -32005
+//! at the call's deadline. With `task` in the params the reply is the task at once, and
+//! `tasks/result` collects the outcome later, from any node (`tasks.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use switchboard_core::callhash::call_hash_of;
+use switchboard_core::calls::{Submission, Submitted};
+use switchboard_core::clock::now_ms;
+use switchboard_core::sessions::OwedRequest;
+use switchboard_core::tasks::new_task_id;
+use switchboard_protocol::RpcError;
+use switchboard_protocol::methods::tools::{
+    CallParams, CallResult, CreateTaskResult, META_CACHE, META_PROGRESS_TOKEN, ToolsListResult,
+};
+
+use super::caller::Caller;
+use crate::calls::catalog::CatalogCell;
+use crate::calls::inflight::InFlight;
+use crate::calls::outcome::{Outcomes, backend_unavailable, result_for, send_later};
+use crate::sessions::{LiveSession, Sessions};
+use crate::transport::Sender;
+
+/// A task outlives its call's deadline and grace by at least this much.
+const TASK_TTL_MARGIN_MS: u64 = 5_000;
+
+/// How calls are bounded (from the node's configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallSettings {
+    /// Requests one connection may have waiting in tasks of their own (-32006 over it).
+    pub(crate) max_inflight: usize,
+    /// A task's ttl when the caller asks for none.
+    pub(crate) task_ttl: Duration,
+    /// The longest task ttl a caller may ask for.
+    pub(crate) max_task_ttl: Duration,
+    /// How long past a tool's timeout a caller waits for the worker's answer before -32005.
+    pub(crate) deadline_grace: Duration,
+    /// A waiting call re-reads its task this often without a signal.
+    pub(crate) poll: Duration,
+}
+
+/// How a call may use the cache (`_meta["switchboard/cache"]`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CacheMode {
+    Use,
+    /// Skip reading the cache and do not write it.
+    Bypass,
+    /// Skip reading the cache; write the fresh result.
+    Refresh,
+}
+
+/// The `tools/*` methods and the handles they need.
+pub(crate) struct Tools {
+    pub(crate) catalog: Arc<CatalogCell>,
+    pub(crate) outcomes: Arc<Outcomes>,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) settings: CallSettings,
+}
+
+impl Tools {
+    /// `tools/list`: the tools live workers announce.
+    pub(crate) fn list(&self) -> ToolsListResult {
+        let catalog = self.catalog.get();
+        ToolsListResult {
+            tools: catalog.tools.values().map(|t| t.spec.mcp()).collect(),
+        }
+    }
+
+    /// `tools/call`: starts a call. `Ok(None)`: the reply will be queued by the call's own
+    /// task (a call sent as a notification runs and is answered to nobody).
+    pub(crate) fn call(
+        &self,
+        caller: &Caller,
+        id: Option<&RawValue>,
+        p: CallParams,
+    ) -> Result<Option<CallResult>, RpcError> {
+        let catalog = self.catalog.get();
+        let Some(tool) = catalog.tools.get(&p.name).cloned() else {
+            return Err(RpcError::invalid_params(format!(
+                "unknown tool: {}",
+                p.name.chars().take(128).collect::<String>()
+            )));
+        };
+        let arguments = p.arguments.unwrap_or_else(|| json!({}));
+        tool.check(&arguments)
+            .map_err(|why| RpcError::invalid_params(format!("invalid arguments: {why}")))?;
+        let meta = p.meta.unwrap_or_default();
+        let mode = match meta.get(META_CACHE).and_then(Value::as_str) {
+            None | Some("use") => CacheMode::Use,
+            Some("bypass") => CacheMode::Bypass,
+            Some("refresh") => CacheMode::Refresh,
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "_meta.switchboard/cache must be use, bypass or refresh",
+                ));
+            }
+        };
+        let progress_token = meta.get(META_PROGRESS_TOKEN).cloned();
+        let cfg = &self.settings;
+        let spec = &tool.spec;
+        // A task lives at least until its call's deadline (plus the grace), or its callers
+        // would lose the outcome of a call that is still running.
+        let task_ttl_ms = p
+            .task
+            .as_ref()
+            .and_then(|t| t.ttl)
+            .unwrap_or(cfg.task_ttl.as_millis() as u64)
+            .clamp(1, cfg.max_task_ttl.as_millis() as u64)
+            .max(spec.timeout_ms + cfg.deadline_grace.as_millis() as u64 + TASK_TTL_MARGIN_MS);
+
+        let task_id = new_task_id();
+        // A call sent as a notification counts too, under a key no request id can have.
+        let request_key = match id {
+            Some(i) => i.get().to_owned(),
+            None => format!("notification:{task_id}"),
+        };
+        caller
+            .calls
+            .track(&request_key, &task_id, cfg.max_inflight)?;
+        let owner = caller.owner().to_owned();
+        let submission = Submission {
+            call_hash: call_hash_of(&tool.digest, spec.cache.scope, &arguments, &owner),
+            queue: tool.queue.clone(),
+            tool: spec.clone(),
+            arguments,
+            task_id,
+            owner,
+            read_cache: mode == CacheMode::Use && spec.cache.enabled(),
+            cache_ttl_ms: if mode == CacheMode::Bypass {
+                0
+            } else {
+                spec.cache.ttl_ms
+            },
+            task_ttl_ms,
+            poll_interval_ms: cfg.poll.as_millis() as u64,
+            deadline_ms: now_ms() + spec.timeout_ms,
+        };
+        let call = PendingCall {
+            outcomes: self.outcomes.clone(),
+            sessions: self.sessions.clone(),
+            deadline_grace: cfg.deadline_grace,
+            live: caller.live.clone(),
+            tx: caller.link.tx.clone(),
+            id: id.map(RawValue::to_owned),
+            request_key,
+            in_flight: caller.calls.clone(),
+            progress_token,
+            task_mode: p.task.is_some(),
+        };
+        tokio::spawn(call.run(submission));
+        Ok(None)
+    }
+}
+
+/// A call between submission and reply.
+struct PendingCall {
+    outcomes: Arc<Outcomes>,
+    sessions: Arc<Sessions>,
+    deadline_grace: Duration,
+    /// The session, owed the reply while the call runs.
+    live: Option<Arc<LiveSession>>,
+    tx: Sender,
+    /// `None` for a call sent as a notification: it runs, nobody is answered.
+    id: Option<Box<RawValue>>,
+    request_key: String,
+    in_flight: InFlight,
+    progress_token: Option<Value>,
+    task_mode: bool,
+}
+
+impl PendingCall {
+    async fn run(self, submission: Submission) {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()))
+            + self.deadline_grace;
+        let calls = &self.outcomes.calls;
+        let submitted = calls.submit(&submission).await;
+        // A `notifications/cancelled` that arrived while the call was being submitted found no
+        // task to cancel yet: cancel it now.
+        if let Ok(s) = &submitted
+            && !self.in_flight.contains(&self.request_key)
+        {
+            if let Err(e) = calls.cancel(s.record()).await {
+                tracing::warn!(error = %e, "cancelling a call failed");
+            }
+            return;
+        }
+        let mut owed_by = None;
+        let reply = match submitted {
+            Err(e) => {
+                tracing::warn!(error = %e, "submitting a call failed");
+                Err(backend_unavailable())
+            }
+            Ok(s) if self.task_mode => Ok(CallResult::Task(CreateTaskResult {
+                task: s.record().mcp(),
+            })),
+            Ok(Submitted::Cached(rec)) => Ok(CallResult::Done(result_for(&rec, &rec, true))),
+            Ok(s) => {
+                let rec = s.record().clone();
+                if let (Some(live), Some(id)) = (&self.live, &self.id) {
+                    let owed = OwedRequest {
+                        raw_id: id.get().to_owned(),
+                        task_id: rec.task_id.clone(),
+                        deadline_ms: submission.deadline_ms,
+                    };
+                    self.sessions.owe(live, &owed).await;
+                    owed_by = Some(live.clone());
+                }
+                let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
+                let waiting = self.outcomes.wait(&rec, progress, Some(deadline));
+                tokio::select! {
+                    outcome = waiting => outcome.map(|done| CallResult::Done(result_for(&rec, &done, false))),
+                    // The socket is gone: stop waiting. The task stays in the backend for
+                    // `tasks/result` from anywhere.
+                    _ = self.tx.closed() => return,
+                }
+            }
+        };
+        // A call cancelled by `notifications/cancelled` gets no reply (MCP); nor does one whose
+        // id was meanwhile reused by a newer request.
+        let still_wanted = self
+            .in_flight
+            .untrack(&self.request_key, &submission.task_id);
+        if let (true, Some(id)) = (still_wanted, &self.id) {
+            send_later(&self.tx, owed_by, id, reply).await;
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Shutdown: stop accepting (the accept loop's job), report not ready, ask the sockets to close
+//! with 1012 (reconnect elsewhere) a batch at a time, spread over `drain_spread`, so the nodes
+//! that take them over are not stampeded, and wait for them to go, up to the grace period.
+
+use switchboard_protocol::close;
+
+use super::Node;
+
+/// The shortest pause between two batches of the drain.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs the drain; returns when every connection is gone or the grace period is over.
+pub(crate) async fn drain(node: &Node) {
+    node.health.start_draining();
+    let conns = node.conns.snapshot();
+    let grace = node.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    // The last batch still gets its close timeout within the grace.
+    let spread = node
+        .config
+        .drain_spread
+        .min(grace.saturating_sub(node.config.close_timeout));
+    // At most one batch per tick, spaced evenly over the spread.
+    let max_batches = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+    let per_batch = conns
+        .len()
+        .div_ceil(conns.len().clamp(1, max_batches))
+        .max(1);
+    let chunks = conns.len().div_ceil(per_batch).max(1);
+    let pause = spread / chunks as u32;
+    tracing::info!(connections = conns.len(), ?grace, ?spread, "draining");
+    let mut batches = conns.chunks(per_batch).peekable();
+    while let Some(batch) = batches.next() {
+        for ctl in batch {
+            ctl.close(
+                close::RESTARTING,
+                "node restarting, reconnect elsewhere",
+                true,
+            );
+        }
+        if batches.peek().is_some() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    if tokio::time::timeout_at(deadline, node.conns.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = node.conns.len(),
+            "grace period over with connections still open"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The node's one port: `GET /ws` (the WebSocket upgrade), `/healthz`, `/readyz` and
+//! `/metrics`.
+//!
+//! The upgrade decides what can be decided before the socket exists: the subprotocol
+//! (`switchboard.v1`, also when none is offered, or `mcp`), the token from the `Authorization`
+//! header or the `token` query parameter, and whether the node is full. The socket then leaves
+//! hyper (`transport::upgrade`) and is served by the transport, its messages answered by the
+//! method layer ([`Connection`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_core::auth::Identity;
+use switchboard_protocol::{MCP_SUBPROTOCOL, SUBPROTOCOL, close};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::Node;
+use crate::methods::{Caller, Connection};
+use crate::transport;
+
+type Reply = Response<Full<Bytes>>;
+
+/// How the upgrade went, decided before the socket existed.
+#[derive(Debug)]
+enum Admission {
+    /// Authenticated by header or query token (or no token given; `hello` decides).
+    Open(Option<Identity>),
+    /// A token was given and is bad or expired: close 1008.
+    BadToken,
+    /// The node holds `max_connections` sockets: close 1013.
+    Full,
+}
+
+/// Serves one accepted TCP connection: HTTP requests until it upgrades or closes.
+pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
+    let io = TokioIo::new(stream);
+    let svc_node = node.clone();
+    let svc = service_fn(move |req| {
+        let node = svc_node.clone();
+        async move { Ok::<_, Infallible>(route(node, req)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(node.config.hello_timeout)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+fn route(node: Arc<Node>, req: Request<Incoming>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(&node),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::GET, "/ws") => upgrade(node, req),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/ws") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn readyz(node: &Node) -> Reply {
+    if node.health.is_ready() {
+        text(StatusCode::OK, "ready\n")
+    } else if node.health.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "backend unreachable\n")
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
+    if !transport::is_upgrade(&req) {
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    }
+    if node.health.is_draining() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    let Ok(protocol) = negotiate(req.headers()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "unsupported subprotocol: offer switchboard.v1 or mcp (or none)\n",
+        );
+    };
+    let admission = admit(&node, &req);
+    let mcp = protocol == Some(MCP_SUBPROTOCOL);
+    let on_socket = move |stream: TcpStream, read_buf: Bytes| {
+        let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
+        // A task of its own, so the connection does not carry the upgrade's state.
+        tokio::spawn(connect(node, stream, read_buf, admission, mcp).instrument(span));
+    };
+    match transport::upgrade(&mut req, protocol, on_socket) {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad upgrade request");
+            text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade request\n")
+        }
+    }
+}
+
+/// Serves one upgraded socket until it closes: registered with the node, closed at once if
+/// the upgrade decided so, its messages answered by the method layer.
+async fn connect(
+    node: Arc<Node>,
+    stream: TcpStream,
+    read_buf: Bytes,
+    admission: Admission,
+    mcp: bool,
+) {
+    let (link, socket) = match transport::accept(&node.sockets, stream, read_buf) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::warn!(error = %e, "re-registering a socket failed; dropping it");
+            return;
+        }
+    };
+    let _registration = node.conns.register(link.clone());
+    if node.health.is_draining() {
+        // Upgraded while the drain took its snapshot of the registry: leave with the others.
+        link.ctl.close(
+            close::RESTARTING,
+            "node restarting, reconnect elsewhere",
+            true,
+        );
+    }
+    let identity = match admission {
+        Admission::Open(identity) => identity,
+        Admission::BadToken => {
+            link.ctl.close(close::POLICY, "bad or expired token", false);
+            None
+        }
+        Admission::Full => {
+            link.ctl
+                .close(close::TRY_AGAIN_LATER, "node full, try again later", false);
+            None
+        }
+    };
+    let handler = Connection::new(
+        node.methods.clone(),
+        Caller::new(link.clone(), identity, mcp),
+    );
+    transport::serve(node.sockets.clone(), link, socket, handler).await;
+    // Dropping `_registration` removes the connection from the registry.
+}
+
+/// Picks the subprotocol: `Ok(None)` when none was offered, `Err` when only unknown ones were.
+/// `switchboard.v1` wins over `mcp` when both are offered.
+fn negotiate(headers: &header::HeaderMap) -> Result<Option<&'static str>, ()> {
+    let mut offered = false;
+    let mut mcp = false;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            offered = true;
+            if p == SUBPROTOCOL {
+                return Ok(Some(SUBPROTOCOL));
+            }
+            mcp |= p == MCP_SUBPROTOCOL;
+        }
+    }
+    match (offered, mcp) {
+        (_, true) => Ok(Some(MCP_SUBPROTOCOL)),
+        (true, false) => Err(()),
+        (false, false) => Ok(None),
+    }
+}
+
+fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
+    if node.conns.len() >= node.config.max_connections {
+        return Admission::Full;
+    }
+    let Some(token) = token_of(req) else {
+        return Admission::Open(None);
+    };
+    match node.config.auth.verifier.as_ref().map(|v| v.verify(token)) {
+        Some(Ok(identity)) => Admission::Open(Some(identity)),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "token refused at upgrade");
+            Admission::BadToken
+        }
+        None => Admission::BadToken,
+    }
+}
+
+/// The token from `Authorization: Bearer <jwt>` or `?token=<jwt>` (a JWT needs no
+/// percent-decoding: its alphabet is URL-safe).
+fn token_of<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = v.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            return Some(token.trim());
+        }
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, auth: Option<&str>, proto: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        if let Some(p) = proto {
+            b = b.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn token_from_header_or_query() {
+        assert_eq!(token_of(&req("/ws", Some("Bearer abc"), None)), Some("abc"));
+        assert_eq!(token_of(&req("/ws", Some("bearer abc"), None)), Some("abc"));
+        assert_eq!(token_of(&req("/ws?a=1&token=xyz", None, None)), Some("xyz"));
+        assert_eq!(token_of(&req("/ws?token=", None, None)), None);
+        assert_eq!(token_of(&req("/ws", Some("Basic abc"), None)), None);
+    }
+
+    #[test]
+    fn subprotocol_negotiation() {
+        let h = |p: Option<&str>| req("/ws", None, p).headers().clone();
+        assert_eq!(negotiate(&h(None)), Ok(None));
+        assert_eq!(
+            negotiate(&h(Some("x, switchboard.v1"))),
+            Ok(Some(SUBPROTOCOL))
+        );
+        assert_eq!(negotiate(&h(Some("mqtt"))), Err(()));
+        assert_eq!(negotiate(&h(Some("mqtt, mcp"))), Ok(Some(MCP_SUBPROTOCOL)));
+        assert_eq!(
+            negotiate(&h(Some("mcp, switchboard.v1"))),
+            Ok(Some(SUBPROTOCOL))
+        );
+    }
+}

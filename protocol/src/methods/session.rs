@@ -1,0 +1,139 @@
+//! Opening a connection: `hello` (Switchboard clients; opens or resumes a session),
+//! `initialize` and `notifications/initialized` (MCP clients), `server/discover` (MCP's
+//! stateless description of the server) and `ping`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::topics::SubscribeResult;
+use super::{Empty, Ignored, Method};
+
+/// MCP protocol versions the gateway speaks, newest first.
+pub const MCP_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// `hello`: authenticate the connection and open (or resume) its session.
+#[derive(Debug)]
+pub struct Hello;
+
+impl Method for Hello {
+    const NAME: &'static str = "hello";
+    type Params<'a> = HelloParams;
+    type Result = HelloResult;
+}
+
+/// `hello` params.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelloParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A session to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// On a resume: the id of the last event the client has, per topic. These win over the
+    /// positions the session stored, so a client that tracks ids resumes exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Value>,
+}
+
+/// The limits a gateway announces in its `hello` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+    pub outbound_queue: usize,
+}
+
+/// `hello` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloResult {
+    pub session: String,
+    pub resumed: bool,
+    pub node: String,
+    pub heartbeat_ms: u64,
+    pub limits: Limits,
+    /// On a resume: the restored subscriptions, each with its replay's outcome (as a
+    /// `subscribe` with `since` would answer). Their replayed events were sent before this reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscribeResult>,
+}
+
+/// MCP `initialize`: the MCP client's `hello`.
+#[derive(Debug)]
+pub struct Initialize;
+
+impl Method for Initialize {
+    const NAME: &'static str = "initialize";
+    type Params<'a> = InitializeParams;
+    type Result = InitializeResult;
+}
+
+/// `initialize` params: only the version is read (`capabilities` and `clientInfo` are
+/// accepted and ignored).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitializeParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+}
+
+/// Who answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// `initialize` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitializeResult {
+    pub protocol_version: String,
+    pub capabilities: Value,
+    pub server_info: ServerInfo,
+}
+
+/// MCP `notifications/initialized` (a client notification; accepted, nothing to do).
+#[derive(Debug)]
+pub struct Initialized;
+
+impl Method for Initialized {
+    const NAME: &'static str = "notifications/initialized";
+    type Params<'a> = Ignored;
+    type Result = ();
+}
+
+/// MCP `server/discover`: what the server speaks, without a session.
+#[derive(Debug)]
+pub struct Discover;
+
+impl Method for Discover {
+    const NAME: &'static str = "server/discover";
+    type Params<'a> = Ignored;
+    type Result = DiscoverResult;
+}
+
+/// `server/discover` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoverResult {
+    pub supported_versions: Vec<String>,
+    pub capabilities: Value,
+    pub server_info: ServerInfo,
+}
+
+/// `ping`: params ignored, result `{}`.
+#[derive(Debug)]
+pub struct Ping;
+
+impl Method for Ping {
+    const NAME: &'static str = "ping";
+    type Params<'a> = Ignored;
+    type Result = Empty;
+}

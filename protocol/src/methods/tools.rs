@@ -1,0 +1,160 @@
+//! Tools (MCP): `tools/list`, `tools/call`, and the notifications `notifications/progress`
+//! and `notifications/tools/list_changed`. A call made with `task` answers at once with the
+//! task ([`super::tasks`]); its outcome is collected with `tasks/result`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use super::result::CallToolResult;
+use super::tasks::Task;
+use super::{Empty, Ignored, Method, Notification};
+
+/// `_meta` key: how a call may use the cache (`use`, `bypass`, `refresh`).
+pub const META_CACHE: &str = "switchboard/cache";
+/// `_meta` key of a result: the caller's task id.
+pub const META_TASK_ID: &str = "switchboard/taskId";
+/// `_meta` key of a result: the call hash.
+pub const META_CALL_HASH: &str = "switchboard/callHash";
+/// `_meta` key of a result: answered from the cache.
+pub const META_CACHED: &str = "switchboard/cached";
+/// `_meta` key of a call: the token progress notifications carry.
+pub const META_PROGRESS_TOKEN: &str = "progressToken";
+
+/// An MCP `Tool`, as `tools/list` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tool {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub input_schema: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
+}
+
+/// `tools/list`.
+#[derive(Debug)]
+pub struct ToolsList;
+
+impl Method for ToolsList {
+    const NAME: &'static str = "tools/list";
+    /// `cursor` is ignored: the list is one page.
+    type Params<'a> = Ignored;
+    type Result = ToolsListResult;
+}
+
+/// `tools/list` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolsListResult {
+    pub tools: Vec<Tool>,
+}
+
+/// `tools/call`.
+#[derive(Debug)]
+pub struct ToolsCall;
+
+impl Method for ToolsCall {
+    const NAME: &'static str = "tools/call";
+    type Params<'a> = CallParams;
+    type Result = CallResult;
+}
+
+/// `tools/call` params.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallParams {
+    pub name: String,
+    /// The tool's arguments (an object; absent means `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Value>,
+    /// `progressToken`, `switchboard/cache`.
+    #[serde(default, rename = "_meta", skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+    /// Run as a task: answer with the task at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRequest>,
+}
+
+impl CallParams {
+    /// A plain call of `name` with `arguments`.
+    pub fn new(name: impl Into<String>, arguments: Value) -> Self {
+        CallParams {
+            name: name.into(),
+            arguments: Some(arguments),
+            meta: None,
+            task: None,
+        }
+    }
+}
+
+/// `tools/call`'s `task`: how long the task is kept, in ms (the gateway's default when absent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+}
+
+/// `tools/call` result: the tool's result, or the task when the call asked for one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CallResult {
+    Done(CallToolResult),
+    Task(CreateTaskResult),
+}
+
+/// The answer of a call made with `task`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateTaskResult {
+    pub task: Task,
+}
+
+/// `notifications/progress`, for a call that gave `_meta.progressToken`.
+#[derive(Debug)]
+pub struct ProgressNotification;
+
+impl Notification for ProgressNotification {
+    const NAME: &'static str = "notifications/progress";
+    type Params = ProgressParams;
+}
+
+/// `notifications/progress` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressParams {
+    pub progress_token: Value,
+    pub progress: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `notifications/tools/list_changed`: the set of tools changed.
+#[derive(Debug)]
+pub struct ListChanged;
+
+impl Notification for ListChanged {
+    const NAME: &'static str = "notifications/tools/list_changed";
+    type Params = Empty;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn call_params_refuse_unknown_fields_and_results_read_back() {
+        let p: CallParams = serde_json::from_str(
+            r#"{"name":"echo","arguments":{"a":1},"_meta":{"progressToken":7},"task":{"ttl":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.task.unwrap().ttl, Some(5));
+        assert!(serde_json::from_str::<CallParams>(r#"{"name":"x","nope":1}"#).is_err());
+        let done: CallResult =
+            serde_json::from_value(json!({"content": [], "isError": true})).unwrap();
+        assert!(matches!(done, CallResult::Done(r) if r.is_error));
+    }
+}
