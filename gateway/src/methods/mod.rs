@@ -7,15 +7,18 @@
 //! - `tools.rs`: `tools/list`, `tools/call`;
 //! - `tasks.rs`: `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/cancelled`.
 //!
+//! Each family routes its own methods (a `route` that matches the method names it owns), so a
+//! new method touches only its family's module (and the protocol crate, for its types).
 //! Handlers take the [`Caller`] (the connection's identity, session, subscriptions and calls in
 //! flight) and the handles their family holds, never the whole node. The rules enforced here,
-//! once: everything but `hello` / `initialize` / `server/discover` (and `ping` on MCP sockets)
-//! needs an opened connection (-32001); a connection is opened once (-32600); a notification
-//! gets no reply, not even an error.
+//! once: everything but what opens a connection (`hello`, `initialize`, `server/discover`, and
+//! `ping` on MCP sockets) needs an opened connection (-32001); a notification gets no reply,
+//! not even an error.
 //!
 //! [`Connection`] is a WebSocket's [`Handler`]: the reader hands it each message.
 
 mod caller;
+mod encode;
 mod session;
 mod tasks;
 mod tools;
@@ -23,18 +26,12 @@ mod topics;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use serde::Serialize;
 use serde_json::value::RawValue;
-use switchboard_protocol::jsonrpc::{self, decode_params};
-use switchboard_protocol::methods::session::{Discover, Hello, Initialize, Initialized, Ping};
-use switchboard_protocol::methods::tasks::{Cancelled, TasksCancel, TasksGet, TasksResult};
-use switchboard_protocol::methods::tools::{ToolsCall, ToolsList};
-use switchboard_protocol::methods::topics::{Publish, Subscribe, Unsubscribe};
-use switchboard_protocol::methods::{Empty, Method};
+use switchboard_protocol::jsonrpc;
 use switchboard_protocol::{ErrorCode, RpcError};
 
 pub(crate) use self::caller::Caller;
+use self::encode::Reply;
 pub(crate) use self::session::Session;
 pub(crate) use self::tasks::Tasks;
 pub(crate) use self::tools::{CallSettings, Tools};
@@ -47,28 +44,6 @@ pub(crate) struct Methods {
     pub(crate) topics: Topics,
     pub(crate) tools: Tools,
     pub(crate) tasks: Tasks,
-}
-
-/// What a handler's outcome becomes: the encoded reply to send now, or `None` (a notification,
-/// or a reply that a task of its own sends later).
-type Reply = Result<Option<Bytes>, RpcError>;
-
-/// A method's params, decoded into its type (-32602 with serde's reason when they do not fit).
-fn params<'a, M: Method>(raw: Option<&'a RawValue>) -> Result<M::Params<'a>, RpcError> {
-    decode_params(raw)
-}
-
-/// Encodes a result for `id` (nothing for a notification).
-fn encode<T: Serialize>(id: Option<&RawValue>, result: &T) -> Reply {
-    Ok(id.map(|id| jsonrpc::encode_result(id, result)))
-}
-
-/// Encodes a result that may come later (`None`: a task of its own answers).
-fn encode_later<T: Serialize>(id: Option<&RawValue>, result: Option<T>) -> Reply {
-    match result {
-        Some(r) => encode(id, &r),
-        None => Ok(None),
-    }
 }
 
 impl Methods {
@@ -91,6 +66,7 @@ impl Methods {
         }
     }
 
+    /// Each family routes its own methods (`None`: not one of them).
     async fn route(
         &self,
         caller: &mut Caller,
@@ -98,75 +74,34 @@ impl Methods {
         method: &str,
         raw: Option<&RawValue>,
     ) -> Reply {
-        match method {
-            Hello::NAME => {
-                if caller.opened {
-                    return Err(RpcError::invalid_request("hello was already done"));
-                }
-                let p = params::<Hello>(raw)?;
-                let r = self
-                    .session
-                    .hello(caller, p, &self.topics, &self.tasks)
-                    .await?;
-                encode(id, &r)
-            }
-            Initialize::NAME => {
-                if caller.opened {
-                    return Err(RpcError::invalid_request("initialize was already done"));
-                }
-                let p = params::<Initialize>(raw)?;
-                encode(id, &self.session.initialize(caller, p)?)
-            }
-            Discover::NAME => encode(id, &self.session.discover()),
-            Ping::NAME if caller.mcp || caller.opened => encode(id, &Empty {}),
-            _ if !caller.opened => Err(RpcError::new(
+        // Opening a connection, and what works before it is open.
+        if let Some(reply) = self
+            .session
+            .route(caller, id, method, raw, &self.topics, &self.tasks)
+            .await
+        {
+            return reply;
+        }
+        if !caller.opened {
+            return Err(RpcError::new(
                 ErrorCode::Unauthorized,
                 if caller.mcp {
                     "send initialize first"
                 } else {
                     "send hello first"
                 },
-            )),
-            Initialized::NAME => Ok(None),
-            Subscribe::NAME => {
-                let p = params::<Subscribe>(raw)?;
-                encode(id, &self.topics.subscribe(caller, p).await?)
-            }
-            Unsubscribe::NAME => {
-                let p = params::<Unsubscribe>(raw)?;
-                encode(id, &self.topics.unsubscribe(caller, p).await?)
-            }
-            Publish::NAME => {
-                let p = params::<Publish>(raw)?;
-                encode(id, &self.topics.publish(p).await?)
-            }
-            ToolsList::NAME => encode(id, &self.tools.list()),
-            ToolsCall::NAME => {
-                let p = params::<ToolsCall>(raw)?;
-                encode_later(id, self.tools.call(caller, id, p)?)
-            }
-            TasksGet::NAME => {
-                let p = params::<TasksGet>(raw)?;
-                encode(id, &self.tasks.get(caller, p).await?)
-            }
-            TasksResult::NAME => {
-                let p = params::<TasksResult>(raw)?;
-                encode_later(id, self.tasks.result(caller, id, p).await?)
-            }
-            TasksCancel::NAME => {
-                let p = params::<TasksCancel>(raw)?;
-                encode(id, &self.tasks.cancel(caller, p).await?)
-            }
-            Cancelled::NAME => {
-                // A notification: params that do not fit are ignored, like everything else
-                // about it.
-                if let Ok(p) = params::<Cancelled>(raw) {
-                    self.tasks.cancelled(caller, p);
-                }
-                Ok(None)
-            }
-            other => Err(RpcError::method_not_found(other)),
+            ));
         }
+        if let Some(reply) = self.topics.route(caller, id, method, raw).await {
+            return reply;
+        }
+        if let Some(reply) = self.tools.route(caller, id, method, raw) {
+            return reply;
+        }
+        if let Some(reply) = self.tasks.route(caller, id, method, raw).await {
+            return reply;
+        }
+        Err(RpcError::method_not_found(method))
     }
 }
 

@@ -16,17 +16,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::auth::Identity;
 use switchboard_core::sessions::{Attach, SessionRecord, new_session_id};
 use switchboard_protocol::methods::session::{
-    DiscoverResult, HelloParams, HelloResult, InitializeParams, InitializeResult, Limits,
-    MCP_VERSIONS, ServerInfo,
+    Discover, DiscoverResult, Hello, HelloParams, HelloResult, Initialize, InitializeParams,
+    InitializeResult, Initialized, Limits, MCP_VERSIONS, Ping, ServerInfo,
 };
 use switchboard_protocol::methods::topics::SubscribeResult;
+use switchboard_protocol::methods::{Empty, Method};
 use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close};
 
 use super::caller::Caller;
+use super::encode::{Reply, encode, params};
 use super::tasks::Tasks;
 use super::topics::Topics;
 use crate::config::AuthConfig;
@@ -47,6 +50,42 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Routes the session methods: what opens a connection (once: -32600 after that), and
+    /// what works before (`server/discover`; `ping` on an MCP socket). `None`: not one of them,
+    /// or not before the connection is open.
+    pub(crate) async fn route(
+        &self,
+        caller: &mut Caller,
+        id: Option<&RawValue>,
+        method: &str,
+        raw: Option<&RawValue>,
+        topics: &Topics,
+        tasks: &Tasks,
+    ) -> Option<Reply> {
+        Some(match method {
+            Hello::NAME if caller.opened => {
+                Err(RpcError::invalid_request("hello was already done"))
+            }
+            Hello::NAME => match params::<Hello>(raw) {
+                Ok(p) => match self.hello(caller, p, topics, tasks).await {
+                    Ok(r) => encode(id, &r),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            Initialize::NAME if caller.opened => {
+                Err(RpcError::invalid_request("initialize was already done"))
+            }
+            Initialize::NAME => params::<Initialize>(raw)
+                .and_then(|p| self.initialize(caller, p))
+                .and_then(|r| encode(id, &r)),
+            Discover::NAME => encode(id, &self.discover()),
+            Ping::NAME if caller.mcp || caller.opened => encode(id, &Empty {}),
+            Initialized::NAME if caller.opened => Ok(None),
+            _ => return None,
+        })
+    }
+
     /// `hello`. Restoring a resumed session's subscriptions and owed replies goes through the
     /// topic and task methods.
     pub(crate) async fn hello(

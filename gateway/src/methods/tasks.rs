@@ -13,10 +13,14 @@ use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
 use switchboard_core::tasks::TaskRecord;
 use switchboard_protocol::RpcError;
-use switchboard_protocol::methods::tasks::{CancelledParams, Task, TaskIdParams};
+use switchboard_protocol::methods::Method;
+use switchboard_protocol::methods::tasks::{
+    Cancelled, CancelledParams, Task, TaskIdParams, TasksCancel, TasksGet, TasksResult,
+};
 use switchboard_protocol::methods::tools::CallToolResult;
 
 use super::caller::Caller;
+use super::encode::{Reply, encode, encode_later, params};
 use super::tools::CallSettings;
 use crate::calls::inflight::InFlight;
 use crate::calls::outcome::{Outcomes, backend_unavailable, not_found, result_for, send_later};
@@ -31,6 +35,43 @@ pub(crate) struct Tasks {
 }
 
 impl Tasks {
+    /// Routes `tasks/get`, `tasks/result`, `tasks/cancel` and `notifications/cancelled`
+    /// (`None`: not one of them).
+    pub(crate) async fn route(
+        &self,
+        caller: &Caller,
+        id: Option<&RawValue>,
+        method: &str,
+        raw: Option<&RawValue>,
+    ) -> Option<Reply> {
+        Some(match method {
+            TasksGet::NAME => match params::<TasksGet>(raw) {
+                Ok(p) => self.get(caller, p).await.and_then(|r| encode(id, &r)),
+                Err(e) => Err(e),
+            },
+            TasksResult::NAME => match params::<TasksResult>(raw) {
+                Ok(p) => self
+                    .result(caller, id, p)
+                    .await
+                    .and_then(|r| encode_later(id, r)),
+                Err(e) => Err(e),
+            },
+            TasksCancel::NAME => match params::<TasksCancel>(raw) {
+                Ok(p) => self.cancel(caller, p).await.and_then(|r| encode(id, &r)),
+                Err(e) => Err(e),
+            },
+            Cancelled::NAME => {
+                // A notification: params that do not fit are ignored, like everything else
+                // about it.
+                if let Ok(p) = params::<Cancelled>(raw) {
+                    self.cancelled(caller, p);
+                }
+                Ok(None)
+            }
+            _ => return None,
+        })
+    }
+
     /// `tasks/get`: the caller's task, as the caller sees it.
     pub(crate) async fn get(&self, caller: &Caller, p: TaskIdParams) -> Result<Task, RpcError> {
         let own = self.outcomes.own_task(&p.task_id, caller.owner()).await?;

@@ -19,11 +19,14 @@ use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
 use switchboard_core::tasks::new_task_id;
 use switchboard_protocol::RpcError;
+use switchboard_protocol::methods::Method;
 use switchboard_protocol::methods::tools::{
-    CallParams, CallResult, CreateTaskResult, META_CACHE, META_PROGRESS_TOKEN, ToolsListResult,
+    CallParams, CallResult, CreateTaskResult, META_CACHE, META_PROGRESS_TOKEN, ToolsCall,
+    ToolsList, ToolsListResult,
 };
 
 use super::caller::Caller;
+use super::encode::{Reply, encode, encode_later, params};
 use crate::calls::catalog::CatalogCell;
 use crate::calls::inflight::InFlight;
 use crate::calls::outcome::{Outcomes, backend_unavailable, result_for, send_later};
@@ -67,6 +70,23 @@ pub(crate) struct Tools {
 }
 
 impl Tools {
+    /// Routes `tools/list`, `tools/call` (`None`: not one of them).
+    pub(crate) fn route(
+        &self,
+        caller: &Caller,
+        id: Option<&RawValue>,
+        method: &str,
+        raw: Option<&RawValue>,
+    ) -> Option<Reply> {
+        Some(match method {
+            ToolsList::NAME => encode(id, &self.list()),
+            ToolsCall::NAME => params::<ToolsCall>(raw)
+                .and_then(|p| self.call(caller, id, p))
+                .and_then(|r| encode_later(id, r)),
+            _ => return None,
+        })
+    }
+
     /// `tools/list`: the tools live workers announce.
     pub(crate) fn list(&self) -> ToolsListResult {
         let catalog = self.catalog.get();

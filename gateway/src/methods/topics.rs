@@ -13,16 +13,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use switchboard_core::backend::{HistoryStore, TopicBus};
 use switchboard_core::history::{self, HistoryRule};
-use switchboard_protocol::methods::Empty;
 use switchboard_protocol::methods::topics::{
-    PublishParams, PublishResult, SubscribeParams, SubscribeResult, UnsubscribeParams,
+    Publish, PublishParams, PublishResult, Subscribe, SubscribeParams, SubscribeResult,
+    Unsubscribe, UnsubscribeParams,
 };
+use switchboard_protocol::methods::{Empty, Method};
 use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close, event};
 use tokio::sync::Semaphore;
 
 use super::caller::Caller;
+use super::encode::{Reply, encode, params};
 use crate::metrics::Metrics;
 use crate::relay::fanout::{Fanout, Gate, Subscriber};
 use crate::relay::subscriptions::Subscriptions;
@@ -68,6 +71,34 @@ pub(crate) struct Topics {
 }
 
 impl Topics {
+    /// Routes `subscribe`, `unsubscribe`, `publish` (`None`: not one of them).
+    pub(crate) async fn route(
+        &self,
+        caller: &mut Caller,
+        id: Option<&RawValue>,
+        method: &str,
+        raw: Option<&RawValue>,
+    ) -> Option<Reply> {
+        Some(match method {
+            Subscribe::NAME => match params::<Subscribe>(raw) {
+                Ok(p) => self.subscribe(caller, p).await.and_then(|r| encode(id, &r)),
+                Err(e) => Err(e),
+            },
+            Unsubscribe::NAME => match params::<Unsubscribe>(raw) {
+                Ok(p) => self
+                    .unsubscribe(caller, p)
+                    .await
+                    .and_then(|r| encode(id, &r)),
+                Err(e) => Err(e),
+            },
+            Publish::NAME => match params::<Publish>(raw) {
+                Ok(p) => self.publish(p).await.and_then(|r| encode(id, &r)),
+                Err(e) => Err(e),
+            },
+            _ => return None,
+        })
+    }
+
     fn rule(&self, topic: &str) -> Option<&HistoryRule> {
         history::rule_for(&self.settings.history, topic)
     }
