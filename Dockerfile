@@ -41,7 +41,7 @@ EXPOSE 8080
 USER 10001:10001
 
 # SIGTERM starts a drain: /readyz turns 503, sockets close with 1012, the process
-# exits after the grace period (SWITCHBOARD_SHUTDOWN_GRACE_MS, default 10 s).
+# exits after the grace period (SWITCHBOARD_SHUTDOWN_GRACE, default 10 s).
 # Give the container longer than that to stop (compose stop_grace_period,
 # k8s terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM
