@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use switchboard_core::settings::{at_least_one, from_args_without_env, positive_duration};
+use switchboard_core::settings::{
+    at_least_one, duration, from_args_without_env, positive_duration,
+};
 
 /// Heartbeats missed before a worker's registry entry is stale.
 pub const REGISTRY_MISSES: u32 = 3;
@@ -57,7 +59,7 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWITCHBOARD_FETCH_BLOCK", default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
     pub fetch_block: Duration,
     /// On shutdown, how long running calls get to finish.
-    #[arg(long = "shutdown-grace", env = "SWITCHBOARD_WORKER_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long = "shutdown-grace", env = "SWITCHBOARD_WORKER_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Duration,
 }
 
