@@ -9,9 +9,12 @@
 //!   speaking bad protocol on purpose and reading close codes.
 //! - [`http_get`]: a minimal HTTP/1.1 GET for `/readyz` and `/metrics`.
 //!
-//! Waiting is always for a condition with a deadline ([`eventually`]), never a bare sleep.
+//! Waiting is always for a condition with a deadline ([`eventually`]), never a bare sleep. The
+//! sleeps that remain are not waits for state, each a named duration saying why it is that
+//! long: showing that something does *not* happen, which only a bounded wait can (a read with a
+//! timeout), and pacing a producer on purpose; tests on paused time advance its clock with
+//! `sleep`.
 
-use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -66,17 +69,27 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+///
+/// `check` is a closure returning a future (`|| async { ... }`) or an async closure
+/// (`async || { ... }`), which may borrow the test's state mutably (a client to ask, a process
+/// to restart).
+pub async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// [`eventually`] with a deadline of `limit` instead of [`DEADLINE`], for a condition that is
+/// known to take longer (several steps, each of which may take up to a deadline).
+pub async fn eventually_within<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let start = tokio::time::Instant::now();
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        if start.elapsed() > DEADLINE {
+        if start.elapsed() > limit {
             panic!("timed out waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -248,6 +261,46 @@ impl RedisServer {
             .next()
             .unwrap();
         n
+    }
+
+    /// Every field of a stored session (`HGETALL sb:s:{<id>}`): empty once it has expired
+    /// (or never was).
+    pub async fn session_fields(&self, id: &str) -> std::collections::HashMap<String, String> {
+        let mut conn = self.connection().await;
+        redis::cmd("HGETALL")
+            .arg(format!("sb:s:{{{id}}}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the session `id` has stored a reply it is owed (an `r:<request id>` field:
+    /// a call in flight), as the gateway does once it has submitted the call; a resume anywhere
+    /// can then answer it.
+    pub async fn wait_for_owed_reply(&self, id: &str) {
+        eventually(&format!("session {id} to store an owed reply"), || async {
+            let fields = self.session_fields(id).await;
+            fields.keys().any(|f| f.starts_with("r:")).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until the session `id` is gone from Redis (expired).
+    pub async fn wait_for_session_gone(&self, id: &str) {
+        eventually(&format!("session {id} to expire"), || async {
+            self.session_fields(id).await.is_empty().then_some(())
+        })
+        .await
+    }
+
+    /// How many events a topic's history holds (`XLEN sb:h:{<topic>}`; 0 before the first).
+    pub async fn history_len(&self, topic: &str) -> u64 {
+        let mut conn = self.connection().await;
+        redis::cmd("XLEN")
+            .arg(format!("sb:h:{{{topic}}}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// `PUBLISH` on a topic's live channel, as any backend would.

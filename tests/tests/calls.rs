@@ -3,10 +3,11 @@
 //! cancellation kills a command tool's process, and command tools fail cleanly.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually};
+use switchboard_harness::{
+    GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually, eventually_within,
+};
 
 async fn client(g: &GatewayProcess) -> WsClient {
     let mut c = WsClient::connect(&g.ws_url()).await;
@@ -201,26 +202,27 @@ command = ["sh", "-c", "kill -9 $PPID"]
         .await;
     let task = r["result"]["task"]["taskId"].as_str().unwrap().to_owned();
 
-    // Each delivery kills its worker; start another until the job is dead-lettered.
+    // Each delivery kills its worker; start another until the job is dead-lettered (two
+    // deadlines: each delivery waits out a visibility timeout on a fresh worker).
     let mut starts = 1;
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE * 2;
-    let status = loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the poison job was never settled"
-        );
-        let g = c.call("tasks/get", json!({"taskId": task})).await;
-        let status = g["result"]["status"].as_str().unwrap().to_owned();
-        if status != "working" {
-            break status;
-        }
-        if w.exited() {
-            assert!(starts < 5, "the job was never dead-lettered");
-            w = WorkerProcess::spawn(&redis, &format!("p{starts}"), &flags);
-            starts += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually_within(
+        "the poison job to be settled",
+        switchboard_harness::DEADLINE * 2,
+        async || {
+            let g = c.call("tasks/get", json!({"taskId": task})).await;
+            let status = g["result"]["status"].as_str().unwrap().to_owned();
+            if status != "working" {
+                return Some(status);
+            }
+            if w.exited() {
+                assert!(starts < 5, "the job was never dead-lettered");
+                w = WorkerProcess::spawn(&redis, &format!("p{starts}"), &flags);
+                starts += 1;
+            }
+            None
+        },
+    )
+    .await;
     assert_eq!(status, "failed");
     assert_eq!(
         starts, 3,
@@ -358,18 +360,14 @@ async fn a_dead_workers_tools_leave_the_list() {
     c.wait_for_tool("echo").await;
     w.kill9();
     // Three missed heartbeats (200 ms each) later the tools are gone, and the client is told.
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
-    loop {
+    eventually("the dead worker's tools to leave tools/list", async || {
         let r = c.call("tools/list", json!({})).await;
-        if r["result"]["tools"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tools still listed: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        r["result"]["tools"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    })
+    .await;
     assert!(
         c.take_notification("notifications/tools/list_changed")
             .is_some(),

@@ -183,17 +183,12 @@ async fn dev_runs_without_redis_and_says_how_to_connect() {
     )
     .await;
     assert_eq!(a.next_event().await["data"]["text"], "hi");
-    // The built-in tools run in the same process.
-    let deadline = tokio::time::Instant::now() + switchboard_harness::DEADLINE;
-    let r = loop {
-        let r = a
-            .call("tools/call", json!({"name": "echo", "arguments": {"n": 1}}))
-            .await;
-        if r.get("result").is_some() || tokio::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The built-in tools run in the same process: once their worker has announced them, a call
+    // is answered.
+    a.wait_for_tool("echo").await;
+    let r = a
+        .call("tools/call", json!({"name": "echo", "arguments": {"n": 1}}))
+        .await;
     assert_eq!(r["result"]["structuredContent"], json!({"n": 1}), "{r}");
     let _ = dev.kill().await;
 }

@@ -267,7 +267,8 @@ async fn a_lost_session_resubscribes_from_the_last_event() {
     // A call in flight when the node goes (it finishes after the session expired).
     let caller = session.clone();
     let call = tokio::spawn(async move { caller.call("sleep", json!({"ms": 1500})).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In flight: node a has submitted it and stored the reply it owes in the session.
+    redis.wait_for_owed_reply(&first_session).await;
     a.stop().await;
     read_until(&mut events, &mut log, |l| {
         l.iter().any(|e| e.starts_with("Disconnected"))
@@ -289,7 +290,7 @@ async fn a_lost_session_resubscribes_from_the_last_event() {
         let s = session.clone();
         tokio::spawn(async move { s.subscribe("h:late").await })
     };
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.wait_for_session_gone(&first_session).await;
     let _b = Node::start_at(b_port, short_ttl("gw-b"), redis_backend(&redis).backend()).await;
 
     read_until(&mut events, &mut log, |l| {
@@ -370,7 +371,7 @@ async fn a_resumed_session_keeps_its_call_and_its_topics() {
     let caller = session.clone();
     let call = tokio::spawn(async move { caller.call("sleep", json!({"ms": 1500})).await });
     // The owed reply is stored with the call.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.wait_for_owed_reply(&first_session).await;
     a.stop().await;
     read_until(&mut events, &mut log, |l| {
         l.iter().any(|e| e.starts_with("Disconnected"))
@@ -427,6 +428,11 @@ async fn a_resumed_session_keeps_its_call_and_its_topics() {
     .await;
 }
 
+/// How long a session closed with 4009 is watched for a reconnect that must not come: an
+/// absence can only be shown by waiting. The test's backoff tops out at 300 ms
+/// ([`options`]), so a session that did reconnect would have tried within this time.
+const STAYS_AWAY: Duration = Duration::from_millis(500);
+
 /// Another connection taking the session over (4009) ends it: no reconnect.
 async fn takeover_is_final(kind: Kind) {
     let tb = TestBackend::start(kind).await;
@@ -447,8 +453,13 @@ async fn takeover_is_final(kind: Kind) {
         Err(ClientError::Closed(Some((4009, _)))) => {}
         other => panic!("{other:?}"),
     }
-    // It stays away: the thief keeps the session.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It stays away: the thief keeps the session (a reconnect would take it back: 4009 on the
+    // thief's socket).
+    let quiet = tokio::time::timeout(STAYS_AWAY, thief.read()).await;
+    assert!(
+        quiet.is_err(),
+        "the thief's socket was disturbed: {quiet:?}"
+    );
     assert_eq!(session.reconnections(), 0);
     let r = thief.call("ping", json!({})).await;
     assert!(r["result"].is_object(), "{r}");

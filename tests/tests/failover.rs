@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 use switchboard_client::{Session, SessionEvent, SessionEvents, SessionOptions};
-use switchboard_harness::{GatewayProcess, RedisServer};
+use switchboard_harness::{GatewayProcess, RedisServer, eventually};
 
 const TOPIC: &str = "h:feed";
 /// How long a client may take to collect everything once the publisher is done.
@@ -25,6 +25,10 @@ const FLAGS: &[&str] = &[
     "--shutdown-grace",
     "3000ms",
 ];
+
+/// How long the publisher waits before trying a refused publish again: a backend's retry
+/// policy, not a wait for any state (Redis stays up in these tests; a refusal is an accident).
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Publishes `n` events (`0..n`) on `TOPIC` with `FCALL sb_publish`, one every `every`,
 /// retrying each until Redis takes it (as a backend with a retry policy would).
@@ -46,7 +50,7 @@ fn publisher(redis: &RedisServer, n: u64, every: Duration) -> tokio::task::JoinH
                 if r.is_ok() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
     })
@@ -146,7 +150,11 @@ async fn rolling_restart_of_both_nodes_with_200_clients_loses_nothing() {
         .collect();
 
     let publishing = publisher(&redis, EVENTS, Duration::from_millis(5));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Part of the way through (the restarts fall inside the publishing), node A goes.
+    eventually("the first events to be published", || async {
+        (redis.history_len(TOPIC).await >= EVENTS / 10).then_some(())
+    })
+    .await;
     // Node A: SIGTERM, drain (1012, spread), exit; then back on the same address.
     a.signal(Signal::SIGTERM);
     assert!(a.wait().await.success(), "node A drains and exits cleanly");

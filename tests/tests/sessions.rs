@@ -13,7 +13,7 @@ use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     GatewayProcess, InProcessGateway, Kind, Read, RedisServer, TestBackend, WorkerProcess,
-    WsClient, both_backends, eventually, http_get,
+    WsClient, both_backends, eventually, http_get, metric,
 };
 
 const SECRET: &[u8] = b"session-secret";
@@ -183,11 +183,24 @@ async fn takeover_closes_the_older_socket_4009(kind: Kind) {
     .await;
     assert_eq!(r["resumed"], true);
     assert_eq!(old.read_close().await, 4009);
-    // The old socket's end does not disturb the new holder's subscriptions.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old socket's end does not disturb the new holder's subscriptions: once the node has
+    // torn the old connection down (its gauge counts only the new one), events still arrive.
+    let addr = gw.addr;
+    eventually("the old connection to be torn down", || async move {
+        (metric(addr, "switchboard_connections").await == 1.0).then_some(())
+    })
+    .await;
     publish(&mut new, "h:x", json!("still here")).await;
     assert_eq!(new.next_event().await["data"], "still here");
 }
+
+/// How long an attached session is watched for expiring, which it must not: an absence can
+/// only be shown by waiting. Longer than its expiry when not refreshed (the 300 ms ttl plus the
+/// two 100 ms refresh periods it is pushed ahead by), so only the refresh can keep it.
+const HELD_PAST_TTL: Duration = Duration::from_millis(800);
+/// The bound on a detached session's life (ttl 300 ms), with room for a loaded machine; far
+/// below the default ttl (120 s), so a session that kept the wrong expiry would fail.
+const EXPIRES_WITHIN: Duration = Duration::from_secs(3);
 
 async fn unknown_or_expired_session_opens_a_new_one(kind: Kind) {
     let b = TestBackend::start(kind).await;
@@ -204,15 +217,40 @@ async fn unknown_or_expired_session_opens_a_new_one(kind: Kind) {
     assert_eq!(r["resumed"], false);
     assert_ne!(r["session"], "0123456789abcdef0123456789abcdef");
     let session = r["session"].clone();
-    // Held past its ttl while attached (the refresh keeps it)...
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Held past its ttl while attached (the refresh keeps it), the socket undisturbed...
+    let quiet = tokio::time::timeout(HELD_PAST_TTL, c.read()).await;
+    assert!(
+        quiet.is_err(),
+        "the attached socket was disturbed: {quiet:?}"
+    );
     drop(c);
     let mut c = WsClient::connect(&gw.ws_url()).await;
     let r = hello(&mut c, json!({"token": token("alice"), "session": session})).await;
     assert_eq!(r["resumed"], true, "an attached session must not expire");
-    // ...and gone a ttl after its socket closed.
+    // ...and gone a ttl after its socket closed. Another identity asking for it sees whether it
+    // is still stored (-32001) without attaching it (which would restart its ttl).
     drop(c);
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    let closed = tokio::time::Instant::now();
+    eventually("the detached session to expire", || async {
+        let mut probe = WsClient::connect(&gw.ws_url()).await;
+        let r = probe
+            .call(
+                "hello",
+                json!({"token": token("mallory"), "session": session}),
+            )
+            .await;
+        if r["error"]["code"] == -32001 {
+            return None;
+        }
+        assert_eq!(r["result"]["resumed"], false, "{r}");
+        Some(())
+    })
+    .await;
+    assert!(
+        closed.elapsed() < EXPIRES_WITHIN,
+        "a detached session lived {:?}, with a ttl of 300 ms",
+        closed.elapsed()
+    );
     let mut c = WsClient::connect(&gw.ws_url()).await;
     let r = hello(&mut c, json!({"token": token("alice"), "session": session})).await;
     assert_eq!(r["resumed"], false, "expired: {r}");
@@ -323,8 +361,8 @@ async fn call_in_flight_is_answered_after_resume_on_another_node() {
         .to_string(),
     )
     .await;
-    // Give the gateway time to store the owed reply, then kill its node.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the gateway has stored the owed reply, kill its node.
+    redis.wait_for_owed_reply(session.as_str().unwrap()).await;
     a.signal(Signal::SIGKILL);
     assert!(matches!(c.read().await, Read::Eof | Read::Close(..)));
 
@@ -341,6 +379,16 @@ async fn call_in_flight_is_answered_after_resume_on_another_node() {
     assert_eq!(result["isError"], false, "{reply}");
     assert!(result["_meta"]["switchboard/taskId"].is_string(), "{reply}");
 }
+
+/// The backend's pace in the outage test: one event every 10 ms, so that the 200 events take
+/// at least 2 s and are published before, during (retried) and after the outage.
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+/// How long the backend waits before trying a refused publish again (its retry policy).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long Redis stays down once the gateway has noticed (not ready, hellos refused): the
+/// outage under test, long enough for several of the gateway's resubscribe attempts and of the
+/// backend's retries to fail. Not a wait for anything.
+const OUTAGE: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_clients_and_loses_no_history() {
@@ -375,12 +423,16 @@ async fn redis_outage_keeps_clients_and_loses_no_history() {
                 {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(PUBLISH_EVERY).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Part of the way in (some events out before the outage), Redis dies.
+    eventually("the first events to be published", || async {
+        (redis.history_len("h:feed").await >= 20).then_some(())
+    })
+    .await;
     redis.kill().await;
     // While Redis is down: not ready, new hellos refused with a clear error and 1013.
     let addr = gw.addr;
@@ -399,7 +451,11 @@ async fn redis_outage_keeps_clients_and_loses_no_history() {
         "{r}"
     );
     assert_eq!(refused.read_close().await, 1013);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(OUTAGE).await;
+    assert!(
+        !publisher.is_finished(),
+        "the publishing must span the outage"
+    );
     redis.restart().await;
     publisher.await.unwrap();
 
