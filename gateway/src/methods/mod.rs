@@ -36,6 +36,7 @@ pub(crate) use self::session::Session;
 pub(crate) use self::tasks::Tasks;
 pub(crate) use self::tools::{CallSettings, Tools};
 pub(crate) use self::topics::{TopicSettings, Topics};
+use crate::conns::Registration;
 use crate::transport::{Answer, Handler};
 
 /// Every method family, with its handles.
@@ -105,15 +106,21 @@ impl Methods {
     }
 }
 
-/// One WebSocket's handler: the methods, and who calls them on this socket.
+/// One WebSocket's handler: the methods, who calls them on this socket, and the socket's place
+/// in the node's registry (left when the connection is gone).
 pub(crate) struct Connection {
     methods: Arc<Methods>,
     caller: Caller,
+    _registration: Registration,
 }
 
 impl Connection {
-    pub(crate) fn new(methods: Arc<Methods>, caller: Caller) -> Self {
-        Connection { methods, caller }
+    pub(crate) fn new(methods: Arc<Methods>, caller: Caller, registration: Registration) -> Self {
+        Connection {
+            methods,
+            caller,
+            _registration: registration,
+        }
     }
 }
 
@@ -133,7 +140,8 @@ impl Handler for Connection {
 
 impl Drop for Connection {
     /// Releases every subscription of a closed connection, and its session if nobody detached
-    /// it (a handler panicked): drop guards, so a panic cleans up too.
+    /// it (a handler panicked): drop guards, so a panic cleans up too. The registration goes
+    /// last.
     fn drop(&mut self) {
         if let Some(live) = self.caller.live.take() {
             self.methods.session.sessions.remove(&live);

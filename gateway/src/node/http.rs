@@ -116,9 +116,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
     let admission = admit(&node, &req);
     let mcp = protocol == Some(MCP_SUBPROTOCOL);
     let on_socket = move |stream: TcpStream, read_buf: Bytes| {
-        let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
-        // A task of its own, so the connection does not carry the upgrade's state.
-        tokio::spawn(connect(node, stream, read_buf, admission, mcp).instrument(span));
+        connect(&node, stream, read_buf, admission, mcp);
     };
     match transport::upgrade(&mut req, protocol, on_socket) {
         Ok(response) => response,
@@ -129,15 +127,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
     }
 }
 
-/// Serves one upgraded socket until it closes: registered with the node, closed at once if
-/// the upgrade decided so, its messages answered by the method layer.
-async fn connect(
-    node: Arc<Node>,
-    stream: TcpStream,
-    read_buf: Bytes,
-    admission: Admission,
-    mcp: bool,
-) {
+/// Serves one upgraded socket in a task of its own (so the connection does not carry the
+/// upgrade's state): registered with the node, closed at once if the upgrade decided so, its
+/// messages answered by the method layer.
+fn connect(node: &Arc<Node>, stream: TcpStream, read_buf: Bytes, admission: Admission, mcp: bool) {
+    let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
     let (link, socket) = match transport::accept(&node.sockets, stream, read_buf) {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -145,7 +139,8 @@ async fn connect(
             return;
         }
     };
-    let _registration = node.conns.register(link.clone());
+    // Held by the connection's handler: the connection leaves the registry when it is gone.
+    let registration = node.conns.register(link.clone());
     if node.health.is_draining() {
         // Upgraded while the drain took its snapshot of the registry: leave with the others.
         link.ctl.close(
@@ -166,12 +161,10 @@ async fn connect(
             None
         }
     };
-    let handler = Connection::new(
-        node.methods.clone(),
-        Caller::new(link.clone(), identity, mcp),
-    );
-    transport::serve(node.sockets.clone(), link, socket, handler).await;
-    // Dropping `_registration` removes the connection from the registry.
+    let caller = Caller::new(link.clone(), identity, mcp);
+    let handler = Connection::new(node.methods.clone(), caller, registration);
+    let connection = transport::serve(node.sockets.clone(), link, socket, handler);
+    tokio::spawn(connection.instrument(span));
 }
 
 /// Picks the subprotocol: `Ok(None)` when none was offered, `Err` when only unknown ones were.

@@ -65,44 +65,50 @@ pub(crate) fn accept(
     ))
 }
 
-/// Serves one socket until it closes, handing its messages to `handler`; then tells the
-/// handler the socket is gone.
-pub(crate) async fn serve<H: Handler>(
+/// Serves one socket: its writer task starts now, and the returned future is the connection
+/// (spawn it as the connection's task): the reader, which hands the socket's messages to
+/// `handler` until it closes, then tells the handler the socket is gone.
+pub(crate) fn serve<H: Handler>(
     sockets: Arc<Sockets>,
     link: Link,
     socket: Socket,
-    mut handler: H,
-) {
+    handler: H,
+) -> impl Future<Output = ()> + Send {
     let Socket {
         stream,
         rx,
         leftover,
     } = socket;
-    let Link { ctl, tx } = link;
-    let close_timeout = sockets.limits.close_timeout;
     let (read_half, write_half) = stream.into_split();
-    let mut writer = tokio::spawn(writer::run(write_half, rx, ctl.clone(), sockets.clone()));
-    {
-        let reader = reader::run(&sockets, &ctl, &tx, &mut handler, read_half, leftover);
-        tokio::pin!(reader);
-        let reader_ended = tokio::select! {
-            _ = &mut reader => true,
-            _ = &mut writer => false,
-        };
-        // The waits below are boxed: teardown state, not carried by every live connection.
-        if reader_ended {
-            // The client went away or broke the protocol; make sure the writer ends too.
-            ctl.close(close::NORMAL, "", true);
-            let _ = Box::pin(tokio::time::timeout(close_timeout, &mut writer)).await;
-        } else {
-            // Our close frame is out: give the client a moment to answer it.
-            let _ = Box::pin(tokio::time::timeout(close_timeout, &mut reader)).await;
+    let mut writer = tokio::spawn(writer::run(write_half, rx, link.ctl, sockets.clone()));
+    let tx = link.tx;
+    let mut handler = handler;
+    // A block, not an `async fn`: what it captures is held once (an async fn's arguments are
+    // moved into locals, and the handler would take its room twice in every idle connection).
+    async move {
+        {
+            let reader = reader::run(&sockets, &tx, &mut handler, read_half, leftover);
+            tokio::pin!(reader);
+            let reader_ended = tokio::select! {
+                _ = &mut reader => true,
+                _ = &mut writer => false,
+            };
+            let close_timeout = sockets.limits.close_timeout;
+            // The waits below are boxed: teardown state, not carried by every live connection.
+            if reader_ended {
+                // The client went away or broke the protocol; make sure the writer ends too.
+                tx.ctl().close(close::NORMAL, "", true);
+                let _ = Box::pin(tokio::time::timeout(close_timeout, &mut writer)).await;
+            } else {
+                // Our close frame is out: give the client a moment to answer it.
+                let _ = Box::pin(tokio::time::timeout(close_timeout, &mut reader)).await;
+            }
         }
+        writer.abort();
+        drop(tx);
+        // Boxed: a teardown step, not state every live connection carries.
+        Box::pin(handler.closed()).await;
     }
-    writer.abort();
-    drop(tx);
-    // Boxed: a teardown step, not state every live connection carries.
-    Box::pin(handler.closed()).await;
 }
 
 /// The socket registered with the reactor anew. The HTTP task that read the upgrade request

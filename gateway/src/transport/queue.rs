@@ -254,6 +254,11 @@ impl Sender {
         }
     }
 
+    /// The connection this queue belongs to.
+    pub(crate) fn ctl(&self) -> &Arc<ConnCtl> {
+        &self.shared.ctl
+    }
+
     /// Completes when the receiver is gone (the connection is over).
     pub(crate) async fn closed(&self) {
         loop {

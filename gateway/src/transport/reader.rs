@@ -18,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use switchboard_protocol::close;
 use tokio::net::tcp::OwnedReadHalf;
 
-use super::ctl::ConnCtl;
 use super::frames::{self, FrameError};
 use super::handler::Handler;
 use super::queue::{Out, Sender};
@@ -32,12 +31,12 @@ const READ_CHUNK: usize = 4096;
 /// connection is closing. `leftover`: bytes the HTTP layer read past the upgrade request.
 pub(crate) async fn run<H: Handler>(
     sockets: &Sockets,
-    ctl: &ConnCtl,
     tx: &Sender,
     handler: &mut H,
     read: OwnedReadHalf,
     leftover: Bytes,
 ) {
+    let ctl = tx.ctl();
     let max = sockets.limits.max_message_bytes;
     let mut buf = BytesMut::from(&leftover[..]);
     drop(leftover);
@@ -86,7 +85,7 @@ pub(crate) async fn run<H: Handler>(
                     ctl.close(close::INVALID_PAYLOAD, "text frame is not UTF-8", false);
                     continue;
                 };
-                if !Box::pin(handle_message(ctl, tx, handler, text)).await {
+                if !Box::pin(handle_message(tx, handler, text)).await {
                     return;
                 }
             }
@@ -114,7 +113,7 @@ pub(crate) async fn run<H: Handler>(
                         ctl.close(close::INVALID_PAYLOAD, "text message is not UTF-8", false);
                         continue;
                     };
-                    if !Box::pin(handle_message(ctl, tx, handler, text)).await {
+                    if !Box::pin(handle_message(tx, handler, text)).await {
                         return;
                     }
                 }
@@ -175,12 +174,7 @@ fn read_now(read: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
 /// Hands one message to the handler and queues its reply; false when the writer is gone.
 /// Called boxed: a method's state lives on the heap while it runs, not in every idle
 /// connection's task.
-async fn handle_message<H: Handler>(
-    ctl: &ConnCtl,
-    tx: &Sender,
-    handler: &mut H,
-    text: &str,
-) -> bool {
+async fn handle_message<H: Handler>(tx: &Sender, handler: &mut H, text: &str) -> bool {
     let answer = handler.message(text).await;
     if let Some(reply) = answer.reply
         && tx.send(Out::Text(reply)).await.is_err()
@@ -188,7 +182,7 @@ async fn handle_message<H: Handler>(
         return false;
     }
     if let Some((code, reason)) = answer.then_close {
-        ctl.close(code, reason, true);
+        tx.ctl().close(code, reason, true);
     }
     true
 }
