@@ -88,8 +88,8 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
                 &[
                     "--max-inflight-calls",
                     "1024",
-                    "--registry-interval-ms",
-                    "200",
+                    "--registry-interval",
+                    "200ms",
                 ],
             )
             .await,

@@ -128,7 +128,7 @@ pub async fn run(opts: IdleOptions) -> anyhow::Result<IdleReport> {
     let redis = RedisServer::start().await;
     // Connections that never send `hello` would be closed after the hello timeout.
     let extra: &[&str] = match opts.stage {
-        Stage::Upgrade => &["--hello-timeout-ms", "3600000"],
+        Stage::Upgrade => &["--hello-timeout", "1h"],
         _ => &[],
     };
     let mut gateways = Vec::new();

@@ -229,7 +229,7 @@ impl BeforeClose for LiveSession {
     fn before_close(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             if !self.sessions.health.backend_down() {
-                self.sessions.clone().detach(&self).await;
+                self.sessions.detach(&self).await;
             }
         })
     }
