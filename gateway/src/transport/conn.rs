@@ -65,9 +65,9 @@ pub(crate) fn accept(
     ))
 }
 
-/// Serves one socket: its writer task starts now, and the returned future is the connection
-/// (spawn it as the connection's task): the reader, which hands the socket's messages to
-/// `handler` until it closes, then tells the handler the socket is gone.
+/// Serves one socket: the returned future is the connection (spawn it as the connection's
+/// task). It starts the socket's writer task, then reads: it hands the socket's messages to
+/// `handler` until the socket closes, then tells the handler the socket is gone.
 pub(crate) fn serve<H: Handler>(
     sockets: Arc<Sockets>,
     link: Link,
@@ -79,13 +79,15 @@ pub(crate) fn serve<H: Handler>(
         rx,
         leftover,
     } = socket;
-    let (read_half, write_half) = stream.into_split();
-    let mut writer = tokio::spawn(writer::run(write_half, rx, link.ctl, sockets.clone()));
-    let tx = link.tx;
+    let Link { ctl, tx } = link;
     let mut handler = handler;
     // A block, not an `async fn`: what it captures is held once (an async fn's arguments are
     // moved into locals, and the handler would take its room twice in every idle connection).
     async move {
+        let (read_half, write_half) = stream.into_split();
+        // Spawned from the connection's own task (not from the upgrade's, which is about to
+        // end), so the scheduler does not hand one of the two to another worker thread.
+        let mut writer = tokio::spawn(writer::run(write_half, rx, ctl, sockets.clone()));
         {
             let reader = reader::run(&sockets, &tx, &mut handler, read_half, leftover);
             tokio::pin!(reader);
