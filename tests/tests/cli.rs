@@ -76,6 +76,44 @@ async fn invalid_settings_exit_64() {
 }
 
 #[tokio::test]
+async fn durations_take_units_and_renamed_variables_are_refused() {
+    let redis = ["--allow-anonymous", "--redis", "redis://127.0.0.1:1"];
+    // A bare number hides its unit: refused, naming the flag and how to write it.
+    let args = [&["gateway"][..], &redis, &["--heartbeat", "25000"]].concat();
+    let (code, _, err) = run(&args, &[]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--heartbeat") && err.contains("250ms"),
+        "{err}"
+    );
+    // Zero where a duration must be positive.
+    let args = [&["gateway"][..], &redis, &["--session-ttl", "0s"]].concat();
+    let (code, _, err) = run(&args, &[]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--session-ttl"), "{err}");
+    // A variable from before durations took units would be ignored: it is refused instead.
+    let args = [&["gateway"][..], &redis].concat();
+    let (code, _, err) = run(&args, &[("SWITCHBOARD_HEARTBEAT_MS", "25000")]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("SWITCHBOARD_HEARTBEAT "), "{err}");
+    // The worker's durations from variables, with units, are read and checked together:
+    // three heartbeats of 20 s do not fit in a 30 s visibility timeout.
+    let (code, _, err) = run(
+        &["worker", "--builtin", "--redis", "redis://127.0.0.1:1"],
+        &[
+            ("SWITCHBOARD_WORKER_HEARTBEAT", "20s"),
+            ("SWITCHBOARD_VISIBILITY_TIMEOUT", "30s"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        code, 64,
+        "three heartbeats exceed the visibility timeout: {err}"
+    );
+    assert!(err.contains("--visibility-timeout"), "{err}");
+}
+
+#[tokio::test]
 async fn token_mints_what_the_gateway_verifies() {
     let (code, out, err) = run(
         &["token", "--sub", "alice", "--ttl-secs", "60"],
