@@ -16,7 +16,7 @@
 //!
 //! - broadcast: `u32 len | 0x01 | u16 topic_len | topic | payload`, the payload being the
 //!   WebSocket text message exactly as a gateway would send it (the publisher builds it with
-//!   `switchboard_core::wire::encode_event`, so it carries `seq` and `t` for timing);
+//!   `switchboard_protocol::event::encode_event`, so it carries `seq` and `t` for timing);
 //! - stats: `u32 1 | 0x02`, answered with three `u64`: sockets registered, frames written,
 //!   sockets dropped (closed or slow).
 //!

@@ -26,9 +26,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process with an in-memory backend (no Redis needed).
-    Dev(commands::dev::Args),
+    Dev(Box<commands::dev::Args>),
     /// Run a gateway node against Redis.
-    Gateway(commands::gateway::Args),
+    Gateway(Box<commands::gateway::Args>),
     /// Run a worker node that hosts tools and executes routed calls.
     Worker(commands::worker::Args),
     /// Publish one event to a topic through Redis, as any backend would.
@@ -61,15 +61,19 @@ fn main() -> ExitCode {
         }
     };
     commands::init_logging();
-    if let Err(Failure::Usage(msg)) = commands::refuse_renamed_variables() {
-        eprintln!("switchboard: invalid configuration: {msg}");
-        return ExitCode::from(EXIT_USAGE);
-    }
     let result = match cli.command {
-        Command::Dev(a) => commands::dev::run(a),
-        Command::Gateway(a) => commands::gateway::run(a),
-        Command::Worker(a) => commands::worker::run(a),
-        Command::Publish(a) => commands::publish::run(a),
+        Command::Dev(a) => {
+            commands::refuse_renamed_variables().and_then(|()| commands::dev::run(*a))
+        }
+        Command::Gateway(a) => {
+            commands::refuse_renamed_variables().and_then(|()| commands::gateway::run(*a))
+        }
+        Command::Worker(a) => {
+            commands::refuse_renamed_variables().and_then(|()| commands::worker::run(a))
+        }
+        Command::Publish(a) => {
+            commands::refuse_renamed_variables().and_then(|()| commands::publish::run(a))
+        }
         Command::Token(a) => commands::token::run(a),
     };
     match result {

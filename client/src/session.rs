@@ -59,7 +59,7 @@ use serde_json::Value;
 use switchboard_protocol::event::EventParams;
 use switchboard_protocol::methods::Method;
 use switchboard_protocol::methods::session::{HelloParams, HelloResult};
-use switchboard_protocol::methods::tools::{CallParams, ToolsCall};
+use switchboard_protocol::methods::tools::{CallParams, CallToolResult, ToolsCall};
 use switchboard_protocol::methods::topics::{
     Publish, PublishResult, Subscribe, SubscribeParams, SubscribeResult, Unsubscribe,
     UnsubscribeParams,
@@ -458,11 +458,11 @@ impl Session {
             .await
     }
 
-    /// `tools/call`: the `CallToolResult`. The reply is awaited across reconnects: after a
-    /// resume (on any node) it arrives on the new socket. Fails with
+    /// `tools/call`: the tool's `CallToolResult`. The reply is awaited across reconnects: after
+    /// a resume (on any node) it arrives on the new socket. Fails with
     /// [`ClientError::SessionLost`] when a reconnect could not resume the session, and with
     /// [`ClientError::Timeout`] after [`SessionOptions::call_timeout`].
-    pub async fn call(&self, tool: &str, arguments: Value) -> Result<Value, ClientError> {
+    pub async fn call(&self, tool: &str, arguments: Value) -> Result<CallToolResult, ClientError> {
         let call = self.call_inner(CallParams::new(tool, arguments));
         match self.inner.opts.call_timeout {
             Some(t) => tokio::time::timeout(t, call)
@@ -472,7 +472,7 @@ impl Session {
         }
     }
 
-    async fn call_inner(&self, params: CallParams) -> Result<Value, ClientError> {
+    async fn call_inner(&self, params: CallParams) -> Result<CallToolResult, ClientError> {
         let router = &self.inner.router;
         let id = router.next_id();
         let mut stale = None;

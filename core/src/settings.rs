@@ -1,9 +1,10 @@
 //! How settings are read, shared by every node's configuration: durations written as `5s`,
-//! `250ms` or `1h 30m` (a bare number is refused: it would hide its unit), and a way to get a
-//! configuration's defaults without reading the environment (tests, `switchboard dev`).
+//! `250ms` or `1h 30m` (a bare number other than `0` is refused: it would hide its unit), a
+//! way to get a configuration's defaults without reading the environment (tests, embedding),
+//! and the host's name, which default node names start from.
 //!
-//! Each node's settings are one `clap::Args` struct (name, default, `SWITCHBOARD_*` variable,
-//! help and validation declared once, on the field); these are the value parsers they share.
+//! Each node's settings are one `clap::Args` struct (flag, `SWITCHBOARD_*` variable, default
+//! and help declared once, on the field), checked by its own `validate`.
 
 use std::time::Duration;
 
@@ -13,21 +14,9 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (write a duration with its unit, e.g. 5s or 250ms)"))
 }
 
-/// A duration greater than zero.
-pub fn positive_duration(s: &str) -> Result<Duration, String> {
-    match duration(s)? {
-        d if d.is_zero() => Err("must be greater than zero".into()),
-        d => Ok(d),
-    }
-}
-
-/// A whole number of at least 1.
-pub fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+/// `$HOSTNAME` (the pod name on Kubernetes), if it is set and not empty.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
 }
 
 /// A settings struct from `args` (flags only, no binary name), every other setting at its
@@ -56,8 +45,5 @@ mod tests {
         assert_eq!(duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(duration("0s"), Ok(Duration::ZERO));
         assert!(duration("5000").unwrap_err().contains("250ms"));
-        assert!(positive_duration("0s").is_err());
-        assert_eq!(at_least_one("3"), Ok(3));
-        assert!(at_least_one("0").is_err());
     }
 }

@@ -1,16 +1,19 @@
 //! The gateway's configuration, declared once: each setting's flag, `SWITCHBOARD_*` variable,
-//! default, help and validation are on its field ([`GatewayConfig`] is `clap::Args`). The CLI
-//! parses it (an invalid setting exits 64, naming the flag); tests and `switchboard dev` start
-//! from [`GatewayConfig::dev`]. Durations are written with their unit: `5s`, `250ms`.
-//! [`GatewayConfig::validate`] checks what involves several settings.
+//! default and help are on its field (the structs are `clap::Args`), and what each may be is
+//! checked in one place, [`GatewayConfig::validate`], which names the flag to fix (the CLI
+//! exits 64 on it; `run` refuses such a configuration too, whoever built it). Durations are
+//! written with their unit: `5s`, `250ms`.
+//!
+//! [`GatewayConfig`] is who the node is (`--node-id`), who may connect ([`AuthConfig`]) and how
+//! it behaves ([`Tuning`]: every bound, timeout and history rule). `switchboard dev` takes the
+//! tuning alone: it is always `dev`, with anonymous clients. Tests start from
+//! [`GatewayConfig::dev`]: every default, no environment read.
 
 use std::time::Duration;
 
 use switchboard_core::auth::Verifier;
 use switchboard_core::history::HistoryRule;
-use switchboard_core::settings::{
-    at_least_one, duration, from_args_without_env, positive_duration,
-};
+use switchboard_core::settings::{self, duration};
 
 /// Who may connect.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -38,27 +41,9 @@ fn verifier(secret: &str) -> Result<Verifier, String> {
     Ok(Verifier::hs256(secret.as_bytes()))
 }
 
-fn node_id(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(s.to_owned())
-}
-
-fn message_bytes(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if n < 256 => Err("must be at least 256".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// This node's default name: `$HOSTNAME` (the pod name on Kubernetes) or `gateway-<pid>`.
 pub fn default_node_id() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
+    settings::host_name().unwrap_or_else(|| format!("gateway-{}", std::process::id()))
 }
 
 /// Default fan-out workers: one per available core.
@@ -70,11 +55,17 @@ pub fn default_fanout_workers() -> usize {
 #[derive(clap::Args, Debug, Clone)]
 pub struct GatewayConfig {
     /// This node's name in `hello` results and logs [default: $HOSTNAME, or gateway-<pid>].
-    #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = default_node_id(), hide_default_value = true, value_parser = node_id, help_heading = "Node")]
+    #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = default_node_id(), hide_default_value = true, help_heading = "Node")]
     pub node_id: String,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
 
+/// How a node behaves: every bound, timeout and history rule (what `gateway` and `dev` share).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Tuning {
     /// Connections the kernel queues for accept (capped by net.core.somaxconn): a crowd
     /// reconnecting after a node died arrives at once.
     #[arg(
@@ -86,22 +77,40 @@ pub struct GatewayConfig {
     )]
     pub listen_backlog: u32,
     /// Sockets this node holds; more are closed with 1013.
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value = "100000", value_name = "N", value_parser = at_least_one, help_heading = "Sockets")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS",
+        default_value = "100000",
+        value_name = "N",
+        help_heading = "Sockets"
+    )]
     pub max_connections: usize,
     /// Close a socket that sends no `hello` within this long (4001).
-    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sockets")]
+    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
     pub hello_timeout: Duration,
     /// Largest message a client may send, in bytes (1009 over it).
-    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value = "65536", value_name = "BYTES", value_parser = message_bytes, help_heading = "Sockets")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_MESSAGE_BYTES",
+        default_value = "65536",
+        value_name = "BYTES",
+        help_heading = "Sockets"
+    )]
     pub max_message_bytes: usize,
     /// Frames queued per socket before it is closed as a slow consumer (4008).
-    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE", default_value = "1024", value_name = "N", value_parser = at_least_one, help_heading = "Sockets")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTBOUND_QUEUE",
+        default_value = "1024",
+        value_name = "N",
+        help_heading = "Sockets"
+    )]
     pub outbound_queue: usize,
     /// Ping a quiet client this often; close it after three silent heartbeats (4002).
-    #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sockets")]
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
     pub heartbeat: Duration,
     /// A write to a socket taking longer than this drops the connection.
-    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sockets")]
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
     pub write_timeout: Duration,
     /// After our close frame, wait this long for the client's.
     #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
@@ -115,58 +124,94 @@ pub struct GatewayConfig {
     pub drain_spread: Duration,
 
     /// Topics one connection may subscribe to.
-    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value = "1024", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_SUBSCRIPTIONS",
+        default_value = "1024",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
     pub max_subscriptions: usize,
     /// Fan-out workers (a topic always goes to the same one) [default: one per core].
-    #[arg(long, env = "SWITCHBOARD_FANOUT_WORKERS", default_value_t = default_fanout_workers(), hide_default_value = true, value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    #[arg(long, env = "SWITCHBOARD_FANOUT_WORKERS", default_value_t = default_fanout_workers(), hide_default_value = true, value_name = "N", help_heading = "Topics")]
     pub fanout_workers: usize,
     /// Events queued per fan-out worker before new ones are dropped and counted.
-    #[arg(long, env = "SWITCHBOARD_FANOUT_QUEUE", default_value = "65536", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FANOUT_QUEUE",
+        default_value = "65536",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
     pub fanout_queue: usize,
     /// Retry a failed backend (un)subscribe this often.
-    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RETRY", default_value = "1s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Topics")]
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RETRY", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Topics")]
     pub subscribe_retry: Duration,
     /// Topics that keep history: PATTERN=MAXLEN[:TTL_MS] (`*` matches any run), e.g.
     /// chat:*=1000:3600000. Repeat the flag, or separate rules with commas. First match wins.
     #[arg(long, env = "SWITCHBOARD_HISTORY", value_delimiter = ',', value_name = "RULE", value_parser = HistoryRule::parse, help_heading = "Topics")]
     pub history: Vec<HistoryRule>,
     /// Events a `subscribe {since}` replays at most; further behind answers recovered: false.
-    #[arg(long, env = "SWITCHBOARD_MAX_REPLAY", default_value = "10000", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_REPLAY",
+        default_value = "10000",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
     pub max_replay: usize,
     /// Live events held for a subscriber while its replay is read; more closes it (4008).
-    #[arg(long, env = "SWITCHBOARD_REPLAY_BUFFER", default_value = "10000", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REPLAY_BUFFER",
+        default_value = "10000",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
     pub replay_buffer: usize,
     /// History replays one node runs at once (subscribe with since, session resumes); more
     /// wait.
-    #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_REPLAYS", default_value = "256", value_name = "N", value_parser = at_least_one, help_heading = "Topics")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONCURRENT_REPLAYS",
+        default_value = "256",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
     pub max_concurrent_replays: usize,
     /// The longest a history replay may take, its wait for a replay slot included: a client
     /// that does not read its replay in time is closed (4008), a wait past it is -32006.
-    #[arg(long, env = "SWITCHBOARD_REPLAY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Topics")]
+    #[arg(long, env = "SWITCHBOARD_REPLAY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration, help_heading = "Topics")]
     pub replay_timeout: Duration,
 
     /// How long a session outlives its socket: a client may resume it on any node.
-    #[arg(long, env = "SWITCHBOARD_SESSION_TTL", default_value = "2m", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sessions")]
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL", default_value = "2m", value_name = "DURATION", value_parser = duration, help_heading = "Sessions")]
     pub session_ttl: Duration,
     /// How often a node saves its sessions' positions and extends their expiry.
-    #[arg(long, env = "SWITCHBOARD_SESSION_REFRESH", default_value = "10s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Sessions")]
+    #[arg(long, env = "SWITCHBOARD_SESSION_REFRESH", default_value = "10s", value_name = "DURATION", value_parser = duration, help_heading = "Sessions")]
     pub session_refresh: Duration,
 
     /// Tool calls (and `tasks/result` waits) one connection may have in flight (over it:
     /// -32006).
-    #[arg(long, env = "SWITCHBOARD_MAX_INFLIGHT_CALLS", default_value = "64", value_name = "N", value_parser = at_least_one, help_heading = "Tool calls")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_INFLIGHT_CALLS",
+        default_value = "64",
+        value_name = "N",
+        help_heading = "Tool calls"
+    )]
     pub max_inflight_calls: usize,
     /// How long a task is kept when the caller asks for no ttl.
-    #[arg(long, env = "SWITCHBOARD_TASK_TTL", default_value = "1h", value_name = "DURATION", value_parser = positive_duration, help_heading = "Tool calls")]
+    #[arg(long, env = "SWITCHBOARD_TASK_TTL", default_value = "1h", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub task_ttl: Duration,
     /// The longest task ttl a caller may ask for (at least the task ttl).
     #[arg(long, env = "SWITCHBOARD_MAX_TASK_TTL", default_value = "24h", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub max_task_ttl: Duration,
     /// How often the worker registry is read (tools/list, list_changed).
-    #[arg(long, env = "SWITCHBOARD_REGISTRY_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Tool calls")]
+    #[arg(long, env = "SWITCHBOARD_REGISTRY_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub registry_interval: Duration,
     /// A waiting call re-reads its task this often without a signal.
-    #[arg(long, env = "SWITCHBOARD_CALL_POLL", default_value = "500ms", value_name = "DURATION", value_parser = positive_duration, help_heading = "Tool calls")]
+    #[arg(long, env = "SWITCHBOARD_CALL_POLL", default_value = "500ms", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub call_poll: Duration,
     /// How long past a tool's timeout a caller waits for the worker's answer (a timed-out
     /// call's `isError` result) before answering -32005 itself.
@@ -174,7 +219,7 @@ pub struct GatewayConfig {
     pub deadline_grace: Duration,
 
     /// Ping the backend this often for /readyz.
-    #[arg(long, env = "SWITCHBOARD_READINESS_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = positive_duration, help_heading = "Backend")]
+    #[arg(long, env = "SWITCHBOARD_READINESS_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Backend")]
     pub readiness_interval: Duration,
 }
 
@@ -196,26 +241,77 @@ impl GatewayConfig {
     /// A configuration from `args` (flags only), every other setting at its default, no
     /// `SWITCHBOARD_*` variable read.
     pub fn from_args(args: &[&str]) -> Result<Self, clap::Error> {
-        from_args_without_env(args)
+        settings::from_args_without_env(args)
     }
 
     /// Every default, anonymous clients allowed (for `switchboard dev` and tests).
     pub fn dev(node_id: &str) -> Self {
-        Self::from_args(&["--node-id", node_id, "--allow-anonymous"])
-            .expect("the defaults are valid")
+        GatewayConfig {
+            node_id: node_id.to_owned(),
+            auth: AuthConfig {
+                verifier: None,
+                allow_anonymous: true,
+            },
+            tuning: settings::defaults(),
+        }
     }
 
-    /// Checks what involves several settings (each one alone is checked when it is parsed);
-    /// the error names the flag to fix.
+    /// Checks every setting; the error names the flag to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() {
+            return Err(invalid("node-id", "non-empty"));
+        }
         if self.auth.verifier.is_none() && !self.auth.allow_anonymous {
             return Err(ConfigError::NoAuth);
         }
-        if self.max_task_ttl < self.task_ttl {
-            return Err(ConfigError::Invalid {
-                key: "max-task-ttl",
-                what: "at least --task-ttl",
-            });
+        self.tuning.validate()
+    }
+}
+
+fn invalid(key: &'static str, what: &'static str) -> ConfigError {
+    ConfigError::Invalid { key, what }
+}
+
+impl Tuning {
+    /// What each setting may be: durations that pace or bound something are greater than
+    /// zero, queues and limits hold at least one, and the rest as written below.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = self;
+        let positive = [
+            ("hello-timeout", t.hello_timeout),
+            ("heartbeat", t.heartbeat),
+            ("write-timeout", t.write_timeout),
+            ("readiness-interval", t.readiness_interval),
+            ("subscribe-retry", t.subscribe_retry),
+            ("task-ttl", t.task_ttl),
+            ("registry-interval", t.registry_interval),
+            ("call-poll", t.call_poll),
+            ("session-ttl", t.session_ttl),
+            ("session-refresh", t.session_refresh),
+            ("replay-timeout", t.replay_timeout),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(invalid(key, "greater than zero"));
+        }
+        let at_least_one = [
+            ("max-connections", t.max_connections),
+            ("outbound-queue", t.outbound_queue),
+            ("max-subscriptions", t.max_subscriptions),
+            ("fanout-workers", t.fanout_workers),
+            ("fanout-queue", t.fanout_queue),
+            ("max-replay", t.max_replay),
+            ("replay-buffer", t.replay_buffer),
+            ("max-concurrent-replays", t.max_concurrent_replays),
+            ("max-inflight-calls", t.max_inflight_calls),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
+            return Err(invalid(key, "at least 1"));
+        }
+        if t.max_message_bytes < 256 {
+            return Err(invalid("max-message-bytes", "at least 256"));
+        }
+        if t.max_task_ttl < t.task_ttl {
+            return Err(invalid("max-task-ttl", "at least --task-ttl"));
         }
         Ok(())
     }
@@ -230,15 +326,19 @@ mod tests {
         let c = GatewayConfig::dev("n1");
         c.validate().unwrap();
         assert_eq!(c.node_id, "n1");
-        assert_eq!(c.hello_timeout, Duration::from_secs(5));
-        assert_eq!(c.heartbeat, Duration::from_secs(25));
-        assert_eq!(c.session_ttl, Duration::from_secs(120));
-        assert_eq!(c.call_poll, Duration::from_millis(500));
-        assert_eq!(c.max_message_bytes, 64 * 1024);
-        assert_eq!(c.outbound_queue, 1024);
-        assert_eq!(c.max_connections, 100_000);
-        assert_eq!(c.listen_backlog, 4096);
-        assert!(c.history.is_empty());
+        let t = &c.tuning;
+        assert_eq!(t.hello_timeout, Duration::from_secs(5));
+        assert_eq!(t.heartbeat, Duration::from_secs(25));
+        assert_eq!(t.session_ttl, Duration::from_secs(120));
+        assert_eq!(t.call_poll, Duration::from_millis(500));
+        assert_eq!(t.max_message_bytes, 64 * 1024);
+        assert_eq!(t.outbound_queue, 1024);
+        assert_eq!(t.max_connections, 100_000);
+        assert_eq!(t.listen_backlog, 4096);
+        assert!(t.history.is_empty());
+        // Built in code, or parsed: the same defaults.
+        let parsed = GatewayConfig::from_args(&["--allow-anonymous"]).unwrap();
+        assert_eq!(parsed.tuning.task_ttl, t.task_ttl);
     }
 
     #[test]
@@ -253,29 +353,34 @@ mod tests {
 
     #[test]
     fn names_the_bad_key() {
-        let bad = |args: &[&str], key: &str| {
-            let err = GatewayConfig::from_args(args).unwrap_err().to_string();
+        let refused = |args: &[&str], key: &str| {
+            let mut all = vec!["--allow-anonymous"];
+            all.extend_from_slice(args);
+            let err = match GatewayConfig::from_args(&all) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.validate().unwrap_err().to_string(),
+            };
             assert!(err.contains(key), "{args:?}: {err}");
         };
-        bad(&["--outbound-queue", "0"], "--outbound-queue");
-        bad(&["--heartbeat", "0s"], "--heartbeat");
-        bad(&["--heartbeat", "5000"], "--heartbeat");
-        bad(&["--max-message-bytes", "10"], "--max-message-bytes");
-        bad(&["--jwt-secret", ""], "--jwt-secret");
-        bad(&["--history", "chat:*"], "--history");
-        let c = GatewayConfig::from_args(&[
-            "--allow-anonymous",
-            "--task-ttl",
-            "2h",
+        refused(&["--outbound-queue", "0"], "--outbound-queue");
+        refused(&["--heartbeat", "0s"], "--heartbeat");
+        refused(&["--heartbeat", "5000"], "--heartbeat");
+        refused(&["--max-message-bytes", "10"], "--max-message-bytes");
+        refused(&["--jwt-secret", ""], "--jwt-secret");
+        refused(&["--history", "chat:*"], "--history");
+        refused(&["--node-id", ""], "--node-id");
+        refused(
+            &["--task-ttl", "2h", "--max-task-ttl", "1h"],
             "--max-task-ttl",
-            "1h",
-        ])
-        .unwrap();
+        );
+        // Built in code, a bad value is refused all the same.
+        let mut c = GatewayConfig::dev("n1");
+        c.tuning.readiness_interval = Duration::ZERO;
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("--max-task-ttl")
+                .contains("--readiness-interval")
         );
     }
 
@@ -288,7 +393,7 @@ mod tests {
             "chat:*=10,news:*=5:60000",
         ])
         .unwrap();
-        assert_eq!(c.heartbeat, Duration::from_millis(250));
-        assert_eq!(c.history.len(), 2);
+        assert_eq!(c.tuning.heartbeat, Duration::from_millis(250));
+        assert_eq!(c.tuning.history.len(), 2);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! The layers, each importing only those below it:
 //!
-//! 1. [`node`](crate::node) (the composition root, `node/`): builds everything from the
+//! 1. `node/` (the composition root): builds everything from the
 //!    configuration and the backend, wires it, runs the background tasks, serves the port
 //!    (`node/http.rs`), drains. Nothing imports it.
 //! 2. `methods/`: what each request does, one module per family (session, topics, tools,

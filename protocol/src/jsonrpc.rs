@@ -116,6 +116,11 @@ impl RpcError {
     pub fn internal() -> Self {
         Self::new(ErrorCode::Internal, "internal error")
     }
+
+    /// -32603 when the backend (Redis) cannot be reached: the client may try again.
+    pub fn backend_unavailable() -> Self {
+        Self::new(ErrorCode::Internal, "backend unavailable, try again")
+    }
 }
 
 impl std::fmt::Display for RpcError {

@@ -1,6 +1,7 @@
 //! Switchboard's wire protocol, as types: what crosses a client's socket, defined once and used
 //! by the gateway (which parses requests into these types once), the Rust client (which sends
-//! them) and the tests. It depends on nothing but serde: no runtime, no Redis, no JWT.
+//! them) and the tests. It depends on serde, serde_json, bytes and thiserror only: no runtime,
+//! no Redis, no JWT.
 //!
 //! A tour:
 //! - [`jsonrpc`]: the JSON-RPC 2.0 envelope: parsing a client frame, encoding results, errors

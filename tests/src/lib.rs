@@ -25,6 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_core::backend::{Backend, JobQueue};
 use switchboard_gateway::GatewayConfig;
+use switchboard_protocol::methods::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -795,6 +796,25 @@ impl WsClient {
                 self.skipped.push_back(v);
             }
         }
+    }
+
+    /// Sends a request of method `M` with the protocol's params type and reads the reply as
+    /// the protocol's result type: `Err` with the error object when the gateway answers one.
+    /// A reply that does not decode into `M::Result` fails the test.
+    pub async fn method<M: Method>(&mut self, params: &M::Params<'_>) -> Result<M::Result, Value> {
+        let params = serde_json::to_value(params).expect("params serialize");
+        let reply = self.call(M::NAME, params).await;
+        if let Some(e) = reply.get("error") {
+            return Err(e.clone());
+        }
+        Ok(
+            serde_json::from_value(reply["result"].clone()).unwrap_or_else(|e| {
+                panic!(
+                    "{} answered a result that is not its type ({e}): {reply}",
+                    M::NAME
+                )
+            }),
+        )
     }
 
     pub async fn hello(&mut self) -> Value {

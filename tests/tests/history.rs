@@ -19,8 +19,8 @@ struct Setup {
 
 async fn setup(kind: Kind) -> Setup {
     let mut config = GatewayConfig::dev("history-node");
-    config.readiness_interval = Duration::from_millis(100);
-    config.history = vec![
+    config.tuning.readiness_interval = Duration::from_millis(100);
+    config.tuning.history = vec![
         HistoryRule::parse("short:*=5").unwrap(),
         HistoryRule::parse("h:*=1000").unwrap(),
     ];

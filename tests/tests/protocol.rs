@@ -22,7 +22,7 @@ struct Setup {
 
 async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     let mut config = GatewayConfig::dev("test-node");
-    config.readiness_interval = Duration::from_millis(100);
+    config.tuning.readiness_interval = Duration::from_millis(100);
     tweak(&mut config);
     let b = TestBackend::start(kind).await;
     let gw = InProcessGateway::start_ready(config, b.backend).await;
@@ -262,7 +262,7 @@ async fn malformed_frames_close_1002_or_1007(kind: Kind) {
 }
 
 async fn oversized_messages_close_1009(kind: Kind) {
-    let s = setup(kind, |c| c.max_message_bytes = 1024).await;
+    let s = setup(kind, |c| c.tuning.max_message_bytes = 1024).await;
     let mut c = WsClient::connect(&s.gw.ws_url()).await;
     c.hello().await;
     let big = json!({"jsonrpc":"2.0","id":1,"method":"publish","params":{"topic":"t","data":"x".repeat(2000)}});
@@ -377,7 +377,7 @@ async fn slow_consumer_is_closed_4008_and_spares_others(kind: Kind) {
     // The publisher stays at most this many events ahead of what the fast client has read, so
     // the fast client's queue never fills however the machine schedules the test.
     const LEAD: u64 = 32;
-    let s = setup(kind, |c| c.outbound_queue = QUEUE).await;
+    let s = setup(kind, |c| c.tuning.outbound_queue = QUEUE).await;
     let url = s.gw.ws_url();
     let mut fast = WsClient::connect(&url).await;
     fast.hello().await;
@@ -458,8 +458,8 @@ async fn paused_setup(tweak: impl FnOnce(&mut GatewayConfig)) -> InProcessGatewa
 #[tokio::test(start_paused = true)]
 async fn drain_spreads_closes_over_the_spread() {
     let mut gw = paused_setup(|c| {
-        c.shutdown_grace = Duration::from_secs(10);
-        c.drain_spread = Duration::from_secs(2);
+        c.tuning.shutdown_grace = Duration::from_secs(10);
+        c.tuning.drain_spread = Duration::from_secs(2);
     })
     .await;
     let mut clients = Vec::new();
@@ -524,7 +524,7 @@ async fn hello_in_time_keeps_the_socket() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_client_is_closed_4002_after_three_heartbeats() {
-    let gw = paused_setup(|c| c.heartbeat = Duration::from_secs(10)).await;
+    let gw = paused_setup(|c| c.tuning.heartbeat = Duration::from_secs(10)).await;
     let mut c = WsClient::connect(&gw.ws_url()).await;
     c.hello().await;
     // Not reading means not answering pings.
@@ -534,7 +534,7 @@ async fn silent_client_is_closed_4002_after_three_heartbeats() {
 
 #[tokio::test(start_paused = true)]
 async fn client_answering_pings_stays_connected() {
-    let gw = paused_setup(|c| c.heartbeat = Duration::from_secs(10)).await;
+    let gw = paused_setup(|c| c.tuning.heartbeat = Duration::from_secs(10)).await;
     let mut c = WsClient::connect(&gw.ws_url()).await;
     c.hello().await;
     // Reading answers the gateway's pings (tungstenite replies on the next read).
@@ -551,7 +551,7 @@ async fn busy_client_still_hits_the_hello_timeout() {
     let gw = InProcessGateway::start(
         {
             let mut c = GatewayConfig::dev("busy");
-            c.hello_timeout = Duration::from_millis(300);
+            c.tuning.hello_timeout = Duration::from_millis(300);
             c
         },
         MemoryBackend::new().backend(),

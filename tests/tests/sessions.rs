@@ -20,9 +20,9 @@ const SECRET: &[u8] = b"session-secret";
 
 fn config(node: &str) -> GatewayConfig {
     let mut config = GatewayConfig::dev(node);
-    config.readiness_interval = Duration::from_millis(100);
-    config.session_refresh = Duration::from_millis(200);
-    config.history = vec![HistoryRule::parse("h:*=1000").unwrap()];
+    config.tuning.readiness_interval = Duration::from_millis(100);
+    config.tuning.session_refresh = Duration::from_millis(200);
+    config.tuning.history = vec![HistoryRule::parse("h:*=1000").unwrap()];
     config.auth.verifier = Some(Verifier::hs256(SECRET));
     config
 }
@@ -205,8 +205,8 @@ const EXPIRES_WITHIN: Duration = Duration::from_secs(3);
 async fn unknown_or_expired_session_opens_a_new_one(kind: Kind) {
     let b = TestBackend::start(kind).await;
     let mut cfg = config("s1");
-    cfg.session_ttl = Duration::from_millis(300);
-    cfg.session_refresh = Duration::from_millis(100);
+    cfg.tuning.session_ttl = Duration::from_millis(300);
+    cfg.tuning.session_refresh = Duration::from_millis(100);
     let gw = InProcessGateway::start_ready(cfg, b.backend).await;
     let mut c = WsClient::connect(&gw.ws_url()).await;
     let r = hello(
@@ -263,8 +263,8 @@ async fn a_slow_consumer_resumes_from_what_was_written(kind: Kind) {
     const N: u64 = 600;
     let b = TestBackend::start(kind).await;
     let mut cfg = config("s1");
-    cfg.outbound_queue = 16;
-    cfg.history = vec![HistoryRule::parse("h:*=10000").unwrap()];
+    cfg.tuning.outbound_queue = 16;
+    cfg.tuning.history = vec![HistoryRule::parse("h:*=10000").unwrap()];
     let gw = InProcessGateway::start_ready(cfg, b.backend).await;
     let url = gw.ws_url();
     // A tiny receive buffer, and nothing read while the events flow.

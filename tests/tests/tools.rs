@@ -27,8 +27,8 @@ struct Setup {
 async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     let mut config = GatewayConfig::dev("tools-node");
     config.auth.verifier = Some(Verifier::hs256(SECRET));
-    config.readiness_interval = Duration::from_millis(100);
-    config.registry_interval = Duration::from_millis(100);
+    config.tuning.readiness_interval = Duration::from_millis(100);
+    config.tuning.registry_interval = Duration::from_millis(100);
     tweak(&mut config);
     let b = TestBackend::start(kind).await;
     let (backend, queue, redis) = (b.backend, b.queue, b.redis);
@@ -339,7 +339,7 @@ async fn cancellation_stops_the_call(kind: Kind) {
 }
 
 async fn in_flight_calls_are_limited(kind: Kind) {
-    let s = setup(kind, |c| c.max_inflight_calls = 2).await;
+    let s = setup(kind, |c| c.tuning.max_inflight_calls = 2).await;
     let mut c = client(&s, "alice").await;
     for ms in [60000, 60001] {
         c.send_request(
@@ -358,7 +358,10 @@ async fn in_flight_calls_are_limited(kind: Kind) {
 }
 
 async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
-    let s = setup(kind, |c| c.deadline_grace = Duration::from_millis(100)).await;
+    let s = setup(kind, |c| {
+        c.tuning.deadline_grace = Duration::from_millis(100)
+    })
+    .await;
     // A tool announced by a worker that never takes jobs.
     let spec = switchboard_core::tools::ToolSpec {
         name: "orphan".into(),

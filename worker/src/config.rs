@@ -1,38 +1,20 @@
 //! The worker's configuration, declared once: each setting's flag, `SWITCHBOARD_*` variable,
-//! default, help and validation are on its field ([`WorkerConfig`] is `clap::Args`).
+//! default and help are on its field ([`WorkerConfig`] is `clap::Args`), and what each may be
+//! is checked in one place, [`WorkerConfig::validate`], which names the flag to fix.
 //! Durations are written with their unit (`1s`, `250ms`).
 
 use std::time::Duration;
 
-use switchboard_core::settings::{
-    at_least_one, duration, from_args_without_env, positive_duration,
-};
+use switchboard_core::settings::{self, duration};
 
 /// Heartbeats missed before a worker's registry entry is stale.
 pub const REGISTRY_MISSES: u32 = 3;
 
 /// This worker's default id: `worker-<$HOSTNAME or gateway-<pid>>-<pid>`.
 pub fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("gateway-{}", std::process::id()));
-    format!("worker-{host}-{}", std::process::id())
-}
-
-fn worker_id(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(s.to_owned())
-}
-
-fn deliveries(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    let pid = std::process::id();
+    let host = settings::host_name().unwrap_or_else(|| format!("gateway-{pid}"));
+    format!("worker-{host}-{pid}")
 }
 
 /// See the module docs.
@@ -40,23 +22,33 @@ fn deliveries(s: &str) -> Result<u64, String> {
 #[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
     /// This worker's id [default: worker-$HOSTNAME-<pid>].
-    #[arg(long, env = "SWITCHBOARD_WORKER_ID", default_value_t = default_worker_id(), hide_default_value = true, value_parser = worker_id)]
+    #[arg(long, env = "SWITCHBOARD_WORKER_ID", default_value_t = default_worker_id(), hide_default_value = true)]
     pub worker_id: String,
     /// Calls this worker runs at once (all tools together).
-    #[arg(long, env = "SWITCHBOARD_CONCURRENCY", default_value = "64", value_name = "N", value_parser = at_least_one)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONCURRENCY",
+        default_value = "64",
+        value_name = "N"
+    )]
     pub concurrency: usize,
     /// Registry heartbeat; the worker leaves tools/list after three missed ones.
-    #[arg(long, env = "SWITCHBOARD_WORKER_HEARTBEAT", default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, env = "SWITCHBOARD_WORKER_HEARTBEAT", default_value = "1s", value_name = "DURATION", value_parser = duration)]
     pub heartbeat: Duration,
     /// A job whose worker is silent this long is taken over by another worker (a running job
     /// is kept visible by heartbeats every third of it; at least three heartbeats).
-    #[arg(long, env = "SWITCHBOARD_VISIBILITY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, env = "SWITCHBOARD_VISIBILITY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub visibility_timeout: Duration,
     /// Deliveries after which a job that keeps killing workers is dead-lettered.
-    #[arg(long, env = "SWITCHBOARD_MAX_DELIVERIES", default_value = "3", value_name = "N", value_parser = deliveries)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_DELIVERIES",
+        default_value = "3",
+        value_name = "N"
+    )]
     pub max_deliveries: u64,
     /// How long one fetch waits for a job.
-    #[arg(long, env = "SWITCHBOARD_FETCH_BLOCK", default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, env = "SWITCHBOARD_FETCH_BLOCK", default_value = "1s", value_name = "DURATION", value_parser = duration)]
     pub fetch_block: Duration,
     /// On shutdown, how long running calls get to finish.
     #[arg(long = "shutdown-grace", env = "SWITCHBOARD_WORKER_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = duration)]
@@ -74,11 +66,32 @@ pub struct ConfigError {
 impl WorkerConfig {
     /// Every default, with this worker id.
     pub fn new(worker_id: &str) -> Self {
-        from_args_without_env(&["--worker-id", worker_id]).expect("the defaults are valid")
+        WorkerConfig {
+            worker_id: worker_id.to_owned(),
+            ..settings::defaults()
+        }
     }
 
-    /// Checks what involves several settings (each alone is checked when it is parsed).
+    /// Checks every setting; the error names the flag to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, what| Err(ConfigError { key, what });
+        if self.worker_id.is_empty() {
+            return bad("worker-id", "non-empty");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "at least 1");
+        }
+        if self.max_deliveries == 0 {
+            return bad("max-deliveries", "at least 1");
+        }
+        for (key, d) in [
+            ("heartbeat", self.heartbeat),
+            ("fetch-block", self.fetch_block),
+        ] {
+            if d.is_zero() {
+                return bad(key, "greater than zero");
+            }
+        }
         if self.visibility_timeout < self.heartbeat * 3 {
             return Err(ConfigError {
                 key: "visibility-timeout",
@@ -99,14 +112,19 @@ mod tests {
         assert_eq!(c.concurrency, 64);
         assert_eq!(c.visibility_timeout, Duration::from_secs(30));
         c.validate().unwrap();
-        let c: WorkerConfig = from_args_without_env(&["--heartbeat", "20s"]).unwrap();
+        let parse = settings::from_args_without_env::<WorkerConfig>;
+        let refused = |args: &[&str], key: &str| {
+            let err = parse(args).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{args:?}: {err}");
+        };
+        refused(&["--heartbeat", "20s"], "--visibility-timeout");
+        refused(&["--concurrency", "0"], "--concurrency");
+        refused(&["--fetch-block", "0s"], "--fetch-block");
+        refused(&["--worker-id", ""], "--worker-id");
         assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--visibility-timeout")
+            parse(&["--fetch-block", "1000"]).is_err(),
+            "a duration needs its unit"
         );
-        assert!(from_args_without_env::<WorkerConfig>(&["--concurrency", "0"]).is_err());
-        assert!(from_args_without_env::<WorkerConfig>(&["--fetch-block", "1000"]).is_err());
+        assert!(WorkerConfig::new("").validate().is_err());
     }
 }

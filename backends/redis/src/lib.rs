@@ -57,13 +57,13 @@ pub struct RedisOptions {
     #[arg(long = "redis", env = "SWITCHBOARD_REDIS", value_name = "URL")]
     pub url: String,
     /// Prefix of every Redis key and channel.
-    #[arg(long = "redis-prefix", env = "SWITCHBOARD_REDIS_PREFIX", default_value = keys::DEFAULT_PREFIX, value_parser = prefix)]
+    #[arg(long = "redis-prefix", env = "SWITCHBOARD_REDIS_PREFIX", default_value = keys::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Bound on one Redis command.
-    #[arg(long = "redis-timeout", env = "SWITCHBOARD_REDIS_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = settings::positive_duration)]
+    #[arg(long = "redis-timeout", env = "SWITCHBOARD_REDIS_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = settings::duration)]
     pub op_timeout: Duration,
     /// Bound on opening one Redis connection.
-    #[arg(long = "redis-connect-timeout", env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = settings::positive_duration)]
+    #[arg(long = "redis-connect-timeout", env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = settings::duration)]
     pub connect_timeout: Duration,
 }
 
@@ -75,12 +75,20 @@ impl RedisOptions {
     }
 }
 
-/// A key prefix: non-empty, and no `{` or `}` (they would break the hash tags).
-fn prefix(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.contains(['{', '}']) {
-        Err("must be non-empty and without { }".into())
-    } else {
-        Ok(s.to_owned())
+impl RedisOptions {
+    /// Checks every setting; the error names the flag to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        // A `{` or `}` in the prefix would break the hash tags.
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err("--redis-prefix must be non-empty and without { }".into());
+        }
+        if self.op_timeout.is_zero() {
+            return Err("--redis-timeout must be greater than zero".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("--redis-connect-timeout must be greater than zero".into());
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +128,7 @@ impl RedisBackend {
     /// down and becomes ready when it answers. Fails only on a malformed URL. Call it inside a
     /// Tokio runtime: the connections start their tasks at once.
     pub fn connect(opts: &RedisOptions) -> Result<Arc<Self>, BackendError> {
+        opts.validate().map_err(BackendError::Unavailable)?;
         let bad_url =
             |e: redis::RedisError| BackendError::Unavailable(format!("bad Redis URL: {e}"));
         let info = opts.url.as_str().into_connection_info().map_err(bad_url)?;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use switchboard_gateway::GatewayConfig;
+use switchboard_gateway::config::{AuthConfig, GatewayConfig, Tuning};
 use switchboard_memory::MemoryBackend;
 
 use crate::Failure;
@@ -16,22 +16,27 @@ pub(crate) struct Args {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     #[command(flatten)]
-    config: GatewayConfig,
+    tuning: Tuning,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    let Args { listen, mut config } = args;
+    let Args { listen, tuning } = args;
     // Everyone may connect, anonymously: there is nothing to protect in one process on a
-    // laptop (a secret in the environment, from `switchboard gateway`, is not used).
-    config.auth.allow_anonymous = true;
-    config.auth.verifier = None;
-    config.node_id = "dev".into();
+    // laptop.
+    let config = GatewayConfig {
+        node_id: "dev".into(),
+        auth: AuthConfig {
+            verifier: None,
+            allow_anonymous: true,
+        },
+        tuning,
+    };
     config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let listener = switchboard_gateway::listen(listen, config.listen_backlog)
+        let listener = switchboard_gateway::listen(listen, config.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         println!("Switchboard dev: in-memory backend, anonymous clients allowed.");

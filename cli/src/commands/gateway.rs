@@ -33,7 +33,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     rt.block_on(async move {
         // Inside the runtime: the Redis connections start their tasks right away.
         let backend = super::redis(&redis)?.backend();
-        let listener = switchboard_gateway::listen(listen, config.listen_backlog)
+        let listener = switchboard_gateway::listen(listen, config.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {listen}"))?;
         switchboard_gateway::run(config, listener, backend, super::shutdown_signal())
             .await

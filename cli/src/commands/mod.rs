@@ -20,15 +20,38 @@ pub(crate) fn init_logging() {
         .init();
 }
 
-/// Settings that used to be whole milliseconds (`SWITCHBOARD_HEARTBEAT_MS=25000`) are now
-/// durations with their unit (`SWITCHBOARD_HEARTBEAT=25s`): an old variable left in a
-/// deployment would be ignored silently, so it is refused, naming the new one.
+/// The variables that took whole milliseconds before settings took durations with their unit
+/// (`SWITCHBOARD_HEARTBEAT_MS=25000` is now `SWITCHBOARD_HEARTBEAT=25s`): each is its new
+/// name followed by `_MS`.
+const RENAMED: [&str; 22] = [
+    "SWITCHBOARD_HELLO_TIMEOUT_MS",
+    "SWITCHBOARD_HEARTBEAT_MS",
+    "SWITCHBOARD_WRITE_TIMEOUT_MS",
+    "SWITCHBOARD_CLOSE_TIMEOUT_MS",
+    "SWITCHBOARD_SHUTDOWN_GRACE_MS",
+    "SWITCHBOARD_DRAIN_SPREAD_MS",
+    "SWITCHBOARD_READINESS_INTERVAL_MS",
+    "SWITCHBOARD_SUBSCRIBE_RETRY_MS",
+    "SWITCHBOARD_TASK_TTL_MS",
+    "SWITCHBOARD_MAX_TASK_TTL_MS",
+    "SWITCHBOARD_REGISTRY_INTERVAL_MS",
+    "SWITCHBOARD_CALL_POLL_MS",
+    "SWITCHBOARD_DEADLINE_GRACE_MS",
+    "SWITCHBOARD_REPLAY_TIMEOUT_MS",
+    "SWITCHBOARD_SESSION_TTL_MS",
+    "SWITCHBOARD_SESSION_REFRESH_MS",
+    "SWITCHBOARD_REDIS_TIMEOUT_MS",
+    "SWITCHBOARD_REDIS_CONNECT_TIMEOUT_MS",
+    "SWITCHBOARD_WORKER_HEARTBEAT_MS",
+    "SWITCHBOARD_VISIBILITY_TIMEOUT_MS",
+    "SWITCHBOARD_FETCH_BLOCK_MS",
+    "SWITCHBOARD_WORKER_SHUTDOWN_GRACE_MS",
+];
+
+/// An old millisecond variable left in a deployment would be ignored silently: it is refused,
+/// naming the variable that replaced it.
 pub(crate) fn refuse_renamed_variables() -> Result<(), Failure> {
-    let renamed: Vec<String> = std::env::vars()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with("SWITCHBOARD_") && k.ends_with("_MS"))
-        .collect();
-    match renamed.first() {
+    match RENAMED.iter().find(|old| std::env::var_os(old).is_some()) {
         None => Ok(()),
         Some(old) => Err(Failure::Usage(format!(
             "{old} was renamed {} and takes a duration with its unit (e.g. 5s or 250ms)",
@@ -79,6 +102,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn redis(
     opts: &switchboard_redis::RedisOptions,
 ) -> Result<std::sync::Arc<switchboard_redis::RedisBackend>, Failure> {
+    opts.validate().map_err(Failure::Usage)?;
     switchboard_redis::RedisBackend::connect(opts)
         .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))
 }

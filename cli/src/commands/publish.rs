@@ -22,6 +22,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     serde_json::from_str::<serde::de::IgnoredAny>(&args.json)
         .map_err(|e| Failure::Usage(format!("json: not valid JSON: {e}")))?;
     let opts = &args.redis;
+    opts.validate().map_err(Failure::Usage)?;
     let channel = Keys::new(&opts.prefix).topic_channel(&args.topic);
     let client = redis::Client::open(opts.url.as_str())
         .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;

@@ -23,10 +23,6 @@ use super::waiters::Waiters;
 use crate::sessions::{LiveSession, OwedReply};
 use crate::transport::{Mark, Out, Receipt, Sender};
 
-pub(crate) fn backend_unavailable() -> RpcError {
-    RpcError::new(ErrorCode::Internal, "backend unavailable, try again")
-}
-
 pub(crate) fn not_found() -> RpcError {
     RpcError::new(ErrorCode::NotFound, "task not found")
 }
@@ -50,7 +46,7 @@ impl Outcomes {
         match self.calls.task(task_id).await {
             Ok(Some(t)) if t.owner == owner => Ok(t),
             Ok(_) => Err(not_found()),
-            Err(_) => Err(backend_unavailable()),
+            Err(_) => Err(RpcError::backend_unavailable()),
         }
     }
 
@@ -103,7 +99,7 @@ impl Outcomes {
             .calls
             .task(&own.task_id)
             .await
-            .map_err(|_| backend_unavailable())?;
+            .map_err(|_| RpcError::backend_unavailable())?;
         let Some(mut fresh) = fresh else {
             return Err(not_found());
         };
@@ -124,7 +120,7 @@ impl Outcomes {
             .calls
             .task(leader)
             .await
-            .map_err(|_| backend_unavailable())?
+            .map_err(|_| RpcError::backend_unavailable())?
         {
             Some(l) if l.status.is_terminal() => Ok(Some(l)),
             Some(_) => Ok(None),

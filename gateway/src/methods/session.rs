@@ -110,12 +110,9 @@ impl Session {
             return Err(unavailable(caller, identity));
         }
         let owner = identity.subject.clone();
-        let store = self.sessions.store();
-        let ttl = self.sessions.attached_ttl_ms();
-        let node_id = self.sessions.node_id();
         let mut resumed = None;
         if let Some(id) = &p.session {
-            match store.attach(id, &owner, node_id, ttl).await {
+            match self.sessions.attach(id, &owner).await {
                 Ok(Attach::Resumed(record)) => resumed = Some((id.clone(), record)),
                 Ok(Attach::NotFound) => {}
                 Ok(Attach::WrongOwner) => {
@@ -135,7 +132,7 @@ impl Session {
             Some((id, record)) => (id, record.generation, Some(record)),
             None => {
                 let id = new_session_id();
-                if let Err(e) = store.create(&id, &owner, node_id, ttl).await {
+                if let Err(e) = self.sessions.create(&id, &owner).await {
                     tracing::warn!(error = %e, "storing a session failed");
                     return Err(unavailable(caller, identity));
                 }
@@ -167,7 +164,7 @@ impl Session {
         Ok(HelloResult {
             session: id,
             resumed: was_resumed,
-            node: node_id.to_owned(),
+            node: self.sessions.node_id().to_owned(),
             heartbeat_ms: self.heartbeat_ms,
             limits: self.limits.clone(),
             subscriptions: restored,

@@ -23,7 +23,7 @@ use super::caller::Caller;
 use super::encode::{Reply, encode, encode_later, params};
 use super::tools::CallSettings;
 use crate::calls::inflight::InFlight;
-use crate::calls::outcome::{Outcomes, backend_unavailable, not_found, result_for, send_later};
+use crate::calls::outcome::{Outcomes, not_found, result_for, send_later};
 use crate::sessions::{LiveSession, Sessions};
 use crate::transport::Sender;
 
@@ -92,11 +92,11 @@ impl Tasks {
         calls
             .cancel(&own)
             .await
-            .map_err(|_| backend_unavailable())?;
+            .map_err(|_| RpcError::backend_unavailable())?;
         let after = calls
             .task(&own.task_id)
             .await
-            .map_err(|_| backend_unavailable())?
+            .map_err(|_| RpcError::backend_unavailable())?
             .ok_or_else(not_found)?;
         Ok(after.mcp())
     }
@@ -213,7 +213,7 @@ impl Waiter {
                 None => match self.outcomes.calls.task(&owed.task_id).await {
                     Ok(Some(t)) if self.live.as_ref().is_some_and(|l| *l.owner == *t.owner) => t,
                     Ok(_) => return Err(not_found()),
-                    Err(_) => return Err(backend_unavailable()),
+                    Err(_) => return Err(RpcError::backend_unavailable()),
                 },
             };
             let done = self.outcomes.wait(&own, None, deadline).await?;

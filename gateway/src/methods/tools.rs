@@ -29,7 +29,7 @@ use super::caller::Caller;
 use super::encode::{Reply, encode, encode_later, params};
 use crate::calls::catalog::CatalogCell;
 use crate::calls::inflight::InFlight;
-use crate::calls::outcome::{Outcomes, backend_unavailable, result_for, send_later};
+use crate::calls::outcome::{Outcomes, result_for, send_later};
 use crate::sessions::{LiveSession, Sessions};
 use crate::transport::Sender;
 
@@ -47,8 +47,6 @@ pub(crate) struct CallSettings {
     pub(crate) max_task_ttl: Duration,
     /// How long past a tool's timeout a caller waits for the worker's answer before -32005.
     pub(crate) deadline_grace: Duration,
-    /// A waiting call re-reads its task this often without a signal.
-    pub(crate) poll: Duration,
 }
 
 /// How a call may use the cache (`_meta["switchboard/cache"]`).
@@ -161,7 +159,7 @@ impl Tools {
                 spec.cache.ttl_ms
             },
             task_ttl_ms,
-            poll_interval_ms: cfg.poll.as_millis() as u64,
+            poll_interval_ms: self.outcomes.poll.as_millis() as u64,
             deadline_ms: now_ms() + spec.timeout_ms,
         };
         let call = PendingCall {
@@ -218,7 +216,7 @@ impl PendingCall {
         let reply = match submitted {
             Err(e) => {
                 tracing::warn!(error = %e, "submitting a call failed");
-                Err(backend_unavailable())
+                Err(RpcError::backend_unavailable())
             }
             Ok(s) if self.task_mode => Ok(CallResult::Task(CreateTaskResult {
                 task: s.record().mcp(),

@@ -36,10 +36,6 @@ fn topic(name: &str) -> Result<Topic, RpcError> {
     Topic::new(name).map_err(|e| RpcError::invalid_params(format!("invalid topic: {e}")))
 }
 
-fn backend_unavailable() -> RpcError {
-    RpcError::new(ErrorCode::Internal, "backend unavailable, try again")
-}
-
 /// How topics are bounded (from the node's configuration).
 #[derive(Debug, Clone)]
 pub(crate) struct TopicSettings {
@@ -159,7 +155,7 @@ impl Topics {
         let _slot = if replaying {
             match tokio::time::timeout(cfg.replay_timeout, self.replay_slots.acquire()).await {
                 Ok(Ok(permit)) => Some(permit),
-                Ok(Err(_)) => return Err(backend_unavailable()),
+                Ok(Err(_)) => return Err(RpcError::backend_unavailable()),
                 Err(_) => {
                     return Err(RpcError::new(
                         ErrorCode::Overloaded,
@@ -193,7 +189,7 @@ impl Topics {
         if let Err(e) = self.subscriptions.sync(vec![topic.clone()]).await {
             tracing::warn!(topic = %topic, error = %e, "subscribe failed");
             self.release(caller, &topic);
-            return Err(backend_unavailable());
+            return Err(RpcError::backend_unavailable());
         }
         let (position, recovered) = match (replay_from, &position_cell) {
             (Some((gate, since)), Some(cell)) => {
@@ -206,7 +202,7 @@ impl Topics {
                     Err(e) => {
                         tracing::warn!(topic = %topic, error = %e, "reading the history position failed");
                         self.release(caller, &topic);
-                        return Err(backend_unavailable());
+                        return Err(RpcError::backend_unavailable());
                     }
                 };
                 cell.start_at(position);
@@ -244,7 +240,7 @@ impl Topics {
             Err(e) => {
                 tracing::warn!(topic = %topic, error = %e, "reading history failed");
                 self.release(caller, topic);
-                return Err(backend_unavailable());
+                return Err(RpcError::backend_unavailable());
             }
         };
         // A `since` the history never reached (a wrong id, a history that was lost): the
@@ -375,7 +371,7 @@ impl Topics {
         let topic = topic(&p.topic)?;
         let failed = |e: switchboard_core::backend::BackendError| {
             tracing::warn!(topic = %topic, error = %e, "publish failed");
-            backend_unavailable()
+            RpcError::backend_unavailable()
         };
         let id = match self.rule(topic.as_str()) {
             Some(rule) => Some(

@@ -13,13 +13,14 @@ const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 pub(crate) async fn drain(node: &Node) {
     node.health.start_draining();
     let conns = node.conns.snapshot();
-    let grace = node.config.shutdown_grace;
+    let grace = node.config.tuning.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
     // The last batch still gets its close timeout within the grace.
     let spread = node
         .config
+        .tuning
         .drain_spread
-        .min(grace.saturating_sub(node.config.close_timeout));
+        .min(grace.saturating_sub(node.config.tuning.close_timeout));
     // At most one batch per tick, spaced evenly over the spread.
     let max_batches = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
     let per_batch = conns

@@ -50,7 +50,7 @@ pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(node.config.hello_timeout)
+        .header_read_timeout(node.config.tuning.hello_timeout)
         .serve_connection(io, svc)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -190,7 +190,7 @@ fn negotiate(headers: &header::HeaderMap) -> Result<Option<&'static str>, ()> {
 }
 
 fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
-    if node.conns.len() >= node.config.max_connections {
+    if node.conns.len() >= node.config.tuning.max_connections {
         return Admission::Full;
     }
     let Some(token) = token_of(req) else {

@@ -74,7 +74,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     config.validate()?;
-    let c = &config;
+    let c = &config.tuning;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(metrics.clone()));
     let conns = Arc::new(Conns::new(metrics.clone()));
@@ -111,14 +111,14 @@ pub async fn run(
     let sessions = Arc::new(Sessions::new(
         backend.sessions.clone(),
         health.clone(),
-        &c.node_id,
+        &config.node_id,
         SessionSettings {
             ttl: c.session_ttl,
             refresh: c.session_refresh,
             close_timeout: c.close_timeout,
         },
     ));
-    backend.sessions.set_sink(sessions.clone());
+    backend.sessions.set_sink(sessions.takeover_sink());
     let waiters = Arc::new(Waiters::default());
     backend.calls.set_sink(waiters.clone());
     let catalog = Arc::new(CatalogCell::default());
@@ -132,13 +132,12 @@ pub async fn run(
         task_ttl: c.task_ttl,
         max_task_ttl: c.max_task_ttl,
         deadline_grace: c.deadline_grace,
-        poll: c.call_poll,
     };
 
     // The methods, each family with the handles it needs.
     let methods = Arc::new(Methods {
         session: Session {
-            auth: c.auth.clone(),
+            auth: config.auth.clone(),
             sessions: sessions.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
@@ -208,7 +207,7 @@ pub async fn run(
         subscriptions_task,
     ];
     tracing::info!(
-        node = %c.node_id,
+        node = %config.node_id,
         backend = backend.health.kind(),
         addr = ?listener.local_addr().ok(),
         "gateway listening"

@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use switchboard_core::backend::{SessionStore, TakeoverSink};
-use switchboard_core::sessions::{self, OwedRequest, SessionUpdate, UpdateOutcome};
+use switchboard_core::backend::{BackendError, SessionStore, TakeoverSink};
+use switchboard_core::sessions::{self, Attach, OwedRequest, SessionUpdate, UpdateOutcome};
 use switchboard_protocol::{Topic, close};
 
 pub(crate) use self::position::Position;
@@ -70,8 +70,9 @@ pub(crate) struct LiveSession {
     pending: Mutex<Pending>,
     /// Saved for the last time (its socket closed).
     detached: AtomicBool,
-    /// Where it is saved (what its connection's writer runs before the close frame).
-    sessions: Arc<Sessions>,
+    /// Where it is saved (what its connection's writer runs before the close frame). Weak:
+    /// the sessions keep their live sessions, not the other way round.
+    sessions: Weak<Sessions>,
 }
 
 impl std::fmt::Debug for LiveSession {
@@ -84,8 +85,8 @@ impl std::fmt::Debug for LiveSession {
 }
 
 impl LiveSession {
-    pub(crate) fn new(
-        sessions: Arc<Sessions>,
+    fn new(
+        sessions: Weak<Sessions>,
         id: Arc<str>,
         generation: u64,
         owner: Arc<str>,
@@ -228,8 +229,10 @@ impl LiveSession {
 impl BeforeClose for LiveSession {
     fn before_close(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
-            if !self.sessions.health.backend_down() {
-                self.sessions.detach(&self).await;
+            if let Some(sessions) = self.sessions.upgrade()
+                && !sessions.health.backend_down()
+            {
+                sessions.detach(&self).await;
             }
         })
     }
@@ -252,7 +255,18 @@ pub(crate) struct Sessions {
     health: Arc<Health>,
     node_id: Arc<str>,
     settings: SessionSettings,
-    local: Mutex<HashMap<Arc<str>, Arc<LiveSession>>>,
+    local: Arc<Local>,
+}
+
+/// The sessions held here, by id; also what the store tells of takeovers. A map of its own, so
+/// that the store (which keeps its sink) does not keep the `Sessions` that keep the store.
+#[derive(Default)]
+struct Local(Mutex<HashMap<Arc<str>, Arc<LiveSession>>>);
+
+impl Local {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<LiveSession>>> {
+        self.0.lock().expect("sessions lock poisoned")
+    }
 }
 
 fn taken_over(ctl: &ConnCtl) {
@@ -278,16 +292,32 @@ impl Sessions {
             health,
             node_id: Arc::from(node_id),
             settings,
-            local: Mutex::default(),
+            local: Arc::default(),
         }
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<LiveSession>>> {
-        self.local.lock().expect("sessions lock poisoned")
+        self.local.lock()
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
+    /// What the store tells of takeovers (set as its sink once, at start).
+    pub(crate) fn takeover_sink(&self) -> Arc<dyn TakeoverSink> {
+        self.local.clone()
+    }
+
+    /// Stores a new session held here, for `owner`.
+    pub(crate) async fn create(&self, id: &str, owner: &str) -> Result<(), BackendError> {
+        self.store
+            .create(id, owner, &self.node_id, self.attached_ttl_ms())
+            .await
+    }
+
+    /// Attaches a stored session of `owner` to a connection here (a resume): the takeover
+    /// signal reaches the node that held it.
+    pub(crate) async fn attach(&self, id: &str, owner: &str) -> Result<Attach, BackendError> {
+        self.store
+            .attach(id, owner, &self.node_id, self.attached_ttl_ms())
+            .await
     }
 
     pub(crate) fn node_id(&self) -> &str {
@@ -303,7 +333,13 @@ impl Sessions {
         owner: Arc<str>,
         ctl: Arc<ConnCtl>,
     ) -> Arc<LiveSession> {
-        let live = Arc::new(LiveSession::new(self.clone(), id, generation, owner, ctl));
+        let live = Arc::new(LiveSession::new(
+            Arc::downgrade(self),
+            id,
+            generation,
+            owner,
+            ctl,
+        ));
         let hook: Arc<dyn BeforeClose> = live.clone();
         live.ctl.set_before_close(Arc::downgrade(&hook));
         self.insert(live.clone());
@@ -439,9 +475,9 @@ impl Sessions {
 
 /// The backend says a connection attached session `id` at `generation`: a local holder of an
 /// older generation is closed with 4009.
-impl TakeoverSink for Sessions {
+impl TakeoverSink for Local {
     fn session_taken(&self, id: &str, generation: u64) {
-        let mut local = self.local();
+        let mut local = self.lock();
         if let Some(old) = local.get(id)
             && old.generation < generation
         {

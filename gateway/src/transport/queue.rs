@@ -10,7 +10,10 @@
 //!
 //! Senders that need room wait on one notifier: [`Sender::send`] when the queue is full,
 //! [`Sender::room`] (a replay keeping headroom for live events) until enough is free. The
-//! receiver wakes them when a drain makes the room they wait for.
+//! receiver wakes them when a drain makes the room they wait for, and when the connection
+//! starts closing. (One notifier for these and for [`Sender::closed`]: a second one would cost
+//! every idle connection its size, and only a replay, one at a time per connection, asks for
+//! headroom.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -244,6 +247,8 @@ impl Sender {
             {
                 let s = self.shared.lock();
                 if !s.closed && self.shared.cap.saturating_sub(s.len()) >= room {
+                    // Nobody waits now: no drain needs to wake anyone for it.
+                    self.shared.wants_room.store(false, Ordering::Relaxed);
                     return Ok(());
                 }
                 if s.closed || self.shared.ctl.is_closing() {
@@ -342,6 +347,12 @@ impl Receiver {
             self.shared.writable.notify_waiters();
         }
         taken
+    }
+
+    /// Wakes every sender waiting for room, to look again (the connection is closing: one
+    /// that waits for headroom gives up rather than wait for drains that may not come).
+    pub(crate) fn wake_senders(&self) {
+        self.shared.writable.notify_waiters();
     }
 
     /// Gives the queue's memory back if it is empty (an idle socket holds none).

@@ -165,6 +165,8 @@ pub(crate) async fn run(
 
     let reason = loop {
         if let Some(reason) = ctl.close_reason() {
+            // A replay waiting for headroom learns now, not at the next drain.
+            rx.wake_senders();
             break reason;
         }
         // The clock before the queue: a busy socket must not starve its deadlines.

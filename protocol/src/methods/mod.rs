@@ -10,8 +10,9 @@
 //! | [`tools`] | `tools/list`, `tools/call` (and `notifications/progress`, `notifications/tools/list_changed`) |
 //! | [`tasks`] | `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/cancelled` |
 //!
-//! Unknown fields in params are refused (-32602) except where a type says otherwise (MCP's
-//! `initialize` and `notifications/cancelled` carry fields Switchboard does not read).
+//! Unknown fields in params are refused (-32602) except where a type says otherwise: MCP's
+//! `initialize` and `notifications/cancelled`, and the `task` of a `tools/call`, carry fields
+//! Switchboard does not read.
 
 pub mod result;
 pub mod session;
@@ -42,7 +43,8 @@ pub trait Notification {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
-/// Params that are not read (`ping`, `tools/list`'s cursor): anything is accepted.
+/// Params that are not read (`ping`, `tools/list`'s cursor). The gateway does not decode them
+/// at all; as a type, it reads any object.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ignored {}
 

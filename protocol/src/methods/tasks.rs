@@ -112,7 +112,8 @@ impl Method for Cancelled {
     type Result = ();
 }
 
-/// `notifications/cancelled` params (`reason` is accepted and not read).
+/// `notifications/cancelled` params. Nothing but `requestId` is read: `reason` (a string in
+/// MCP) and any other field are accepted whatever they hold.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelledParams<'a> {
@@ -120,5 +121,5 @@ pub struct CancelledParams<'a> {
     #[serde(borrow)]
     pub request_id: &'a RawValue,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<serde_json::Value>,
 }
