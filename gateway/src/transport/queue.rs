@@ -16,7 +16,7 @@
 //! headroom.)
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -88,6 +88,8 @@ struct State {
     rest: VecDeque<Out>,
     /// The receiver is gone: nothing will be read any more.
     closed: bool,
+    /// A sender waits in [`Sender::room`]: the next drain wakes it, full queue or not.
+    wants_room: bool,
 }
 
 impl State {
@@ -122,8 +124,6 @@ struct Shared {
     ctl: Arc<ConnCtl>,
     /// Room was made, or the receiver went (senders wait on it).
     writable: Notify,
-    /// A sender waits in [`Sender::room`]: the next drain wakes it, full queue or not.
-    wants_room: AtomicBool,
 }
 
 impl Shared {
@@ -139,12 +139,12 @@ pub(crate) fn channel(cap: usize, ctl: Arc<ConnCtl>) -> (Sender, Receiver) {
             first: None,
             rest: VecDeque::new(),
             closed: false,
+            wants_room: false,
         }),
         cap: cap.max(1),
         senders: AtomicUsize::new(1),
         ctl,
         writable: Notify::new(),
-        wants_room: AtomicBool::new(false),
     });
     (
         Sender {
@@ -242,18 +242,16 @@ impl Sender {
             let woken = self.shared.writable.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            // Before the check: a drain that comes after the check sees it.
-            self.shared.wants_room.store(true, Ordering::Release);
             {
-                let s = self.shared.lock();
+                let mut s = self.shared.lock();
                 if !s.closed && self.shared.cap.saturating_sub(s.len()) >= room {
-                    // Nobody waits now: no drain needs to wake anyone for it.
-                    self.shared.wants_room.store(false, Ordering::Relaxed);
                     return Ok(());
                 }
                 if s.closed || self.shared.ctl.is_closing() {
                     return Err(SendError);
                 }
+                // Under the lock: the next drain sees it, and wakes us.
+                s.wants_room = true;
             }
             woken.await;
         }
@@ -339,10 +337,9 @@ impl Receiver {
             // A quiet socket holds no queue memory; a busy one keeps its capacity.
             s.rest = VecDeque::new();
         }
-        drop(s);
         // Senders waiting for room: on a full queue, or a replay waiting for its headroom.
-        let room_wanted = self.shared.wants_room.load(Ordering::Relaxed)
-            && self.shared.wants_room.swap(false, Ordering::AcqRel);
+        let room_wanted = std::mem::take(&mut s.wants_room);
+        drop(s);
         if was_full || room_wanted {
             self.shared.writable.notify_waiters();
         }
