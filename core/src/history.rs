@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-pub use switchboard_protocol::EventId;
+use switchboard_protocol::EventId;
 
 /// Which topics keep history, and how much.
 #[derive(Debug, Clone, PartialEq, Eq)]

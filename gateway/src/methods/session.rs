@@ -66,13 +66,14 @@ impl Session {
             Hello::NAME if caller.opened => {
                 Err(RpcError::invalid_request("hello was already done"))
             }
-            Hello::NAME => match params::<Hello>(raw) {
-                Ok(p) => match self.hello(caller, p, topics, tasks).await {
-                    Ok(r) => encode(id, &r),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            },
+            Hello::NAME => {
+                // An async block, so that `?` ends the arm with its error.
+                async {
+                    let p = params::<Hello>(raw)?;
+                    encode(id, &self.hello(caller, p, topics, tasks).await?)
+                }
+                .await
+            }
             Initialize::NAME if caller.opened => {
                 Err(RpcError::invalid_request("initialize was already done"))
             }

@@ -44,22 +44,23 @@ impl Tasks {
         method: &str,
         raw: Option<&RawValue>,
     ) -> Option<Reply> {
+        // Each arm an async block, so that `?` ends the arm with its error.
         Some(match method {
-            TasksGet::NAME => match params::<TasksGet>(raw) {
-                Ok(p) => self.get(caller, p).await.and_then(|r| encode(id, &r)),
-                Err(e) => Err(e),
-            },
-            TasksResult::NAME => match params::<TasksResult>(raw) {
-                Ok(p) => self
-                    .result(caller, id, p)
-                    .await
-                    .and_then(|r| encode_later(id, r)),
-                Err(e) => Err(e),
-            },
-            TasksCancel::NAME => match params::<TasksCancel>(raw) {
-                Ok(p) => self.cancel(caller, p).await.and_then(|r| encode(id, &r)),
-                Err(e) => Err(e),
-            },
+            TasksGet::NAME => {
+                async { encode(id, &self.get(caller, params::<TasksGet>(raw)?).await?) }.await
+            }
+            TasksResult::NAME => {
+                async {
+                    encode_later(
+                        id,
+                        self.result(caller, id, params::<TasksResult>(raw)?).await?,
+                    )
+                }
+                .await
+            }
+            TasksCancel::NAME => {
+                async { encode(id, &self.cancel(caller, params::<TasksCancel>(raw)?).await?) }.await
+            }
             Cancelled::NAME => {
                 // A notification: params that do not fit are ignored, like everything else
                 // about it.

@@ -49,8 +49,6 @@ pub(crate) struct TopicSettings {
     pub(crate) replay_buffer: usize,
     /// The longest a replay may take, its wait for a replay slot included.
     pub(crate) replay_timeout: Duration,
-    /// The socket's queue (a replay leaves half of it for live events).
-    pub(crate) outbound_queue: usize,
 }
 
 /// The topic methods and the handles they need.
@@ -75,22 +73,31 @@ impl Topics {
         method: &str,
         raw: Option<&RawValue>,
     ) -> Option<Reply> {
+        // Each arm an async block, so that `?` ends the arm with its error.
         Some(match method {
-            Subscribe::NAME => match params::<Subscribe>(raw) {
-                Ok(p) => self.subscribe(caller, p).await.and_then(|r| encode(id, &r)),
-                Err(e) => Err(e),
-            },
-            Unsubscribe::NAME => match params::<Unsubscribe>(raw) {
-                Ok(p) => self
-                    .unsubscribe(caller, p)
-                    .await
-                    .and_then(|r| encode(id, &r)),
-                Err(e) => Err(e),
-            },
-            Publish::NAME => match params::<Publish>(raw) {
-                Ok(p) => self.publish(p).await.and_then(|r| encode(id, &r)),
-                Err(e) => Err(e),
-            },
+            Subscribe::NAME => {
+                async {
+                    encode(
+                        id,
+                        &self.subscribe(caller, params::<Subscribe>(raw)?).await?,
+                    )
+                }
+                .await
+            }
+            Unsubscribe::NAME => {
+                async {
+                    encode(
+                        id,
+                        &self
+                            .unsubscribe(caller, params::<Unsubscribe>(raw)?)
+                            .await?,
+                    )
+                }
+                .await
+            }
+            Publish::NAME => {
+                async { encode(id, &self.publish(params::<Publish>(raw)?).await?) }.await
+            }
             _ => return None,
         })
     }
@@ -329,7 +336,7 @@ impl Topics {
         give_up: tokio::time::Instant,
     ) -> bool {
         let tx = &caller.link.tx;
-        let half = self.settings.outbound_queue / 2;
+        let half = tx.bound() / 2;
         if tx.capacity() < half {
             match tokio::time::timeout_at(give_up, tx.room(half)).await {
                 Ok(Ok(())) => {}

@@ -162,7 +162,6 @@ pub async fn run(
                 max_replay: c.max_replay,
                 replay_buffer: c.replay_buffer,
                 replay_timeout: c.replay_timeout,
-                outbound_queue: c.outbound_queue,
             },
         },
         tools: Tools {

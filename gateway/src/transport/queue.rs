@@ -279,6 +279,11 @@ impl Sender {
         self.shared.lock().closed
     }
 
+    /// Frames the queue holds at most.
+    pub(crate) fn bound(&self) -> usize {
+        self.shared.cap
+    }
+
     /// Frames that can be queued now.
     pub(crate) fn capacity(&self) -> usize {
         self.shared.cap.saturating_sub(self.shared.lock().len())
