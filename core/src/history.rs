@@ -53,36 +53,13 @@ impl HistoryRule {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        glob(self.pattern.as_bytes(), topic.as_bytes())
+        crate::pattern::glob(&self.pattern, topic)
     }
 }
 
 /// The first rule whose pattern matches the topic.
 pub fn rule_for<'a>(rules: &'a [HistoryRule], topic: &str) -> Option<&'a HistoryRule> {
     rules.iter().find(|r| r.matches(topic))
-}
-
-/// `*`-only wildcard matching in O(pattern x topic): on a mismatch, go back to just after the
-/// last `*` and let it swallow one more character (no exponential backtracking).
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
-            pi += 1;
-            si += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// Splits a live message into the history id (for `#<id> <json>`) and the JSON.

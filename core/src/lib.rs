@@ -2,7 +2,11 @@
 //! need only the wire protocol, `switchboard-protocol`).
 //!
 //! A tour of the modules:
-//! - [`auth`]: HS256 JWT claims, verification and minting (`switchboard token`).
+//! - [`auth`]: tokens: claims, verification (HMAC, PEM keys, JWKS), minting, and what a token
+//!   grants.
+//! - [`access`]: who may subscribe, publish and call what: the node's rules plus the token's
+//!   grants, default deny.
+//! - [`pattern`]: the `*` glob of topic and tool patterns.
 //! - [`tools`]: what a worker announces about a tool (the MCP `Tool` plus version, timeout and
 //!   cache policy), tool names, a tool's digest.
 //! - [`callhash`]: where a call is hashed (RFC 8785 canonical arguments, SHA-256).
@@ -17,6 +21,7 @@
 //! - [`settings`]: the value parsers every node's configuration shares (durations as `5s`).
 //! - [`encoding`], [`clock`]: canonical JSON and hex; Unix time.
 
+pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod callhash;
@@ -24,6 +29,7 @@ pub mod calls;
 pub mod clock;
 pub mod encoding;
 pub mod history;
+pub mod pattern;
 pub mod sessions;
 pub mod settings;
 pub mod tasks;

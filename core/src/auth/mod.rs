@@ -1,0 +1,132 @@
+//! Authentication and what a token grants.
+//!
+//! - `verify.rs`: the [`Verifier`]: a JWT's signature (HMAC secrets chosen by `kid`, PEM public
+//!   keys, or a JWKS fetched and refreshed in the background), `alg` bound to the key's type,
+//!   `exp`/`nbf` with the leeway, `aud` and `iss` when configured; and minting, for
+//!   `switchboard token` and tests.
+//! - `grants.rs`: the permissions a token carries (`topics`, `tools`, a subscription token's
+//!   `topic`), as patterns the authorization rules can check.
+//!
+//! A verified token becomes an [`Identity`]: who the connection is, until when, and what its
+//! token grants on top of the node's rules (`crate::access`).
+
+mod grants;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::grants::{
+    Grants, MAX_GRANTS, MAX_PATTERN_LEN, Op, Ops, check_tool_pattern, check_topic_pattern,
+};
+pub use self::verify::{KeySettings, Verifier, mint, mint_claims};
+
+/// The identity of a client without a token, on a node that allows anonymous clients.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Longest subject a token may name (it travels with every event its holder publishes).
+pub const MAX_SUBJECT_LEN: usize = 256;
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+pub const EXP_LEEWAY_SECS: u64 = 5;
+
+/// One audience or several (`aud` may be either in a JWT).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The claims Switchboard reads. Other claims are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+    /// Topic grants: pattern -> operations (`sub`, `pub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<BTreeMap<String, Vec<String>>>,
+    /// Tool grants: patterns of tool names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// A subscription token's one topic (`subscribe {topic, token}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+impl Claims {
+    /// Claims for `sub` and nothing else.
+    pub fn subject(sub: &str) -> Self {
+        Claims {
+            sub: sub.to_owned(),
+            ..Claims::default()
+        }
+    }
+}
+
+/// Who is on the other end of a connection, and what its token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: Arc<str>,
+    /// Unix seconds after which the token is no longer valid.
+    pub expires_at: Option<u64>,
+    /// What the token grants on top of the node's rules.
+    pub grants: Arc<Grants>,
+}
+
+impl Identity {
+    /// The identity of a client on a gateway that allows anonymous connections: no grants.
+    pub fn anonymous() -> Self {
+        Identity {
+            subject: Arc::from(ANONYMOUS),
+            expires_at: None,
+            grants: Arc::new(Grants::default()),
+        }
+    }
+
+    /// The identity a verified connection token stands for (its `topic` claim, which only a
+    /// subscription token uses, grants nothing here).
+    pub fn from_claims(claims: &Claims) -> Result<Self, AuthError> {
+        if claims.sub.is_empty() {
+            return Err(AuthError::EmptySubject);
+        }
+        if claims.sub.len() > MAX_SUBJECT_LEN {
+            return Err(AuthError::Invalid(format!(
+                "subject longer than {MAX_SUBJECT_LEN} bytes"
+            )));
+        }
+        Ok(Identity {
+            subject: Arc::from(claims.sub.as_str()),
+            expires_at: claims.exp,
+            grants: Arc::new(Grants::from_claims(claims, false)?),
+        })
+    }
+}
+
+/// Why a token was refused. The gateway tells the client only "bad or expired token".
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("token invalid: {0}")]
+    Invalid(String),
+    #[error("token has an empty subject")]
+    EmptySubject,
+    #[error("token grants are malformed: {0}")]
+    BadGrants(String),
+    #[error("no key for this token: {0}")]
+    NoKey(String),
+}
