@@ -14,8 +14,8 @@
 //! Tool rules are patterns (`echo`, `search.*`); a tool is allowed when a rule or a tool grant
 //! covers it.
 
-use crate::auth::{MAX_PATTERN_LEN, check_tool_pattern, check_topic_pattern};
 use crate::auth::{Identity, Op, Ops};
+use crate::auth::{MAX_PATTERN_LEN, check_tool_pattern, check_topic_pattern};
 use crate::pattern::glob;
 
 /// What a rule pattern holds in place of the caller's subject.
@@ -33,9 +33,9 @@ pub struct TopicRule {
 impl TopicRule {
     /// Parses `PATTERN=OPS`, e.g. `chat:*=sub,pub` or `user:{sub}:*=sub`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (pattern, ops) = s
-            .rsplit_once('=')
-            .ok_or_else(|| format!("{s:?}: expected PATTERN=OPS (OPS: sub, pub, sub,pub or none)"))?;
+        let (pattern, ops) = s.rsplit_once('=').ok_or_else(|| {
+            format!("{s:?}: expected PATTERN=OPS (OPS: sub, pub, sub,pub or none)")
+        })?;
         let ops = Ops::parse(ops).map_err(|e| format!("{s:?}: {e}"))?;
         let per_subject = pattern.contains(SUBJECT);
         if pattern.contains(&format!("{SUBJECT}*")) {
@@ -54,8 +54,7 @@ impl TopicRule {
     /// What this rule allows `subject` on `topic`; `None` when it does not match.
     fn decide(&self, subject: &str, topic: &str) -> Option<Ops> {
         let matched = if self.per_subject {
-            subject_segment(subject)
-                && glob(&self.pattern.replace(SUBJECT, subject), topic)
+            subject_segment(subject) && glob(&self.pattern.replace(SUBJECT, subject), topic)
         } else {
             glob(&self.pattern, topic)
         };
@@ -154,7 +153,10 @@ mod tests {
 
     fn policy(topics: &[&str], tools: &[&str]) -> Policy {
         Policy::rules(
-            topics.iter().map(|r| TopicRule::parse(r).unwrap()).collect(),
+            topics
+                .iter()
+                .map(|r| TopicRule::parse(r).unwrap())
+                .collect(),
             tools.iter().map(|r| ToolRule::parse(r).unwrap()).collect(),
         )
     }
@@ -188,7 +190,11 @@ mod tests {
                 "{sneaky:?}"
             );
         }
-        assert!(p.may(&who("alice@example.com"), Op::Sub, "user:alice@example.com:x"));
+        assert!(p.may(
+            &who("alice@example.com"),
+            Op::Sub,
+            "user:alice@example.com:x"
+        ));
         assert!(TopicRule::parse("user:{sub}*=sub").is_err());
         assert!(TopicRule::parse("user:{sub}=sub").is_ok());
         assert!(TopicRule::parse("chat:*").is_err());

@@ -1,5 +1,5 @@
 //! Topic history: which topics keep one (rules by pattern, like Centrifugo namespaces), event
-//! ids, and how a history event travels live.
+//! ids, how a history event travels live, and how an event carries its publisher.
 //!
 //! A history event is appended to the topic's stream (`<prefix>:h:{topic}`) and published live
 //! in one step (the Redis Function `sb_publish`, or the in-memory equivalent). Its live message
@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use switchboard_protocol::EventId;
+use switchboard_protocol::event::{self, PayloadError};
 
 /// Which topics keep history, and how much.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,47 @@ pub fn live_message(id: EventId, data: &str) -> String {
     format!("#{id} {data}")
 }
 
+/// The body of an event a client published: `@<subject as a JSON string> <json>` (JSON text
+/// never starts with `@`), live and in the history's `d` field alike, so that its publisher
+/// travels with it through any backend and on replay. A body without `@` is a backend's event.
+pub fn published_body(from: &str, data: &str) -> String {
+    let from = serde_json::to_string(from).expect("a string always encodes");
+    let mut body = String::with_capacity(from.len() + data.len() + 2);
+    body.push('@');
+    body.push_str(&from);
+    body.push(' ');
+    body.push_str(data);
+    body
+}
+
+/// Checks an event body (after any `#<id> ` prefix): the event's JSON as text, and its
+/// publisher as a JSON string literal (quotes included) when a client published it.
+pub fn check_body(body: &[u8]) -> Result<(&str, Option<&str>), PayloadError> {
+    let Some(rest) = body.strip_prefix(b"@") else {
+        return Ok((event::check_payload(body)?, None));
+    };
+    // The literal ends at the first unescaped quote after the opening one.
+    let mut end = None;
+    let mut escaped = false;
+    for (i, b) in rest.iter().enumerate().skip(1) {
+        match (escaped, *b) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => {
+                end = Some(i + 1);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end.ok_or(PayloadError::NotJson)?;
+    let from = event::check_from(&rest[..end])?;
+    let data = rest[end..]
+        .strip_prefix(b" ")
+        .ok_or(PayloadError::NotJson)?;
+    Ok((event::check_payload(data)?, Some(from)))
+}
+
 /// What `subscribe {since}` reads back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay {
@@ -112,6 +154,24 @@ mod tests {
         assert!(HistoryRule::parse("x").is_err());
         assert!(HistoryRule::parse("x=0").is_err());
         assert!(HistoryRule::parse("x=a").is_err());
+    }
+
+    #[test]
+    fn published_bodies_carry_their_publisher() {
+        let body = published_body("al\"ice", r#"{"from":"mallory"}"#);
+        assert_eq!(body, r#"@"al\"ice" {"from":"mallory"}"#);
+        assert_eq!(
+            check_body(body.as_bytes()).unwrap(),
+            (r#"{"from":"mallory"}"#, Some(r#""al\"ice""#))
+        );
+        assert_eq!(check_body(b"[1]").unwrap(), ("[1]", None));
+        for bad in [&b"@\"x {}"[..], b"@\"x\"{}", b"@x {}", b"@\"x\" nope", b"@"] {
+            assert!(
+                check_body(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

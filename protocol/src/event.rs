@@ -55,6 +55,10 @@ pub struct EventParams {
     pub data: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The subject of the client that published the event, set by the gateway (events that
+    /// backends publish through Redis carry none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 const EVENT_HEAD: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{\"topic\":\"";
@@ -64,13 +68,21 @@ const EVENT_HEAD: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\"
 /// `topic` must be a valid topic name (its alphabet needs no JSON escaping) and `data` must be
 /// valid JSON text (see [`check_payload`]); both are copied verbatim.
 pub fn encode_event(topic: &str, data: &str) -> Bytes {
-    encode_event_with_id(topic, data, None)
+    encode_event_with_id(topic, data, None, None)
 }
 
-/// [`encode_event`] for an event with a history id (`"id"` in the params).
-pub fn encode_event_with_id(topic: &str, data: &str, id: Option<EventId>) -> Bytes {
+/// [`encode_event`] for an event with a history id (`"id"` in the params) and a publisher
+/// (`"from"`; `from_json` is the subject as a JSON string literal, quotes included, copied
+/// verbatim: see [`check_from`]).
+pub fn encode_event_with_id(
+    topic: &str,
+    data: &str,
+    id: Option<EventId>,
+    from_json: Option<&str>,
+) -> Bytes {
     debug_assert!(crate::topic::validate(topic).is_ok());
-    let mut out = Vec::with_capacity(EVENT_HEAD.len() + topic.len() + data.len() + 48);
+    let extra = from_json.map_or(0, |f| f.len() + 10);
+    let mut out = Vec::with_capacity(EVENT_HEAD.len() + topic.len() + data.len() + 48 + extra);
     out.extend_from_slice(EVENT_HEAD);
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(b"\",\"data\":");
@@ -79,8 +91,23 @@ pub fn encode_event_with_id(topic: &str, data: &str, id: Option<EventId>) -> Byt
         use std::io::Write;
         let _ = write!(out, ",\"id\":\"{id}\"");
     }
+    if let Some(from) = from_json {
+        out.extend_from_slice(b",\"from\":");
+        out.extend_from_slice(from.as_bytes());
+    }
     out.extend_from_slice(b"}}");
     Bytes::from(out)
+}
+
+/// Checks that `literal` is one JSON string (quotes included), as a publisher's subject
+/// travels.
+pub fn check_from(literal: &[u8]) -> Result<&str, PayloadError> {
+    let text = std::str::from_utf8(literal).map_err(|_| PayloadError::NotUtf8)?;
+    if !text.starts_with('"') {
+        return Err(PayloadError::NotJson);
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| PayloadError::NotJson)?;
+    Ok(text)
 }
 
 /// Why an event payload was dropped.
@@ -123,12 +150,22 @@ mod tests {
         assert_eq!(v["method"], "event");
         assert_eq!(v["params"]["topic"], "chat:1");
         assert_eq!(v["params"]["data"]["text"], "hi");
-        let f = encode_event_with_id("chat:1", "1", Some(EventId { ms: 5, seq: 2 }));
+        let f = encode_event_with_id(
+            "chat:1",
+            "1",
+            Some(EventId { ms: 5, seq: 2 }),
+            Some(r#""al\"ice""#),
+        );
         let e: EventParams = serde_json::from_value(
             serde_json::from_slice::<serde_json::Value>(&f).unwrap()["params"].clone(),
         )
         .unwrap();
         assert_eq!(e.id.as_deref(), Some("5-2"));
+        assert_eq!(e.from.as_deref(), Some("al\"ice"));
+        assert!(check_from(br#""bob""#).is_ok());
+        assert!(check_from(br#""bob"#).is_err());
+        assert!(check_from(b"bob").is_err());
+        assert!(check_from(b"1").is_err());
     }
 
     #[test]

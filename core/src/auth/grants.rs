@@ -98,9 +98,7 @@ pub fn check_tool_pattern(p: &str) -> Result<(), String> {
 
 fn check_pattern(p: &str, allowed: impl Fn(char) -> bool) -> Result<(), String> {
     if p.is_empty() || p.len() > MAX_PATTERN_LEN {
-        return Err(format!(
-            "pattern must be 1 to {MAX_PATTERN_LEN} characters"
-        ));
+        return Err(format!("pattern must be 1 to {MAX_PATTERN_LEN} characters"));
     }
     match p.chars().find(|c| !allowed(*c)) {
         Some(c) => Err(format!("pattern {p:?} has the character {c:?}")),
@@ -263,7 +261,7 @@ mod tests {
     #[test]
     fn ops_parse() {
         assert_eq!(Ops::parse("sub,pub").unwrap(), Ops::ALL);
-        assert_eq!(Ops::parse("sub").unwrap().publish, false);
+        assert!(!Ops::parse("sub").unwrap().publish);
         assert_eq!(Ops::parse("none").unwrap(), Ops::NONE);
         assert_eq!(Ops::parse("").unwrap(), Ops::NONE);
         assert!(Ops::parse("sub,write").is_err());

@@ -1,9 +1,14 @@
 //! Authentication and what a token grants.
 //!
-//! - `verify.rs`: the [`Verifier`]: a JWT's signature (HMAC secrets chosen by `kid`, PEM public
-//!   keys, or a JWKS fetched and refreshed in the background), `alg` bound to the key's type,
-//!   `exp`/`nbf` with the leeway, `aud` and `iss` when configured; and minting, for
-//!   `switchboard token` and tests.
+//! - `verify.rs`: the [`Verifier`] and its [`KeySettings`]: a JWT's signature (HMAC secrets
+//!   chosen by `kid`, PEM public keys, or a JWKS), `alg` bound to the key's type, `exp`/`nbf`
+//!   with the leeway, `aud` and `iss` when configured.
+//! - `keys.rs`: the keys verification uses, read and checked: secrets, PEM public key files,
+//!   JWKS entries (with the kind of each, which fixes the `alg`s it may verify).
+//! - `jwks.rs`: a JWKS fetched over HTTP(S), cached, refreshed in the background and on an
+//!   unknown `kid` (rate-limited); an outage keeps the last good keys.
+//! - `mint.rs`: minting, for `switchboard token` and tests: HMAC secrets or PEM private keys,
+//!   with a `kid`.
 //! - `grants.rs`: the permissions a token carries (`topics`, `tools`, a subscription token's
 //!   `topic`), as patterns the authorization rules can check.
 //!
@@ -11,6 +16,9 @@
 //! token grants on top of the node's rules (`crate::access`).
 
 mod grants;
+mod jwks;
+mod keys;
+mod mint;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -21,7 +29,14 @@ use serde::{Deserialize, Serialize};
 pub use self::grants::{
     Grants, MAX_GRANTS, MAX_PATTERN_LEN, Op, Ops, check_tool_pattern, check_topic_pattern,
 };
-pub use self::verify::{KeySettings, Verifier, mint, mint_claims};
+pub use self::jwks::{MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+pub use self::keys::{MIN_RSA_BITS, split_kid};
+pub use self::mint::{SigningKey, mint, mint_claims, mint_with};
+pub use self::verify::{
+    DEFAULT_JWKS_MIN_REFRESH, DEFAULT_JWKS_REFRESH, DEFAULT_JWKS_TIMEOUT, KeySettings, Verifier,
+};
+/// The signature algorithms (`--alg` of `switchboard token`, [`SigningKey`]).
+pub use jsonwebtoken::Algorithm;
 
 /// The identity of a client without a token, on a node that allows anonymous clients.
 pub const ANONYMOUS: &str = "anonymous";
@@ -129,4 +144,8 @@ pub enum AuthError {
     BadGrants(String),
     #[error("no key for this token: {0}")]
     NoKey(String),
+    /// A key setting that cannot work (an unreadable key file, an empty secret, a bad JWKS
+    /// URL); the message names the flag.
+    #[error("{0}")]
+    Settings(String),
 }

@@ -1,4 +1,5 @@
-//! Opening a connection: `hello` (Switchboard clients; opens or resumes a session),
+//! Opening a connection: `hello` (Switchboard clients; opens or resumes a session), `refresh`
+//! (a new token in band),
 //! `initialize` and `notifications/initialized` (MCP clients), `server/discover` (MCP's
 //! stateless description of the server) and `ping`.
 
@@ -62,6 +63,36 @@ pub struct HelloResult {
     /// `subscribe` with `since` would answer). Their replayed events were sent before this reply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<SubscribeResult>,
+}
+
+/// `refresh`: a new token for the same subject, replacing the connection's grants and expiry
+/// without a reconnect.
+#[derive(Debug)]
+pub struct Refresh;
+
+impl Method for Refresh {
+    const NAME: &'static str = "refresh";
+    type Params<'a> = RefreshParams;
+    type Result = RefreshResult;
+}
+
+/// `refresh` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshParams {
+    pub token: String,
+}
+
+/// `refresh` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshResult {
+    /// Unix seconds at which the new token expires (none: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Subscriptions the new token no longer allows: the connection left them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
 }
 
 /// MCP `initialize`: the MCP client's `hello`.

@@ -26,6 +26,10 @@ pub struct SubscribeParams {
     /// An event id (`<ms>-<seq>`): replay what came after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// A subscription token: a JWT of the connection's subject whose `topic` claim (or
+    /// `topics` grant) covers this topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// `subscribe` result.
