@@ -33,7 +33,7 @@ enum Command {
     Worker(commands::worker::Args),
     /// Publish one event to a topic through Redis, as any backend would.
     Publish(commands::publish::Args),
-    /// Mint an HS256 token for a subject.
+    /// Mint a token for a subject, with grants (HMAC secret or PEM private key).
     Token(commands::token::Args),
 }
 

@@ -9,36 +9,188 @@
 //! tuning alone: it is always `dev`, with anonymous clients. Tests start from
 //! [`GatewayConfig::dev`]: every default, no environment read.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use switchboard_core::auth::Verifier;
+use switchboard_core::access::{Policy, ToolRule, TopicRule};
+use switchboard_core::auth::{
+    DEFAULT_JWKS_MIN_REFRESH, DEFAULT_JWKS_REFRESH, DEFAULT_JWKS_TIMEOUT, KeySettings, split_kid,
+};
 use switchboard_core::history::HistoryRule;
 use switchboard_core::settings::{self, duration};
 
-/// Who may connect.
-#[derive(clap::Args, Debug, Clone, Default)]
-#[command(next_help_heading = "Authentication (one of the two is required)")]
+/// Who may connect: the keys client tokens are verified with (`docs/security.md`), or
+/// anonymous clients. Tokens are refused unless some key source is set.
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Authentication (a key source or --allow-anonymous is required)")]
 pub struct AuthConfig {
-    /// HS256 secret that client tokens are verified with.
+    /// HMAC secret tokens are verified with (HS256, HS384, HS512): SECRET, or
+    /// kid:<KID>:<SECRET> for the tokens whose header names that kid. Repeatable: several
+    /// secrets without a kid are each tried (a rotation). The variable takes secrets separated
+    /// by `,` (so a secret cannot hold a comma).
     #[arg(
         id = "jwt_secret",
         long = "jwt-secret",
         env = "SWITCHBOARD_JWT_SECRET",
         hide_env_values = true,
+        value_delimiter = ',',
         value_name = "SECRET",
-        value_parser = verifier
+        value_parser = non_empty
     )]
-    pub verifier: Option<Verifier>,
+    pub jwt_secrets: Vec<String>,
+    /// PEM public key file tokens are verified with: RSA (RS256/384/512, PS256/384/512), EC
+    /// P-256 (ES256), EC P-384 (ES384) or Ed25519 (EdDSA); FILE, or kid:<KID>:<FILE>.
+    /// Repeatable; the variable takes files separated by `,`.
+    #[arg(
+        long = "jwt-public-key",
+        env = "SWITCHBOARD_JWT_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// An identity provider's JSON Web Key Set (https://...): fetched at start, refreshed in
+    /// the background, and again (rate-limited) when a token names an unknown kid.
+    #[arg(
+        long = "jwt-jwks-url",
+        env = "SWITCHBOARD_JWT_JWKS_URL",
+        value_name = "URL"
+    )]
+    pub jwt_jwks_url: Option<String>,
+    /// Audience a token's `aud` must name (one of them, when repeated); unset: `aud` is not
+    /// checked. The variable takes audiences separated by `,`.
+    #[arg(
+        long = "jwt-audience",
+        env = "SWITCHBOARD_JWT_AUDIENCE",
+        value_delimiter = ',',
+        value_name = "AUD",
+        value_parser = non_empty
+    )]
+    pub jwt_audience: Vec<String>,
+    /// Issuer a token's `iss` must be (one of them, when repeated); unset: `iss` is not
+    /// checked. The variable takes issuers separated by `,`.
+    #[arg(
+        long = "jwt-issuer",
+        env = "SWITCHBOARD_JWT_ISSUER",
+        value_delimiter = ',',
+        value_name = "ISS",
+        value_parser = non_empty
+    )]
+    pub jwt_issuer: Vec<String>,
+    /// Fetch the JWKS again this often.
+    #[arg(long = "jwt-jwks-refresh", env = "SWITCHBOARD_JWT_JWKS_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = duration)]
+    pub jwt_jwks_refresh: Duration,
+    /// Tokens naming an unknown kid fetch the JWKS at most once per this long.
+    #[arg(long = "jwt-jwks-min-refresh", env = "SWITCHBOARD_JWT_JWKS_MIN_REFRESH", default_value = "10s", value_name = "DURATION", value_parser = duration)]
+    pub jwt_jwks_min_refresh: Duration,
+    /// Give up on a JWKS fetch (and a token waiting on it) after this long.
+    #[arg(long = "jwt-jwks-timeout", env = "SWITCHBOARD_JWT_JWKS_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = duration)]
+    pub jwt_jwks_timeout: Duration,
     /// Accept clients without a token (as `anonymous`).
     #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 }
 
-fn verifier(secret: &str) -> Result<Verifier, String> {
-    if secret.is_empty() {
+impl Default for AuthConfig {
+    /// No key, no anonymous client: nobody may connect.
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secrets: Vec::new(),
+            jwt_public_keys: Vec::new(),
+            jwt_jwks_url: None,
+            jwt_audience: Vec::new(),
+            jwt_issuer: Vec::new(),
+            jwt_jwks_refresh: DEFAULT_JWKS_REFRESH,
+            jwt_jwks_min_refresh: DEFAULT_JWKS_MIN_REFRESH,
+            jwt_jwks_timeout: DEFAULT_JWKS_TIMEOUT,
+            allow_anonymous: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("key_settings", &self.key_settings())
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// What `switchboard_core::auth::Verifier::start` reads.
+    pub fn key_settings(&self) -> KeySettings {
+        KeySettings {
+            secrets: self.jwt_secrets.clone(),
+            public_keys: self.jwt_public_keys.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            jwks_refresh: self.jwt_jwks_refresh,
+            jwks_min_refresh: self.jwt_jwks_min_refresh,
+            jwks_timeout: self.jwt_jwks_timeout,
+        }
+    }
+
+    /// Whether a key source is set (a secret, a public key file or a JWKS URL).
+    pub fn has_keys(&self) -> bool {
+        !self.jwt_secrets.is_empty()
+            || !self.jwt_public_keys.is_empty()
+            || self.jwt_jwks_url.is_some()
+    }
+
+    /// What the key settings may be (a file is read, and a JWKS fetched, when the node starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.has_keys() && !self.allow_anonymous {
+            return Err(ConfigError::NoAuth);
+        }
+        // The message never repeats a secret.
+        for secret in &self.jwt_secrets {
+            if secret.is_empty() {
+                return Err(invalid("jwt-secret", "non-empty"));
+            }
+            if split_kid(secret, "SECRET").is_err() {
+                return Err(invalid(
+                    "jwt-secret",
+                    "SECRET or kid:<KID>:<SECRET> (a value starting with kid: names a kid)",
+                ));
+            }
+        }
+        for file in &self.jwt_public_keys {
+            if file.as_os_str().is_empty() {
+                return Err(invalid("jwt-public-key", "a file"));
+            }
+            if file.to_str().is_some_and(|f| split_kid(f, "FILE").is_err()) {
+                return Err(invalid("jwt-public-key", "FILE or kid:<KID>:<FILE>"));
+            }
+        }
+        if let Some(url) = &self.jwt_jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid("jwt-jwks-url", "an https:// (or http://) URL"));
+        }
+        if self.jwt_audience.iter().any(String::is_empty) {
+            return Err(invalid("jwt-audience", "non-empty"));
+        }
+        if self.jwt_issuer.iter().any(String::is_empty) {
+            return Err(invalid("jwt-issuer", "non-empty"));
+        }
+        let positive = [
+            ("jwt-jwks-refresh", self.jwt_jwks_refresh),
+            ("jwt-jwks-min-refresh", self.jwt_jwks_min_refresh),
+            ("jwt-jwks-timeout", self.jwt_jwks_timeout),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(invalid(key, "greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
         return Err("must not be empty".into());
     }
-    Ok(Verifier::hs256(secret.as_bytes()))
+    Ok(s.to_owned())
 }
 
 /// This node's default name: `$HOSTNAME` (the pod name on Kubernetes) or `gateway-<pid>`.
@@ -60,7 +212,51 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub auth: AuthConfig,
     #[command(flatten)]
+    pub access: AccessConfig,
+    /// Serve /metrics (and /healthz, /readyz) on this address, apart from the public port,
+    /// which never serves /metrics [default: no metrics endpoint].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Node"
+    )]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// What clients may do, and from where (`docs/security.md`).
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Authorization")]
+pub struct AccessConfig {
+    /// Topic rule PATTERN=OPS (OPS: sub, pub, sub,pub or none; `{sub}` in PATTERN is the
+    /// client's subject), e.g. 'chat:*=sub,pub' or 'user:{sub}:*=sub'. Repeatable; the
+    /// variable takes rules separated by `;`. First matching rule wins; token grants add to it.
+    /// Without any --allow or --allow-tools, a node with --allow-anonymous is open to all.
+    #[arg(long = "allow", env = "SWITCHBOARD_ALLOW", value_delimiter = ';', value_name = "RULE", value_parser = TopicRule::parse)]
+    pub allow: Vec<TopicRule>,
+    /// Tools every client may list and call: a name or a pattern (`search.*`). Repeatable; the
+    /// variable takes patterns separated by `,`.
+    #[arg(long = "allow-tools", env = "SWITCHBOARD_ALLOW_TOOLS", value_delimiter = ',', value_name = "PATTERN", value_parser = ToolRule::parse)]
+    pub allow_tools: Vec<ToolRule>,
+    /// Browser origins that may open a socket (`https://app.example.com`, a pattern like
+    /// `https://*.example.com`, or `*`). Repeatable; the variable takes origins separated by
+    /// `,`. A page of the gateway's own origin is always allowed; requests without `Origin`
+    /// (non-browser clients) are not affected [default: own origin only].
+    #[arg(long = "allowed-origin", env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN", value_parser = origin)]
+    pub allowed_origins: Vec<String>,
+}
+
+fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/').to_ascii_lowercase();
+    if s == "*" || s == "null" || s.starts_with("http://") || s.starts_with("https://") {
+        Ok(s)
+    } else {
+        Err(format!(
+            "{s:?}: an origin is scheme://host[:port] (http or https), null, or *"
+        ))
+    }
 }
 
 /// How a node behaves: every bound, timeout and history rule (what `gateway` and `dev` share).
@@ -227,7 +423,7 @@ pub struct Tuning {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no way to authenticate clients: set --jwt-secret (SWITCHBOARD_JWT_SECRET) or --allow-anonymous (SWITCHBOARD_ALLOW_ANONYMOUS)"
+        "no way to authenticate clients: set a key source (--jwt-secret, --jwt-public-key or --jwt-jwks-url; SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY, SWITCHBOARD_JWT_JWKS_URL) or --allow-anonymous (SWITCHBOARD_ALLOW_ANONYMOUS)"
     )]
     NoAuth,
     #[error("--{key} must be {what}")]
@@ -244,15 +440,32 @@ impl GatewayConfig {
         settings::from_args_without_env(args)
     }
 
-    /// Every default, anonymous clients allowed (for `switchboard dev` and tests).
+    /// Every default, anonymous clients allowed, no rule (so open to all), every origin (for
+    /// `switchboard dev` and tests).
     pub fn dev(node_id: &str) -> Self {
         GatewayConfig {
             node_id: node_id.to_owned(),
             auth: AuthConfig {
-                verifier: None,
                 allow_anonymous: true,
+                ..AuthConfig::default()
             },
+            access: AccessConfig {
+                allowed_origins: vec!["*".into()],
+                ..AccessConfig::default()
+            },
+            admin_listen: None,
             tuning: settings::defaults(),
+        }
+    }
+
+    /// The access policy: open when anonymous clients are allowed and no rule is set (say so
+    /// at start), default deny otherwise.
+    pub fn policy(&self) -> Policy {
+        let a = &self.access;
+        if self.auth.allow_anonymous && a.allow.is_empty() && a.allow_tools.is_empty() {
+            Policy::open()
+        } else {
+            Policy::rules(a.allow.clone(), a.allow_tools.clone())
         }
     }
 
@@ -261,9 +474,7 @@ impl GatewayConfig {
         if self.node_id.is_empty() {
             return Err(invalid("node-id", "non-empty"));
         }
-        if self.auth.verifier.is_none() && !self.auth.allow_anonymous {
-            return Err(ConfigError::NoAuth);
-        }
+        self.auth.validate()?;
         self.tuning.validate()
     }
 }
@@ -347,8 +558,62 @@ mod tests {
         c.auth.allow_anonymous = false;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("--jwt-secret"), "{err}");
-        c.auth.verifier = Some(Verifier::hs256(b"s"));
+        c.auth.jwt_secrets = vec!["s".into()];
         c.validate().unwrap();
+        // Any key source will do.
+        c.auth.jwt_secrets.clear();
+        c.auth.jwt_public_keys = vec!["/keys/idp.pem".into()];
+        c.validate().unwrap();
+        c.auth.jwt_public_keys.clear();
+        c.auth.jwt_jwks_url = Some("https://idp.example/.well-known/jwks.json".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn key_flags_become_key_settings() {
+        let c = GatewayConfig::from_args(&[
+            "--jwt-secret",
+            "old",
+            "--jwt-secret",
+            "kid:k2:new",
+            "--jwt-public-key",
+            "/keys/a.pem",
+            "--jwt-public-key",
+            "kid:b:/keys/b.pem",
+            "--jwt-jwks-url",
+            "https://idp.example/jwks",
+            "--jwt-audience",
+            "switchboard",
+            "--jwt-issuer",
+            "https://idp.example/",
+            "--jwt-jwks-min-refresh",
+            "1s",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.auth.has_keys() && !c.auth.allow_anonymous);
+        let k = c.auth.key_settings();
+        assert_eq!(k.secrets, ["old", "kid:k2:new"]);
+        assert_eq!(k.public_keys.len(), 2);
+        assert_eq!(k.jwks_url.as_deref(), Some("https://idp.example/jwks"));
+        assert_eq!((k.audience.len(), k.issuer.len()), (1, 1));
+        assert_eq!(k.jwks_min_refresh, Duration::from_secs(1));
+        // The flags' defaults are core's, parsed or built in code.
+        for auth in [&c.auth, &AuthConfig::default()] {
+            assert_eq!(auth.jwt_jwks_refresh, DEFAULT_JWKS_REFRESH);
+            assert_eq!(auth.jwt_jwks_timeout, DEFAULT_JWKS_TIMEOUT);
+        }
+        assert_eq!(
+            AuthConfig::default().jwt_jwks_min_refresh,
+            DEFAULT_JWKS_MIN_REFRESH
+        );
+        // No secret in a Debug.
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("old") && !shown.contains("k2:new"),
+            "{shown}"
+        );
+        assert!(!GatewayConfig::dev("n").auth.has_keys());
     }
 
     #[test]
@@ -367,6 +632,14 @@ mod tests {
         refused(&["--heartbeat", "5000"], "--heartbeat");
         refused(&["--max-message-bytes", "10"], "--max-message-bytes");
         refused(&["--jwt-secret", ""], "--jwt-secret");
+        refused(&["--jwt-secret", "kid:k1"], "--jwt-secret");
+        refused(&["--jwt-public-key", "kid::/a.pem"], "--jwt-public-key");
+        refused(&["--jwt-jwks-url", "ftp://idp/jwks"], "--jwt-jwks-url");
+        refused(&["--jwt-audience", ""], "--jwt-audience");
+        refused(&["--jwt-issuer", ""], "--jwt-issuer");
+        refused(&["--jwt-jwks-refresh", "0s"], "--jwt-jwks-refresh");
+        refused(&["--jwt-jwks-min-refresh", "0s"], "--jwt-jwks-min-refresh");
+        refused(&["--jwt-jwks-timeout", "5"], "--jwt-jwks-timeout");
         refused(&["--history", "chat:*"], "--history");
         refused(&["--node-id", ""], "--node-id");
         refused(

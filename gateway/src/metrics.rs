@@ -1,4 +1,4 @@
-//! The node's Prometheus metrics, served at `/metrics`. Counters are plain atomics: the
+//! The node's Prometheus metrics, served at `/metrics` on the admin port. Counters are plain atomics: the
 //! fan-out adds a whole event's deliveries with one increment.
 
 use prometheus_client::encoding::text::encode;
@@ -22,6 +22,8 @@ pub(crate) struct Metrics {
     pub(crate) ready: Gauge,
     pub(crate) sessions_resumed: Counter,
     pub(crate) events_recovered: Counter,
+    pub(crate) forbidden: Counter,
+    pub(crate) origins_refused: Counter,
 }
 
 impl Metrics {
@@ -87,6 +89,16 @@ impl Metrics {
             "switchboard_events_recovered",
             "History events this node read back after its backend subscription was lost",
             m.events_recovered.clone(),
+        );
+        r.register(
+            "switchboard_forbidden",
+            "Operations refused with -32002 (not allowed by the rules or the caller's grants)",
+            m.forbidden.clone(),
+        );
+        r.register(
+            "switchboard_origins_refused",
+            "WebSocket upgrades refused with 403 because of their Origin",
+            m.origins_refused.clone(),
         );
         m
     }

@@ -1,11 +1,11 @@
 //! `switchboard dev`: the whole thing in one process with an in-memory backend, for trying
-//! Switchboard out. Anonymous clients are allowed; nothing is shared beyond this process. A
-//! worker with the built-in tools (echo, sleep, fail) runs in the same process.
+//! Switchboard out. Open mode (anonymous clients may do anything); nothing is shared beyond
+//! this process. A worker with the built-in tools (echo, sleep, fail) runs in the same process.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use switchboard_gateway::config::{AuthConfig, GatewayConfig, Tuning};
+use switchboard_gateway::config::{GatewayConfig, Tuning};
 use switchboard_memory::MemoryBackend;
 
 use crate::Failure;
@@ -15,21 +15,25 @@ pub(crate) struct Args {
     /// Address to listen on.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve /metrics (and /healthz, /readyz) on this address too.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     tuning: Tuning,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    let Args { listen, tuning } = args;
-    // Everyone may connect, anonymously: there is nothing to protect in one process on a
-    // laptop.
-    let config = GatewayConfig {
-        node_id: "dev".into(),
-        auth: AuthConfig {
-            verifier: None,
-            allow_anonymous: true,
-        },
+    let Args {
+        listen,
+        admin_listen,
         tuning,
+    } = args;
+    // Open mode: anyone may connect, anonymously, from any page, and subscribe, publish and
+    // call anything: there is nothing to protect in one process on a laptop.
+    let config = GatewayConfig {
+        admin_listen,
+        tuning,
+        ..GatewayConfig::dev("dev")
     };
     config
         .validate()
@@ -39,9 +43,14 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         let listener = switchboard_gateway::listen(listen, config.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        println!("Switchboard dev: in-memory backend, anonymous clients allowed.");
+        println!("Switchboard dev: in-memory backend, open mode: anonymous clients from any origin");
+        println!("  may subscribe, publish and call anything (a `gateway` denies by default).");
         println!("  WebSocket:  ws://{addr}/ws   (subprotocol switchboard.v1)");
-        println!("  Health:     http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics");
+        println!("  Health:     http://{addr}/healthz  http://{addr}/readyz");
+        match admin_listen {
+            Some(admin) => println!("  Metrics:    http://{admin}/metrics"),
+            None => println!("  Metrics:    add --admin-listen 127.0.0.1:9090 for /metrics"),
+        }
         println!("Try it (e.g. with websocat ws://{addr}/ws), one JSON-RPC message per line:");
         println!(r#"  {{"jsonrpc":"2.0","id":1,"method":"hello","params":{{}}}}"#);
         println!(r#"  {{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{{"topic":"chat:42"}}}}"#);

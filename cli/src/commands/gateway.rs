@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use switchboard_gateway::GatewayConfig;
+use switchboard_core::auth::AuthError;
+use switchboard_gateway::{GatewayConfig, GatewayError};
 use switchboard_redis::RedisOptions;
 
 use crate::Failure;
@@ -35,9 +36,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         let backend = super::redis(&redis)?.backend();
         let listener = switchboard_gateway::listen(listen, config.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {listen}"))?;
-        switchboard_gateway::run(config, listener, backend, super::shutdown_signal())
-            .await
-            .context("gateway failed")?;
-        Ok(())
+        match switchboard_gateway::run(config, listener, backend, super::shutdown_signal()).await {
+            // A key file that cannot be used is a bad setting, like any other: exit 64.
+            Err(GatewayError::Keys(AuthError::Settings(why))) => Err(Failure::Usage(why)),
+            other => Ok(other.context("gateway failed")?),
+        }
     })
 }

@@ -26,6 +26,8 @@ pub(crate) struct Caller {
     /// The stored session (not for MCP connections, which cannot resume).
     pub(crate) live: Option<Arc<LiveSession>>,
     pub(crate) topics: HashSet<Topic>,
+    /// Topics a subscription token opened to this connection (kept across a `refresh`).
+    pub(crate) token_topics: HashSet<Topic>,
     /// Requests waiting in tasks of their own.
     pub(crate) calls: InFlight,
     /// A close (code, reason) to start once the current reply is queued, so the client reads
@@ -42,6 +44,7 @@ impl Caller {
             mcp,
             live: None,
             topics: HashSet::new(),
+            token_topics: HashSet::new(),
             calls: InFlight::default(),
             close_after_reply: None,
         }

@@ -2,7 +2,9 @@
 //! message into the method's typed params (`switchboard_protocol::methods`) once, enforces the
 //! rules every method shares, calls the family's handler, and encodes its typed result:
 //!
-//! - `session.rs`: `hello`, `initialize`, `server/discover`, `ping`;
+//! - `access.rs`: who may do what: tokens become identities, every topic and tool operation is
+//!   checked against the node's rules and the caller's grants (-32002 when refused);
+//! - `session.rs`: `hello`, `refresh`, `initialize`, `server/discover`, `ping`;
 //! - `topics.rs`: `subscribe`, `unsubscribe`, `publish`;
 //! - `tools.rs`: `tools/list`, `tools/call`;
 //! - `tasks.rs`: `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/cancelled`.
@@ -17,6 +19,7 @@
 //!
 //! [`Connection`] is a WebSocket's [`Handler`]: the reader hands it each message.
 
+mod access;
 mod caller;
 mod encode;
 mod session;
@@ -30,6 +33,7 @@ use serde_json::value::RawValue;
 use switchboard_protocol::jsonrpc;
 use switchboard_protocol::{ErrorCode, RpcError};
 
+pub(crate) use self::access::Access;
 pub(crate) use self::caller::Caller;
 use self::encode::Reply;
 pub(crate) use self::session::Session;
@@ -58,7 +62,12 @@ impl Methods {
             ) {
                 (None, _) => None,
                 (Some(_), Ok(reply)) => reply,
-                (Some(id), Err(e)) => Some(jsonrpc::encode_error(Some(id), &e)),
+                (Some(id), Err(e)) => {
+                    if e.kind() == Some(ErrorCode::Forbidden) {
+                        self.session.metrics.forbidden.inc();
+                    }
+                    Some(jsonrpc::encode_error(Some(id), &e))
+                }
             },
         };
         Answer {

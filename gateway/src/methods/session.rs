@@ -1,5 +1,6 @@
 //! `hello` (and, for MCP clients, `initialize`): authenticate the connection and open its
-//! session; `server/discover`, MCP's stateless description of the server.
+//! session; `refresh`: a new token in band; `server/discover`, MCP's stateless description of
+//! the server. Tokens become identities through the method layer's [`Access`].
 //!
 //! A token in `hello` params wins over one from the upgrade request (header or query). With no
 //! token anywhere, the connection is anonymous if the node allows it; otherwise -32001 and the
@@ -22,25 +23,26 @@ use switchboard_core::auth::Identity;
 use switchboard_core::sessions::{Attach, SessionRecord, new_session_id};
 use switchboard_protocol::methods::session::{
     Discover, DiscoverResult, Hello, HelloParams, HelloResult, Initialize, InitializeParams,
-    InitializeResult, Initialized, Limits, MCP_VERSIONS, Ping, ServerInfo,
+    InitializeResult, Initialized, Limits, MCP_VERSIONS, Ping, Refresh, RefreshParams,
+    RefreshResult, ServerInfo,
 };
 use switchboard_protocol::methods::topics::SubscribeResult;
 use switchboard_protocol::methods::{Empty, Method};
 use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close};
 
+use super::access::Access;
 use super::caller::Caller;
 use super::encode::{Reply, encode, params};
 use super::tasks::Tasks;
 use super::topics::Topics;
-use crate::config::AuthConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 
 /// The session methods and the handles they need.
 pub(crate) struct Session {
-    /// Who may open a connection.
-    pub(crate) auth: AuthConfig,
+    /// Who may open a connection, and what it may do.
+    pub(crate) access: Arc<Access>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
@@ -80,6 +82,13 @@ impl Session {
             Initialize::NAME => params::<Initialize>(raw)
                 .and_then(|p| self.initialize(caller, p))
                 .and_then(|r| encode(id, &r)),
+            Refresh::NAME if caller.opened => {
+                async {
+                    let p = params::<Refresh>(raw)?;
+                    encode(id, &self.refresh(caller, p, topics).await?)
+                }
+                .await
+            }
             Discover::NAME => encode(id, &self.discover()),
             Ping::NAME if caller.mcp || caller.opened => encode(id, &Empty {}),
             Initialized::NAME if caller.opened => Ok(None),
@@ -96,15 +105,13 @@ impl Session {
         topics: &Topics,
         tasks: &Tasks,
     ) -> Result<HelloResult, RpcError> {
-        let auth = &self.auth;
         let identity = match (p.token.as_deref(), caller.identity.take()) {
-            (Some(token), _) => match auth.verifier.as_ref().map(|v| v.verify(token)) {
-                Some(Ok(identity)) => identity,
-                Some(Err(e)) => return Err(refuse(caller, &e.to_string())),
-                None => return Err(refuse(caller, "this node verifies no tokens")),
+            (Some(token), _) => match self.access.identify(token).await {
+                Ok(identity) => identity,
+                Err(e) => return Err(refuse(caller, &e.to_string())),
             },
             (None, Some(identity)) => identity,
-            (None, None) if auth.allow_anonymous => Identity::anonymous(),
+            (None, None) if self.access.allow_anonymous => Identity::anonymous(),
             (None, None) => return Err(refuse(caller, "token required")),
         };
         if self.health.backend_down() {
@@ -172,6 +179,40 @@ impl Session {
         })
     }
 
+    /// `refresh`: the new token must verify and name the same subject (another subject is
+    /// -32001 and the socket closes with 1008; a bad token is -32001 and the connection keeps
+    /// its old token). The new grants and expiry replace the old ones; subscriptions the new
+    /// grants no longer allow are left (except those a subscription token opened).
+    pub(crate) async fn refresh(
+        &self,
+        caller: &mut Caller,
+        p: RefreshParams,
+        topics: &Topics,
+    ) -> Result<RefreshResult, RpcError> {
+        let identity = self.access.identify(&p.token).await.map_err(|e| {
+            tracing::debug!(conn = caller.link.id(), error = %e, "refresh refused");
+            RpcError::new(
+                ErrorCode::Unauthorized,
+                "unauthorized: bad or expired token",
+            )
+        })?;
+        if caller.identity.as_ref().map(|i| &i.subject) != Some(&identity.subject) {
+            caller.close_after_reply = Some((close::POLICY, "refresh with another subject"));
+            return Err(RpcError::new(
+                ErrorCode::Unauthorized,
+                "unauthorized: a refresh must keep the subject",
+            ));
+        }
+        let expires_at = identity.expires_at;
+        caller.link.ctl.refreshed(expires_at);
+        caller.identity = Some(identity);
+        let revoked = topics.revoke_forbidden(caller).await;
+        Ok(RefreshResult {
+            expires_at,
+            revoked,
+        })
+    }
+
     /// MCP `initialize`: the MCP client's `hello`. The token comes from the upgrade request
     /// (header or query); without one, the client is anonymous where the node allows it.
     pub(crate) fn initialize(
@@ -181,7 +222,7 @@ impl Session {
     ) -> Result<InitializeResult, RpcError> {
         let identity = match caller.identity.take() {
             Some(identity) => identity,
-            None if self.auth.allow_anonymous => Identity::anonymous(),
+            None if self.access.allow_anonymous => Identity::anonymous(),
             None => return Err(refuse(caller, "token required")),
         };
         open(caller, identity);
@@ -228,8 +269,20 @@ async fn restore(
             .and_then(|s| EventId::parse(s))
             .or(stored)
             .or(has_history.then_some(EventId::ZERO));
-        match topics.subscribe_to(caller, topic, since).await {
+        match topics.subscribe_to(caller, topic.clone(), since).await {
             Ok(r) => restored.push(r),
+            Err(e) if e.kind() == Some(ErrorCode::Forbidden) => {
+                // Not allowed any more (a subscription token's topic asks for its token again):
+                // the session stops naming it; the client learns it here.
+                if let Some(live) = &caller.live {
+                    live.forget(&topic);
+                }
+                restored.push(SubscribeResult {
+                    topic: name,
+                    position: None,
+                    recovered: Some(false),
+                });
+            }
             Err(e) => {
                 // Not subscribed now: the client learns it here and may subscribe again.
                 tracing::warn!(topic = %name, error = %e.message, "restoring a subscription failed");

@@ -1,5 +1,9 @@
 //! `tools/list` and `tools/call`.
 //!
+//! The caller sees and calls only the tools its [`Access`] allows (the node's tool rules plus
+//! its token's `tools` grant); a refusal (-32002) comes before the tool is looked up, so it
+//! says nothing about whether the tool exists.
+//!
 //! A call is checked here (known tool, arguments valid against its schema, the connection's
 //! in-flight limit), hashed (`switchboard_core::callhash`), and submitted to the call plane,
 //! which answers from the cache, joins an identical call in flight, or queues a job. Waiting
@@ -25,6 +29,7 @@ use switchboard_protocol::methods::tools::{
     ToolsList, ToolsListResult,
 };
 
+use super::access::Access;
 use super::caller::Caller;
 use super::encode::{Reply, encode, encode_later, params};
 use crate::calls::catalog::CatalogCell;
@@ -61,6 +66,7 @@ enum CacheMode {
 
 /// The `tools/*` methods and the handles they need.
 pub(crate) struct Tools {
+    pub(crate) access: Arc<Access>,
     pub(crate) catalog: Arc<CatalogCell>,
     pub(crate) outcomes: Arc<Outcomes>,
     pub(crate) sessions: Arc<Sessions>,
@@ -77,7 +83,7 @@ impl Tools {
         raw: Option<&RawValue>,
     ) -> Option<Reply> {
         Some(match method {
-            ToolsList::NAME => encode(id, &self.list()),
+            ToolsList::NAME => encode(id, &self.list(caller)),
             ToolsCall::NAME => params::<ToolsCall>(raw)
                 .and_then(|p| self.call(caller, id, p))
                 .and_then(|r| encode_later(id, r)),
@@ -85,11 +91,16 @@ impl Tools {
         })
     }
 
-    /// `tools/list`: the tools live workers announce.
-    pub(crate) fn list(&self) -> ToolsListResult {
+    /// `tools/list`: the tools live workers announce that the caller may call.
+    pub(crate) fn list(&self, caller: &Caller) -> ToolsListResult {
         let catalog = self.catalog.get();
         ToolsListResult {
-            tools: catalog.tools.values().map(|t| t.spec.mcp()).collect(),
+            tools: catalog
+                .tools
+                .values()
+                .filter(|t| self.access.may_call(caller, &t.spec.name))
+                .map(|t| t.spec.mcp())
+                .collect(),
         }
     }
 
@@ -101,6 +112,8 @@ impl Tools {
         id: Option<&RawValue>,
         p: CallParams,
     ) -> Result<Option<CallResult>, RpcError> {
+        // Before the lookup: a refusal says nothing about whether the tool exists.
+        self.access.tool(caller, &p.name)?;
         let catalog = self.catalog.get();
         let Some(tool) = catalog.tools.get(&p.name).cloned() else {
             return Err(RpcError::invalid_params(format!(

@@ -5,6 +5,11 @@
 //! reaches the client. A publish goes through the backend even when the publisher's own node
 //! has subscribers: every node, this one included, receives it once from the backend.
 //!
+//! Every operation asks the method layer's [`Access`] first (-32002 when the rules and the
+//! caller's grants do not allow it; `subscribe {token}` adds a subscription token's topic).
+//! A client's publish carries its subject as the event's `from`: the body that travels
+//! through the backend is `@<subject> <json>` (`switchboard_core::history::published_body`).
+//!
 //! Topics that match a history rule keep their events (`publish` answers the event's `id`).
 //! `subscribe {since}` on such a topic replays what came after `since`, then goes live with no
 //! gap and no duplicate: live events are held at the subscriber's gate from before the history
@@ -14,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use switchboard_core::auth::Op;
 use switchboard_core::backend::{HistoryStore, TopicBus};
 use switchboard_core::history::{self, HistoryRule};
 use switchboard_protocol::methods::topics::{
@@ -24,6 +30,7 @@ use switchboard_protocol::methods::{Empty, Method};
 use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close, event};
 use tokio::sync::Semaphore;
 
+use super::access::Access;
 use super::caller::Caller;
 use super::encode::{Reply, encode, params};
 use crate::metrics::Metrics;
@@ -53,6 +60,7 @@ pub(crate) struct TopicSettings {
 
 /// The topic methods and the handles they need.
 pub(crate) struct Topics {
+    pub(crate) access: Arc<Access>,
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) subscriptions: Subscriptions,
     pub(crate) bus: Arc<dyn TopicBus>,
@@ -96,7 +104,7 @@ impl Topics {
                 .await
             }
             Publish::NAME => {
-                async { encode(id, &self.publish(params::<Publish>(raw)?).await?) }.await
+                async { encode(id, &self.publish(caller, params::<Publish>(raw)?).await?) }.await
             }
             _ => return None,
         })
@@ -124,7 +132,25 @@ impl Topics {
             })?),
             None => None,
         };
-        let result = self.subscribe_to(caller, topic, since).await?;
+        let by_token = match &p.token {
+            Some(token) => {
+                self.access
+                    .subscription_token(caller, token, &topic)
+                    .await?;
+                true
+            }
+            None => false,
+        };
+        let result = match self.subscribe_to(caller, topic.clone(), since).await {
+            Ok(result) => result,
+            Err(e) => {
+                // What the token opened goes with the subscription it was for.
+                if by_token && !caller.topics.contains(&topic) {
+                    caller.token_topics.remove(&topic);
+                }
+                return Err(e);
+            }
+        };
         if let Some(live) = &caller.live {
             self.sessions.save_now(live).await;
         }
@@ -140,6 +166,7 @@ impl Topics {
         topic: Topic,
         since: Option<EventId>,
     ) -> Result<SubscribeResult, RpcError> {
+        self.access.topic(caller, Op::Sub, &topic)?;
         let has_history = self.has_history(topic.as_str());
         if caller.topics.contains(&topic) {
             return Ok(SubscribeResult {
@@ -265,11 +292,12 @@ impl Topics {
         };
         for (id, data) in &replay.events {
             // History written by any backend: only valid JSON reaches a client.
-            if let Ok(data) = event::check_payload(data) {
+            if let Ok((data, from)) = history::check_body(data) {
                 let frame = text_frame(&event::encode_event_with_id(
                     topic.as_str(),
                     data,
                     Some(*id),
+                    from,
                 ));
                 cell.advance(*id);
                 let out = Out::FrameReceipt(frame, receipt(*id));
@@ -360,6 +388,7 @@ impl Topics {
         p: UnsubscribeParams,
     ) -> Result<Empty, RpcError> {
         let topic = topic(&p.topic)?;
+        caller.token_topics.remove(&topic);
         if caller.topics.remove(&topic) {
             self.fanout.remove(&topic, caller.link.id());
             if let Some(live) = &caller.live {
@@ -373,9 +402,15 @@ impl Topics {
         Ok(Empty {})
     }
 
-    /// `publish`.
-    pub(crate) async fn publish(&self, p: PublishParams<'_>) -> Result<PublishResult, RpcError> {
+    /// `publish`: the event carries its publisher's subject (`from`), whatever its data says.
+    pub(crate) async fn publish(
+        &self,
+        caller: &Caller,
+        p: PublishParams<'_>,
+    ) -> Result<PublishResult, RpcError> {
         let topic = topic(&p.topic)?;
+        self.access.topic(caller, Op::Pub, &topic)?;
+        let body = history::published_body(caller.owner(), p.data.get());
         let failed = |e: switchboard_core::backend::BackendError| {
             tracing::warn!(topic = %topic, error = %e, "publish failed");
             RpcError::backend_unavailable()
@@ -383,7 +418,7 @@ impl Topics {
         let id = match self.rule(topic.as_str()) {
             Some(rule) => Some(
                 self.history
-                    .publish(&topic, p.data.get(), rule)
+                    .publish(&topic, &body, rule)
                     .await
                     .map_err(failed)?
                     .to_string(),
@@ -394,15 +429,38 @@ impl Topics {
                 ));
             }
             None => {
-                self.bus
-                    .publish(&topic, p.data.get())
-                    .await
-                    .map_err(failed)?;
+                self.bus.publish(&topic, &body).await.map_err(failed)?;
                 None
             }
         };
         self.metrics.publishes.inc();
         Ok(PublishResult { id })
+    }
+
+    /// Leaves the subscriptions the caller's (new) grants no longer allow, but those a
+    /// subscription token opened; answers their names.
+    pub(crate) async fn revoke_forbidden(&self, caller: &mut Caller) -> Vec<String> {
+        let gone: Vec<Topic> = caller
+            .topics
+            .iter()
+            .filter(|t| self.access.topic(caller, Op::Sub, t).is_err())
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        for t in &gone {
+            caller.topics.remove(t);
+            self.fanout.remove(t, caller.link.id());
+            if let Some(live) = &caller.live {
+                live.untrack(t);
+            }
+        }
+        if let Some(live) = &caller.live {
+            self.sessions.save_now(live).await;
+        }
+        self.subscriptions.sync_later(gone.clone());
+        gone.iter().map(|t| t.to_string()).collect()
     }
 
     /// Releases every subscription of a closed connection.

@@ -1,11 +1,15 @@
-//! The node's one port: `GET /ws` (the WebSocket upgrade), `/healthz`, `/readyz` and
-//! `/metrics`.
+//! The node's ports. The public one (`--listen`): `GET /ws` (the WebSocket upgrade),
+//! `/healthz` and `/readyz` (load balancers probe the port they route to). The admin one
+//! (`--admin-listen`, for the operator's network only): `/metrics`, `/healthz`, `/readyz`.
+//! `/metrics` is never served on the public port.
 //!
-//! The upgrade decides what can be decided before the socket exists: the subprotocol
+//! The upgrade decides what can be decided before the socket exists: HTTP/1.1 (an HTTP/1.0
+//! upgrade is refused, 400), the page's `Origin` (a browser page of an origin that is not
+//! allowed gets 403; requests without `Origin` are not browsers and pass), the subprotocol
 //! (`switchboard.v1`, also when none is offered, or `mcp`), the token from the `Authorization`
-//! header or the `token` query parameter, and whether the node is full. The socket then leaves
-//! hyper (`transport::upgrade`) and is served by the transport, its messages answered by the
-//! method layer ([`Connection`]).
+//! header or the `token` query parameter (verified by the method layer's [`Access`]), and
+//! whether the node is full. The socket then leaves hyper (`transport::upgrade`) and is served
+//! by the transport, its messages answered by the method layer ([`Connection`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,14 +20,15 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_core::auth::Identity;
+use switchboard_core::pattern::glob;
 use switchboard_protocol::{MCP_SUBPROTOCOL, SUBPROTOCOL, close};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::Node;
+use super::{ACCEPT_BACKOFF, Node};
 use crate::methods::{Caller, Connection};
 use crate::transport;
 
@@ -40,13 +45,14 @@ enum Admission {
     Full,
 }
 
-/// Serves one accepted TCP connection: HTTP requests until it upgrades or closes.
+/// Serves one accepted TCP connection on the public port: HTTP requests until it upgrades or
+/// closes.
 pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
     let io = TokioIo::new(stream);
     let svc_node = node.clone();
     let svc = service_fn(move |req| {
         let node = svc_node.clone();
-        async move { Ok::<_, Infallible>(route(node, req)) }
+        async move { Ok::<_, Infallible>(route(node, req).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -58,10 +64,52 @@ pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
     }
 }
 
-fn route(node: Arc<Node>, req: Request<Incoming>) -> Reply {
+async fn route(node: Arc<Node>, req: Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&node),
+        (&Method::GET, "/ws") => upgrade(node, req).await,
+        (_, "/healthz" | "/readyz" | "/ws") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Accepts on the admin port until the node stops (the task is aborted).
+pub(crate) async fn serve_admin(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let io = TokioIo::new(stream);
+                    let svc_node = node.clone();
+                    let svc = service_fn(move |req| {
+                        let node = svc_node.clone();
+                        async move { Ok::<_, Infallible>(admin_route(&node, &req)) }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(node.config.tuning.hello_timeout)
+                        .serve_connection(io, svc);
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn admin_route<B>(node: &Node, req: &Request<B>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(node),
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));
             r.headers_mut().insert(
@@ -72,8 +120,7 @@ fn route(node: Arc<Node>, req: Request<Incoming>) -> Reply {
             );
             r
         }
-        (&Method::GET, "/ws") => upgrade(node, req),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/ws") => {
+        (_, "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -100,9 +147,16 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
     r
 }
 
-fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
-    if !transport::is_upgrade(&req) {
-        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
+    if !transport::is_upgrade(&req) || req.version() != Version::HTTP_11 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade over HTTP/1.1\n",
+        );
+    }
+    if !origin_allowed(&node.config.access.allowed_origins, req.headers()) {
+        node.metrics.origins_refused.inc();
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     if node.health.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
@@ -113,7 +167,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
             "unsupported subprotocol: offer switchboard.v1 or mcp (or none)\n",
         );
     };
-    let admission = admit(&node, &req);
+    let admission = admit(&node, &req).await;
     let mcp = protocol == Some(MCP_SUBPROTOCOL);
     let on_socket = move |stream: TcpStream, read_buf: Bytes| {
         connect(&node, stream, read_buf, admission, mcp);
@@ -189,21 +243,41 @@ fn negotiate(headers: &header::HeaderMap) -> Result<Option<&'static str>, ()> {
     }
 }
 
-fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
+async fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
     if node.conns.len() >= node.config.tuning.max_connections {
         return Admission::Full;
     }
     let Some(token) = token_of(req) else {
         return Admission::Open(None);
     };
-    match node.config.auth.verifier.as_ref().map(|v| v.verify(token)) {
-        Some(Ok(identity)) => Admission::Open(Some(identity)),
-        Some(Err(e)) => {
+    match node.access.identify(token).await {
+        Ok(identity) => Admission::Open(Some(identity)),
+        Err(e) => {
             tracing::debug!(error = %e, "token refused at upgrade");
             Admission::BadToken
         }
-        None => Admission::BadToken,
     }
+}
+
+/// Whether a browser page of the request's `Origin` may open a socket: no `Origin` (not a
+/// browser), the node's own origin (the `Host` the request names), or one `allowed` lists
+/// (exactly, or by a `*` pattern).
+fn origin_allowed(allowed: &[String], headers: &header::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().to_ascii_lowercase();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| Some(rest) == host.as_deref());
+    own || allowed.iter().any(|a| a == "*" || glob(a, &origin))
 }
 
 /// The token from `Authorization: Bearer <jwt>` or `?token=<jwt>` (a JWT needs no
@@ -250,6 +324,58 @@ mod tests {
         assert_eq!(token_of(&req("/ws?a=1&token=xyz", None, None)), Some("xyz"));
         assert_eq!(token_of(&req("/ws?token=", None, None)), None);
         assert_eq!(token_of(&req("/ws", Some("Basic abc"), None)), None);
+    }
+
+    #[test]
+    fn origins() {
+        let h = |origin: Option<&str>, host: &str| {
+            let mut b = Request::builder().uri("/ws").header(header::HOST, host);
+            if let Some(o) = origin {
+                b = b.header(header::ORIGIN, o);
+            }
+            b.body(()).unwrap().headers().clone()
+        };
+        let none: Vec<String> = vec![];
+        let listed = vec![
+            "https://app.example.com".to_owned(),
+            "https://*.example.org".to_owned(),
+        ];
+        // Not a browser, or the node's own page.
+        assert!(origin_allowed(&none, &h(None, "gw:8080")));
+        assert!(origin_allowed(&none, &h(Some("http://gw:8080"), "gw:8080")));
+        assert!(origin_allowed(
+            &none,
+            &h(Some("HTTPS://GW:8080"), "gw:8080")
+        ));
+        assert!(!origin_allowed(
+            &none,
+            &h(Some("https://evil.com"), "gw:8080")
+        ));
+        assert!(!origin_allowed(
+            &none,
+            &h(Some("http://gw:8081"), "gw:8080")
+        ));
+        assert!(!origin_allowed(&none, &h(Some("null"), "gw:8080")));
+        assert!(origin_allowed(
+            &listed,
+            &h(Some("https://app.example.com"), "gw")
+        ));
+        assert!(origin_allowed(
+            &listed,
+            &h(Some("https://a.example.org"), "gw")
+        ));
+        assert!(!origin_allowed(
+            &listed,
+            &h(Some("https://example.org.evil.com"), "gw")
+        ));
+        assert!(!origin_allowed(
+            &listed,
+            &h(Some("https://app.example.com.evil.com"), "gw")
+        ));
+        assert!(origin_allowed(
+            &["*".into()],
+            &h(Some("https://evil.com"), "gw")
+        ));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! every layer (transport, methods, relay, calls, sessions), runs the node's background tasks,
 //! accepts connections until shutdown, then drains. Nothing below imports this module.
 //!
-//! - `http.rs`: the node's one port: routes, the WebSocket upgrade, admission.
+//! - `http.rs`: the node's ports: the public one (the WebSocket upgrade, admission, health)
+//!   and the admin one (`--admin-listen`: metrics and health).
 //! - `readiness.rs`: backend pings, `/readyz`, re-preparing the backend after a reconnect.
 //! - `drain.rs`: shutdown: sockets closed with 1012 a batch at a time.
 
@@ -13,6 +14,7 @@ mod readiness;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use switchboard_core::auth::{AuthError, Verifier};
 use switchboard_core::backend::Backend;
 use switchboard_protocol::methods::session::Limits;
 use tokio::net::TcpListener;
@@ -24,7 +26,7 @@ use crate::calls::waiters::Waiters;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::conns::Conns;
 use crate::health::Health;
-use crate::methods::{CallSettings, Methods, Session, Tasks, Tools, TopicSettings, Topics};
+use crate::methods::{Access, CallSettings, Methods, Session, Tasks, Tools, TopicSettings, Topics};
 use crate::metrics::Metrics;
 use crate::relay::fanout::{self, Fanout};
 use crate::relay::recovery::Recovery;
@@ -37,7 +39,18 @@ use crate::transport::{SocketLimits, Sockets};
 pub enum GatewayError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The token keys could not be loaded (a `--jwt-*` setting, named in the message).
+    #[error(transparent)]
+    Keys(#[from] AuthError),
+    #[error("cannot listen on --admin-listen {addr}: {source}")]
+    AdminListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
+
+/// The admin port's listen backlog: a few scrapers and probes.
+const ADMIN_BACKLOG: u32 = 64;
 
 /// Pause after a failed `accept` (out of file descriptors, say) before the next one.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
@@ -47,6 +60,8 @@ pub(crate) struct Node {
     pub(crate) config: GatewayConfig,
     pub(crate) sockets: Arc<Sockets>,
     pub(crate) methods: Arc<Methods>,
+    /// Tokens and origins are checked at the upgrade with the methods' rules.
+    pub(crate) access: Arc<Access>,
     pub(crate) conns: Arc<Conns>,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
@@ -74,6 +89,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     config.validate()?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            listen(addr, ADMIN_BACKLOG)
+                .map_err(|source| GatewayError::AdminListen { addr, source })?,
+        ),
+        None => None,
+    };
+    let verifier = match config.auth.has_keys() {
+        true => Some(Verifier::start(&config.auth.key_settings()).await?),
+        false => None,
+    };
+    let policy = config.policy();
+    if policy.is_open() {
+        tracing::warn!(
+            "open mode: anonymous clients allowed and no --allow or --allow-tools rule, so every \
+             client may subscribe, publish and call anything"
+        );
+    }
+    let access = Arc::new(Access {
+        policy,
+        verifier,
+        allow_anonymous: config.auth.allow_anonymous,
+    });
     let c = &config.tuning;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(metrics.clone()));
@@ -137,7 +175,7 @@ pub async fn run(
     // The methods, each family with the handles it needs.
     let methods = Arc::new(Methods {
         session: Session {
-            auth: config.auth.clone(),
+            access: access.clone(),
             sessions: sessions.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
@@ -149,6 +187,7 @@ pub async fn run(
             },
         },
         topics: Topics {
+            access: access.clone(),
             fanout: fanout.clone(),
             subscriptions: subscriptions.clone(),
             bus: backend.topics.clone(),
@@ -165,6 +204,7 @@ pub async fn run(
             },
         },
         tools: Tools {
+            access: access.clone(),
             catalog: catalog.clone(),
             outcomes: outcomes.clone(),
             sessions: sessions.clone(),
@@ -216,9 +256,14 @@ pub async fn run(
         config,
         sockets,
         methods,
+        access,
         conns,
         health,
         metrics,
+    });
+    let admin_task = admin.map(|admin| {
+        tracing::info!(addr = ?admin.local_addr().ok(), "admin port listening (/metrics, /healthz, /readyz)");
+        tokio::spawn(http::serve_admin(node.clone(), admin))
     });
     tokio::pin!(shutdown);
     loop {
@@ -238,7 +283,7 @@ pub async fn run(
     }
     drop(listener);
     drain::drain(&node).await;
-    for task in background.into_iter().chain(fanout_tasks) {
+    for task in background.into_iter().chain(fanout_tasks).chain(admin_task) {
         task.abort();
     }
     tracing::info!(node = %node.config.node_id, "gateway stopped");

@@ -258,9 +258,9 @@ impl TopicSink for Fanout {
     /// One message from the backend on a topic this node subscribed to.
     fn deliver(&self, topic: &str, payload: &[u8]) {
         self.metrics.events_received.inc();
-        let (id, payload) = history::split_live(payload);
-        let data = match event::check_payload(payload) {
-            Ok(data) => data,
+        let (id, body) = history::split_live(payload);
+        let (data, from) = match history::check_body(body) {
+            Ok(checked) => checked,
             Err(e) => {
                 self.metrics.events_invalid.inc();
                 self.warn_limited(&format!("dropped an event: {e}"), topic);
@@ -270,7 +270,7 @@ impl TopicSink for Fanout {
         if !self.is_wanted(topic) {
             return;
         }
-        let frame = text_frame(&event::encode_event_with_id(topic, data, id));
+        let frame = text_frame(&event::encode_event_with_id(topic, data, id, from));
         let shard = (self.hasher.hash_one(topic) % self.workers.len() as u64) as usize;
         if let Err(JobFull::Full(_)) = self.workers[shard].try_send((topic.into(), frame, id)) {
             self.metrics.events_dropped.inc();
@@ -327,11 +327,22 @@ impl Fanout {
     }
 
     /// Hands a read-back history event to the topic's subscribers that lack it.
-    pub(crate) fn deliver_recovered(&self, topic: &Topic, id: EventId, data: &str) {
+    pub(crate) fn deliver_recovered(
+        &self,
+        topic: &Topic,
+        id: EventId,
+        data: &str,
+        from: Option<&str>,
+    ) {
         let Some(subs) = self.subscribers(topic.as_str()) else {
             return;
         };
-        let frame = text_frame(&event::encode_event_with_id(topic.as_str(), data, Some(id)));
+        let frame = text_frame(&event::encode_event_with_id(
+            topic.as_str(),
+            data,
+            Some(id),
+            from,
+        ));
         self.send_to(&subs, topic.as_str(), &frame, Some(id));
     }
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_core::backend::{BackendError, HistoryStore};
-use switchboard_protocol::{Topic, event};
+use switchboard_core::history;
+use switchboard_protocol::Topic;
 
 use super::fanout::Fanout;
 use super::subscriptions::Subscriptions;
@@ -85,9 +86,9 @@ impl Recovery {
                     };
                     let (last, full) = (*last, page.events.len() >= RECOVERY_PAGE);
                     for (id, data) in &page.events {
-                        match event::check_payload(data) {
-                            Ok(data) => {
-                                self.fanout.deliver_recovered(topic, *id, data);
+                        match history::check_body(data) {
+                            Ok((data, from)) => {
+                                self.fanout.deliver_recovered(topic, *id, data, from);
                                 count += 1;
                             }
                             Err(_) => {

@@ -120,6 +120,16 @@ impl LiveSession {
         );
     }
 
+    /// Drops a stored topic this connection did not take back (a resume it may no longer
+    /// subscribe to), so the session stops naming it.
+    pub(crate) fn forget(&self, topic: &Topic) {
+        let mut p = self.pending();
+        p.topics.remove(topic);
+        if !p.dropped.contains(topic) {
+            p.dropped.push(topic.clone());
+        }
+    }
+
     pub(crate) fn untrack(&self, topic: &Topic) {
         let mut p = self.pending();
         if p.topics.remove(topic).is_some() {

@@ -104,6 +104,13 @@ impl ConnCtl {
         self.hello_done.store(true, Ordering::Relaxed);
     }
 
+    /// The client refreshed its token: it now expires at `expires_at` (never, for `None`).
+    /// The writer sees a later expiry at its next look; an earlier one within a heartbeat.
+    pub(crate) fn refreshed(&self, expires_at: Option<u64>) {
+        self.expires_at
+            .store(expires_at.unwrap_or(0), Ordering::Relaxed);
+    }
+
     pub(crate) fn is_open(&self) -> bool {
         self.hello_done.load(Ordering::Relaxed)
     }
