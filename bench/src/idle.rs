@@ -212,7 +212,7 @@ pub async fn run(opts: IdleOptions) -> anyhow::Result<IdleReport> {
 
     let mut per_gateway = Vec::new();
     for (g, gw) in gateways.iter().enumerate() {
-        let connections = gauge(gw.addr, "switchboard_connections")
+        let connections = gauge(gw.admin_addr, "switchboard_connections")
             .await
             .unwrap_or(assigned[g]);
         let grown = after[g].rss.saturating_sub(before[g].rss);

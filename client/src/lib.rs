@@ -469,6 +469,7 @@ impl Client {
         self.method::<Subscribe>(&SubscribeParams {
             topic: topic.to_owned(),
             since: since.map(str::to_owned),
+            token: None,
         })
         .await
     }

@@ -396,6 +396,7 @@ impl Session {
         let params = SubscribeParams {
             topic: topic.to_owned(),
             since,
+            token: None,
         };
         match self.method::<Subscribe>(&params).await {
             Ok(r) => {

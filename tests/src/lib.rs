@@ -343,9 +343,22 @@ pub fn switchboard_bin() -> PathBuf {
     bin
 }
 
+/// A command without the `SWITCHBOARD_*` variables of the environment the tests run in: the
+/// nodes a test starts are configured by its flags alone, whatever the developer's shell holds.
+fn without_settings_env(mut cmd: Command) -> Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SWITCHBOARD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// A `switchboard gateway` child process.
 pub struct GatewayProcess {
     pub addr: SocketAddr,
+    /// The admin port (`--admin-listen`): `/metrics`.
+    pub admin_addr: SocketAddr,
     child: Child,
     /// How it was started, for [`restart`](Self::restart).
     bin: PathBuf,
@@ -367,17 +380,35 @@ impl GatewayProcess {
         node_id: &str,
         extra: &[&str],
     ) -> GatewayProcess {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut all = vec!["--allow-anonymous"];
+        all.extend_from_slice(extra);
+        Self::launch(bin, redis_url, node_id, &all).await
+    }
+
+    /// Starts a gateway with only the `extra` flags on top of the address, Redis and pacing
+    /// ones: no `--allow-anonymous` unless given, so the flags say who may connect.
+    pub async fn start_secured(redis_url: &str, node_id: &str, extra: &[&str]) -> GatewayProcess {
+        Self::launch(&switchboard_bin(), redis_url, node_id, extra).await
+    }
+
+    async fn launch(
+        bin: &std::path::Path,
+        redis_url: &str,
+        node_id: &str,
+        extra: &[&str],
+    ) -> GatewayProcess {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args: Vec<String> = [
             "gateway",
             "--listen",
             &addr.to_string(),
+            "--admin-listen",
+            &admin_addr.to_string(),
             "--redis",
             redis_url,
             "--node-id",
             node_id,
-            "--allow-anonymous",
             "--readiness-interval",
             "200ms",
             "--subscribe-retry",
@@ -390,6 +421,7 @@ impl GatewayProcess {
         let child = Self::spawn(bin, &args);
         let g = GatewayProcess {
             addr,
+            admin_addr,
             child,
             bin: bin.to_owned(),
             args,
@@ -399,10 +431,9 @@ impl GatewayProcess {
     }
 
     fn spawn(bin: &std::path::Path, args: &[String]) -> Child {
-        Command::new(bin)
+        without_settings_env(Command::new(bin))
             .args(args)
             .env("SWITCHBOARD_LOG", "warn")
-            .env_remove("SWITCHBOARD_JWT_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -498,7 +529,7 @@ impl WorkerProcess {
         id: &str,
         extra: &[&str],
     ) -> WorkerProcess {
-        let child = Command::new(bin)
+        let child = without_settings_env(Command::new(bin))
             .arg("worker")
             .args(["--redis", &redis.url(), "--worker-id", id])
             .args(["--heartbeat", "200ms", "--fetch-block", "200ms"])
@@ -577,14 +608,20 @@ pub fn redis_backend(redis: &RedisServer) -> Arc<switchboard_redis::RedisBackend
 /// A gateway running inside the test process.
 pub struct InProcessGateway {
     pub addr: SocketAddr,
+    /// The admin port: `/metrics`.
+    pub admin_addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl InProcessGateway {
-    pub async fn start(config: GatewayConfig, backend: Backend) -> InProcessGateway {
+    /// Starts a gateway; its admin port is `config.admin_listen`, or a free one.
+    pub async fn start(mut config: GatewayConfig, backend: Backend) -> InProcessGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_addr = *config
+            .admin_listen
+            .get_or_insert_with(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             switchboard_gateway::run(config, listener, backend, async {
@@ -595,6 +632,7 @@ impl InProcessGateway {
         });
         InProcessGateway {
             addr,
+            admin_addr,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -648,7 +686,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     Ok((status, body))
 }
 
-/// Reads one counter from a node's `/metrics`.
+/// Reads one counter from a node's `/metrics` (`addr`: its admin port).
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await.expect("metrics");
     body.lines()

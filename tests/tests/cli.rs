@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_core::auth::Verifier;
+use switchboard_core::auth::{KeySettings, Verifier};
 use switchboard_harness::{
     RedisServer, WsClient, eventually, free_port, http_get, switchboard_bin,
 };
@@ -121,13 +121,115 @@ async fn token_mints_what_the_gateway_verifies() {
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    let id = Verifier::hs256(b"sekrit")
+    let claims = Verifier::hs256(b"sekrit")
         .verify(out.trim())
+        .await
         .expect("valid token");
-    assert_eq!(&*id.subject, "alice");
-    assert!(Verifier::hs256(b"other").verify(out.trim()).is_err());
+    assert_eq!(claims.sub, "alice");
+    assert!(claims.exp.is_some());
+    assert!(Verifier::hs256(b"other").verify(out.trim()).await.is_err());
     let (code, _, _) = run(&["token", "--sub", "alice"], &[]).await;
     assert_eq!(code, 64, "no secret");
+}
+
+/// A test key (core/tests/fixtures/keys).
+fn key_file(name: &str) -> String {
+    format!(
+        "{}/../core/tests/fixtures/keys/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test]
+async fn token_carries_grants_audience_issuer_and_kid() {
+    // A private key, a kid, and every claim a gateway reads.
+    let (code, out, err) = run(
+        &[
+            "token",
+            "--private-key",
+            &key_file("ec256.key"),
+            "--kid",
+            "e1",
+            "--sub",
+            "alice",
+            "--topics",
+            "chat:*=sub,pub",
+            "--topics",
+            "news:*=sub",
+            "--tools",
+            "echo",
+            "--aud",
+            "switchboard",
+            "--iss",
+            "https://idp.example",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let verifier = Verifier::start(&KeySettings {
+        public_keys: vec![format!("kid:e1:{}", key_file("ec256.pub")).into()],
+        audience: vec!["switchboard".into()],
+        issuer: vec!["https://idp.example".into()],
+        ..KeySettings::default()
+    })
+    .await
+    .unwrap();
+    let claims = verifier.verify(out.trim()).await.expect("valid token");
+    let topics = claims.topics.clone().unwrap();
+    assert_eq!(topics["chat:*"], ["sub", "pub"]);
+    assert_eq!(topics["news:*"], ["sub"]);
+    assert_eq!(claims.tools.as_deref(), Some(&["echo".to_owned()][..]));
+    // The same token under another kid's key, or for another audience, is refused.
+    let other_aud = Verifier::start(&KeySettings {
+        public_keys: vec![key_file("ec256.pub").into()],
+        audience: vec!["elsewhere".into()],
+        ..KeySettings::default()
+    })
+    .await
+    .unwrap();
+    assert!(other_aud.verify(out.trim()).await.is_err());
+
+    // From variables: the gateway's own SWITCHBOARD_JWT_SECRET (its first secret, with its
+    // kid), and a subscription token.
+    let (code, out, err) = run(
+        &["token"],
+        &[
+            ("SWITCHBOARD_JWT_SECRET", "kid:k1:sekrit,older"),
+            ("SWITCHBOARD_TOKEN_SUB", "carol"),
+            ("SWITCHBOARD_TOKEN_ALG", "HS512"),
+            ("SWITCHBOARD_TOKEN_TOPICS", "a:*=sub;b:*=pub"),
+            ("SWITCHBOARD_TOKEN_TOPIC", "chat:1"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let verifier = Verifier::start(&KeySettings {
+        secrets: vec!["kid:k1:sekrit".into()],
+        ..KeySettings::default()
+    })
+    .await
+    .unwrap();
+    let claims = verifier.verify(out.trim()).await.expect("valid token");
+    assert_eq!(claims.sub, "carol");
+    assert_eq!(claims.topics.map(|t| t.len()), Some(2));
+    assert_eq!(claims.topic.as_deref(), Some("chat:1"));
+
+    // What a gateway would refuse is refused here, naming the flag.
+    for (bad, flag) in [
+        (&["--topics", "chat:*"][..], "--topics"),
+        (&["--topics", "chat:*=write"], "--topics"),
+        (&["--tools", "a b"], "--tools"),
+        (&["--topic", "no spaces"], "--topic"),
+        (&["--alg", "RS256"], "--alg"),
+        (&["--private-key", "/nonexistent.pem"], "--private-key"),
+    ] {
+        let mut args = vec!["token", "--secret", "s", "--sub", "a"];
+        args.extend_from_slice(bad);
+        let (code, _, err) = run(&args, &[]).await;
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(err.contains(flag), "{bad:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +242,7 @@ async fn gateway_from_env_and_publish_command() {
         .env("SWITCHBOARD_LISTEN", &listen)
         .env("SWITCHBOARD_REDIS", redis.url())
         .env("SWITCHBOARD_JWT_SECRET", "sekrit")
+        .env("SWITCHBOARD_ALLOW", "news=sub")
         .env("SWITCHBOARD_NODE_ID", "from-env")
         .env("SWITCHBOARD_REDIS_PREFIX", "tenant1")
         .env("SWITCHBOARD_LOG", "warn")
@@ -210,6 +313,10 @@ async fn dev_runs_without_redis_and_says_how_to_connect() {
         }
     }
     assert!(printed.contains(&url), "{printed}");
+    assert!(
+        printed.contains("open mode"),
+        "dev says it is open: {printed}"
+    );
     let mut a = WsClient::connect(&url).await;
     let mut b = WsClient::connect(&url).await;
     a.hello().await;
@@ -229,4 +336,44 @@ async fn dev_runs_without_redis_and_says_how_to_connect() {
         .await;
     assert_eq!(r["result"]["structuredContent"], json!({"n": 1}), "{r}");
     let _ = dev.kill().await;
+}
+
+/// A gateway that lets anonymous clients do anything says so at start; one with a rule does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_gateway_says_so_at_start() {
+    let redis = RedisServer::start().await;
+    let start = |extra: &'static [&'static str]| {
+        let mut cmd = Command::new(switchboard_bin());
+        cmd.args(["gateway", "--allow-anonymous", "--redis", &redis.url()])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(extra)
+            .env("SWITCHBOARD_LOG", "info")
+            .env_remove("SWITCHBOARD_JWT_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    // Reads the log until the listening line; answers whether "open mode" came before it.
+    async fn says_open(child: &mut tokio::process::Child) -> bool {
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut open = false;
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.next_line())
+                .await
+                .expect("the gateway logs in time")
+                .unwrap()
+                .expect("the gateway logs its start");
+            open |= line.contains("open mode");
+            if line.contains("gateway listening") {
+                return open;
+            }
+        }
+    }
+    let mut open = start(&[]);
+    assert!(says_open(&mut open).await);
+    let mut ruled = start(&["--allow", "chat:*=sub"]);
+    assert!(!says_open(&mut ruled).await);
+    let _ = open.kill().await;
+    let _ = ruled.kill().await;
 }

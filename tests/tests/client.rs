@@ -15,7 +15,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use switchboard_client::{ClientError, Session, SessionEvent, SessionEvents, SessionOptions};
-use switchboard_core::auth::{self, Verifier};
+use switchboard_core::access::TopicRule;
+use switchboard_core::auth;
 use switchboard_core::backend::{Backend, JobQueue};
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
@@ -35,6 +36,7 @@ use tokio::net::TcpSocket;
 /// up yet), stopped like a real one (drain, 1012).
 struct Node {
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -44,8 +46,12 @@ impl Node {
         Self::start_at(Reserved::new(), config, backend).await
     }
 
-    async fn start_at(reserved: Reserved, config: GatewayConfig, backend: Backend) -> Node {
+    async fn start_at(reserved: Reserved, mut config: GatewayConfig, backend: Backend) -> Node {
         let addr = reserved.addr;
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", switchboard_harness::free_port())
+            .parse()
+            .unwrap();
+        config.admin_listen = Some(admin_addr);
         drop(reserved.socket);
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_reuseaddr(true).unwrap();
@@ -65,6 +71,7 @@ impl Node {
         .await;
         Node {
             addr,
+            admin_addr,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -385,7 +392,8 @@ async fn a_resumed_session_keeps_its_call_and_its_topics() {
         let s = session.clone();
         tokio::spawn(async move { s.subscribe("h:late").await })
     };
-    let _b = Node::start_at(b_port, config("gw-b"), redis_backend(&redis).backend()).await;
+    let b = Node::start_at(b_port, config("gw-b"), redis_backend(&redis).backend()).await;
+    let b_admin = b.admin_addr;
     read_until(&mut events, &mut log, |l| {
         l.iter().any(|e| e.starts_with("Reconnected"))
     })
@@ -424,7 +432,7 @@ async fn a_resumed_session_keeps_its_call_and_its_topics() {
     // The resume restored h:drop on node b; the session unsubscribed it there, so b holds
     // h:x and h:late only (the publisher is on another node).
     eventually("node b to hold only the wanted topics", || async move {
-        (metric(b_addr, "switchboard_backend_subscriptions").await == 2.0).then_some(())
+        (metric(b_admin, "switchboard_backend_subscriptions").await == 2.0).then_some(())
     })
     .await;
 }
@@ -474,8 +482,9 @@ const SECRET: &[u8] = b"client-secret";
 async fn bad_or_expired_token_is_final() {
     let tb = TestBackend::start(Kind::Memory).await;
     let mut c = config("gw");
-    c.auth.verifier = Some(Verifier::hs256(SECRET));
+    c.auth.jwt_secrets = vec![String::from_utf8_lossy(SECRET).into_owned()];
     c.auth.allow_anonymous = false;
+    c.access.allow = vec![TopicRule::parse("h:*=sub,pub").unwrap()];
     let gw = Node::start(c, tb.backend.clone()).await;
 
     let mut opts = options(&[url(gw.addr)]);

@@ -80,6 +80,7 @@ async fn every_method_speaks_its_types(kind: Kind) {
         .method::<Subscribe>(&SubscribeParams {
             topic: "h:types".into(),
             since: None,
+            token: None,
         })
         .await
         .unwrap();
@@ -102,6 +103,7 @@ async fn every_method_speaks_its_types(kind: Kind) {
         .method::<Subscribe>(&SubscribeParams {
             topic: "h:other".into(),
             since: Some("0-0".into()),
+            token: None,
         })
         .await
         .unwrap();
@@ -110,6 +112,7 @@ async fn every_method_speaks_its_types(kind: Kind) {
         .method::<Subscribe>(&SubscribeParams {
             topic: "no spaces".into(),
             since: None,
+            token: None,
         })
         .await
         .unwrap_err();

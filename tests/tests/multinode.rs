@@ -80,7 +80,7 @@ async fn events_cross_nodes_exactly_once() {
     }
     for node in [&a, &b] {
         assert_eq!(
-            metric(node.addr, "switchboard_events_invalid_total").await,
+            metric(node.admin_addr, "switchboard_events_invalid_total").await,
             1.0
         );
     }

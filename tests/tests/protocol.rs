@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_core::auth::{self, Verifier};
+use switchboard_core::auth;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     InProcessGateway, Kind, Read, RedisServer, TestBackend, WsClient, both_backends, http_get,
@@ -158,7 +158,11 @@ async fn subscribe_publish_unsubscribe(kind: Kind) {
         .await;
     assert!(r["result"].is_object(), "{r}");
     let ev = sub.next_event().await;
-    assert_eq!(ev, json!({"topic": "chat:42", "data": data}));
+    // A client's event carries its publisher (anonymous here).
+    assert_eq!(
+        ev,
+        json!({"topic": "chat:42", "data": data, "from": "anonymous"})
+    );
 
     // Subscribing twice is harmless and does not double deliveries.
     sub.call("subscribe", json!({"topic": "chat:42"})).await;
@@ -183,7 +187,7 @@ async fn subscribe_publish_unsubscribe(kind: Kind) {
     // Nothing from chat:42 arrived after the unsubscribe: the next event is the marker.
     assert_eq!(
         sub.next_event().await,
-        json!({"topic": "other", "data": "marker"})
+        json!({"topic": "other", "data": "marker", "from": "anonymous"})
     );
 }
 
@@ -325,7 +329,7 @@ async fn tokens_are_checked(kind: Kind) {
     const SECRET: &[u8] = b"test-secret";
     let s = setup(kind, |c| {
         c.auth.allow_anonymous = false;
-        c.auth.verifier = Some(Verifier::hs256(SECRET));
+        c.auth.jwt_secrets = vec![String::from_utf8_lossy(SECRET).into_owned()];
     })
     .await;
     let url = s.gw.ws_url();
@@ -337,6 +341,7 @@ async fn tokens_are_checked(kind: Kind) {
             sub: "alice".into(),
             exp: Some(switchboard_core::clock::now_secs() - 3600),
             iat: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -581,7 +586,7 @@ async fn busy_client_still_hits_the_hello_timeout() {
 async fn expiring_token_closes_1008() {
     const SECRET: &[u8] = b"s";
     let mut config = GatewayConfig::dev("exp");
-    config.auth.verifier = Some(Verifier::hs256(SECRET));
+    config.auth.jwt_secrets = vec![String::from_utf8_lossy(SECRET).into_owned()];
     let gw = InProcessGateway::start(config, MemoryBackend::new().backend()).await;
     let token = auth::mint_claims(
         SECRET,
@@ -589,6 +594,7 @@ async fn expiring_token_closes_1008() {
             sub: "bob".into(),
             exp: Some(switchboard_core::clock::now_secs() + 2),
             iat: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -613,7 +619,9 @@ async fn http_endpoints() {
         matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
     })
     .await;
-    let (code, body) = http_get(addr, "/metrics").await.unwrap();
+    // Metrics on the admin port only.
+    assert_eq!(http_get(addr, "/metrics").await.unwrap().0, 404);
+    let (code, body) = http_get(gw.admin_addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("switchboard_connections "), "{body}");
     assert!(

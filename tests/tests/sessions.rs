@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use switchboard_core::auth::{self, Verifier};
+use switchboard_core::auth;
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
@@ -23,7 +23,7 @@ fn config(node: &str) -> GatewayConfig {
     config.tuning.readiness_interval = Duration::from_millis(100);
     config.tuning.session_refresh = Duration::from_millis(200);
     config.tuning.history = vec![HistoryRule::parse("h:*=1000").unwrap()];
-    config.auth.verifier = Some(Verifier::hs256(SECRET));
+    config.auth.jwt_secrets = vec![String::from_utf8_lossy(SECRET).into_owned()];
     config
 }
 
@@ -185,7 +185,7 @@ async fn takeover_closes_the_older_socket_4009(kind: Kind) {
     assert_eq!(old.read_close().await, 4009);
     // The old socket's end does not disturb the new holder's subscriptions: once the node has
     // torn the old connection down (its gauge counts only the new one), events still arrive.
-    let addr = gw.addr;
+    let addr = gw.admin_addr;
     eventually("the old connection to be torn down", || async move {
         (metric(addr, "switchboard_connections").await == 1.0).then_some(())
     })

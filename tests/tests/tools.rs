@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_core::auth::{self, Verifier};
+use switchboard_core::auth;
 use switchboard_core::backend::JobQueue;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
@@ -26,7 +26,7 @@ struct Setup {
 
 async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     let mut config = GatewayConfig::dev("tools-node");
-    config.auth.verifier = Some(Verifier::hs256(SECRET));
+    config.auth.jwt_secrets = vec![String::from_utf8_lossy(SECRET).into_owned()];
     config.tuning.readiness_interval = Duration::from_millis(100);
     config.tuning.registry_interval = Duration::from_millis(100);
     tweak(&mut config);
@@ -398,8 +398,13 @@ async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
 }
 
 async fn an_unmodified_mcp_client_calls_tools(kind: Kind) {
+    // Tokens required, so not open: the agent may call what its token grants.
     let s = setup(kind, |c| c.auth.allow_anonymous = false).await;
-    let token = auth::mint(SECRET, "agent", None).unwrap();
+    let claims = auth::Claims {
+        tools: Some(vec!["*".into()]),
+        ..auth::Claims::subject("agent")
+    };
+    let token = auth::mint_claims(SECRET, &claims).unwrap();
     let url = s.gw.ws_url();
     let mut c = WsClient::connect_with(
         &url,
