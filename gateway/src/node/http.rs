@@ -274,9 +274,22 @@ fn origin_allowed(allowed: &[String], headers: &header::HeaderMap) -> bool {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_ascii_lowercase);
-    let own = origin
-        .split_once("://")
-        .is_some_and(|(_, rest)| Some(rest) == host.as_deref());
+    // The page's host and port against the Host the request names, each without the scheme's
+    // default port (`https://a.example` is `a.example:443`).
+    let own = match (origin.split_once("://"), host.as_deref()) {
+        (Some((scheme, page)), Some(host)) => {
+            let bare = |h: &str| -> String {
+                let default = match scheme {
+                    "http" => ":80",
+                    "https" => ":443",
+                    _ => return h.to_owned(),
+                };
+                h.strip_suffix(default).unwrap_or(h).to_owned()
+            };
+            bare(page) == bare(host)
+        }
+        _ => false,
+    };
     own || allowed.iter().any(|a| a == "*" || glob(a, &origin))
 }
 
@@ -356,6 +369,11 @@ mod tests {
             &h(Some("http://gw:8081"), "gw:8080")
         ));
         assert!(!origin_allowed(&none, &h(Some("null"), "gw:8080")));
+        // Default ports are the same origin, written or not.
+        let own = |origin: &str, host: &str| origin_allowed(&[], &h(Some(origin), host));
+        assert!(own("https://gw", "gw:443") && own("https://gw:443", "gw"));
+        assert!(own("http://gw", "gw:80") && !own("https://gw:80", "gw"));
+        assert!(!own("https://gw.evil", "gw") && !own("https://gw", "gw.evil"));
         assert!(origin_allowed(
             &listed,
             &h(Some("https://app.example.com"), "gw")
