@@ -6,10 +6,10 @@
 //! Topic rules are `PATTERN=OPS` (`chat:*=sub,pub`). The first rule whose pattern matches the
 //! topic decides what the rules allow on it (so a narrow rule goes before a broad one:
 //! `chat:announce=sub` then `chat:*=sub,pub`; `OPS` may be `none`). `{sub}` in a pattern stands
-//! for the caller's subject, as a literal: `user:{sub}:*` gives every user their own topics. A
-//! subject that could not be one segment of a topic name (empty, a character outside the topic
-//! alphabet, or `:`, with which `alice:x` would reach into `user:alice:*`) makes such a rule
-//! match nothing for that caller. The token's grants then add what they cover.
+//! for the caller's subject, as a literal and a whole `:`-separated segment: `user:{sub}:*`
+//! gives every user their own topics. A subject that could not be one segment of a topic name
+//! (empty, a character outside the topic alphabet, or `:`, with which `alice:x` would reach
+//! into `user:alice:*`) makes such a rule match nothing for that caller. The token's grants then add what they cover.
 //!
 //! Tool rules are patterns (`echo`, `search.*`); a tool is allowed when a rule or a tool grant
 //! covers it.
@@ -36,11 +36,16 @@ impl TopicRule {
         let (pattern, ops) = s.rsplit_once('=').ok_or_else(|| {
             format!("{s:?}: expected PATTERN=OPS (OPS: sub, pub, sub,pub or none)")
         })?;
+        if ops.trim().is_empty() {
+            return Err(format!("{s:?}: OPS is empty (sub, pub, sub,pub or none)"));
+        }
         let ops = Ops::parse(ops).map_err(|e| format!("{s:?}: {e}"))?;
         let per_subject = pattern.contains(SUBJECT);
-        if pattern.contains(&format!("{SUBJECT}*")) {
+        if !subject_is_whole_segments(pattern) {
             return Err(format!(
-                "{s:?}: {{sub}} must not be followed by * (user:{{sub}}* would let subject \"al\" read user:alice)"
+                "{s:?}: {{sub}} must be a whole segment, between `:`s or at an end \
+                 (`user:{{sub}}:*`): next to anything else (`user:{{sub}}*`, \
+                 `user:{{sub}}.*`) a subject like \"alice.x\" would reach into alice's topics"
             ));
         }
         check_topic_pattern(&pattern.replace(SUBJECT, "x")).map_err(|e| format!("{s:?}: {e}"))?;
@@ -60,6 +65,15 @@ impl TopicRule {
         };
         matched.then_some(self.ops)
     }
+}
+
+/// Whether every `{sub}` in `pattern` is a whole `:`-separated segment.
+fn subject_is_whole_segments(pattern: &str) -> bool {
+    pattern.match_indices(SUBJECT).all(|(at, _)| {
+        let before = pattern[..at].chars().next_back();
+        let after = pattern[at + SUBJECT.len()..].chars().next();
+        matches!(before, None | Some(':')) && matches!(after, None | Some(':'))
+    })
 }
 
 /// Whether a subject may stand in a `{sub}` rule: one topic segment, without `*`.
@@ -195,8 +209,21 @@ mod tests {
             Op::Sub,
             "user:alice@example.com:x"
         ));
-        assert!(TopicRule::parse("user:{sub}*=sub").is_err());
+        // {sub} is a whole segment, or a subject could reach into another's topics.
+        for escape in [
+            "user:{sub}*=sub",
+            "user:{sub}.*=sub",
+            "user:{sub}-x=sub",
+            "dm:*-{sub}=sub",
+            "dm:a{sub}=sub",
+            "u/{sub}/*=sub",
+        ] {
+            assert!(TopicRule::parse(escape).is_err(), "{escape}");
+        }
         assert!(TopicRule::parse("user:{sub}=sub").is_ok());
+        assert!(TopicRule::parse("{sub}:inbox=sub").is_ok());
+        assert!(TopicRule::parse("dm:*:{sub}=sub").is_ok());
+        assert!(TopicRule::parse("chat:*=").is_err());
         assert!(TopicRule::parse("chat:*").is_err());
         assert!(TopicRule::parse("chat *=sub").is_err());
         assert!(TopicRule::parse("chat:*=write").is_err());

@@ -26,14 +26,14 @@ use switchboard_core::settings::{self, duration};
 pub struct AuthConfig {
     /// HMAC secret tokens are verified with (HS256, HS384, HS512): SECRET, or
     /// kid:<KID>:<SECRET> for the tokens whose header names that kid. Repeatable: several
-    /// secrets without a kid are each tried (a rotation). The variable takes secrets separated
-    /// by `,` (so a secret cannot hold a comma).
+    /// secrets without a kid are each tried (a rotation). The variable takes one secret per
+    /// line (a secret cannot hold a line break).
     #[arg(
         id = "jwt_secret",
         long = "jwt-secret",
         env = "SWITCHBOARD_JWT_SECRET",
         hide_env_values = true,
-        value_delimiter = ',',
+        value_delimiter = '\n',
         value_name = "SECRET",
         value_parser = non_empty
     )]
@@ -594,6 +594,11 @@ mod tests {
         assert!(c.auth.has_keys() && !c.auth.allow_anonymous);
         let k = c.auth.key_settings();
         assert_eq!(k.secrets, ["old", "kid:k2:new"]);
+        // A comma is part of a secret, never a split into weaker ones; lines separate.
+        let commas = GatewayConfig::from_args(&["--jwt-secret", "long-secret,x"]).unwrap();
+        assert_eq!(commas.auth.jwt_secrets, ["long-secret,x"]);
+        let lines = GatewayConfig::from_args(&["--jwt-secret", "new\nold"]).unwrap();
+        assert_eq!(lines.auth.jwt_secrets, ["new", "old"]);
         assert_eq!(k.public_keys.len(), 2);
         assert_eq!(k.jwks_url.as_deref(), Some("https://idp.example/jwks"));
         assert_eq!((k.audience.len(), k.issuer.len()), (1, 1));

@@ -22,6 +22,8 @@ const SECRET: &str = "authz-secret";
 const RULES: &[&str] = &[
     "--jwt-secret",
     SECRET,
+    "--history",
+    "user:*=100",
     "--allow",
     "user:{sub}:*=sub",
     "--allow",
@@ -109,6 +111,17 @@ async fn bob_cannot_read_write_or_replay_alices_topics() {
             .call("subscribe", json!({"topic": "user:alice:inbox"}))
             .await,
     );
+    // Alice's inbox has history: what a replay would read is there.
+    let mut conn = redis.connection().await;
+    let _: String = redis::cmd("FCALL")
+        .arg("sb_publish")
+        .arg(1)
+        .arg("sb:h:{user:alice:inbox}")
+        .arg(r#"{"secret":1}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(alice.next_event().await["data"]["secret"], 1);
     let r = bob
         .call("subscribe", json!({"topic": "user:alice:inbox"}))
         .await;
@@ -127,6 +140,10 @@ async fn bob_cannot_read_write_or_replay_alices_topics() {
         )
         .await;
     assert_forbidden(&r, "pub", "user:alice:inbox");
+    assert!(
+        bob.take_notification("event").is_none(),
+        "nothing of the history reached bob"
+    );
     // A topic nobody ever used is refused in the same words: no existence leak.
     let r = bob
         .call("subscribe", json!({"topic": "user:alice:never"}))
@@ -549,11 +566,18 @@ async fn tools_outside_the_grants_are_neither_listed_nor_called() {
 async fn refresh_replaces_grants_and_expiry_in_band() {
     let redis = RedisServer::start().await;
     let gw = GatewayProcess::start_secured(&redis.url(), "gw", &["--jwt-secret", SECRET]).await;
-    // Tokens that expired 3 s ago are still inside the 5 s leeway: each socket closes about 2 s
-    // from now unless it refreshes.
+    let mut carol = connect(
+        &gw,
+        &token_with(granting("carol", &[("room:*", &["sub", "pub"])], &[])),
+    )
+    .await;
+    assert_ok(&carol.call("subscribe", json!({"topic": "room:1"})).await);
+    // Tokens that expire now are good for the 5 s leeway: each socket closes 5 s from `t0`
+    // unless it refreshes. The subscription token expired a second ago: good for 4 s more.
+    let t0 = now_secs();
     let short = |sub: &str| {
         token_with(Claims {
-            exp: Some(now_secs() - 3),
+            exp: Some(t0),
             ..granting(sub, &[("room:*", &["sub", "pub"])], &[])
         })
     };
@@ -561,11 +585,25 @@ async fn refresh_replaces_grants_and_expiry_in_band() {
     let mut lapsed = connect(&gw, &short("alice")).await;
     assert_ok(&kept.call("subscribe", json!({"topic": "room:1"})).await);
     assert_ok(&kept.call("subscribe", json!({"topic": "room:2"})).await);
+    let sub_token = token_with(Claims {
+        topic: Some("private:alice".into()),
+        exp: Some(t0 - 1),
+        ..Claims::subject("alice")
+    });
+    assert_ok(
+        &kept
+            .call(
+                "subscribe",
+                json!({"topic": "private:alice", "token": sub_token}),
+            )
+            .await,
+    );
 
     // A bad token: -32001, the connection keeps its old token.
     let r = kept.call("refresh", json!({"token": "not.a.token"})).await;
     assert_eq!(r["error"]["code"], -32001, "{r}");
-    // The new token grants room:1 only, for an hour: room:2 is left.
+    // The new token grants room:1 only, for an hour: room:2 is left; the subscription token's
+    // topic stays while that token is good; the client is told to list its tools again.
     let exp = now_secs() + 3600;
     let fresh = token_with(Claims {
         exp: Some(exp),
@@ -574,6 +612,10 @@ async fn refresh_replaces_grants_and_expiry_in_band() {
     let r = kept.call("refresh", json!({ "token": fresh })).await;
     assert_eq!(r["result"]["expiresAt"], exp, "{r}");
     assert_eq!(r["result"]["revoked"], json!(["room:2"]), "{r}");
+    assert!(
+        kept.take_notification("notifications/tools/list_changed")
+            .is_some()
+    );
     assert_forbidden(
         &kept
             .call("publish", json!({"topic": "room:2", "data": 1}))
@@ -584,13 +626,13 @@ async fn refresh_replaces_grants_and_expiry_in_band() {
 
     // The socket without a refresh closes with 1008 at its token's expiry...
     assert_eq!(lapsed.read_close().await, 1008);
-    // ...and the refreshed one outlives it, and still receives.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let r = kept
-        .call("publish", json!({"topic": "room:1", "data": "alive"}))
-        .await;
-    assert_ok(&r);
-    assert_eq!(kept.next_event().await["data"], "alive");
+    assert!(now_secs() >= t0 + 5);
+    // ...and the refreshed one outlives it, and still receives, as does everyone else.
+    still_delivers(&mut carol, &mut kept, "room:1", 1).await;
+    assert_eq!(carol.next_event().await["data"]["n"], 1);
+    // By now the subscription token has expired: the next refresh leaves its topic.
+    let r = kept.call("refresh", json!({ "token": fresh })).await;
+    assert_eq!(r["result"]["revoked"], json!(["private:alice"]), "{r}");
 
     // A refresh that names another subject: -32001, then close 1008.
     let r = kept
@@ -598,6 +640,59 @@ async fn refresh_replaces_grants_and_expiry_in_band() {
         .await;
     assert_eq!(r["error"]["code"], -32001, "{r}");
     assert_eq!(kept.read_close().await, 1008);
+    let mut dave = connect(
+        &gw,
+        &token_with(granting("dave", &[("room:*", &["pub"])], &[])),
+    )
+    .await;
+    still_delivers(&mut dave, &mut carol, "room:1", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_rechecks_what_the_new_token_allows() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProcess::start_secured(
+        &redis.url(),
+        "gw",
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--allow",
+            "open:*=sub,pub",
+            "--history",
+            "*=100",
+        ],
+    )
+    .await;
+    let granted = token_with(granting("alice", &[("room:*", &["sub"])], &[]));
+    let mut first = WsClient::connect(&gw.ws_url()).await;
+    let hello = first.call("hello", json!({ "token": granted })).await;
+    let id = hello["result"]["session"].as_str().unwrap().to_owned();
+    assert_ok(&first.call("subscribe", json!({"topic": "room:1"})).await);
+    assert_ok(&first.call("subscribe", json!({"topic": "open:1"})).await);
+    first.close(1000).await;
+
+    // Back with a token that no longer grants room:*: open:1 is restored, room:1 is not, and
+    // the session stops naming it.
+    let mut back = WsClient::connect(&gw.ws_url()).await;
+    let r = back
+        .call("hello", json!({"token": token("alice"), "session": id}))
+        .await;
+    assert_eq!(r["result"]["resumed"], true, "{r}");
+    let subs = r["result"]["subscriptions"].as_array().unwrap().clone();
+    let of = |t: &str| subs.iter().find(|s| s["topic"] == t).cloned().unwrap();
+    assert_eq!(of("room:1")["recovered"], false, "{r}");
+    assert!(of("room:1").get("position").is_none(), "{r}");
+    assert!(of("open:1")["position"].is_string(), "{r}");
+    eventually("the session to forget room:1", || {
+        let redis = &redis;
+        let id = id.clone();
+        async move { (!redis.session_fields(&id).await.contains_key("t:room:1")).then_some(()) }
+    })
+    .await;
+    redis.publish("room:1", r#""not for alice""#).await;
+    redis.publish("open:1", r#""marker""#).await;
+    assert_eq!(back.next_event().await["data"], "marker");
 }
 
 /// Sends a WebSocket upgrade request by hand and returns the HTTP status.
@@ -728,6 +823,16 @@ async fn default_deny_and_open_mode() {
     );
     let ev = a.next_event().await;
     assert_eq!(ev["from"], "anonymous", "{ev}");
+    // A subscription token opens no connection.
+    let sub_token = token_with(Claims {
+        topic: Some("chat:1".into()),
+        ..Claims::subject("alice")
+    });
+    let mut c = WsClient::connect(&closed.ws_url()).await;
+    let r = c.call("hello", json!({ "token": sub_token })).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert_eq!(c.read_close().await, 1008);
+
     // --allow-anonymous with a rule: anonymous clients get the rules, nothing more.
     let ruled = GatewayProcess::start(&redis.url(), "gw-ruled", &["--allow", "chat:*=sub"]).await;
     let mut a = WsClient::connect(&ruled.ws_url()).await;
@@ -739,8 +844,33 @@ async fn default_deny_and_open_mode() {
         "pub",
         "chat:1",
     );
-    eventually("the refusal to be counted", || async {
-        (metric(ruled.admin_addr, "switchboard_forbidden_total").await >= 1.0).then_some(())
-    })
+    assert_eq!(
+        metric(ruled.admin_addr, "switchboard_forbidden_total").await,
+        1.0
+    );
+    // A refused notification gets no answer, and is counted too.
+    a.send_text(
+        json!({"jsonrpc": "2.0", "method": "publish", "params": {"topic": "chat:1", "data": 2}})
+            .to_string(),
+    )
     .await;
+    assert_eq!(a.call("ping", json!({})).await["result"], json!({}));
+    assert_eq!(
+        metric(ruled.admin_addr, "switchboard_forbidden_total").await,
+        2.0
+    );
+    // A token may not pass for the anonymous clients there.
+    let ruled_keys = GatewayProcess::start(
+        &redis.url(),
+        "gw-ruled-keys",
+        &["--jwt-secret", SECRET, "--allow", "chat:*=sub"],
+    )
+    .await;
+    let mut c = WsClient::connect(&ruled_keys.ws_url()).await;
+    let r = c
+        .call("hello", json!({ "token": token("anonymous") }))
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    let mut c = WsClient::connect(&ruled_keys.ws_url()).await;
+    c.hello().await;
 }

@@ -73,6 +73,36 @@ async fn invalid_settings_exit_64() {
     .await;
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("SWITCHBOARD_REDIS"), "{err}");
+
+    // Rules that could not be enforced as written are refused, naming the flag.
+    for rule in ["user:{sub}.*=sub", "chat:*", "chat:*=write", "chat:*="] {
+        let (code, _, err) = run(
+            &[
+                "gateway",
+                "--allow-anonymous",
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--allow",
+                rule,
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(code, 64, "{rule}: {err}");
+        assert!(err.contains("--allow"), "{rule}: {err}");
+    }
+    let (code, _, err) = run(
+        &[
+            "gateway",
+            "--allow-anonymous",
+            "--redis",
+            "redis://127.0.0.1:1",
+        ],
+        &[("SWITCHBOARD_ALLOWED_ORIGINS", "app.example.com")],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--allowed-origin"), "{err}");
 }
 
 #[tokio::test]
@@ -195,7 +225,7 @@ async fn token_carries_grants_audience_issuer_and_kid() {
     let (code, out, err) = run(
         &["token"],
         &[
-            ("SWITCHBOARD_JWT_SECRET", "kid:k1:sekrit,older"),
+            ("SWITCHBOARD_JWT_SECRET", "kid:k1:sekrit\nolder"),
             ("SWITCHBOARD_TOKEN_SUB", "carol"),
             ("SWITCHBOARD_TOKEN_ALG", "HS512"),
             ("SWITCHBOARD_TOKEN_TOPICS", "a:*=sub;b:*=pub"),

@@ -20,13 +20,13 @@ use crate::Failure;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The HMAC secret the gateways verify with: their --jwt-secret as is (with several,
-    /// comma-separated, the first signs; a kid:<KID>:<SECRET> one names its kid).
+    /// The HMAC secret the gateways verify with: their --jwt-secret as is (with several, one
+    /// per line, the first signs; a kid:<KID>:<SECRET> one names its kid).
     #[arg(
         long,
         env = "SWITCHBOARD_JWT_SECRET",
         hide_env_values = true,
-        value_delimiter = ',',
+        value_delimiter = '\n',
         value_name = "SECRET"
     )]
     secret: Vec<String>,

@@ -110,11 +110,17 @@ impl Identity {
         }
     }
 
-    /// The identity a verified connection token stands for (its `topic` claim, which only a
-    /// subscription token uses, grants nothing here).
+    /// The identity a verified connection token stands for. A subscription token (one with a
+    /// `topic` claim) opens no connection: minted to open one topic for a while, it must not
+    /// stand in for the user's own token.
     pub fn from_claims(claims: &Claims) -> Result<Self, AuthError> {
         if claims.sub.is_empty() {
             return Err(AuthError::EmptySubject);
+        }
+        if claims.topic.is_some() {
+            return Err(AuthError::Invalid(
+                "a subscription token (with a topic claim) cannot open a connection".into(),
+            ));
         }
         if claims.sub.len() > MAX_SUBJECT_LEN {
             return Err(AuthError::Invalid(format!(

@@ -2,7 +2,7 @@
 //! between its messages (its identity and session, its subscriptions and calls in flight) and
 //! how they reach it (its [`Link`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use switchboard_core::auth::{ANONYMOUS, Identity};
@@ -26,8 +26,9 @@ pub(crate) struct Caller {
     /// The stored session (not for MCP connections, which cannot resume).
     pub(crate) live: Option<Arc<LiveSession>>,
     pub(crate) topics: HashSet<Topic>,
-    /// Topics a subscription token opened to this connection (kept across a `refresh`).
-    pub(crate) token_topics: HashSet<Topic>,
+    /// Topics a subscription token opened to this connection, with that token's `exp` (Unix
+    /// seconds; kept across a `refresh` until then).
+    pub(crate) token_topics: HashMap<Topic, Option<u64>>,
     /// Requests waiting in tasks of their own.
     pub(crate) calls: InFlight,
     /// A close (code, reason) to start once the current reply is queued, so the client reads
@@ -44,7 +45,7 @@ impl Caller {
             mcp,
             live: None,
             topics: HashSet::new(),
-            token_topics: HashSet::new(),
+            token_topics: HashMap::new(),
             calls: InFlight::default(),
             close_after_reply: None,
         }

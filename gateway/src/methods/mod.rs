@@ -62,12 +62,7 @@ impl Methods {
             ) {
                 (None, _) => None,
                 (Some(_), Ok(reply)) => reply,
-                (Some(id), Err(e)) => {
-                    if e.kind() == Some(ErrorCode::Forbidden) {
-                        self.session.metrics.forbidden.inc();
-                    }
-                    Some(jsonrpc::encode_error(Some(id), &e))
-                }
+                (Some(id), Err(e)) => Some(jsonrpc::encode_error(Some(id), &e)),
             },
         };
         Answer {

@@ -26,9 +26,10 @@ use switchboard_protocol::methods::session::{
     InitializeResult, Initialized, Limits, MCP_VERSIONS, Ping, Refresh, RefreshParams,
     RefreshResult, ServerInfo,
 };
+use switchboard_protocol::methods::tools::ListChanged;
 use switchboard_protocol::methods::topics::SubscribeResult;
-use switchboard_protocol::methods::{Empty, Method};
-use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close};
+use switchboard_protocol::methods::{Empty, Method, Notification};
+use switchboard_protocol::{ErrorCode, EventId, RpcError, Topic, close, jsonrpc};
 
 use super::access::Access;
 use super::caller::Caller;
@@ -38,6 +39,7 @@ use super::topics::Topics;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
+use crate::transport::Out;
 
 /// The session methods and the handles they need.
 pub(crate) struct Session {
@@ -206,7 +208,16 @@ impl Session {
         let expires_at = identity.expires_at;
         caller.link.ctl.refreshed(expires_at);
         caller.identity = Some(identity);
+        self.access.expire_token_topics(caller);
         let revoked = topics.revoke_forbidden(caller).await;
+        // The tools the caller may see may have changed: it lists them again.
+        let _ = caller
+            .link
+            .tx
+            .try_send(Out::Text(jsonrpc::encode_notification(
+                ListChanged::NAME,
+                &Empty {},
+            )));
         Ok(RefreshResult {
             expires_at,
             revoked,

@@ -443,7 +443,7 @@ impl Topics {
         let gone: Vec<Topic> = caller
             .topics
             .iter()
-            .filter(|t| self.access.topic(caller, Op::Sub, t).is_err())
+            .filter(|t| !self.access.may(caller, Op::Sub, t))
             .cloned()
             .collect();
         if gone.is_empty() {

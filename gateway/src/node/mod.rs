@@ -100,6 +100,7 @@ pub async fn run(
         true => Some(Verifier::start(&config.auth.key_settings()).await?),
         false => None,
     };
+    let metrics = Arc::new(Metrics::new());
     let policy = config.policy();
     if policy.is_open() {
         tracing::warn!(
@@ -111,9 +112,9 @@ pub async fn run(
         policy,
         verifier,
         allow_anonymous: config.auth.allow_anonymous,
+        metrics: metrics.clone(),
     });
     let c = &config.tuning;
-    let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(metrics.clone()));
     let conns = Arc::new(Conns::new(metrics.clone()));
     let sockets = Arc::new(Sockets::new(SocketLimits {
