@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{AuthError, Claims};
+use super::claims::{AuthError, Claims};
 use crate::pattern::glob;
 
 /// Longest pattern a grant or rule may hold.

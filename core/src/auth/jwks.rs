@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
-use super::AuthError;
+use super::claims::AuthError;
 use super::keys::{VerifyingKey, from_jwk};
 
 /// Largest JWKS body read (real sets are a few KiB).

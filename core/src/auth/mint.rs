@@ -12,8 +12,8 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::DecodePrivateKey;
 
+use super::claims::{AuthError, Claims};
 use super::keys::{KeyKind, pem_label};
-use super::{AuthError, Claims};
 use crate::clock::now_secs;
 
 /// A key tokens are signed with: its `alg`, and the `kid` its tokens name, if any.

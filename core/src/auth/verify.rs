@@ -24,9 +24,9 @@ use std::time::Duration;
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use super::claims::{AuthError, Claims, EXP_LEEWAY_SECS};
 use super::jwks::{Jwks, JwksSettings};
 use super::keys::{self, KeyKind, VerifyingKey};
-use super::{AuthError, Claims, EXP_LEEWAY_SECS};
 
 /// How often a JWKS is fetched again when all is well.
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(5 * 60);
