@@ -1,8 +1,9 @@
 //! The `connect` scenario: how many connections per second a gateway takes through the
 //! WebSocket upgrade and a `hello` whose JWT it verifies.
 //!
-//! G gateways run with `--jwt-secret`; tokens for a set of subjects are minted beforehand with
-//! `switchboard_core::auth::mint`. C connectors (each tied to one gateway, round robin) loop for
+//! G gateways run with `--jwt-secret` (or, with `--alg rs256|es256|eddsa`, `--jwt-public-key`
+//! of a key pair kept for benchmarks only, as an identity provider's tokens would be verified);
+//! tokens for a set of subjects are minted beforehand with `switchboard_core::auth`. C connectors (each tied to one gateway, round robin) loop for
 //! the warm-up and then the measured time: connect (from a rotating loopback source address),
 //! upgrade, send `hello {token}`, wait for its reply, then reset the connection (`SO_LINGER` 0,
 //! so neither end keeps a TIME_WAIT port). The client is written by hand (`rawws.rs`), so the
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use switchboard_core::auth;
 use switchboard_harness::{GatewayProcess, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,6 +34,48 @@ use crate::stats::{Histogram, Percentiles, row};
 /// The aim this scenario is compared against, per gateway process.
 pub const TARGET_HELLOS_PER_S: f64 = 5_000.0;
 const SECRET: &str = "switchboard-bench-connect-secret";
+
+/// How the bench's tokens are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenAlg {
+    Hs256,
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+impl TokenAlg {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "hs256" => TokenAlg::Hs256,
+            "rs256" => TokenAlg::Rs256,
+            "es256" => TokenAlg::Es256,
+            "eddsa" => TokenAlg::EdDsa,
+            _ => return None,
+        })
+    }
+
+    /// The key pair (private, public PEM) of an asymmetric algorithm: the test fixtures, which
+    /// are public and must never sign anything real.
+    fn key_pair(self) -> Option<(&'static [u8], &'static [u8])> {
+        Some(match self {
+            TokenAlg::Hs256 => return None,
+            TokenAlg::Rs256 => (
+                include_bytes!("../../core/tests/fixtures/keys/rsa1.key"),
+                include_bytes!("../../core/tests/fixtures/keys/rsa1.pub"),
+            ),
+            TokenAlg::Es256 => (
+                include_bytes!("../../core/tests/fixtures/keys/ec256.key"),
+                include_bytes!("../../core/tests/fixtures/keys/ec256.pub"),
+            ),
+            TokenAlg::EdDsa => (
+                include_bytes!("../../core/tests/fixtures/keys/ed25519.key"),
+                include_bytes!("../../core/tests/fixtures/keys/ed25519.pub"),
+            ),
+        })
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -49,6 +93,8 @@ pub struct ConnectBenchOptions {
     pub subjects: usize,
     /// One attempt (connect to `hello` reply) may take this long.
     pub attempt_timeout: Duration,
+    /// How the tokens are signed.
+    pub alg: TokenAlg,
 }
 
 /// One gateway's share.
@@ -71,6 +117,7 @@ pub struct ConnectReport {
     pub warmup_s: f64,
     pub sources: usize,
     pub subjects: usize,
+    pub alg: TokenAlg,
     pub hellos: u64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -94,6 +141,15 @@ struct Shared {
     first_error: std::sync::Mutex<Option<String>>,
 }
 
+/// A file removed when the run ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs the scenario.
 pub async fn run(opts: ConnectBenchOptions) -> anyhow::Result<ConnectReport> {
     if opts.gateways == 0 || opts.concurrency == 0 || opts.sources == 0 || opts.subjects == 0 {
@@ -104,6 +160,29 @@ pub async fn run(opts: ConnectBenchOptions) -> anyhow::Result<ConnectReport> {
     }
     which("redis-server")?;
     let redis = RedisServer::start().await;
+    // The key the gateways verify with, and the one tokens are signed with.
+    let (key_flags, signer, _public_file) = match opts.alg.key_pair() {
+        None => (
+            vec!["--jwt-secret".to_owned(), SECRET.to_owned()],
+            auth::SigningKey::secret(auth::Algorithm::HS256, SECRET.as_bytes())?,
+            None,
+        ),
+        Some((private, public)) => {
+            let file = std::env::temp_dir().join(format!(
+                "switchboard-bench-{}-{:?}.pub",
+                std::process::id(),
+                opts.alg
+            ));
+            std::fs::write(&file, public).context("writing the bench's public key")?;
+            let flags = vec!["--jwt-public-key".to_owned(), file.display().to_string()];
+            (
+                flags,
+                auth::SigningKey::from_pem(private, None)?,
+                Some(RemoveOnDrop(file)),
+            )
+        }
+    };
+    let key_flags: Vec<&str> = key_flags.iter().map(String::as_str).collect();
     let mut gateways = Vec::new();
     for i in 0..opts.gateways {
         gateways.push(
@@ -111,18 +190,19 @@ pub async fn run(opts: ConnectBenchOptions) -> anyhow::Result<ConnectReport> {
                 &opts.switchboard_bin,
                 &redis.url(),
                 &format!("connect-{i}"),
-                &["--jwt-secret", SECRET],
+                &key_flags,
             )
             .await,
         );
     }
+    let exp = switchboard_core::clock::now_secs() + 3600;
     let hellos: Vec<Arc<Vec<u8>>> = (0..opts.subjects)
         .map(|i| {
-            let token = switchboard_core::auth::mint(
-                SECRET.as_bytes(),
-                &format!("bench-{i}"),
-                Some(Duration::from_secs(3600)),
-            )?;
+            let claims = auth::Claims {
+                exp: Some(exp),
+                ..auth::Claims::subject(&format!("bench-{i}"))
+            };
+            let token = auth::mint_with(&signer, &claims)?;
             let text = format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"hello","params":{{"token":"{token}"}}}}"#
             );
@@ -245,6 +325,7 @@ pub async fn run(opts: ConnectBenchOptions) -> anyhow::Result<ConnectReport> {
         warmup_s: opts.warmup.as_secs_f64(),
         sources: opts.sources,
         subjects: opts.subjects,
+        alg: opts.alg,
         hellos: total,
         errors,
         first_error,
@@ -350,8 +431,9 @@ impl ConnectReport {
             &mut out,
             "scenario",
             format!(
-                "connect: {} gateway(s) with --jwt-secret, {} connecting at once, {:.0} s measured after {:.1} s warm-up, {} source address(es), tokens of {} subject(s)",
+                "connect: {} gateway(s), {:?} tokens, {} connecting at once, {:.0} s measured after {:.1} s warm-up, {} source address(es), tokens of {} subject(s)",
                 self.gateways,
+                self.alg,
                 self.concurrency,
                 self.duration_s,
                 self.warmup_s,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use switchboard_bench::calls::{self, CallMode, CallsOptions};
-use switchboard_bench::connect::{self, ConnectBenchOptions};
+use switchboard_bench::connect::{self, ConnectBenchOptions, TokenAlg};
 use switchboard_bench::fanout::{self, FanoutOptions};
 use switchboard_bench::floor::{self, FloorServerOptions};
 use switchboard_bench::idle::{self, IdleOptions};
@@ -149,6 +149,10 @@ enum Scenario {
         /// One attempt, connect to hello reply, may take this long (ms).
         #[arg(long, default_value_t = 10_000)]
         attempt_timeout_ms: u64,
+        /// The tokens' signature: hs256 (gateways with --jwt-secret), or rs256, es256, eddsa
+        /// (gateways with --jwt-public-key; bench-only keys).
+        #[arg(long, value_parser = ["hs256", "rs256", "es256", "eddsa"], default_value = "hs256")]
+        alg: String,
     },
     /// A load-generator child process: JSON-line requests on stdin, replies on stdout.
     #[command(hide = true)]
@@ -367,6 +371,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             sources,
             subjects,
             attempt_timeout_ms,
+            alg,
         } => {
             let opts = ConnectBenchOptions {
                 switchboard_bin: switchboard()?,
@@ -377,6 +382,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 sources,
                 subjects,
                 attempt_timeout: Duration::from_millis(attempt_timeout_ms),
+                alg: TokenAlg::parse(&alg).expect("clap checked the value"),
             };
             let report = rt.block_on(connect::run(opts))?;
             print_report(json, &report, report.table())?;

@@ -86,17 +86,23 @@ fn idle_connections_each_get_their_event() {
 
 #[test]
 fn connect_verifies_every_hello() {
-    let r = run(&[
-        "connect",
-        "--seconds",
-        "1",
-        "--warmup-ms",
-        "200",
-        "--concurrency",
-        "4",
-    ]);
-    assert!(r["hellos"].as_u64().unwrap() > 0, "{r}");
-    assert_eq!(r["errors"], 0, "{r}");
+    // HMAC tokens, and tokens an identity provider's key signs.
+    for alg in ["hs256", "rs256", "es256", "eddsa"] {
+        let r = run(&[
+            "connect",
+            "--seconds",
+            "1",
+            "--warmup-ms",
+            "200",
+            "--concurrency",
+            "4",
+            "--alg",
+            alg,
+        ]);
+        assert!(r["hellos"].as_u64().unwrap() > 0, "{alg}: {r}");
+        assert_eq!(r["errors"], 0, "{alg}: {r}");
+        assert_eq!(r["alg"], alg, "{r}");
+    }
 }
 
 #[test]
