@@ -302,6 +302,16 @@ pub struct Tuning {
         help_heading = "Sockets"
     )]
     pub outbound_queue: usize,
+    /// Bytes queued per socket before it is closed as a slow consumer (4008), whatever the
+    /// number of frames: what one socket that does not read may hold of the node's memory.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES",
+        default_value = "4194304",
+        value_name = "BYTES",
+        help_heading = "Sockets"
+    )]
+    pub outbound_queue_bytes: usize,
     /// Ping a quiet client this often; close it after three silent heartbeats (4002).
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
     pub heartbeat: Duration,
@@ -319,6 +329,25 @@ pub struct Tuning {
     #[arg(long, env = "SWITCHBOARD_DRAIN_SPREAD", default_value = "5s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
     pub drain_spread: Duration,
 
+    /// The largest event a node relays, in bytes of its data: a bigger one from a backend is
+    /// dropped (and counted), a client's `publish` of one is -32007.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_EVENT_BYTES",
+        default_value = "1048576",
+        value_name = "BYTES",
+        help_heading = "Topics"
+    )]
+    pub max_event_bytes: usize,
+    /// How deep a client's published `data` may nest arrays and objects (-32602 deeper).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_DATA_DEPTH",
+        default_value = "64",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
+    pub max_data_depth: usize,
     /// Topics one connection may subscribe to.
     #[arg(
         long,
@@ -507,6 +536,8 @@ impl Tuning {
         let at_least_one = [
             ("max-connections", t.max_connections),
             ("outbound-queue", t.outbound_queue),
+            ("max-event-bytes", t.max_event_bytes),
+            ("max-data-depth", t.max_data_depth),
             ("max-subscriptions", t.max_subscriptions),
             ("fanout-workers", t.fanout_workers),
             ("fanout-queue", t.fanout_queue),
@@ -520,6 +551,9 @@ impl Tuning {
         }
         if t.max_message_bytes < 256 {
             return Err(invalid("max-message-bytes", "at least 256"));
+        }
+        if t.outbound_queue_bytes < 65536 {
+            return Err(invalid("outbound-queue-bytes", "at least 65536"));
         }
         if t.max_task_ttl < t.task_ttl {
             return Err(invalid("max-task-ttl", "at least --task-ttl"));
@@ -636,6 +670,12 @@ mod tests {
         refused(&["--heartbeat", "0s"], "--heartbeat");
         refused(&["--heartbeat", "5000"], "--heartbeat");
         refused(&["--max-message-bytes", "10"], "--max-message-bytes");
+        refused(
+            &["--outbound-queue-bytes", "1000"],
+            "--outbound-queue-bytes",
+        );
+        refused(&["--max-event-bytes", "0"], "--max-event-bytes");
+        refused(&["--max-data-depth", "0"], "--max-data-depth");
         refused(&["--jwt-secret", ""], "--jwt-secret");
         refused(&["--jwt-secret", "kid:k1"], "--jwt-secret");
         refused(&["--jwt-public-key", "kid::/a.pem"], "--jwt-public-key");

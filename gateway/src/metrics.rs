@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     pub(crate) sessions_resumed: Counter,
     pub(crate) events_recovered: Counter,
     pub(crate) forbidden: Counter,
+    pub(crate) events_oversized: Counter,
     pub(crate) origins_refused: Counter,
 }
 
@@ -89,6 +90,11 @@ impl Metrics {
             "switchboard_events_recovered",
             "History events this node read back after its backend subscription was lost",
             m.events_recovered.clone(),
+        );
+        r.register(
+            "switchboard_events_oversized",
+            "Events dropped because their data was over --max-event-bytes",
+            m.events_oversized.clone(),
         );
         r.register(
             "switchboard_forbidden",

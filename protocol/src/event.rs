@@ -127,6 +127,36 @@ pub fn check_payload(payload: &[u8]) -> Result<&str, PayloadError> {
     Ok(text)
 }
 
+/// Whether the JSON text `json` nests arrays and objects more than `max` deep (`1` and `"a"`
+/// are depth 0, `[1]` depth 1). One pass over the bytes, no allocation; brackets inside
+/// strings do not count. For valid JSON; on other text the answer means nothing.
+pub fn nests_deeper_than(json: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +196,20 @@ mod tests {
         assert!(check_from(br#""bob"#).is_err());
         assert!(check_from(b"bob").is_err());
         assert!(check_from(b"1").is_err());
+    }
+
+    #[test]
+    fn nesting_depth() {
+        assert!(!nests_deeper_than("1", 0));
+        assert!(nests_deeper_than("[1]", 0));
+        assert!(!nests_deeper_than(r#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(nests_deeper_than(r#"{"a":[1,{"b":2}]}"#, 2));
+        // Brackets in strings, escaped quotes included, do not count.
+        assert!(!nests_deeper_than(r#"["[[[[\"{{{{"]"#, 1));
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        assert!(nests_deeper_than(&deep, 64));
+        let wide = format!("[{}]", vec!["[1]"; 1000].join(","));
+        assert!(!nests_deeper_than(&wide, 2));
     }
 
     #[test]

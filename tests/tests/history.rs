@@ -92,22 +92,60 @@ async fn history_events_carry_increasing_ids(kind: Kind) {
         assert_eq!(ev["data"]["from"], "backend");
         assert_eq!(ev["id"], id.as_str());
         assert!(EventId::parse(&id).unwrap() > ids[2]);
-        // Bad arguments are refused before anything is written.
-        let bad: redis::RedisResult<String> = redis::cmd("FCALL")
-            .arg("sb_publish")
-            .arg(1)
-            .arg("sb:h:{h:a}")
-            .arg("{}")
-            .arg(0)
-            .query_async(&mut conn)
-            .await;
-        assert!(bad.is_err());
+        // Bad arguments are refused before anything is written: MAXLEN or TTL_MS that is not
+        // a plain whole number, a key that is not a history key, an event that is not JSON
+        // (or a publisher that is not a JSON string).
+        for (key, event, maxlen, ttl) in [
+            ("sb:h:{h:a}", "{}", "0", "0"),
+            ("sb:h:{h:a}", "{}", "1e3", "0"),
+            ("sb:h:{h:a}", "{}", "-5", "0"),
+            ("sb:h:{h:a}", "{}", "10", "1.5"),
+            ("sb:h:{h:a}", "{}", "10", " 5"),
+            ("sb:h:{h:a}", "not json", "10", "0"),
+            ("sb:h:{h:a}", "{} {}", "10", "0"),
+            ("sb:h:{h:a}", "@alice {}", "10", "0"),
+            ("sb:h:{h:a}", r#"@"alice"{}"#, "10", "0"),
+            ("sb:h:{h:a}", r#"@"alice" nope"#, "10", "0"),
+            ("sb:t:{h:a}", "{}", "10", "0"),
+            ("sb:h:h:a", "{}", "10", "0"),
+            ("sb:h:{h a}", "{}", "10", "0"),
+            ("sb:s:{x}", "{}", "10", "0"),
+        ] {
+            let bad: redis::RedisResult<String> = redis::cmd("FCALL")
+                .arg("sb_publish")
+                .arg(1)
+                .arg(key)
+                .arg(event)
+                .arg(maxlen)
+                .arg(ttl)
+                .query_async(&mut conn)
+                .await;
+            assert!(bad.is_err(), "{key} {event} {maxlen} {ttl}: {bad:?}");
+        }
         let len: i64 = redis::cmd("XLEN")
             .arg("sb:h:{h:a}")
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(len, 4, "nothing written by the refused call");
+        assert_eq!(len, 4, "nothing written by the refused calls");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("sb:h:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(keys.iter().all(|k| k.starts_with("sb:h:{h:")), "{keys:?}");
+        // A client's event with its publisher, escapes and all, is taken as the gateways write it.
+        let ok: String = redis::cmd("FCALL")
+            .arg("sb_publish")
+            .arg(1)
+            .arg("sb:h:{h:a}")
+            .arg(r#"@"al\"ice \\" {"x":1}"#)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ev = sub.next_event().await;
+        assert_eq!(ev["id"], ok.as_str());
+        assert_eq!(ev["from"], "al\"ice \\", "{ev}");
     }
 }
 

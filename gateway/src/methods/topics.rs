@@ -56,6 +56,10 @@ pub(crate) struct TopicSettings {
     pub(crate) replay_buffer: usize,
     /// The longest a replay may take, its wait for a replay slot included.
     pub(crate) replay_timeout: Duration,
+    /// The largest event `data` relayed, in bytes (a client's publish over it: -32007).
+    pub(crate) max_event_bytes: usize,
+    /// How deep a client's published `data` may nest (-32602 deeper).
+    pub(crate) max_data_depth: usize,
 }
 
 /// The topic methods and the handles they need.
@@ -292,7 +296,7 @@ impl Topics {
         };
         for (id, data) in &replay.events {
             // History written by any backend: only valid JSON reaches a client.
-            if let Ok((data, from)) = history::check_body(data) {
+            if let Some((data, from)) = self.fanout.checked(topic.as_str(), data) {
                 let frame = text_frame(&event::encode_event_with_id(
                     topic.as_str(),
                     data,
@@ -304,9 +308,8 @@ impl Topics {
                 if !self.send_with_headroom(caller, out, give_up).await {
                     return Err(self.abandon_replay(caller, topic));
                 }
-            } else {
-                self.metrics.events_invalid.inc();
             }
+            // Not relayed (not JSON, or too big): counted by the check; the client is past it.
             last = *id;
         }
         // Then what arrived live meanwhile, newer than the replay, until nothing is held; the
@@ -365,7 +368,7 @@ impl Topics {
     ) -> bool {
         let tx = &caller.link.tx;
         let half = tx.bound() / 2;
-        if tx.capacity() < half {
+        if !tx.has_room(half) {
             match tokio::time::timeout_at(give_up, tx.room(half)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return false,
@@ -410,7 +413,24 @@ impl Topics {
     ) -> Result<PublishResult, RpcError> {
         let topic = topic(&p.topic)?;
         self.access.topic(caller, Op::Pub, &topic)?;
-        let body = history::published_body(caller.owner(), p.data.get());
+        let data = p.data.get();
+        let cfg = &self.settings;
+        if data.len() > cfg.max_event_bytes {
+            return Err(RpcError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "data is larger than maxEventBytes ({})",
+                    cfg.max_event_bytes
+                ),
+            ));
+        }
+        if event::nests_deeper_than(data, cfg.max_data_depth) {
+            return Err(RpcError::invalid_params(format!(
+                "data nests deeper than maxDataDepth ({})",
+                cfg.max_data_depth
+            )));
+        }
+        let body = history::published_body(caller.owner(), data);
         let failed = |e: switchboard_core::backend::BackendError| {
             tracing::warn!(topic = %topic, error = %e, "publish failed");
             RpcError::backend_unavailable()

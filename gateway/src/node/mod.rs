@@ -121,6 +121,7 @@ pub async fn run(
         hello_timeout: c.hello_timeout,
         max_message_bytes: c.max_message_bytes,
         outbound_queue: c.outbound_queue,
+        outbound_queue_bytes: c.outbound_queue_bytes,
         heartbeat: c.heartbeat,
         write_timeout: c.write_timeout,
         close_timeout: c.close_timeout,
@@ -132,6 +133,7 @@ pub async fn run(
         c.fanout_workers,
         c.fanout_queue,
         c.replay_buffer,
+        c.max_event_bytes,
     );
     let fanout = Arc::new(fanout);
     let fanout_tasks: Vec<_> = fanout_queues
@@ -185,6 +187,9 @@ pub async fn run(
                 max_message_bytes: c.max_message_bytes,
                 max_subscriptions: c.max_subscriptions,
                 outbound_queue: c.outbound_queue,
+                outbound_queue_bytes: c.outbound_queue_bytes,
+                max_event_bytes: c.max_event_bytes,
+                max_data_depth: c.max_data_depth,
             },
         },
         topics: Topics {
@@ -202,6 +207,8 @@ pub async fn run(
                 max_replay: c.max_replay,
                 replay_buffer: c.replay_buffer,
                 replay_timeout: c.replay_timeout,
+                max_event_bytes: c.max_event_bytes,
+                max_data_depth: c.max_data_depth,
             },
         },
         tools: Tools {

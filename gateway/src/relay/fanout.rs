@@ -92,12 +92,18 @@ struct Held {
 /// An encoded event on its way to a fan-out worker (with its history id, if any).
 type Job = (Box<str>, Bytes, Option<EventId>);
 
+/// Room for an event's publisher (`@<subject as a JSON string> `, escapes included) on top of
+/// `--max-event-bytes` before a body is too big to be worth parsing.
+const MAX_FROM_BYTES: usize = 8 * 1024;
+
 /// See the module docs.
 pub(crate) struct Fanout {
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     workers: Vec<mpsc::Sender<Job>>,
     /// Live events held per topic during a recovery, at most.
     hold_cap: usize,
+    /// The largest event data relayed, in bytes.
+    max_event_bytes: usize,
     hasher: std::collections::hash_map::RandomState,
     metrics: Arc<Metrics>,
     born: Instant,
@@ -113,12 +119,14 @@ impl Fanout {
         workers: usize,
         queue: usize,
         hold_cap: usize,
+        max_event_bytes: usize,
     ) -> (Self, Vec<mpsc::Receiver<Job>>) {
         let (txs, rxs) = (0..workers.max(1)).map(|_| mpsc::channel(queue)).unzip();
         let fanout = Fanout {
             topics: Mutex::new(HashMap::new()),
             workers: txs,
             hold_cap,
+            max_event_bytes,
             hasher: Default::default(),
             metrics,
             born: Instant::now(),
@@ -238,6 +246,45 @@ impl Fanout {
         self.metrics.deliveries.inc_by(delivered);
     }
 
+    /// An event body as backends store and send it (after any `#<id> `), checked: its data
+    /// and its publisher, or `None` (counted, and logged at a bounded rate) when it is not one
+    /// JSON value or its data is over `--max-event-bytes`. Live, replayed and recovered events
+    /// all pass here.
+    pub(crate) fn checked<'a>(
+        &self,
+        topic: &str,
+        body: &'a [u8],
+    ) -> Option<(&'a str, Option<&'a str>)> {
+        // Before parsing: a body far over the bound is not read at all.
+        if body.len() > self.max_event_bytes.saturating_add(MAX_FROM_BYTES) {
+            self.oversized(topic, body.len());
+            return None;
+        }
+        match history::check_body(body) {
+            Ok((data, _)) if data.len() > self.max_event_bytes => {
+                self.oversized(topic, data.len());
+                None
+            }
+            Ok(checked) => Some(checked),
+            Err(e) => {
+                self.metrics.events_invalid.inc();
+                self.warn_limited(&format!("dropped an event: {e}"), topic);
+                None
+            }
+        }
+    }
+
+    fn oversized(&self, topic: &str, len: usize) {
+        self.metrics.events_oversized.inc();
+        self.warn_limited(
+            &format!(
+                "dropped an event of {len} bytes (over --max-event-bytes {})",
+                self.max_event_bytes
+            ),
+            topic,
+        );
+    }
+
     /// Logs a warning unless one was logged within [`DROP_LOG_INTERVAL`].
     fn warn_limited(&self, what: &str, topic: &str) {
         let now = self.born.elapsed().as_millis() as u64;
@@ -259,13 +306,8 @@ impl TopicSink for Fanout {
     fn deliver(&self, topic: &str, payload: &[u8]) {
         self.metrics.events_received.inc();
         let (id, body) = history::split_live(payload);
-        let (data, from) = match history::check_body(body) {
-            Ok(checked) => checked,
-            Err(e) => {
-                self.metrics.events_invalid.inc();
-                self.warn_limited(&format!("dropped an event: {e}"), topic);
-                return;
-            }
+        let Some((data, from)) = self.checked(topic, body) else {
+            return;
         };
         if !self.is_wanted(topic) {
             return;

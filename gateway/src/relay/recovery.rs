@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_core::backend::{BackendError, HistoryStore};
-use switchboard_core::history;
 use switchboard_protocol::Topic;
 
 use super::fanout::Fanout;
@@ -86,14 +85,10 @@ impl Recovery {
                     };
                     let (last, full) = (*last, page.events.len() >= RECOVERY_PAGE);
                     for (id, data) in &page.events {
-                        match history::check_body(data) {
-                            Ok((data, from)) => {
-                                self.fanout.deliver_recovered(topic, *id, data, from);
-                                count += 1;
-                            }
-                            Err(_) => {
-                                self.metrics.events_invalid.inc();
-                            }
+                        // Counted there when it is not relayed.
+                        if let Some((data, from)) = self.fanout.checked(topic.as_str(), data) {
+                            self.fanout.deliver_recovered(topic, *id, data, from);
+                            count += 1;
                         }
                     }
                     if !full {

@@ -54,7 +54,11 @@ pub(crate) fn accept(
 ) -> io::Result<(Link, Socket)> {
     let stream = fresh_registration(stream)?;
     let ctl = Arc::new(ConnCtl::new(sockets.next_id(), sockets.now_ms()));
-    let (tx, rx) = queue::channel(sockets.limits.outbound_queue, ctl.clone());
+    let (tx, rx) = queue::channel(
+        sockets.limits.outbound_queue,
+        sockets.limits.outbound_queue_bytes,
+        ctl.clone(),
+    );
     Ok((
         Link { ctl, tx },
         Socket {

@@ -44,6 +44,14 @@ pub(crate) enum Out {
 }
 
 impl Out {
+    /// The bytes this item holds (what the queue's byte bound counts).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Out::Text(b) | Out::Frame(b) | Out::Pong(b) => b.len(),
+            Out::FrameReceipt(b, _) | Out::TextReceipt(b, _) => b.len(),
+        }
+    }
+
     /// Tells whoever waits that this item has been written.
     pub(crate) fn written(&self) {
         if let Out::FrameReceipt(_, r) | Out::TextReceipt(_, r) = self {
@@ -86,6 +94,8 @@ struct State {
     first: Option<Out>,
     /// Everything after `first` (everything, when `first` is empty), in order.
     rest: VecDeque<Out>,
+    /// The bytes of everything queued.
+    bytes: usize,
     /// The receiver is gone: nothing will be read any more.
     closed: bool,
     /// A sender waits in [`Sender::room`]: the next drain wakes it, full queue or not.
@@ -98,6 +108,7 @@ impl State {
     }
 
     fn push(&mut self, out: Out) {
+        self.bytes += out.len();
         if self.first.is_none() && self.rest.is_empty() {
             self.first = Some(out);
         } else {
@@ -118,6 +129,8 @@ pub(crate) enum Taken {
 struct Shared {
     state: Mutex<State>,
     cap: usize,
+    /// Bytes queued at most (a lone item may be larger: it is let in on an empty queue).
+    byte_cap: usize,
     senders: AtomicUsize,
     /// The connection: its writer is woken through it when something is queued or the last
     /// sender goes (one wake-up for the queue and a close alike).
@@ -132,16 +145,18 @@ impl Shared {
     }
 }
 
-/// A queue of at most `cap` frames for the connection `ctl`.
-pub(crate) fn channel(cap: usize, ctl: Arc<ConnCtl>) -> (Sender, Receiver) {
+/// A queue of at most `cap` frames and `byte_cap` bytes for the connection `ctl`.
+pub(crate) fn channel(cap: usize, byte_cap: usize, ctl: Arc<ConnCtl>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             first: None,
             rest: VecDeque::new(),
+            bytes: 0,
             closed: false,
             wants_room: false,
         }),
         cap: cap.max(1),
+        byte_cap: byte_cap.max(1),
         senders: AtomicUsize::new(1),
         ctl,
         writable: Notify::new(),
@@ -200,7 +215,7 @@ impl Sender {
             return Err(TrySendError::Closed(out));
         }
         let len = s.len();
-        if len >= self.shared.cap {
+        if len >= self.shared.cap || (len > 0 && s.bytes + out.len() > self.shared.byte_cap) {
             return Err(TrySendError::Full(out));
         }
         let was_empty = len == 0;
@@ -234,9 +249,20 @@ impl Sender {
         }
     }
 
-    /// Waits until at least `room` items can be queued without waiting (a replay leaving
-    /// headroom for the connection's live events), woken by the drains that make room. Fails
-    /// when the receiver is gone, or when the connection is closing and there is no room.
+    /// Whether `room` more items fit, and at most half the byte bound is used: the headroom a
+    /// replay leaves for the connection's live events.
+    pub(crate) fn has_room(&self, room: usize) -> bool {
+        let s = self.shared.lock();
+        self.roomy(&s, room)
+    }
+
+    fn roomy(&self, s: &State, room: usize) -> bool {
+        self.shared.cap.saturating_sub(s.len()) >= room && s.bytes <= self.shared.byte_cap / 2
+    }
+
+    /// Waits until [`has_room`](Self::has_room) (a replay leaving headroom for the
+    /// connection's live events), woken by the drains that make room. Fails when the receiver
+    /// is gone, or when the connection is closing and there is no room.
     pub(crate) async fn room(&self, room: usize) -> Result<(), SendError> {
         loop {
             let woken = self.shared.writable.notified();
@@ -244,7 +270,7 @@ impl Sender {
             woken.as_mut().enable();
             {
                 let mut s = self.shared.lock();
-                if !s.closed && self.shared.cap.saturating_sub(s.len()) >= room {
+                if !s.closed && self.roomy(&s, room) {
                     return Ok(());
                 }
                 if s.closed || self.shared.ctl.is_closing() {
@@ -285,6 +311,7 @@ impl Sender {
     }
 
     /// Frames that can be queued now.
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.shared.cap.saturating_sub(self.shared.lock().len())
     }
@@ -321,21 +348,27 @@ impl Receiver {
         if len == 0 {
             return Taken::Nothing;
         }
-        // Senders wait for room only on a full queue: no one to wake otherwise.
-        let was_full = len >= self.shared.cap;
+        // Senders wait for room only on a queue full in frames or bytes (one byte-full may
+        // have been turned away from a queue half full): no one to wake otherwise.
+        let was_full = len >= self.shared.cap || s.bytes > self.shared.byte_cap / 2;
         let taken = if len == 1 {
-            Taken::One(match s.first.take() {
+            let out = match s.first.take() {
                 Some(out) => out,
                 None => s.rest.pop_front().expect("one item"),
-            })
+            };
+            s.bytes = 0;
+            Taken::One(out)
         } else {
             let n = len.min(limit);
+            let from = batch.len();
             let mut moved = 0;
             if let Some(first) = s.first.take() {
                 batch.push(first);
                 moved = 1;
             }
             batch.extend(s.rest.drain(..n - moved));
+            let taken_bytes: usize = batch[from..].iter().map(Out::len).sum();
+            s.bytes -= taken_bytes;
             Taken::Many(n)
         };
         if s.rest.is_empty() && s.rest.capacity() > 0 && len <= SMALL_BATCH {
@@ -372,6 +405,7 @@ impl Drop for Receiver {
         s.closed = true;
         s.first = None;
         s.rest.clear();
+        s.bytes = 0;
         drop(s);
         self.shared.writable.notify_waiters();
     }
@@ -400,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn bounded_in_order_and_closes() {
         let ctl = ctl();
-        let (tx, rx) = channel(2, ctl.clone());
+        let (tx, rx) = channel(2, 1 << 20, ctl.clone());
         tx.try_send(text(1)).unwrap();
         tx.try_send(text(2)).unwrap();
         assert!(matches!(tx.try_send(text(3)), Err(TrySendError::Full(_))));
@@ -425,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_lone_item_and_partial_drains_keep_the_order() {
-        let (tx, rx) = channel(16, ctl());
+        let (tx, rx) = channel(16, 1 << 20, ctl());
         let mut batch = Vec::new();
         tx.try_send(text(1)).unwrap();
         assert!(matches!(rx.take(&mut batch, 64), Taken::One(o) if first_byte(&o) == 1));
@@ -447,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn room_waits_for_a_drain_not_a_timer() {
         let ctl = ctl();
-        let (tx, rx) = channel(4, ctl.clone());
+        let (tx, rx) = channel(4, 1 << 20, ctl.clone());
         for n in 0..4 {
             tx.try_send(text(n)).unwrap();
         }
@@ -474,9 +508,39 @@ mod tests {
         assert!(tx.room(1).await.is_err());
     }
 
+    fn sized(n: usize) -> Out {
+        Out::Text(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_too() {
+        let ctl = ctl();
+        let (tx, rx) = channel(100, 1000, ctl.clone());
+        // A lone item larger than the bound goes in: nothing could send it otherwise.
+        tx.try_send(sized(1500)).unwrap();
+        assert!(matches!(tx.try_send(sized(1)), Err(TrySendError::Full(_))));
+        let mut batch = Vec::new();
+        assert!(matches!(rx.take(&mut batch, 64), Taken::One(_)));
+        tx.try_send(sized(600)).unwrap();
+        tx.try_send(sized(400)).unwrap();
+        assert!(matches!(tx.try_send(sized(1)), Err(TrySendError::Full(_))));
+        // Over half the bytes: no headroom for a replay, however many frames are free.
+        assert!(!tx.has_room(1));
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move { tx2.send(sized(300)).await.is_ok() });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(matches!(rx.take(&mut batch, 64), Taken::Many(2)));
+        assert!(waiting.await.unwrap());
+        assert!(tx.has_room(1));
+        assert!(matches!(rx.take(&mut batch, 64), Taken::One(o) if o.len() == 300));
+        assert!(matches!(rx.take(&mut batch, 64), Taken::Nothing));
+        tx.try_send(sized(1000)).unwrap();
+    }
+
     #[tokio::test]
     async fn senders_see_the_receiver_go() {
-        let (tx, rx) = channel(1, ctl());
+        let (tx, rx) = channel(1, 1 << 20, ctl());
         tx.try_send(text(1)).unwrap();
         let tx2 = tx.clone();
         let blocked = tokio::spawn(async move { tx2.send(text(2)).await.is_err() });

@@ -15,6 +15,8 @@ pub(crate) struct SocketLimits {
     pub(crate) max_message_bytes: usize,
     /// Frames queued for the socket at most (the fan-out closes it with 4008 past it).
     pub(crate) outbound_queue: usize,
+    /// Bytes queued for the socket at most (likewise).
+    pub(crate) outbound_queue_bytes: usize,
     /// A quiet client is pinged this often, and closed (4002) after three without a frame.
     pub(crate) heartbeat: Duration,
     /// One write may take this long before the peer counts as dead.

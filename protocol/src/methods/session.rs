@@ -48,6 +48,15 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     pub outbound_queue: usize,
+    /// Bytes queued for the socket at most (4008 past it, as past `outbound_queue` frames).
+    #[serde(default)]
+    pub outbound_queue_bytes: usize,
+    /// The largest event `data` the gateway relays, in bytes (`publish` over it: -32007).
+    #[serde(default)]
+    pub max_event_bytes: usize,
+    /// How deep a published `data` may nest arrays and objects (-32602 deeper).
+    #[serde(default)]
+    pub max_data_depth: usize,
 }
 
 /// `hello` result.
