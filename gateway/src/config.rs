@@ -443,9 +443,105 @@ pub struct Tuning {
     #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub deadline_grace: Duration,
 
+    /// Requests (and notifications) one connection may send per second, sustained; over it:
+    /// -32003 with `retryAfterMs`. 0: no limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_REQUESTS",
+        default_value = "1000",
+        value_name = "PER_SECOND",
+        help_heading = "Rate limits"
+    )]
+    pub rate_requests: u32,
+    /// Requests one connection may send at once above the sustained rate.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_REQUESTS_BURST",
+        default_value = "2000",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub rate_requests_burst: u32,
+    /// Refusals in a row (-32003) after which a connection that keeps sending is closed (4029).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_CLOSE_AFTER",
+        default_value = "100",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub rate_close_after: u32,
+    /// New connections one source address may open per second, sustained; over it: HTTP 429
+    /// with Retry-After. Behind a proxy, see --trusted-proxy. 0: no limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_CONNECTIONS",
+        default_value = "100",
+        value_name = "PER_SECOND",
+        help_heading = "Rate limits"
+    )]
+    pub rate_connections: u32,
+    /// New connections one source address may open at once above the sustained rate.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_CONNECTIONS_BURST",
+        default_value = "500",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub rate_connections_burst: u32,
+    /// A proxy (an address, or a network as ADDR/PREFIX) whose X-Forwarded-For names the
+    /// client: the source address is then the last one there that is not a trusted proxy.
+    /// Repeatable; the variable takes them separated by `,`.
+    #[arg(long = "trusted-proxy", env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',', value_name = "NET", value_parser = Network::parse, help_heading = "Rate limits")]
+    pub trusted_proxies: Vec<Network>,
+
     /// Ping the backend this often for /readyz.
     #[arg(long, env = "SWITCHBOARD_READINESS_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Backend")]
     pub readiness_interval: Duration,
+}
+
+/// An address or a network (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`), for `--trusted-proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: expected an IP address or ADDR/PREFIX"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+        };
+        Ok(Network { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let (net, ip, bits): (u128, u128, u32) = match (self.addr, ip.to_canonical()) {
+            (V4(n), V4(i)) => (u32::from(n).into(), u32::from(i).into(), 32),
+            (V6(n), V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (net >> shift) == (ip >> shift)
+    }
 }
 
 /// Settings that cannot work together, named by their flags.
@@ -544,6 +640,7 @@ impl Tuning {
             ("max-replay", t.max_replay),
             ("replay-buffer", t.replay_buffer),
             ("max-concurrent-replays", t.max_concurrent_replays),
+            ("rate-close-after", t.rate_close_after as usize),
             ("max-inflight-calls", t.max_inflight_calls),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
@@ -700,6 +797,35 @@ mod tests {
                 .to_string()
                 .contains("--readiness-interval")
         );
+    }
+
+    #[test]
+    fn trusted_proxy_networks() {
+        let n = Network::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one = Network::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        assert!(
+            Network::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            Network::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!(
+            !Network::parse("fd00::/8")
+                .unwrap()
+                .contains("10.0.0.1".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(Network::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

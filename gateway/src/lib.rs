@@ -13,7 +13,7 @@
 //! 3. The node's services, which methods use: `relay/` (fan-out, the backend subscription
 //!    count, recovery), `calls/` (catalogue, waiters, outcomes, calls in flight), `sessions/`
 //!    (live sessions, positions, saving, takeover), `conns.rs` (the connection registry),
-//!    `health.rs`, `metrics.rs`.
+//!    `limits.rs` (rate limits), `health.rs`, `metrics.rs`.
 //! 4. `transport/`: WebSocket connections as bytes and frames (reader, writer, outbound
 //!    queue, upgrade) and the handler interface the method layer implements.
 //!
@@ -23,6 +23,7 @@ mod calls;
 pub mod config;
 mod conns;
 mod health;
+mod limits;
 mod methods;
 mod metrics;
 mod node;

@@ -24,6 +24,8 @@ pub(crate) struct Metrics {
     pub(crate) events_recovered: Counter,
     pub(crate) forbidden: Counter,
     pub(crate) events_oversized: Counter,
+    pub(crate) requests_rate_limited: Counter,
+    pub(crate) connections_rate_limited: Counter,
     pub(crate) origins_refused: Counter,
 }
 
@@ -95,6 +97,16 @@ impl Metrics {
             "switchboard_events_oversized",
             "Events dropped because their data was over --max-event-bytes",
             m.events_oversized.clone(),
+        );
+        r.register(
+            "switchboard_requests_rate_limited",
+            "Messages refused (-32003) because their connection was over --rate-requests",
+            m.requests_rate_limited.clone(),
+        );
+        r.register(
+            "switchboard_connections_rate_limited",
+            "Upgrades refused (HTTP 429) because their address was over --rate-connections",
+            m.connections_rate_limited.clone(),
         );
         r.register(
             "switchboard_forbidden",

@@ -26,3 +26,6 @@ pub const HEARTBEAT_TIMEOUT: u16 = 4002;
 pub const SLOW_CONSUMER: u16 = 4008;
 /// The session was taken over by a newer connection.
 pub const TAKEN_OVER: u16 = 4009;
+/// The client kept sending past its rate limit after being told (-32003): slow down, then
+/// reconnect.
+pub const RATE_LIMITED: u16 = 4029;

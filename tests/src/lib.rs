@@ -369,18 +369,27 @@ impl GatewayProcess {
     /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
     /// and waits until it is ready.
     pub async fn start(redis_url: &str, node_id: &str, extra: &[&str]) -> GatewayProcess {
-        Self::start_with(&switchboard_bin(), redis_url, node_id, extra).await
+        let mut all = vec!["--allow-anonymous"];
+        all.extend_from_slice(extra);
+        Self::launch(&switchboard_bin(), redis_url, node_id, &all).await
     }
 
-    /// Like [`start`](Self::start), with the `switchboard` binary at `bin` (the benchmarks give
-    /// the one next to `switchboard-bench`).
+    /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
+    /// from the `switchboard` binary at `bin`: what the benchmarks start (from the binary next
+    /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits.
     pub async fn start_with(
         bin: &std::path::Path,
         redis_url: &str,
         node_id: &str,
         extra: &[&str],
     ) -> GatewayProcess {
-        let mut all = vec!["--allow-anonymous"];
+        let mut all = vec![
+            "--allow-anonymous",
+            "--rate-requests",
+            "0",
+            "--rate-connections",
+            "0",
+        ];
         all.extend_from_slice(extra);
         Self::launch(bin, redis_url, node_id, &all).await
     }

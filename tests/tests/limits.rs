@@ -187,3 +187,147 @@ async fn oversized_and_deeply_nested_events_are_not_relayed() {
     assert!(r["result"].is_object(), "{r}");
     assert_eq!(c.next_event().await["data"], nested(8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_request_rate_is_told_then_closed() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProcess::start(
+        &redis.url(),
+        "gw",
+        &[
+            "--rate-requests",
+            "1",
+            "--rate-requests-burst",
+            "20",
+            "--rate-close-after",
+            "30",
+        ],
+    )
+    .await;
+    let mut watcher = WsClient::connect(&gw.ws_url()).await;
+    let hello = watcher.hello().await;
+    assert_eq!(hello["result"]["limits"]["rateRequests"], 1, "{hello}");
+    assert_eq!(
+        hello["result"]["limits"]["rateRequestsBurst"], 20,
+        "{hello}"
+    );
+    watcher.call("subscribe", json!({"topic": "t"})).await;
+
+    let mut greedy = WsClient::connect(&gw.ws_url()).await;
+    greedy.hello().await; // one of its 20
+    let mut answers = Vec::new();
+    for _ in 0..25 {
+        answers.push(greedy.call("ping", json!({})).await);
+    }
+    let ok = answers.iter().filter(|r| r.get("result").is_some()).count();
+    // The burst, less the hello (and one more if a second passed meanwhile).
+    assert!((19..=20).contains(&ok), "{ok}: {answers:?}");
+    let refused = answers.last().unwrap();
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    let wait = refused["error"]["data"]["retryAfterMs"].as_u64().unwrap();
+    assert!(
+        (1..=1000).contains(&wait),
+        "one request's worth at 1/s: {refused}"
+    );
+    // Waiting as told works.
+    tokio::time::sleep(std::time::Duration::from_millis(wait + 50)).await;
+    assert!(greedy.call("ping", json!({})).await.get("result").is_some());
+    // The others on the node are not touched.
+    redis.publish("t", "1").await;
+    assert_eq!(watcher.next_event().await["data"], 1);
+    assert!(
+        watcher
+            .call("ping", json!({}))
+            .await
+            .get("result")
+            .is_some()
+    );
+    // Hammering on regardless closes the connection with 4029.
+    for _ in 0..40 {
+        greedy
+            .send_text(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string())
+            .await;
+    }
+    assert_eq!(greedy.read_close().await, 4029);
+    assert!(metric(gw.admin_addr, "switchboard_requests_rate_limited_total").await >= 30.0);
+    redis.publish("t", "2").await;
+    assert_eq!(watcher.next_event().await["data"], 2);
+}
+
+/// The HTTP status of a WebSocket upgrade from `source` with these extra headers.
+async fn upgrade_from(
+    gw: &GatewayProcess,
+    source: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(gw.addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+        gw.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let retry = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_owned));
+    (status, retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_are_limited_per_source_address() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProcess::start(
+        &redis.url(),
+        "gw",
+        &[
+            "--rate-connections",
+            "1",
+            "--rate-connections-burst",
+            "3",
+            "--trusted-proxy",
+            "127.0.0.5",
+        ],
+    )
+    .await;
+    let mut watcher = WsClient::connect(&gw.ws_url()).await; // 127.0.0.1's first
+    watcher.hello().await;
+    watcher.call("subscribe", json!({"topic": "t"})).await;
+    for _ in 0..2 {
+        assert_eq!(upgrade_from(&gw, "127.0.0.1", &[]).await.0, 101);
+    }
+    let (status, retry) = upgrade_from(&gw, "127.0.0.1", &[]).await;
+    assert_eq!(status, 429);
+    assert_eq!(retry.as_deref(), Some("1"));
+    // Another address has its own budget; the connected client is not touched.
+    assert_eq!(upgrade_from(&gw, "127.0.0.2", &[]).await.0, 101);
+    redis.publish("t", "1").await;
+    assert_eq!(watcher.next_event().await["data"], 1);
+    // Through a trusted proxy, each forwarded client has its own budget; an untrusted peer's
+    // X-Forwarded-For is ignored.
+    for _ in 0..3 {
+        let (status, _) =
+            upgrade_from(&gw, "127.0.0.5", &[("X-Forwarded-For", "198.51.100.1")]).await;
+        assert_eq!(status, 101);
+    }
+    let (status, _) = upgrade_from(&gw, "127.0.0.5", &[("X-Forwarded-For", "198.51.100.1")]).await;
+    assert_eq!(status, 429);
+    let (status, _) = upgrade_from(&gw, "127.0.0.5", &[("X-Forwarded-For", "198.51.100.2")]).await;
+    assert_eq!(status, 101);
+    let (status, _) = upgrade_from(&gw, "127.0.0.1", &[("X-Forwarded-For", "198.51.100.3")]).await;
+    assert_eq!(
+        status, 429,
+        "127.0.0.1 is not a proxy: its own (spent) budget counts"
+    );
+    assert!(metric(gw.admin_addr, "switchboard_connections_rate_limited_total").await >= 3.0);
+}

@@ -9,6 +9,7 @@ use switchboard_core::auth::{ANONYMOUS, Identity};
 use switchboard_protocol::Topic;
 
 use crate::calls::inflight::InFlight;
+use crate::limits::RequestLimit;
 use crate::sessions::LiveSession;
 use crate::transport::Link;
 
@@ -31,6 +32,10 @@ pub(crate) struct Caller {
     pub(crate) token_topics: HashMap<Topic, Option<u64>>,
     /// Requests waiting in tasks of their own.
     pub(crate) calls: InFlight,
+    /// The connection's request budget (`None`: no limit).
+    pub(crate) requests: Option<RequestLimit>,
+    /// How long the last request refused for its rate had to wait.
+    pub(crate) retry_after: std::time::Duration,
     /// A close (code, reason) to start once the current reply is queued, so the client reads
     /// why before the socket closes.
     pub(crate) close_after_reply: Option<(u16, &'static str)>,
@@ -47,6 +52,8 @@ impl Caller {
             topics: HashSet::new(),
             token_topics: HashMap::new(),
             calls: InFlight::default(),
+            requests: None,
+            retry_after: std::time::Duration::ZERO,
             close_after_reply: None,
         }
     }

@@ -28,10 +28,11 @@ mod tools;
 mod topics;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use switchboard_protocol::jsonrpc;
-use switchboard_protocol::{ErrorCode, RpcError};
+use switchboard_protocol::{ErrorCode, RpcError, close};
 
 pub(crate) use self::access::Access;
 pub(crate) use self::caller::Caller;
@@ -41,10 +42,13 @@ pub(crate) use self::tasks::Tasks;
 pub(crate) use self::tools::{CallSettings, Tools};
 pub(crate) use self::topics::{TopicSettings, Topics};
 use crate::conns::Registration;
+use crate::limits::{RequestRate, Verdict};
 use crate::transport::{Answer, Handler};
 
 /// Every method family, with its handles.
 pub(crate) struct Methods {
+    /// Each connection's request budget.
+    pub(crate) rate: RequestRate,
     pub(crate) session: Session,
     pub(crate) topics: Topics,
     pub(crate) tools: Tools,
@@ -56,6 +60,16 @@ impl Methods {
     pub(crate) async fn dispatch(&self, caller: &mut Caller, text: &str) -> Answer {
         let reply = match jsonrpc::parse_request(text) {
             Err(bad) => Some(jsonrpc::encode_error(bad.id, &bad.error)),
+            Ok(req) if !self.within_rate(caller) => {
+                let retry_ms = caller.retry_after.as_millis() as u64;
+                req.id.map(|id| {
+                    jsonrpc::encode_error(
+                        Some(id),
+                        &RpcError::new(ErrorCode::RateLimited, "rate limited: slow down")
+                            .with_data(serde_json::json!({ "retryAfterMs": retry_ms })),
+                    )
+                })
+            }
             Ok(req) => match (
                 req.id,
                 self.route(caller, req.id, &req.method, req.params).await,
@@ -68,6 +82,31 @@ impl Methods {
         Answer {
             reply,
             then_close: caller.close_after_reply.take(),
+        }
+    }
+
+    /// Spends one message of the connection's budget. False when it is over: the caller then
+    /// knows how long to wait (`retry_after`), or is being closed (4029) for not waiting.
+    fn within_rate(&self, caller: &mut Caller) -> bool {
+        let Some(budget) = caller.requests.as_mut() else {
+            return true;
+        };
+        match budget.check(self.rate.close_after()) {
+            Verdict::Allowed => true,
+            Verdict::Refused(wait) => {
+                self.session.metrics.requests_rate_limited.inc();
+                caller.retry_after = wait;
+                false
+            }
+            Verdict::Close => {
+                self.session.metrics.requests_rate_limited.inc();
+                caller.retry_after = Duration::ZERO;
+                caller.close_after_reply = Some((
+                    close::RATE_LIMITED,
+                    "rate limited: too many requests after -32003",
+                ));
+                false
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 //! by the transport, its messages answered by the method layer ([`Connection`]).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::{ACCEPT_BACKOFF, Node};
+use crate::config::Network;
 use crate::methods::{Caller, Connection};
 use crate::transport;
 
@@ -48,11 +50,14 @@ enum Admission {
 /// Serves one accepted TCP connection on the public port: HTTP requests until it upgrades or
 /// closes.
 pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let io = TokioIo::new(stream);
     let svc_node = node.clone();
     let svc = service_fn(move |req| {
         let node = svc_node.clone();
-        async move { Ok::<_, Infallible>(route(node, req).await) }
+        async move { Ok::<_, Infallible>(route(node, req, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -64,11 +69,11 @@ pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
     }
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>) -> Reply {
+async fn route(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&node),
-        (&Method::GET, "/ws") => upgrade(node, req).await,
+        (&Method::GET, "/ws") => upgrade(node, req, peer).await,
         (_, "/healthz" | "/readyz" | "/ws") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -147,7 +152,7 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
     r
 }
 
-async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
+async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: IpAddr) -> Reply {
     if !transport::is_upgrade(&req) || req.version() != Version::HTTP_11 {
         return text(
             StatusCode::BAD_REQUEST,
@@ -157,6 +162,19 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Reply {
     if !origin_allowed(&node.config.access.allowed_origins, req.headers()) {
         node.metrics.origins_refused.inc();
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let client = client_address(peer, &node.config.tuning.trusted_proxies, req.headers());
+    if let Err(wait) = node.connection_rate.check(client) {
+        node.metrics.connections_rate_limited.inc();
+        let mut r = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new connections from this address, try again later\n",
+        );
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
     }
     if node.health.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
@@ -215,7 +233,8 @@ fn connect(node: &Arc<Node>, stream: TcpStream, read_buf: Bytes, admission: Admi
             None
         }
     };
-    let caller = Caller::new(link.clone(), identity, mcp);
+    let mut caller = Caller::new(link.clone(), identity, mcp);
+    caller.requests = node.methods.rate.budget();
     let handler = Connection::new(node.methods.clone(), caller, registration);
     let connection = transport::serve(node.sockets.clone(), link, socket, handler);
     tokio::spawn(connection.instrument(span));
@@ -257,6 +276,33 @@ async fn admit<B>(node: &Node, req: &Request<B>) -> Admission {
             Admission::BadToken
         }
     }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
+/// in `X-Forwarded-For` that is not a trusted proxy (each proxy appends the address it heard
+/// from, so the ones before the first untrusted hop may be anything the client wrote).
+fn client_address(peer: IpAddr, trusted: &[Network], headers: &header::HeaderMap) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => client = ip,
+            Ok(ip) => return ip,
+            // Unparsable: nothing before it can be trusted either.
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 /// Whether a browser page of the request's `Origin` may open a socket: no `Origin` (not a
@@ -394,6 +440,43 @@ mod tests {
             &["*".into()],
             &h(Some("https://evil.com"), "gw")
         ));
+    }
+
+    #[test]
+    fn the_client_address_behind_trusted_proxies() {
+        let trusted = vec![Network::parse("10.0.0.0/8").unwrap()];
+        let xff = |v: &str| {
+            Request::builder()
+                .header("x-forwarded-for", v)
+                .body(())
+                .unwrap()
+                .headers()
+                .clone()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &trusted, &xff("1.2.3.4")),
+            ip("203.0.113.9")
+        );
+        // Through a trusted proxy: the last untrusted hop.
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &trusted, &xff("1.2.3.4, 198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &trusted, &xff("198.51.100.7, 10.0.0.5")),
+            ip("198.51.100.7")
+        );
+        // Garbage in the header: the last trusted hop, never a made-up address.
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &trusted, &xff("1.2.3.4, nope")),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &[], &xff("1.2.3.4")),
+            ip("10.0.0.2")
+        );
     }
 
     #[test]

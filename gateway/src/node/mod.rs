@@ -26,6 +26,7 @@ use crate::calls::waiters::Waiters;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::conns::Conns;
 use crate::health::Health;
+use crate::limits::{ConnectionRate, RequestRate};
 use crate::methods::{Access, CallSettings, Methods, Session, Tasks, Tools, TopicSettings, Topics};
 use crate::metrics::Metrics;
 use crate::relay::fanout::{self, Fanout};
@@ -62,6 +63,8 @@ pub(crate) struct Node {
     pub(crate) methods: Arc<Methods>,
     /// Tokens and origins are checked at the upgrade with the methods' rules.
     pub(crate) access: Arc<Access>,
+    /// New connections per source address.
+    pub(crate) connection_rate: Arc<ConnectionRate>,
     pub(crate) conns: Arc<Conns>,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
@@ -177,6 +180,7 @@ pub async fn run(
 
     // The methods, each family with the handles it needs.
     let methods = Arc::new(Methods {
+        rate: RequestRate::new(c.rate_requests, c.rate_requests_burst, c.rate_close_after),
         session: Session {
             access: access.clone(),
             sessions: sessions.clone(),
@@ -190,6 +194,8 @@ pub async fn run(
                 outbound_queue_bytes: c.outbound_queue_bytes,
                 max_event_bytes: c.max_event_bytes,
                 max_data_depth: c.max_data_depth,
+                rate_requests: c.rate_requests,
+                rate_requests_burst: c.rate_requests_burst,
             },
         },
         topics: Topics {
@@ -225,8 +231,14 @@ pub async fn run(
         },
     });
 
+    let connection_rate = Arc::new(ConnectionRate::new(
+        c.rate_connections,
+        c.rate_connections_burst,
+    ));
+
     // Background tasks.
     let background = vec![
+        tokio::spawn(connection_rate.clone().run_pruning()),
         tokio::spawn(readiness::run(
             backend.clone(),
             health.clone(),
@@ -265,6 +277,7 @@ pub async fn run(
         sockets,
         methods,
         access,
+        connection_rate,
         conns,
         health,
         metrics,

@@ -57,6 +57,12 @@ pub struct Limits {
     /// How deep a published `data` may nest arrays and objects (-32602 deeper).
     #[serde(default)]
     pub max_data_depth: usize,
+    /// Messages a connection may send per second, sustained (0: no limit; -32003 over it).
+    #[serde(default)]
+    pub rate_requests: u32,
+    /// Messages a connection may send at once above the sustained rate.
+    #[serde(default)]
+    pub rate_requests_burst: u32,
 }
 
 /// `hello` result.
