@@ -242,11 +242,15 @@ async fn a_connection_over_its_request_rate_is_told_then_closed() {
             .get("result")
             .is_some()
     );
-    // Hammering on regardless closes the connection with 4029.
-    for _ in 0..40 {
-        greedy
-            .send_text(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string())
-            .await;
+    // Hammering on regardless closes the connection with 4029; unreadable messages count too.
+    for i in 0..40 {
+        if i % 2 == 0 {
+            greedy.send_text("not json at all").await;
+        } else {
+            greedy
+                .send_text(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string())
+                .await;
+        }
     }
     assert_eq!(greedy.read_close().await, 4029);
     assert!(metric(gw.admin_addr, "switchboard_requests_rate_limited_total").await >= 30.0);

@@ -13,9 +13,10 @@
 //! new method touches only its family's module (and the protocol crate, for its types).
 //! Handlers take the [`Caller`] (the connection's identity, session, subscriptions and calls in
 //! flight) and the handles their family holds, never the whole node. The rules enforced here,
-//! once: everything but what opens a connection (`hello`, `initialize`, `server/discover`, and
-//! `ping` on MCP sockets) needs an opened connection (-32001); a notification gets no reply,
-//! not even an error.
+//! once: every message spends the connection's rate budget (`crate::limits`; -32003 over it,
+//! close 4029 for a client that keeps on); everything but what opens a connection (`hello`,
+//! `initialize`, `server/discover`, and `ping` on MCP sockets) needs an opened connection
+//! (-32001); a notification gets no reply, not even an error.
 //!
 //! [`Connection`] is a WebSocket's [`Handler`]: the reader hands it each message.
 
@@ -58,9 +59,12 @@ pub(crate) struct Methods {
 impl Methods {
     /// Handles one message; see the module docs.
     pub(crate) async fn dispatch(&self, caller: &mut Caller, text: &str) -> Answer {
+        // Every message spends the budget, unreadable ones too.
+        let within = self.within_rate(caller);
         let reply = match jsonrpc::parse_request(text) {
-            Err(bad) => Some(jsonrpc::encode_error(bad.id, &bad.error)),
-            Ok(req) if !self.within_rate(caller) => {
+            Err(bad) if within => Some(jsonrpc::encode_error(bad.id, &bad.error)),
+            Err(_) => None,
+            Ok(req) if !within => {
                 let retry_ms = caller.retry_after.as_millis() as u64;
                 req.id.map(|id| {
                     jsonrpc::encode_error(
