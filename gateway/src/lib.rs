@@ -32,4 +32,4 @@ mod sessions;
 mod transport;
 
 pub use crate::config::{AuthConfig, ConfigError, GatewayConfig};
-pub use crate::node::{GatewayError, listen, run};
+pub use crate::node::{GatewayError, listen, run, run_with_admin};

@@ -624,16 +624,15 @@ pub struct InProcessGateway {
 }
 
 impl InProcessGateway {
-    /// Starts a gateway; its admin port is `config.admin_listen`, or a free one.
-    pub async fn start(mut config: GatewayConfig, backend: Backend) -> InProcessGateway {
+    /// Starts a gateway on ephemeral ports, its admin port included.
+    pub async fn start(config: GatewayConfig, backend: Backend) -> InProcessGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let admin_addr = *config
-            .admin_listen
-            .get_or_insert_with(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            switchboard_gateway::run(config, listener, backend, async {
+            switchboard_gateway::run_with_admin(config, listener, Some(admin), backend, async {
                 let _ = rx.await;
             })
             .await

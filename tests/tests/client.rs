@@ -46,12 +46,10 @@ impl Node {
         Self::start_at(Reserved::new(), config, backend).await
     }
 
-    async fn start_at(reserved: Reserved, mut config: GatewayConfig, backend: Backend) -> Node {
+    async fn start_at(reserved: Reserved, config: GatewayConfig, backend: Backend) -> Node {
         let addr = reserved.addr;
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", switchboard_harness::free_port())
-            .parse()
-            .unwrap();
-        config.admin_listen = Some(admin_addr);
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         drop(reserved.socket);
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_reuseaddr(true).unwrap();
@@ -59,7 +57,7 @@ impl Node {
         let listener = socket.listen(1024).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            switchboard_gateway::run(config, listener, backend, async {
+            switchboard_gateway::run_with_admin(config, listener, Some(admin), backend, async {
                 let _ = rx.await;
             })
             .await

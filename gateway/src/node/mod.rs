@@ -83,8 +83,9 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Runs a gateway node on `listener` until `shutdown` completes, then drains: not ready, every
-/// socket closed with 1012, connections given `shutdown_grace` to go.
+/// Runs a gateway node on `listener` (and `--admin-listen`, bound here) until `shutdown`
+/// completes, then drains: not ready, every socket closed with 1012, connections given
+/// `shutdown_grace` to go.
 pub async fn run(
     config: GatewayConfig,
     listener: TcpListener,
@@ -99,6 +100,19 @@ pub async fn run(
         ),
         None => None,
     };
+    run_with_admin(config, listener, admin, backend, shutdown).await
+}
+
+/// [`run`] with the admin port's listener bound by the caller (`config.admin_listen` is then
+/// not read): whoever embeds a node on ephemeral ports learns both addresses before it runs.
+pub async fn run_with_admin(
+    config: GatewayConfig,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    backend: Backend,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    config.validate()?;
     let verifier = match config.auth.has_keys() {
         true => Some(Verifier::start(&config.auth.key_settings()).await?),
         false => None,

@@ -98,7 +98,8 @@ struct State {
     bytes: usize,
     /// The receiver is gone: nothing will be read any more.
     closed: bool,
-    /// A sender waits in [`Sender::room`]: the next drain wakes it, full queue or not.
+    /// A sender waits in [`Sender::room`], or in [`Sender::send`] for bytes to drain: the next
+    /// drain wakes it, full queue or not.
     wants_room: bool,
 }
 
@@ -210,12 +211,20 @@ impl Drop for Sender {
 impl Sender {
     /// Queues `out` if there is room, without waiting.
     pub(crate) fn try_send(&self, out: Out) -> Result<(), TrySendError> {
+        self.push(out, false)
+    }
+
+    /// Queues `out` if there is room; if not, and `wait` is set, asks the next drain (whatever
+    /// it frees) to wake the waiting senders, under the same lock as the check, so no drain
+    /// can slip between them unseen.
+    fn push(&self, out: Out, wait: bool) -> Result<(), TrySendError> {
         let mut s = self.shared.lock();
         if s.closed {
             return Err(TrySendError::Closed(out));
         }
         let len = s.len();
         if len >= self.shared.cap || (len > 0 && s.bytes + out.len() > self.shared.byte_cap) {
+            s.wants_room |= wait;
             return Err(TrySendError::Full(out));
         }
         let was_empty = len == 0;
@@ -240,7 +249,7 @@ impl Sender {
             let room = self.shared.writable.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_send(out.take().expect("kept until sent")) {
+            match self.push(out.take().expect("kept until sent"), true) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Closed(_)) => return Err(SendError),
                 Err(TrySendError::Full(back)) => out = Some(back),
@@ -348,9 +357,9 @@ impl Receiver {
         if len == 0 {
             return Taken::Nothing;
         }
-        // Senders wait for room only on a queue full in frames or bytes (one byte-full may
-        // have been turned away from a queue half full): no one to wake otherwise.
-        let was_full = len >= self.shared.cap || s.bytes > self.shared.byte_cap / 2;
+        // Senders wait for room only on a full queue (in frames), or after asking
+        // (`wants_room`, below): no one to wake otherwise.
+        let was_full = len >= self.shared.cap;
         let taken = if len == 1 {
             let out = match s.first.take() {
                 Some(out) => out,
@@ -536,6 +545,16 @@ mod tests {
         assert!(matches!(rx.take(&mut batch, 64), Taken::One(o) if o.len() == 300));
         assert!(matches!(rx.take(&mut batch, 64), Taken::Nothing));
         tx.try_send(sized(1000)).unwrap();
+        assert!(matches!(rx.take(&mut batch, 64), Taken::One(_)));
+        // A big item behind a small one (the queue far from half full) is woken by the drain
+        // that empties the queue.
+        tx.try_send(sized(100)).unwrap();
+        let tx3 = tx.clone();
+        let big = tokio::spawn(async move { tx3.send(sized(950)).await.is_ok() });
+        tokio::task::yield_now().await;
+        assert!(!big.is_finished());
+        assert!(matches!(rx.take(&mut batch, 64), Taken::One(_)));
+        assert!(big.await.unwrap());
     }
 
     #[tokio::test]
