@@ -33,6 +33,8 @@ pub(crate) struct RequestLimit {
     limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
     /// Refusals since the last request let through.
     refused_in_a_row: u32,
+    /// Refusals in a row past which the connection is closed.
+    close_after: u32,
 }
 
 /// What [`RequestLimit::check`] decided.
@@ -65,17 +67,14 @@ impl RequestRate {
         self.quota.map(|q| RequestLimit {
             limiter: RateLimiter::direct(q),
             refused_in_a_row: 0,
+            close_after: self.close_after,
         })
-    }
-
-    pub(crate) fn close_after(&self) -> u32 {
-        self.close_after
     }
 }
 
 impl RequestLimit {
     /// Spends one request of the budget.
-    pub(crate) fn check(&mut self, close_after: u32) -> Verdict {
+    pub(crate) fn check(&mut self) -> Verdict {
         match self.limiter.check() {
             Ok(()) => {
                 self.refused_in_a_row = 0;
@@ -83,7 +82,7 @@ impl RequestLimit {
             }
             Err(not_until) => {
                 self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
-                if self.refused_in_a_row > close_after {
+                if self.refused_in_a_row > self.close_after {
                     Verdict::Close
                 } else {
                     Verdict::Refused(not_until.wait_time_from(DefaultClock::default().now()))
@@ -149,15 +148,15 @@ mod tests {
         let rate = RequestRate::new(1, 3, 2);
         let mut budget = rate.budget().unwrap();
         for _ in 0..3 {
-            assert_eq!(budget.check(rate.close_after()), Verdict::Allowed);
+            assert_eq!(budget.check(), Verdict::Allowed);
         }
         for _ in 0..2 {
-            match budget.check(rate.close_after()) {
+            match budget.check() {
                 Verdict::Refused(wait) => assert!(wait <= Duration::from_secs(1), "{wait:?}"),
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(budget.check(rate.close_after()), Verdict::Close);
+        assert_eq!(budget.check(), Verdict::Close);
         assert!(RequestRate::new(0, 10, 1).budget().is_none());
     }
 

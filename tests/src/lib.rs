@@ -305,6 +305,19 @@ impl RedisServer {
     }
 
     /// `PUBLISH` on a topic's live channel, as any backend would.
+    /// `FCALL sb_publish` on `topic`'s history, as a backend publishes with history: the id.
+    pub async fn history_publish(&self, topic: &str, event: &str) -> String {
+        let mut conn = self.connection().await;
+        redis::cmd("FCALL")
+            .arg("sb_publish")
+            .arg(1)
+            .arg(format!("sb:h:{{{topic}}}"))
+            .arg(event)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
     pub async fn publish(&self, topic: &str, payload: &str) -> i64 {
         let mut conn = self.connection().await;
         redis::cmd("PUBLISH")
@@ -743,6 +756,17 @@ impl WsClient {
         }
         let host = req.uri().authority().unwrap().to_string();
         let stream = TcpStream::connect(host).await.unwrap();
+        Self::over(stream, req).await
+    }
+
+    /// Connects with a tiny receive buffer (4 KiB), for a client that is not to read: what the
+    /// node sends it piles up in the node's queue, not in the kernel's buffers.
+    pub async fn slow_reader(url: &str) -> WsClient {
+        let req = url.into_client_request().unwrap();
+        let addr: SocketAddr = req.uri().authority().unwrap().as_str().parse().unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let stream = sock.connect(addr).await.unwrap();
         Self::over(stream, req).await
     }
 

@@ -112,15 +112,9 @@ async fn bob_cannot_read_write_or_replay_alices_topics() {
             .await,
     );
     // Alice's inbox has history: what a replay would read is there.
-    let mut conn = redis.connection().await;
-    let _: String = redis::cmd("FCALL")
-        .arg("sb_publish")
-        .arg(1)
-        .arg("sb:h:{user:alice:inbox}")
-        .arg(r#"{"secret":1}"#)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis
+        .history_publish("user:alice:inbox", r#"{"secret":1}"#)
+        .await;
     assert_eq!(alice.next_event().await["data"]["secret"], 1);
     let r = bob
         .call("subscribe", json!({"topic": "user:alice:inbox"}))
@@ -389,15 +383,10 @@ async fn from_is_set_by_the_gateway_across_nodes_and_on_replay() {
     );
     // A backend's events (PUBLISH, and FCALL sb_publish) carry no from.
     redis.publish("chat:room", r#"{"text":"backend"}"#).await;
+    redis
+        .history_publish("h:room", r#"{"text":"backend"}"#)
+        .await;
     let mut conn = redis.connection().await;
-    let _: String = redis::cmd("FCALL")
-        .arg("sb_publish")
-        .arg(1)
-        .arg("sb:h:{h:room}")
-        .arg(r#"{"text":"backend"}"#)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
 
     // Client events carry the publisher and keep the data's own `from`; backend events have
     // neither.

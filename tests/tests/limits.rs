@@ -6,20 +6,6 @@
 
 use serde_json::{Value, json};
 use switchboard_harness::{GatewayProcess, RedisServer, WsClient, metric};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// `FCALL sb_publish` on a history topic; answers the id.
-async fn history_publish(redis: &RedisServer, topic: &str, event: &str) -> String {
-    let mut conn = redis.connection().await;
-    redis::cmd("FCALL")
-        .arg("sb_publish")
-        .arg(1)
-        .arg(format!("sb:h:{{{topic}}}"))
-        .arg(event)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_does_not_read_is_bounded_in_bytes() {
@@ -49,12 +35,7 @@ async fn a_socket_that_does_not_read_is_bounded_in_bytes() {
     );
     fast.call("subscribe", json!({"topic": "firehose"})).await;
     // The slow client has a tiny receive buffer and never reads while events flow.
-    let stream = {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        sock.connect(gw.addr).await.unwrap()
-    };
-    let mut slow = WsClient::over(stream, url.as_str().into_client_request().unwrap()).await;
+    let mut slow = WsClient::slow_reader(&url).await;
     slow.hello().await;
     slow.call("subscribe", json!({"topic": "firehose"})).await;
 
@@ -120,8 +101,8 @@ async fn oversized_and_deeply_nested_events_are_not_relayed() {
         1.0
     );
     // Also with history: not delivered live, nor on replay, and the replay goes past it.
-    history_publish(&redis, "h:big", &big).await;
-    let small = history_publish(&redis, "h:big", r#""small""#).await;
+    redis.history_publish("h:big", &big).await;
+    let small = redis.history_publish("h:big", r#""small""#).await;
     assert_eq!(c.next_event().await["data"], "small");
     let mut late = WsClient::connect(&gw.ws_url()).await;
     late.hello().await;

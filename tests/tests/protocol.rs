@@ -389,13 +389,7 @@ async fn slow_consumer_is_closed_4008_and_spares_others(kind: Kind) {
     fast.call("subscribe", json!({"topic": "firehose"})).await;
 
     // The slow client has a tiny receive buffer and never reads while events flow.
-    let stream = {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        sock.connect(s.gw.addr).await.unwrap()
-    };
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut slow = WsClient::over(stream, url.as_str().into_client_request().unwrap()).await;
+    let mut slow = WsClient::slow_reader(&url).await;
     slow.hello().await;
     slow.call("subscribe", json!({"topic": "firehose"})).await;
 

@@ -268,13 +268,7 @@ async fn a_slow_consumer_resumes_from_what_was_written(kind: Kind) {
     let gw = InProcessGateway::start_ready(cfg, b.backend).await;
     let url = gw.ws_url();
     // A tiny receive buffer, and nothing read while the events flow.
-    let stream = {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        sock.connect(gw.addr).await.unwrap()
-    };
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut slow = WsClient::over(stream, url.as_str().into_client_request().unwrap()).await;
+    let mut slow = WsClient::slow_reader(&url).await;
     let session = hello(&mut slow, json!({"token": token("slow")})).await["session"].clone();
     slow.call("subscribe", json!({"topic": "h:fire"})).await;
     let mut publisher = WsClient::connect(&url).await;

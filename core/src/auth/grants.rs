@@ -2,8 +2,6 @@
 //! claim `tools` (patterns), and, in a subscription token, claim `topic` (one topic name). A
 //! grant only ever adds; malformed grants refuse the token rather than being half-read.
 
-use serde_json::Value;
-
 use super::claims::{AuthError, Claims};
 use crate::pattern::glob;
 
@@ -167,24 +165,6 @@ impl Grants {
     /// Whether a tool grant covers `tool`.
     pub fn tool(&self, tool: &str) -> bool {
         self.tools.iter().any(|p| glob(p, tool))
-    }
-
-    /// The grants as claims (for `switchboard token`): `topics` and `tools`.
-    pub fn claims_json(topics: &[(String, Ops)], tools: &[String]) -> (Value, Value) {
-        let topics = topics
-            .iter()
-            .map(|(p, o)| {
-                let mut ops = Vec::new();
-                if o.sub {
-                    ops.push("sub");
-                }
-                if o.publish {
-                    ops.push("pub");
-                }
-                (p.clone(), Value::from(ops))
-            })
-            .collect::<serde_json::Map<_, _>>();
-        (Value::Object(topics), Value::from(tools.to_vec()))
     }
 }
 

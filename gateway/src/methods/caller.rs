@@ -34,8 +34,6 @@ pub(crate) struct Caller {
     pub(crate) calls: InFlight,
     /// The connection's request budget (`None`: no limit).
     pub(crate) requests: Option<RequestLimit>,
-    /// How long the last request refused for its rate had to wait.
-    pub(crate) retry_after: std::time::Duration,
     /// A close (code, reason) to start once the current reply is queued, so the client reads
     /// why before the socket closes.
     pub(crate) close_after_reply: Option<(u16, &'static str)>,
@@ -53,7 +51,6 @@ impl Caller {
             token_topics: HashMap::new(),
             calls: InFlight::default(),
             requests: None,
-            retry_after: std::time::Duration::ZERO,
             close_after_reply: None,
         }
     }

@@ -60,12 +60,12 @@ impl Methods {
     /// Handles one message; see the module docs.
     pub(crate) async fn dispatch(&self, caller: &mut Caller, text: &str) -> Answer {
         // Every message spends the budget, unreadable ones too.
-        let within = self.within_rate(caller);
-        let reply = match jsonrpc::parse_request(text) {
-            Err(bad) if within => Some(jsonrpc::encode_error(bad.id, &bad.error)),
-            Err(_) => None,
-            Ok(req) if !within => {
-                let retry_ms = caller.retry_after.as_millis() as u64;
+        let refused = self.spend(caller);
+        let reply = match (jsonrpc::parse_request(text), refused) {
+            (Err(bad), None) => Some(jsonrpc::encode_error(bad.id, &bad.error)),
+            (Err(_), Some(_)) => None,
+            (Ok(req), Some(wait)) => {
+                let retry_ms = wait.as_millis() as u64;
                 req.id.map(|id| {
                     jsonrpc::encode_error(
                         Some(id),
@@ -74,7 +74,7 @@ impl Methods {
                     )
                 })
             }
-            Ok(req) => match (
+            (Ok(req), None) => match (
                 req.id,
                 self.route(caller, req.id, &req.method, req.params).await,
             ) {
@@ -89,29 +89,23 @@ impl Methods {
         }
     }
 
-    /// Spends one message of the connection's budget. False when it is over: the caller then
-    /// knows how long to wait (`retry_after`), or is being closed (4029) for not waiting.
-    fn within_rate(&self, caller: &mut Caller) -> bool {
-        let Some(budget) = caller.requests.as_mut() else {
-            return true;
-        };
-        match budget.check(self.rate.close_after()) {
-            Verdict::Allowed => true,
-            Verdict::Refused(wait) => {
-                self.session.metrics.requests_rate_limited.inc();
-                caller.retry_after = wait;
-                false
-            }
+    /// Spends one message of the connection's budget: `None` when it had one, else how long
+    /// to wait (zero for a connection now being closed, 4029, for not waiting).
+    fn spend(&self, caller: &mut Caller) -> Option<Duration> {
+        let verdict = caller.requests.as_mut()?.check();
+        let wait = match verdict {
+            Verdict::Allowed => return None,
+            Verdict::Refused(wait) => wait,
             Verdict::Close => {
-                self.session.metrics.requests_rate_limited.inc();
-                caller.retry_after = Duration::ZERO;
                 caller.close_after_reply = Some((
                     close::RATE_LIMITED,
                     "rate limited: too many requests after -32003",
                 ));
-                false
+                Duration::ZERO
             }
-        }
+        };
+        self.session.metrics.requests_rate_limited.inc();
+        Some(wait)
     }
 
     /// Each family routes its own methods (`None`: not one of them).
