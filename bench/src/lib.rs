@@ -14,6 +14,8 @@
 //!   coalesced bursts.
 //! - [`resume`]: sessions resumed on a second gateway after the first is killed with SIGKILL:
 //!   time until every client is back and has every missed event, replay rate.
+//! - [`storm`]: a reconnect storm: N clients subscribe with `since` to one big history at
+//!   once: Redis PING during it, Redis time per client, time until all caught up.
 //! - [`idle`]: M idle connections (hello, one subscribe) on G gateways: RSS per connection, and
 //!   one event to every topic at the end, none lost.
 //! - [`connect`]: connections per second through the upgrade and a `hello` with a verified JWT.
@@ -36,3 +38,4 @@ pub mod procstat;
 pub mod rawws;
 pub mod resume;
 pub mod stats;
+pub mod storm;

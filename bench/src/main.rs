@@ -23,6 +23,7 @@ use switchboard_bench::floor::{self, FloorServerOptions};
 use switchboard_bench::idle::{self, IdleOptions};
 use switchboard_bench::loadgen::{self, Stage, Target};
 use switchboard_bench::resume::{self, ResumeOptions};
+use switchboard_bench::storm::{self, StormOptions};
 
 /// Exit code for an invalid command line or setting (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -188,6 +189,31 @@ enum Scenario {
         /// Length of each coalesced `sleep` (ms).
         #[arg(long, default_value_t = 50)]
         burst_ms: u64,
+    },
+    /// A reconnect storm: N clients subscribe with since 0-0 to one big history at once; Redis
+    /// responsiveness, Redis time per client, time until all caught up.
+    Storm {
+        /// Clients (one connection each).
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Gateway processes the clients spread over.
+        #[arg(long, default_value_t = 2)]
+        gateways: usize,
+        /// Events in the topic's history.
+        #[arg(long, default_value_t = 1000)]
+        events: usize,
+        /// Bytes of each event.
+        #[arg(long, default_value_t = 4096)]
+        event_bytes: usize,
+        /// Loopback source addresses to connect from (127.0.0.1 ...).
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        /// Connections opened at once while setting up.
+        #[arg(long, default_value_t = fanout::CONNECT_CONCURRENCY)]
+        connect_concurrency: usize,
+        /// Bound on the storm, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// Sessions resumed on gateway B after gateway A is killed with SIGKILL; replay rate.
     Resume {
@@ -458,6 +484,28 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 replay_rounds,
             };
             let report = rt.block_on(resume::run(opts))?;
+            print_report(json, &report, report.table())?;
+        }
+        Scenario::Storm {
+            clients,
+            gateways,
+            events,
+            event_bytes,
+            sources,
+            connect_concurrency,
+            timeout_secs,
+        } => {
+            let opts = StormOptions {
+                switchboard_bin: switchboard()?,
+                clients,
+                gateways,
+                events,
+                event_bytes,
+                sources,
+                connect_concurrency,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let report = rt.block_on(storm::run(opts))?;
             print_report(json, &report, report.table())?;
         }
     }

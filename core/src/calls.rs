@@ -23,6 +23,9 @@ pub struct Submission {
     /// The caller's new task id.
     pub task_id: String,
     pub owner: String,
+    /// Who the caps and the workers' fair shares count against: the owner, or for an anonymous
+    /// caller `anonymous@<its address>` (anonymous callers are told apart by address only).
+    pub identity: String,
     /// Answer from the cache if it holds the result.
     pub read_cache: bool,
     /// How long to cache a successful result (0: not at all).
@@ -31,6 +34,52 @@ pub struct Submission {
     pub poll_interval_ms: u64,
     /// Unix ms after which nobody waits for the result and the job is not started.
     pub deadline_ms: u64,
+    /// What the owner may hold (checked and counted by the backend, cluster-wide).
+    pub caps: OwnerCaps,
+    /// The largest result the execution may store (a bigger one becomes an `isError` result).
+    pub max_result_bytes: u64,
+}
+
+/// What one identity (a submission's owner) may hold across the cluster; 0: no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerCaps {
+    /// Executions it started that have not finished (queued or running, task mode or not).
+    /// Calls answered from the cache or joined to an identical one in flight do not count.
+    pub max_running: u64,
+    /// Tasks stored for it (every call stores one, until its ttl).
+    pub max_tasks: u64,
+    /// Bytes of results stored in its tasks. Checked when a call is submitted; a result counts
+    /// once it is stored, so the identity may go over by its running executions' results.
+    pub max_task_bytes: u64,
+}
+
+/// Which of an owner's caps a submission reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReached {
+    Running,
+    Tasks,
+    TaskBytes,
+}
+
+impl CapReached {
+    /// The cap's name in errors, `hello`'s `limits` and the docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CapReached::Running => "maxCallsInFlightPerIdentity",
+            CapReached::Tasks => "maxTasksPerIdentity",
+            CapReached::TaskBytes => "maxTaskBytesPerIdentity",
+        }
+    }
+
+    /// From the backend's word for it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(CapReached::Running),
+            "tasks" => Some(CapReached::Tasks),
+            "bytes" => Some(CapReached::TaskBytes),
+            _ => None,
+        }
+    }
 }
 
 impl Submission {
@@ -58,6 +107,8 @@ impl Submission {
 /// What became of a submission. The record is the caller's own task.
 #[derive(Debug, Clone)]
 pub enum Submitted {
+    /// Refused: the owner is at one of its caps. Nothing was stored or queued.
+    Refused(CapReached),
     /// Answered from the cache (status completed, result set).
     Cached(TaskRecord),
     /// A new execution was queued; the caller's task leads it.
@@ -67,9 +118,11 @@ pub enum Submitted {
 }
 
 impl Submitted {
-    pub fn record(&self) -> &TaskRecord {
+    /// The caller's task, unless refused.
+    pub fn record(&self) -> Option<&TaskRecord> {
         match self {
-            Submitted::Cached(r) | Submitted::Leader(r) | Submitted::Joined(r) => r,
+            Submitted::Cached(r) | Submitted::Leader(r) | Submitted::Joined(r) => Some(r),
+            Submitted::Refused(_) => None,
         }
     }
 }
@@ -94,13 +147,23 @@ pub struct Job {
     pub tool: String,
     /// The leader task: where the outcome is written.
     pub task_id: String,
+    /// Who submitted the execution (the leader's `Submission::identity`):
+    /// workers share their slots fairly between owners. Empty for a job queued before jobs
+    /// carried it (one shared identity).
+    pub owner: String,
     pub call_hash: String,
     pub arguments: Value,
     pub deadline_ms: u64,
     pub cache_ttl_ms: u64,
+    /// The largest result the worker may store; a bigger one is replaced by an `isError`
+    /// result saying so. [`DEFAULT_MAX_RESULT_BYTES`] for a job queued before jobs carried it.
+    pub max_result_bytes: u64,
     /// How many times the job has been handed to a worker, this time included.
     pub deliveries: u64,
 }
+
+/// The largest result stored by default (`--max-result-bytes`).
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024;
 
 /// A job taken back from a worker that stopped heartbeating.
 #[derive(Debug, Clone, PartialEq)]

@@ -122,15 +122,26 @@ pub fn check_body(body: &[u8]) -> Result<(&str, Option<&str>), PayloadError> {
     Ok((event::check_payload(data)?, Some(from)))
 }
 
-/// What `subscribe {since}` reads back.
+/// How much one history read may carry: it stops after `events` events, or after the event
+/// that brings its data to `bytes` or more (a read always carries at least one event, however
+/// big), so each read costs the backend a bounded amount of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBounds {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// One read of a topic's history: the first events after `since`, within [`PageBounds`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replay {
+pub struct HistoryPage {
     /// Events after `since`, oldest first, as stored (not checked: any backend writes them).
     pub events: Vec<(EventId, Vec<u8>)>,
     /// Whether the history still reached back to `since` (nothing after it was trimmed).
     pub recovered: bool,
-    /// The topic's latest id, if it has any history.
+    /// The topic's latest id when it was read, if it has any history.
     pub position: Option<EventId>,
+    /// The read stopped at a bound: events after the last one may follow.
+    pub more: bool,
 }
 
 #[cfg(test)]

@@ -404,6 +404,40 @@ pub struct Tuning {
         help_heading = "Topics"
     )]
     pub max_concurrent_replays: usize,
+    /// History events one backend read carries at most (replays and recovery read in pages,
+    /// so no single read holds Redis for long).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REPLAY_PAGE_EVENTS",
+        default_value = "256",
+        value_name = "N",
+        help_heading = "Topics"
+    )]
+    pub replay_page_events: usize,
+    /// Event bytes one backend history read carries at most (it stops after the event that
+    /// reaches this; one event is always read, however big).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REPLAY_PAGE_BYTES",
+        default_value = "262144",
+        value_name = "BYTES",
+        help_heading = "Topics"
+    )]
+    pub replay_page_bytes: usize,
+    /// How long a history page read for one replay serves the node's other replays of the
+    /// topic (a crowd reconnecting at once reads each page once per node).
+    #[arg(long, env = "SWITCHBOARD_REPLAY_CACHE_TTL", default_value = "2s", value_name = "DURATION", value_parser = duration, help_heading = "Topics")]
+    pub replay_cache_ttl: Duration,
+    /// Bytes of history pages a node keeps for its replays, all topics together (the oldest
+    /// go first).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REPLAY_CACHE_BYTES",
+        default_value = "67108864",
+        value_name = "BYTES",
+        help_heading = "Topics"
+    )]
+    pub replay_cache_bytes: usize,
     /// The longest a history replay may take, its wait for a replay slot included: a client
     /// that does not read its replay in time is closed (4008), a wait past it is -32006.
     #[arg(long, env = "SWITCHBOARD_REPLAY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration, help_heading = "Topics")]
@@ -426,6 +460,56 @@ pub struct Tuning {
         help_heading = "Tool calls"
     )]
     pub max_inflight_calls: usize,
+    /// Executions one identity may have started and not finished, queued or running, task
+    /// mode included, on every node together (over it: -32006). Calls answered from the cache
+    /// or joined to an identical one in flight do not count. 0: no cap.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CALLS_IN_FLIGHT_PER_IDENTITY",
+        default_value = "64",
+        value_name = "N",
+        help_heading = "Tool calls"
+    )]
+    pub max_calls_in_flight_per_identity: u64,
+    /// Tasks one identity may have stored (every call stores one until its ttl), cluster-wide
+    /// (over it: -32006). 0: no cap.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_TASKS_PER_IDENTITY",
+        default_value = "100000",
+        value_name = "N",
+        help_heading = "Tool calls"
+    )]
+    pub max_tasks_per_identity: u64,
+    /// Bytes of results one identity may have stored in its tasks, cluster-wide (over it, new
+    /// calls get -32006 until some expire). 0: no cap.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_TASK_BYTES_PER_IDENTITY",
+        default_value = "67108864",
+        value_name = "BYTES",
+        help_heading = "Tool calls"
+    )]
+    pub max_task_bytes_per_identity: u64,
+    /// The largest `arguments` of a `tools/call`, as JSON (over it: -32007).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CALL_ARGS_BYTES",
+        default_value = "65536",
+        value_name = "BYTES",
+        help_heading = "Tool calls"
+    )]
+    pub max_call_args_bytes: usize,
+    /// The largest result a worker stores for a call; a bigger one is replaced by an `isError`
+    /// result that says so.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_RESULT_BYTES",
+        default_value = "1048576",
+        value_name = "BYTES",
+        help_heading = "Tool calls"
+    )]
+    pub max_result_bytes: u64,
     /// How long a task is kept when the caller asks for no ttl.
     #[arg(long, env = "SWITCHBOARD_TASK_TTL", default_value = "1h", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub task_ttl: Duration,
@@ -471,6 +555,58 @@ pub struct Tuning {
         help_heading = "Rate limits"
     )]
     pub rate_close_after: u32,
+    /// Publishes one identity (a token's subject) may make per second, sustained, over all its
+    /// sockets on every node; over it: -32003 with `retryAfterMs`. The default is one
+    /// connection's message budget: one socket is not held back by it, many sockets of one
+    /// identity are held to it. Anonymous clients have no such budget (the per-connection and
+    /// per-address limits hold them). 0: no limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_PUBLISHES",
+        default_value = "1000",
+        value_name = "PER_SECOND",
+        help_heading = "Rate limits"
+    )]
+    pub rate_publishes: u32,
+    /// Publishes one identity may make at once above the sustained rate.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_PUBLISHES_BURST",
+        default_value = "2000",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub rate_publishes_burst: u32,
+    /// Tool calls one identity may make per second, sustained, over all its sockets on every
+    /// node; over it: -32003 with `retryAfterMs`. 0: no limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_CALLS",
+        default_value = "20",
+        value_name = "PER_SECOND",
+        help_heading = "Rate limits"
+    )]
+    pub rate_calls: u32,
+    /// Tool calls one identity may make at once above the sustained rate.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_CALLS_BURST",
+        default_value = "50",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub rate_calls_burst: u32,
+    /// Tokens of an identity's budget a node takes from Redis at once and spends locally
+    /// (capped at the burst): more means fewer round trips and a looser bound, since each node
+    /// may admit up to one lease past the budget [default: a twentieth of the burst, at least
+    /// 1].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_LEASE",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub rate_lease: Option<u32>,
     /// New connections one source address may open per second, sustained; over it: HTTP 429
     /// with Retry-After. Behind a proxy, see --trusted-proxy. 0: no limit.
     #[arg(
@@ -490,6 +626,30 @@ pub struct Tuning {
         help_heading = "Rate limits"
     )]
     pub rate_connections_burst: u32,
+    /// Connections one identity may hold on every node together (over it: -32006 to its
+    /// `hello`, then close 1013). Anonymous connections count by address only. 0: no cap.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value = "100",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub max_connections_per_identity: u64,
+    /// Connections one source address may hold on every node together (over it: HTTP 429
+    /// before the upgrade). 0: no cap.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value = "1000",
+        value_name = "N",
+        help_heading = "Rate limits"
+    )]
+    pub max_connections_per_address: u64,
+    /// How long a connection counts toward those caps unless its node renews it (a node
+    /// renews every third of it): how long the connections of a node that died still count.
+    #[arg(long, env = "SWITCHBOARD_CONNECTION_LEASE", default_value = "60s", value_name = "DURATION", value_parser = duration, help_heading = "Rate limits")]
+    pub connection_lease: Duration,
     /// A proxy (an address, or a network as ADDR/PREFIX) whose X-Forwarded-For names the
     /// client: the source address is then the last one there that is not a trusted proxy.
     /// Repeatable; the variable takes them separated by `,`.
@@ -609,6 +769,14 @@ fn invalid(key: &'static str, what: &'static str) -> ConfigError {
 }
 
 impl Tuning {
+    /// What one history read may carry.
+    pub(crate) fn replay_page(&self) -> switchboard_core::history::PageBounds {
+        switchboard_core::history::PageBounds {
+            events: self.replay_page_events,
+            bytes: self.replay_page_bytes,
+        }
+    }
+
     /// What each setting may be: durations that pace or bound something are greater than
     /// zero, queues and limits hold at least one, and the rest as written below.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -625,6 +793,8 @@ impl Tuning {
             ("session-ttl", t.session_ttl),
             ("session-refresh", t.session_refresh),
             ("replay-timeout", t.replay_timeout),
+            ("replay-cache-ttl", t.replay_cache_ttl),
+            ("connection-lease", t.connection_lease),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(invalid(key, "greater than zero"));
@@ -633,6 +803,9 @@ impl Tuning {
             ("max-connections", t.max_connections),
             ("outbound-queue", t.outbound_queue),
             ("max-event-bytes", t.max_event_bytes),
+            ("replay-page-events", t.replay_page_events),
+            ("replay-page-bytes", t.replay_page_bytes),
+            ("max-call-args-bytes", t.max_call_args_bytes),
             ("max-data-depth", t.max_data_depth),
             ("max-subscriptions", t.max_subscriptions),
             ("fanout-workers", t.fanout_workers),
@@ -645,6 +818,23 @@ impl Tuning {
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "at least 1"));
+        }
+        if t.rate_lease == Some(0) {
+            return Err(invalid("rate-lease", "at least 1"));
+        }
+        let bursts = [
+            (
+                "rate-publishes-burst",
+                t.rate_publishes,
+                t.rate_publishes_burst,
+            ),
+            ("rate-calls-burst", t.rate_calls, t.rate_calls_burst),
+        ];
+        if let Some((key, _, _)) = bursts
+            .iter()
+            .find(|(_, rate, burst)| *rate > 0 && *burst == 0)
+        {
+            return Err(invalid(key, "at least 1 (or its rate 0, for no limit)"));
         }
         if t.max_message_bytes < 256 {
             return Err(invalid("max-message-bytes", "at least 256"));
@@ -678,6 +868,11 @@ mod tests {
         assert_eq!(t.max_connections, 100_000);
         assert_eq!(t.listen_backlog, 4096);
         assert!(t.history.is_empty());
+        assert_eq!((t.rate_publishes, t.rate_publishes_burst), (1000, 2000));
+        assert_eq!(
+            (t.rate_calls, t.rate_calls_burst, t.rate_lease),
+            (20, 50, None)
+        );
         // Built in code, or parsed: the same defaults.
         let parsed = GatewayConfig::from_args(&["--allow-anonymous"]).unwrap();
         assert_eq!(parsed.tuning.task_ttl, t.task_ttl);
@@ -784,6 +979,19 @@ mod tests {
         refused(&["--jwt-jwks-timeout", "5"], "--jwt-jwks-timeout");
         refused(&["--history", "chat:*"], "--history");
         refused(&["--node-id", ""], "--node-id");
+        refused(&["--rate-lease", "0"], "--rate-lease");
+        refused(&["--rate-publishes-burst", "0"], "--rate-publishes-burst");
+        refused(&["--rate-calls-burst", "0"], "--rate-calls-burst");
+        GatewayConfig::from_args(&[
+            "--allow-anonymous",
+            "--rate-calls",
+            "0",
+            "--rate-calls-burst",
+            "0",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
         refused(
             &["--task-ttl", "2h", "--max-task-ttl", "1h"],
             "--max-task-ttl",

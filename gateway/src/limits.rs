@@ -8,6 +8,13 @@
 //! `Retry-After` before the upgrade. The per-address limiter forgets addresses that have been
 //! quiet for a while (pruned every [`PRUNE_EVERY`]), so its memory follows the addresses
 //! active now, not every address ever seen.
+//!
+//! Publishes and tool calls also spend a budget of their identity that holds across nodes
+//! ([`identity`]: a GCRA in the backend, leased in chunks); over it, the same -32003 with
+//! `retryAfterMs`.
+
+pub(crate) mod connections;
+pub(crate) mod identity;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -60,6 +67,11 @@ impl RequestRate {
             quota: quota(per_second, burst),
             close_after,
         }
+    }
+
+    /// Refusals in a row past which a connection is closed (4029).
+    pub(crate) fn close_after(&self) -> u32 {
+        self.close_after
     }
 
     /// A new connection's budget (`None`: no limit).

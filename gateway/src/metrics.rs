@@ -22,11 +22,16 @@ pub(crate) struct Metrics {
     pub(crate) ready: Gauge,
     pub(crate) sessions_resumed: Counter,
     pub(crate) events_recovered: Counter,
+    pub(crate) replays: Counter,
+    pub(crate) replay_pages_read: Counter,
     pub(crate) forbidden: Counter,
     pub(crate) events_oversized: Counter,
     pub(crate) requests_rate_limited: Counter,
     pub(crate) connections_rate_limited: Counter,
+    pub(crate) identity_rate_limited: Counter,
+    pub(crate) rate_leases: Counter,
     pub(crate) origins_refused: Counter,
+    pub(crate) connections_capped: Counter,
 }
 
 impl Metrics {
@@ -94,6 +99,21 @@ impl Metrics {
             m.events_recovered.clone(),
         );
         r.register(
+            "switchboard_connections_capped",
+            "Connections refused because their identity or address was at its cap (cluster-wide)",
+            m.connections_capped.clone(),
+        );
+        r.register(
+            "switchboard_replays",
+            "History replays served (subscribe with since, and each topic of a session resume)",
+            m.replays.clone(),
+        );
+        r.register(
+            "switchboard_replay_pages_read",
+            "History pages read from the backend for replays (each one shared by the replays that needed it)",
+            m.replay_pages_read.clone(),
+        );
+        r.register(
             "switchboard_events_oversized",
             "Events dropped because their data was over --max-event-bytes",
             m.events_oversized.clone(),
@@ -107,6 +127,17 @@ impl Metrics {
             "switchboard_connections_rate_limited",
             "Upgrades refused (HTTP 429) because their address was over --rate-connections",
             m.connections_rate_limited.clone(),
+        );
+        r.register(
+            "switchboard_identity_rate_limited",
+            "Publishes and tool calls refused (-32003) because their identity was over \
+             --rate-publishes or --rate-calls",
+            m.identity_rate_limited.clone(),
+        );
+        r.register(
+            "switchboard_rate_leases",
+            "Leases of per-identity rate tokens taken from the backend",
+            m.rate_leases.clone(),
         );
         r.register(
             "switchboard_forbidden",

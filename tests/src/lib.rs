@@ -389,7 +389,8 @@ impl GatewayProcess {
 
     /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
     /// from the `switchboard` binary at `bin`: what the benchmarks start (from the binary next
-    /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits.
+    /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits
+    /// (per connection, per address, nor per identity).
     pub async fn start_with(
         bin: &std::path::Path,
         redis_url: &str,
@@ -402,7 +403,31 @@ impl GatewayProcess {
             "0",
             "--rate-connections",
             "0",
+            "--rate-publishes",
+            "0",
+            "--rate-calls",
+            "0",
+            "--max-calls-in-flight-per-identity",
+            "0",
+            "--max-tasks-per-identity",
+            "0",
+            "--max-task-bytes-per-identity",
+            "0",
         ];
+        all.extend_from_slice(extra);
+        Self::launch(bin, redis_url, node_id, &all).await
+    }
+
+    /// Starts a gateway from the `switchboard` binary at `bin` with anonymous clients allowed
+    /// and only the `extra` flags: for a benchmark that also runs older binaries, which know
+    /// none of the newer flags.
+    pub async fn start_bare(
+        bin: &std::path::Path,
+        redis_url: &str,
+        node_id: &str,
+        extra: &[&str],
+    ) -> GatewayProcess {
+        let mut all = vec!["--allow-anonymous"];
         all.extend_from_slice(extra);
         Self::launch(bin, redis_url, node_id, &all).await
     }
@@ -431,14 +456,19 @@ impl GatewayProcess {
             redis_url,
             "--node-id",
             node_id,
-            "--readiness-interval",
-            "200ms",
-            "--subscribe-retry",
-            "200ms",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Quick pacing for tests, unless the test sets its own.
+        for (flag, value) in [
+            ("--readiness-interval", "200ms"),
+            ("--subscribe-retry", "200ms"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Self::spawn(bin, &args);
         let g = GatewayProcess {

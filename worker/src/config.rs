@@ -9,6 +9,9 @@ use switchboard_core::settings::{self, duration};
 
 /// Heartbeats missed before a worker's registry entry is stale.
 pub const REGISTRY_MISSES: u32 = 3;
+/// The largest `--backlog`: every waiting job heartbeats into the backend (two commands per
+/// third of the visibility timeout), and holds a call other workers could run.
+pub const MAX_BACKLOG: usize = 65_536;
 
 /// This worker's default id: `worker-<$HOSTNAME or gateway-<pid>>-<pid>`.
 pub fn default_worker_id() -> String {
@@ -32,6 +35,25 @@ pub struct WorkerConfig {
         value_name = "N"
     )]
     pub concurrency: usize,
+    /// Jobs fetched ahead of free slots and waiting on this worker, at most: one identity's
+    /// queued calls cannot then hide another's (docs/tools.md, "Fairness"). Each heartbeats,
+    /// and none can run elsewhere until this worker is gone.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WORKER_BACKLOG",
+        default_value = "256",
+        value_name = "N"
+    )]
+    pub backlog: usize,
+    /// Calls of one identity (a job's owner: the caller's subject, or anonymous@<address>)
+    /// running at once on this worker, so a slot is left for the others; 0, or at least
+    /// --concurrency: no cap [default: half of --concurrency, rounded up].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WORKER_MAX_RUNNING_PER_IDENTITY",
+        value_name = "N"
+    )]
+    pub max_running_per_identity: Option<usize>,
     /// Registry heartbeat; the worker leaves tools/list after three missed ones.
     #[arg(long, env = "SWITCHBOARD_WORKER_HEARTBEAT", default_value = "1s", value_name = "DURATION", value_parser = duration)]
     pub heartbeat: Duration,
@@ -72,6 +94,17 @@ impl WorkerConfig {
         }
     }
 
+    /// How many calls of one identity may run at once on this worker (`None`: as many as the
+    /// worker runs): `--max-running-per-identity`, by default half the concurrency, rounded up.
+    pub fn running_cap_per_identity(&self) -> Option<usize> {
+        let cap = match self.max_running_per_identity {
+            Some(0) => return None,
+            Some(n) => n,
+            None => self.concurrency.div_ceil(2).max(1),
+        };
+        (cap < self.concurrency).then_some(cap)
+    }
+
     /// Checks every setting; the error names the flag to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, what| Err(ConfigError { key, what });
@@ -80,6 +113,9 @@ impl WorkerConfig {
         }
         if self.concurrency == 0 {
             return bad("concurrency", "at least 1");
+        }
+        if !(1..=MAX_BACKLOG).contains(&self.backlog) {
+            return bad("backlog", "between 1 and 65536");
         }
         if self.max_deliveries == 0 {
             return bad("max-deliveries", "at least 1");
@@ -121,10 +157,35 @@ mod tests {
         refused(&["--concurrency", "0"], "--concurrency");
         refused(&["--fetch-block", "0s"], "--fetch-block");
         refused(&["--worker-id", ""], "--worker-id");
+        refused(&["--backlog", "0"], "--backlog");
+        refused(&["--backlog", "65537"], "--backlog");
+        parse(&["--backlog", "65536"]).unwrap().validate().unwrap();
         assert!(
             parse(&["--fetch-block", "1000"]).is_err(),
             "a duration needs its unit"
         );
         assert!(WorkerConfig::new("").validate().is_err());
+    }
+
+    #[test]
+    fn the_running_cap_per_identity() {
+        let cap = |args: &[&str]| {
+            settings::from_args_without_env::<WorkerConfig>(args)
+                .unwrap()
+                .running_cap_per_identity()
+        };
+        assert_eq!(WorkerConfig::new("w").backlog, 256);
+        assert_eq!(cap(&[]), Some(32), "half of the default 64");
+        assert_eq!(cap(&["--concurrency", "5"]), Some(3), "rounded up");
+        assert_eq!(cap(&["--concurrency", "2"]), Some(1));
+        assert_eq!(
+            cap(&["--concurrency", "1"]),
+            None,
+            "one slot: nothing to share"
+        );
+        assert_eq!(cap(&["--max-running-per-identity", "10"]), Some(10));
+        assert_eq!(cap(&["--max-running-per-identity", "0"]), None);
+        assert_eq!(cap(&["--max-running-per-identity", "64"]), None);
+        assert_eq!(cap(&["--max-running-per-identity", "99"]), None);
     }
 }

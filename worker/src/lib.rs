@@ -5,8 +5,11 @@
 //! - [`tools`]: the tool interface, the toolbox, the built-in demo tools, command tools.
 //! - [`runner`]: the job loop: fetch, run with heartbeats, reclaim from silent workers,
 //!   dead-letter, cancel, announce in the registry.
+//! - [`backlog`]: the jobs fetched and not started, per owner, and which starts next
+//!   (round-robin across owners, a running cap per owner): fairness between identities.
 //! - [`config`]: every bound and timeout with its default.
 
+pub mod backlog;
 pub mod config;
 pub mod runner;
 pub mod tools;

@@ -1,23 +1,33 @@
 //! The job loop of one worker.
 //!
-//! - **fetch**: takes jobs from the queues of the tools that have a free slot, as many as the
-//!   worker has free slots, waiting up to `fetch_block` for one, and starts each in a task of its
-//!   own. A read over several queues can return more jobs than slots (Redis counts per stream);
-//!   the extra ones wait for a slot like any other, heartbeating meanwhile.
+//! - **fetch**: while a worker slot is free and the backlog has room (`--backlog`), takes jobs
+//!   from the queues of the tools that have a free slot, as many as there are free slots
+//!   (within that room), waiting up to `fetch_block` for one. Each job joins the backlog
+//!   (`backlog.rs`: one FIFO queue per owner, started round-robin across owners, each owner
+//!   running at most `--max-running-per-identity` calls here) and gets a task of its own. A
+//!   read over several queues can return more jobs than asked (Redis counts per stream); they
+//!   wait in the backlog like any other. Fetching ahead of the slots is what lets another
+//!   identity's call start within one fetch while one identity's calls fill the queue.
 //! - **run**: a job past its deadline is not started; a job whose task was cancelled is not
-//!   started; otherwise it waits for a worker slot and a slot of its tool, and runs until it
-//!   answers, its deadline passes (an `isError` result), or it is cancelled. From the moment it
-//!   is fetched it heartbeats (`JobQueue::extend`), which also fences it: if another worker took
-//!   the job over meanwhile, this one stops running it. The outcome is written with
-//!   [`JobQueue::finish`], retried a few times (it is idempotent).
-//! - **reclaim**: every half visibility timeout, jobs whose worker went silent are taken over;
-//!   a job delivered `max_deliveries` times is dead-lettered and its callers get `isError`.
+//!   started; otherwise it waits in the backlog for its turn (a worker slot, a slot of its tool,
+//!   room under its owner's cap), and runs until it answers, its deadline passes (an `isError`
+//!   result), or it is cancelled. From the moment it is fetched it heartbeats
+//!   (`JobQueue::extend`), in the backlog too, which also fences it: if another worker took the
+//!   job over meanwhile, this one stops running it (or waiting for it). The outcome is written
+//!   with [`JobQueue::finish`], retried a few times (it is idempotent).
+//! - **reclaim**: every half visibility timeout, jobs whose worker went silent are taken over
+//!   (into the backlog, like fetched ones); a job delivered `max_deliveries` times is
+//!   dead-lettered and its callers get `isError`.
+//! - **shutdown**: fetching stops, the backlog closes (nothing more starts; the jobs still
+//!   waiting are left unacknowledged, so other workers take them over once this one is silent
+//!   for the visibility timeout), running calls get the shutdown grace.
 //! - **announce**: the registry entry is refreshed every heartbeat (with a keepalive of the
 //!   backend's connections) and withdrawn on shutdown.
 //! - **cancel**: cancellations from the backend stop the matching running calls; each heartbeat
 //!   also re-reads the task, in case a cancellation signal was missed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,10 +36,11 @@ use switchboard_core::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backlog::{Backlog, Waiting};
 use crate::config::{REGISTRY_MISSES, WorkerConfig};
 use crate::tools::{CallContext, Hosted, Toolbox};
 
@@ -44,6 +55,18 @@ const FINISH_ATTEMPTS: u32 = 5;
 /// Pause while every hosted tool is at its concurrency limit.
 const TOOLS_BUSY_PAUSE: Duration = Duration::from_millis(20);
 
+/// The result as stored: one over `max` bytes (as JSON) is replaced by an `isError` result
+/// saying so, so that no call can make Redis hold more than the bound.
+fn bounded_result(result: CallToolResult, max: u64) -> CallToolResult {
+    let len = serde_json::to_vec(&result).map_or(0, |v| v.len()) as u64;
+    if len <= max {
+        return result;
+    }
+    CallToolResult::error(format!(
+        "the tool's result of {len} bytes is over the limit of {max} bytes (maxResultBytes)"
+    ))
+}
+
 /// Why a worker stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -55,7 +78,8 @@ struct Worker {
     config: WorkerConfig,
     queue: Arc<dyn JobQueue>,
     toolbox: Toolbox,
-    slots: Arc<Semaphore>,
+    /// Jobs fetched and not started, and the worker's slots they start into.
+    backlog: Arc<Backlog>,
     /// Running calls by leader task id, for cancellation.
     running: Mutex<HashMap<String, CancellationToken>>,
     tasks: TaskTracker,
@@ -67,6 +91,10 @@ enum Ended {
     Cancelled,
     /// Another worker owns the job now: it writes the outcome, not us.
     Lost,
+    /// Not started before shutdown: left to another worker.
+    Left,
+    /// Its deadline passed while it waited in the backlog: never started.
+    Expired,
 }
 
 /// Runs a worker until `shutdown` completes; then stops fetching, gives running calls the
@@ -79,7 +107,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let queues = toolbox.queue_ids();
     let w = Arc::new(Worker {
-        slots: Arc::new(Semaphore::new(config.concurrency)),
+        backlog: Backlog::new(
+            Arc::new(Semaphore::new(config.concurrency)),
+            config.backlog,
+            config.running_cap_per_identity(),
+        ),
         config,
         queue,
         toolbox,
@@ -110,6 +142,12 @@ pub async fn run(
     stop.cancel();
     for l in [announce, fetch, reclaim] {
         let _ = l.await;
+    }
+    // Jobs that did not start stop waiting (and heartbeating): other workers take them over.
+    let left = w.backlog.len();
+    w.backlog.close();
+    if left > 0 {
+        tracing::info!(jobs = left, "left the backlog's jobs to other workers");
     }
     w.tasks.close();
     if tokio::time::timeout(w.config.shutdown_grace, w.tasks.wait())
@@ -153,19 +191,14 @@ impl Worker {
 
     async fn fetch_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let first = tokio::select! {
-                p = self.slots.clone().acquire_owned() => p.expect("never closed"),
+            let want = tokio::select! {
+                n = self.backlog.room() => n,
                 _ = stop.cancelled() => return,
             };
-            let mut permits = vec![first];
-            while let Ok(p) = self.slots.clone().try_acquire_owned() {
-                permits.push(p);
-            }
             // Only tools with a free slot of their own: jobs held here while their tool is busy
             // could run on another worker.
             let queues = self.toolbox.queue_ids_with_room();
             if queues.is_empty() {
-                drop(permits);
                 tokio::select! {
                     _ = tokio::time::sleep(TOOLS_BUSY_PAUSE) => continue,
                     _ = stop.cancelled() => return,
@@ -178,21 +211,17 @@ impl Worker {
                 .fetch(
                     &self.config.worker_id,
                     &queues,
-                    permits.len(),
+                    want,
                     self.config.fetch_block,
                 )
                 .await;
             match fetched {
                 Ok(jobs) => {
                     for job in jobs {
-                        let permit = permits.pop();
-                        let w = self.clone();
-                        self.tasks
-                            .spawn(async move { w.execute(job, permit).await });
+                        self.accept(job);
                     }
                 }
                 Err(e) => {
-                    drop(permits);
                     tracing::warn!(error = %e, "fetching jobs failed");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -201,6 +230,51 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Queues a fetched or reclaimed job in the backlog, in the order it came, and gives it a
+    /// task of its own (which heartbeats until it ends).
+    fn accept(self: &Arc<Self>, job: Job) {
+        let w = self.clone();
+        let Some(hosted) = self.hosted(&job) else {
+            self.tasks.spawn(async move { w.refuse(&job).await });
+            return;
+        };
+        let waiting = self
+            .backlog
+            .push(&job.owner, hosted.permits.clone(), job.deadline_ms);
+        self.tasks
+            .spawn(async move { w.execute(job, waiting).await });
+    }
+
+    /// The tool of this job's queue, if this worker hosts it.
+    fn hosted(&self, job: &Job) -> Option<&Hosted> {
+        self.toolbox
+            .get(&job.tool)
+            .filter(|h| h.queue_id == job.queue)
+    }
+
+    /// A job whose deadline passed before it started: failed, never run.
+    async fn expired(&self, job: &Job) {
+        let why = "the call's deadline passed before it started";
+        self.finish(
+            job,
+            TaskStatus::Failed,
+            Some(why),
+            CallToolResult::error(why),
+        )
+        .await;
+    }
+
+    async fn refuse(&self, job: &Job) {
+        let why = format!("tool {} ({}) is not hosted here", job.tool, job.queue);
+        self.finish(
+            job,
+            TaskStatus::Failed,
+            Some(&why),
+            CallToolResult::error(&why),
+        )
+        .await;
     }
 
     async fn reclaim_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -232,9 +306,7 @@ impl Worker {
                 match r {
                     Reclaimed::Run(job) => {
                         tracing::info!(tool = %job.tool, task = %job.task_id, deliveries = job.deliveries, "took over a job from a silent worker");
-                        // Waits for a slot inside `execute`, heartbeating meanwhile.
-                        let w = self.clone();
-                        self.tasks.spawn(async move { w.execute(job, None).await });
+                        self.accept(job);
                     }
                     Reclaimed::Dead(job) => self.dead_letter(job).await,
                 }
@@ -292,6 +364,7 @@ impl Worker {
         message: Option<&str>,
         result: CallToolResult,
     ) {
+        let result = bounded_result(result, job.max_result_bytes);
         let mut pause = Duration::from_millis(200);
         for attempt in 1..=FINISH_ATTEMPTS {
             match self.queue.finish(job, status, message, &result).await {
@@ -308,32 +381,14 @@ impl Worker {
         }
     }
 
-    async fn execute(self: Arc<Self>, job: Job, slot: Option<OwnedSemaphorePermit>) {
-        let hosted = match self.toolbox.get(&job.tool) {
-            Some(h) if h.queue_id == job.queue => h,
-            _ => {
-                let why = format!("tool {} ({}) is not hosted here", job.tool, job.queue);
-                self.finish(
-                    &job,
-                    TaskStatus::Failed,
-                    Some(&why),
-                    CallToolResult::error(&why),
-                )
-                .await;
-                return;
-            }
+    /// Runs a job from the backlog (`waiting`: its place there) to its end.
+    async fn execute(self: Arc<Self>, job: Job, waiting: Waiting) {
+        let Some(hosted) = self.hosted(&job) else {
+            return self.refuse(&job).await;
         };
         let now = now_ms();
         if now >= job.deadline_ms {
-            let why = "the call's deadline passed before it started";
-            self.finish(
-                &job,
-                TaskStatus::Failed,
-                Some(why),
-                CallToolResult::error(why),
-            )
-            .await;
-            return;
+            return self.expired(&job).await;
         }
         // Registered before the status check, so a cancellation in between is not missed.
         let token = CancellationToken::new();
@@ -341,17 +396,23 @@ impl Worker {
             .lock()
             .expect("poisoned")
             .insert(job.task_id.clone(), token.clone());
-        let ended = match self.queue.task_status(&job.task_id).await {
-            Ok(Some(TaskStatus::Working)) => Some(self.run_call(&job, hosted, slot, &token).await),
-            Ok(Some(TaskStatus::Cancelled)) | Ok(None) => Some(Ended::Cancelled),
-            Ok(Some(_)) => {
-                // Already finished (a slow worker's outcome arrived first): just acknowledge.
-                let why = "already finished";
-                Some(Ended::Answered(CallToolResult::error(why)))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a task's status; leaving the job for a reclaim");
-                None
+        let status = self.queue.task_status(&job.task_id).await;
+        let ended = if let Ok(Some(TaskStatus::Working)) = status {
+            Some(self.run_call(&job, hosted, waiting, &token).await)
+        } else {
+            // Out of the backlog now, not once the outcome is written.
+            drop(waiting);
+            match status {
+                Ok(Some(TaskStatus::Cancelled)) | Ok(None) => Some(Ended::Cancelled),
+                Ok(Some(_)) => {
+                    // Already finished (a slow worker's outcome arrived first): just acknowledge.
+                    let why = "already finished";
+                    Some(Ended::Answered(CallToolResult::error(why)))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a task's status; leaving the job for a reclaim");
+                    None
+                }
             }
         };
         self.running.lock().expect("poisoned").remove(&job.task_id);
@@ -372,16 +433,21 @@ impl Worker {
             Some(Ended::Lost) => {
                 tracing::warn!(task = %job.task_id, "another worker took this job over; stopped running it");
             }
+            Some(Ended::Left) => {
+                tracing::debug!(task = %job.task_id, "shutting down: left a job that did not start");
+            }
+            Some(Ended::Expired) => self.expired(&job).await,
             None => {}
         }
     }
 
-    /// Runs one call under its slots, heartbeating, until it ends.
+    /// Waits for the job's turn in the backlog, then runs the call under its slots,
+    /// heartbeating throughout, until it ends.
     async fn run_call(
         &self,
         job: &Job,
         hosted: &Hosted,
-        slot: Option<OwnedSemaphorePermit>,
+        mut waiting: Waiting,
         token: &CancellationToken,
     ) -> Ended {
         let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_QUEUE);
@@ -397,26 +463,26 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(beat);
         heartbeat.tick().await;
         let mut failed_beats = 0u32;
+        let started = AtomicBool::new(false);
         let ended = {
             let run = async {
-                let _slot = match slot {
-                    Some(p) => p,
-                    None => self
-                        .slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed"),
-                };
-                let _tool_slot = hosted.permits.acquire().await.expect("never closed");
-                hosted.tool.call(job.arguments.clone(), &ctx).await
+                // The ticket (slots, owner's count) is held until the call's future is gone.
+                let _ticket = waiting.ticket().await?;
+                started.store(true, Ordering::Relaxed);
+                Some(hosted.tool.call(job.arguments.clone(), &ctx).await)
             };
             tokio::pin!(run);
             loop {
                 tokio::select! {
-                    result = &mut run => break Ended::Answered(result),
+                    result = &mut run => break match result {
+                        Some(result) => Ended::Answered(result),
+                        None => Ended::Left,
+                    },
                     _ = token.cancelled() => break Ended::Cancelled,
                     _ = tokio::time::sleep_until(deadline) => {
+                        if !started.load(Ordering::Relaxed) {
+                            break Ended::Expired;
+                        }
                         break Ended::Answered(CallToolResult::error(format!(
                             "timed out after {} ms",
                             hosted.spec.timeout_ms

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, CallPlane, CallSink};
-use switchboard_core::calls::{Job, Submission, Submitted, WorkerAnnouncement};
+use switchboard_core::calls::{CapReached, Job, Submission, Submitted, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_core::tasks::TaskRecord;
 use switchboard_protocol::methods::tasks::TaskStatus;
@@ -38,6 +38,28 @@ pub(crate) struct CallState {
     dead_letters: VecDeque<(Job, String)>,
     next_entry: u64,
     submissions: u64,
+    /// Per identity: what its caps count (as `submit.lua` keeps them in Redis).
+    identities: HashMap<String, Held>,
+}
+
+/// What one identity holds.
+#[derive(Default)]
+struct Held {
+    /// Executions it started that have not finished: leader task id -> lease expiry.
+    running: HashMap<String, u64>,
+    /// Its stored tasks: task id -> (expiry, result bytes counted).
+    tasks: HashMap<String, (u64, u64)>,
+}
+
+impl Held {
+    fn prune(&mut self, now: u64) {
+        self.running.retain(|_, exp| *exp > now);
+        self.tasks.retain(|_, (exp, _)| *exp > now);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.tasks.values().map(|(_, b)| b).sum()
+    }
 }
 
 fn live(t: &TaskRecord, now: u64) -> bool {
@@ -69,6 +91,11 @@ impl CallState {
         self.tasks.retain(|_, t| live(t, now));
         self.results.retain(|_, (_, exp)| *exp > now);
         self.leases.retain(|_, l| l.expires_at_ms > now);
+        for held in self.identities.values_mut() {
+            held.prune(now);
+        }
+        self.identities
+            .retain(|_, h| !h.running.is_empty() || !h.tasks.is_empty());
     }
 
     pub(crate) fn submit(&mut self, s: &Submission) -> (Submitted, bool) {
@@ -78,6 +105,16 @@ impl CallState {
             self.sweep(now);
         }
         let mut record = s.new_task(now);
+        let caps = s.caps;
+        let held = self.identities.entry(s.identity.clone()).or_default();
+        held.prune(now);
+        if caps.max_tasks > 0 && held.tasks.len() as u64 >= caps.max_tasks {
+            return (Submitted::Refused(CapReached::Tasks), false);
+        }
+        if caps.max_task_bytes > 0 && held.bytes() >= caps.max_task_bytes {
+            return (Submitted::Refused(CapReached::TaskBytes), false);
+        }
+        let task_expiry = now + s.task_ttl_ms;
         if s.read_cache
             && let Some((json, exp)) = self.results.get(&s.call_hash)
             && *exp > now
@@ -85,6 +122,8 @@ impl CallState {
             record.status = TaskStatus::Completed;
             record.cached = true;
             record.result = serde_json::from_str(json).ok();
+            held.tasks
+                .insert(s.task_id.clone(), (task_expiry, json.len() as u64));
             self.tasks.insert(record.task_id.clone(), record.clone());
             return (Submitted::Cached(record), false);
         }
@@ -93,15 +132,22 @@ impl CallState {
         {
             lease.waiters += 1;
             record.leader = Some(lease.task.clone());
+            held.tasks.insert(s.task_id.clone(), (task_expiry, 0));
             self.tasks.insert(record.task_id.clone(), record.clone());
             return (Submitted::Joined(record), false);
         }
+        if caps.max_running > 0 && held.running.len() as u64 >= caps.max_running {
+            return (Submitted::Refused(CapReached::Running), false);
+        }
+        let lease_expiry = s.deadline_ms.max(now) + 5_000;
+        held.running.insert(s.task_id.clone(), lease_expiry);
+        held.tasks.insert(s.task_id.clone(), (task_expiry, 0));
         self.leases.insert(
             s.call_hash.clone(),
             Lease {
                 task: s.task_id.clone(),
                 waiters: 1,
-                expires_at_ms: s.deadline_ms.max(now) + 5_000,
+                expires_at_ms: lease_expiry,
             },
         );
         self.tasks.insert(record.task_id.clone(), record.clone());
@@ -115,10 +161,12 @@ impl CallState {
                 queue,
                 tool: s.tool.name.clone(),
                 task_id: s.task_id.clone(),
+                owner: s.identity.clone(),
                 call_hash: s.call_hash.clone(),
                 arguments: s.arguments.clone(),
                 deadline_ms: s.deadline_ms,
                 cache_ttl_ms: s.cache_ttl_ms,
+                max_result_bytes: s.max_result_bytes,
                 deliveries: 1,
             });
         (Submitted::Leader(record), true)
@@ -196,6 +244,14 @@ impl CallState {
             t.status_message = message.map(str::to_owned);
             t.result = Some(result.clone());
             t.last_updated_at_ms = now;
+            if let Some(held) = self.identities.get_mut(&job.owner)
+                && let Some((_, bytes)) = held.tasks.get_mut(&job.task_id)
+            {
+                *bytes = serde_json::to_string(result).map_or(0, |j| j.len() as u64);
+            }
+        }
+        if let Some(held) = self.identities.get_mut(&job.owner) {
+            held.running.remove(&job.task_id);
         }
         if status == TaskStatus::Completed && !result.is_error && job.cache_ttl_ms > 0 {
             let json = serde_json::to_string(result).expect("results serialize");

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, HistoryStore};
 use switchboard_core::clock::now_ms;
-use switchboard_core::history::{HistoryRule, Replay, live_message};
+use switchboard_core::history::{HistoryPage, HistoryRule, PageBounds, live_message};
 use switchboard_protocol::{EventId, Topic};
 
 use crate::MemoryBackend;
@@ -68,46 +68,35 @@ impl Histories {
         id
     }
 
-    pub(crate) fn replay(&mut self, topic: &str, since: EventId, max: usize) -> Replay {
-        self.read(topic, since, max, false)
-    }
-
-    /// Like [`replay`](Self::replay), but more than `max` events is a page of the first `max`.
-    pub(crate) fn page(&mut self, topic: &str, since: EventId, max: usize) -> Replay {
-        self.read(topic, since, max, true)
-    }
-
-    fn read(&mut self, topic: &str, since: EventId, max: usize, page: bool) -> Replay {
+    /// The first events after `since` within `bounds`, as a Redis read would give them.
+    pub(crate) fn page(&mut self, topic: &str, since: EventId, bounds: PageBounds) -> HistoryPage {
         let Some(s) = self.live(topic, now_ms()) else {
-            return Replay {
+            return HistoryPage {
                 events: Vec::new(),
                 recovered: since == EventId::ZERO,
                 position: None,
+                more: false,
             };
         };
         if since > s.last {
             // An id this history never gave out: it cannot vouch for what came before.
-            return Replay {
+            return HistoryPage {
                 events: Vec::new(),
                 recovered: false,
                 position: Some(s.last),
+                more: false,
             };
         }
-        let mut events: Vec<(EventId, Vec<u8>)> = s
-            .entries
-            .iter()
-            .filter(|(id, _)| *id > since)
-            .take(max + 1)
-            .map(|(id, d)| (*id, d.clone().into_bytes()))
-            .collect();
-        if page {
-            events.truncate(max);
-        } else if events.len() > max {
-            return Replay {
-                events: Vec::new(),
-                recovered: false,
-                position: Some(s.last),
-            };
+        let mut events: Vec<(EventId, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for (id, d) in s.entries.iter().filter(|(id, _)| *id > since) {
+            if events.len() >= bounds.events || bytes >= bounds.bytes.max(1) {
+                more = true;
+                break;
+            }
+            bytes += d.len();
+            events.push((*id, d.clone().into_bytes()));
         }
         // As on Redis: whole if the oldest event kept is `since` or older; from the very
         // beginning, if nothing was ever trimmed.
@@ -116,10 +105,11 @@ impl Histories {
         } else {
             s.entries.front().is_some_and(|(first, _)| *first <= since)
         };
-        Replay {
+        HistoryPage {
             events,
             recovered,
             position: Some(s.last),
+            more,
         }
     }
 
@@ -144,30 +134,17 @@ impl HistoryStore for MemoryBackend {
         Ok(id)
     }
 
-    async fn replay(
-        &self,
-        topic: &Topic,
-        since: EventId,
-        max: usize,
-    ) -> Result<Replay, BackendError> {
-        Ok(self
-            .histories
-            .lock()
-            .expect("lock poisoned")
-            .replay(topic.as_str(), since, max))
-    }
-
     async fn page(
         &self,
         topic: &Topic,
         since: EventId,
-        max: usize,
-    ) -> Result<Replay, BackendError> {
+        bounds: PageBounds,
+    ) -> Result<HistoryPage, BackendError> {
         Ok(self
             .histories
             .lock()
             .expect("lock poisoned")
-            .page(topic.as_str(), since, max))
+            .page(topic.as_str(), since, bounds))
     }
 
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {

@@ -7,12 +7,15 @@
 //!
 //! One role per file, each implementing its trait on [`MemoryBackend`]: `topics.rs`,
 //! `history.rs`, `sessions.rs`, `calls.rs` (the gateway's side of tool calls and the state both
-//! sides share), `queue.rs` (the worker's side), `health.rs`.
+//! sides share), `queue.rs` (the worker's side), `rates.rs` (per-identity rate budgets),
+//! `health.rs`.
 
 mod calls;
+mod conns;
 mod health;
 mod history;
 mod queue;
+mod rates;
 mod sessions;
 mod topics;
 
@@ -24,6 +27,7 @@ use switchboard_protocol::Topic;
 
 use crate::calls::CallState;
 use crate::history::Histories;
+use crate::rates::Rates;
 use crate::sessions::Sessions;
 
 /// Cancellations buffered for workers that are busy.
@@ -39,6 +43,8 @@ pub struct MemoryBackend {
     calls: Mutex<CallState>,
     histories: Mutex<Histories>,
     sessions: Mutex<Sessions>,
+    rates: Mutex<Rates>,
+    conns: Mutex<conns::Ledger>,
     /// Woken when a job is queued.
     job_queued: tokio::sync::Notify,
     cancels: tokio::sync::broadcast::Sender<String>,
@@ -54,6 +60,8 @@ impl Default for MemoryBackend {
             calls: Mutex::default(),
             histories: Mutex::default(),
             sessions: Mutex::default(),
+            rates: Mutex::default(),
+            conns: Mutex::default(),
             job_queued: tokio::sync::Notify::new(),
             cancels: tokio::sync::broadcast::channel(CANCEL_BUFFER).0,
         }
@@ -79,6 +87,8 @@ impl MemoryBackend {
             history: self.clone(),
             sessions: self.clone(),
             calls: self.clone(),
+            rates: self.clone(),
+            conns: self.clone(),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, CallPlane, CallSink};
-use switchboard_core::calls::{Submission, Submitted, WorkerAnnouncement};
+use switchboard_core::calls::{CapReached, Submission, Submitted, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_core::tasks::TaskRecord;
 use switchboard_protocol::methods::tasks::TaskStatus;
@@ -81,6 +81,9 @@ impl CallPlane for RedisBackend {
             .key(k.lease(&s.call_hash))
             .key(k.task(&s.task_id))
             .key(k.tool_queue(&s.queue))
+            .key(k.identity_running(&s.identity))
+            .key(k.identity_tasks(&s.identity))
+            .key(k.identity_bytes(&s.identity))
             .arg(&s.task_id)
             .arg(&s.owner)
             .arg(now)
@@ -92,13 +95,22 @@ impl CallPlane for RedisBackend {
             .arg(lease_ttl)
             .arg(s.arguments.to_string())
             .arg(s.deadline_ms)
-            .arg(s.cache_ttl_ms);
+            .arg(s.cache_ttl_ms)
+            .arg(&s.identity)
+            .arg(s.caps.max_running)
+            .arg(s.caps.max_tasks)
+            .arg(s.caps.max_task_bytes)
+            .arg(s.max_result_bytes);
         let mut conn = self.commands();
         let (kind, value): (String, String) = self
             .bounded(async move { inv.invoke_async(&mut conn).await })
             .await?;
         let mut record = s.new_task(now);
         Ok(match kind.as_str() {
+            "refused" => Submitted::Refused(
+                CapReached::parse(&value)
+                    .ok_or_else(|| BackendError::Unavailable(format!("unknown cap {value}")))?,
+            ),
             "cached" => {
                 record.status = TaskStatus::Completed;
                 record.cached = true;

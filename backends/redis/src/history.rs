@@ -11,14 +11,14 @@
 //! a few KB). MAXLEN defaults to [`DEFAULT_FUNCTION_MAXLEN`] (trimming is exact, so "does the history
 //! still reach back" has a sure answer); TTL_MS 0 or absent: the stream does not expire.
 //! Reads go through `lua/history_read.lua`, which takes the stream's facts (`XINFO STREAM`) and
-//! the events (`XRANGE`) at one instant.
+//! a page of events (`XRANGE`, bounded in entries and bytes) at one instant.
 
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use redis::Value;
 use switchboard_core::backend::{BackendError, HistoryStore};
-use switchboard_core::history::{HistoryRule, Replay};
+use switchboard_core::history::{HistoryPage, HistoryRule, PageBounds};
 use switchboard_protocol::{EventId, Topic};
 
 use crate::{RedisBackend, text};
@@ -38,21 +38,24 @@ struct StreamRead {
     last: EventId,
     never_trimmed: bool,
     events: Vec<(EventId, Vec<u8>)>,
+    /// Stopped at a bound.
+    more: bool,
 }
 
 impl RedisBackend {
-    /// Reads, in one atomic step, the stream's facts and the events after `since` (at most
-    /// `count`): `None` when the topic has no history.
+    /// Reads, in one atomic step, the stream's facts and the events after `since` (within
+    /// `bounds`): `None` when the topic has no history.
     async fn read_history(
         &self,
         topic: &Topic,
         since: EventId,
-        count: usize,
+        bounds: PageBounds,
     ) -> Result<Option<StreamRead>, BackendError> {
         let mut inv = READ.prepare_invoke();
         inv.key(self.keys.topic_history(topic.as_str()))
             .arg(format!("({since}"))
-            .arg(count);
+            .arg(bounds.events)
+            .arg(bounds.bytes.max(1));
         let mut conn = self.commands();
         let v: Value = self
             .bounded(async move { inv.invoke_async(&mut conn).await })
@@ -89,49 +92,48 @@ impl RedisBackend {
             last: id_at(1).unwrap_or(EventId::ZERO),
             never_trimmed: int_at(2).is_some() && int_at(2) == int_at(3),
             events,
+            more: int_at(5) == Some(1),
         }))
     }
 
-    /// A replay (`page` false: more than `max` events is a failed recovery) or a page (the
-    /// first `max`).
-    async fn replay_or_page(
+    /// A page of the history after `since`, with whether it still reaches back there.
+    async fn read_page(
         &self,
         topic: &Topic,
         since: EventId,
-        max: usize,
-        page: bool,
-    ) -> Result<Replay, BackendError> {
-        let count = if page { max } else { max + 1 };
-        let Some(read) = self.read_history(topic, since, count).await? else {
+        bounds: PageBounds,
+    ) -> Result<HistoryPage, BackendError> {
+        let Some(read) = self.read_history(topic, since, bounds).await? else {
             // No history (never, or expired): only "from the very beginning" is complete.
-            return Ok(Replay {
+            return Ok(HistoryPage {
                 events: Vec::new(),
                 recovered: since == EventId::ZERO,
                 position: None,
+                more: false,
             });
         };
         // Trimming removes the oldest first, so nothing after `since` is gone if the oldest
         // event kept is `since` or older (Redis does not count trimmed ids in
         // `max-deleted-entry-id`). From the very beginning: if nothing was ever trimmed. An id
         // past the last one given out vouches for nothing.
-        let recovered = if since > read.last {
-            false
-        } else if since == EventId::ZERO {
+        if since > read.last {
+            return Ok(HistoryPage {
+                events: Vec::new(),
+                recovered: false,
+                position: Some(read.last),
+                more: false,
+            });
+        }
+        let recovered = if since == EventId::ZERO {
             read.never_trimmed
         } else {
             read.first.is_some_and(|first| first <= since)
         };
-        if since > read.last || (!page && read.events.len() > max) {
-            return Ok(Replay {
-                events: Vec::new(),
-                recovered: false,
-                position: Some(read.last),
-            });
-        }
-        Ok(Replay {
+        Ok(HistoryPage {
             events: read.events,
             recovered,
             position: Some(read.last),
+            more: read.more,
         })
     }
 }
@@ -180,26 +182,21 @@ impl HistoryStore for RedisBackend {
         EventId::parse(&id).ok_or_else(|| BackendError::Unavailable(format!("bad stream id {id}")))
     }
 
-    async fn replay(
-        &self,
-        topic: &Topic,
-        since: EventId,
-        max: usize,
-    ) -> Result<Replay, BackendError> {
-        self.replay_or_page(topic, since, max, false).await
-    }
-
     async fn page(
         &self,
         topic: &Topic,
         since: EventId,
-        max: usize,
-    ) -> Result<Replay, BackendError> {
-        self.replay_or_page(topic, since, max, true).await
+        bounds: PageBounds,
+    ) -> Result<HistoryPage, BackendError> {
+        self.read_page(topic, since, bounds).await
     }
 
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError> {
-        let read = self.read_history(topic, EventId::ZERO, 0).await?;
+        let nothing = PageBounds {
+            events: 0,
+            bytes: 1,
+        };
+        let read = self.read_history(topic, EventId::ZERO, nothing).await?;
         Ok(read.map(|r| r.last))
     }
 }

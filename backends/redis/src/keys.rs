@@ -105,6 +105,40 @@ impl Keys {
         format!("{}:c:session", self.prefix)
     }
 
+    /// A per-identity rate budget (string: its GCRA theoretical arrival time, microseconds of
+    /// Redis's clock; `PX` until the budget is full again): `<prefix>:rl:{<identity>}:<budget>`
+    /// (`budget`: `pub`, `call`). An identity may hold any character: one with a `}` gets a
+    /// shorter hash tag, which only moves the key to another slot (the key itself is still
+    /// unique, since it ends with the budget's name).
+    pub fn rate(&self, budget: &str, identity: &str) -> String {
+        format!("{}:rl:{{{identity}}}:{budget}", self.prefix)
+    }
+
+    /// An identity's executions not finished (sorted set: leader task id -> lease expiry, Unix
+    /// ms): `<prefix>:u:{<identity>}:run`. Like [`rate`](Self::rate), the identity is the hash
+    /// tag, so an identity's keys share a slot.
+    pub fn identity_running(&self, identity: &str) -> String {
+        format!("{}:u:{{{identity}}}:run", self.prefix)
+    }
+
+    /// An identity's stored tasks (sorted set: task id -> expiry, Unix ms):
+    /// `<prefix>:u:{<identity>}:tasks`.
+    pub fn identity_tasks(&self, identity: &str) -> String {
+        format!("{}:u:{{{identity}}}:tasks", self.prefix)
+    }
+
+    /// The result bytes of an identity's stored tasks (hash: task id -> bytes, and `_total`):
+    /// `<prefix>:u:{<identity>}:bytes`.
+    pub fn identity_bytes(&self, identity: &str) -> String {
+        format!("{}:u:{{{identity}}}:bytes", self.prefix)
+    }
+
+    /// The live connections of a scope (`id:<subject>` or `ip:<address>`; sorted set: member
+    /// -> lease expiry, Unix ms): `<prefix>:conns:{<scope>}`.
+    pub fn connections(&self, scope: &str) -> String {
+        format!("{}:conns:{{{scope}}}", self.prefix)
+    }
+
     /// Channel: cancel a running call (message: the leader task id).
     pub fn cancel_channel(&self) -> String {
         format!("{}:c:cancel", self.prefix)
@@ -133,6 +167,7 @@ mod tests {
         assert_eq!(k.topic_of_channel("other:t:{chat:42}"), None);
         assert_eq!(k.topic_of_channel("sb:t:{chat:42"), None);
         assert_eq!(k.topic_history("a"), "sb:h:{a}");
+        assert_eq!(k.rate("pub", "alice"), "sb:rl:{alice}:pub");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   tool calls (submit, tasks, cancel, the worker registry);
 //! - `queue.rs`: [`JobQueue`](switchboard_core::backend::JobQueue), the worker's side (streams
 //!   read through a consumer group, heartbeats, reclaim, finish, dead letters);
+//! - `rates.rs`: [`RateStore`](switchboard_core::backend::RateStore), a GCRA per identity and
+//!   budget, taken a lease at a time;
 //! - `health.rs`: [`Health`](switchboard_core::backend::Health).
 //!
 //! Lua scripts live in `lua/*.lua`, one file each, loaded with `include_str!`.
@@ -25,10 +27,12 @@
 //! others. Every operation is bounded by [`RedisOptions::op_timeout`].
 
 mod calls;
+mod conns;
 mod health;
 mod history;
 pub mod keys;
 mod queue;
+mod rates;
 mod sessions;
 mod topics;
 
@@ -200,6 +204,8 @@ impl RedisBackend {
             history: self.clone(),
             sessions: self.clone(),
             calls: self.clone(),
+            rates: self.clone(),
+            conns: self.clone(),
         }
     }
 

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use redis::Value;
 use redis::streams::{StreamClaimReply, StreamReadReply};
 use switchboard_core::backend::{BackendError, Health, JobQueue};
-use switchboard_core::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
+use switchboard_core::calls::{
+    DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, WorkerAnnouncement,
+};
 use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
@@ -60,10 +62,15 @@ fn job_of(
         queue: queue.to_owned(),
         tool: get("tool")?,
         task_id: get("task")?,
+        // Jobs queued before jobs carried their owner share one identity.
+        owner: get("owner").unwrap_or_default(),
         call_hash: get("hash")?,
         arguments: serde_json::from_str(&get("args")?).ok()?,
         deadline_ms: get("deadline")?.parse().ok()?,
         cache_ttl_ms: get("cache_ttl").and_then(|v| v.parse().ok()).unwrap_or(0),
+        max_result_bytes: get("max_result")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_RESULT_BYTES),
         deliveries,
     })
 }
@@ -285,6 +292,9 @@ impl JobQueue for RedisBackend {
             .key(k.result(&job.call_hash))
             .key(k.lease(&job.call_hash))
             .key(k.tool_queue(&job.queue))
+            .key(k.identity_running(&job.owner))
+            .key(k.identity_tasks(&job.owner))
+            .key(k.identity_bytes(&job.owner))
             .arg(&job.task_id)
             .arg(status.as_str())
             .arg(message.unwrap_or(""))
@@ -363,5 +373,37 @@ impl JobQueue for RedisBackend {
 
     async fn keepalive(&self) -> Result<(), BackendError> {
         Health::ping(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn a_job_carries_its_owner_and_an_old_one_runs_without() {
+        let mut map = fields(&[
+            ("task", "t1"),
+            ("owner", "alice"),
+            ("hash", "h"),
+            ("tool", "sleep"),
+            ("args", r#"{"ms":1}"#),
+            ("deadline", "123"),
+        ]);
+        let job = job_of("sleep@q", "1-0", &map, 1).unwrap();
+        assert_eq!(job.owner, "alice");
+        assert_eq!(job.cache_ttl_ms, 0);
+        // Queued before jobs carried their owner: one shared identity, never a failed job.
+        map.remove("owner");
+        assert_eq!(job_of("sleep@q", "1-0", &map, 1).unwrap().owner, "");
+        map.remove("task");
+        assert!(job_of("sleep@q", "1-0", &map, 1).is_none());
     }
 }

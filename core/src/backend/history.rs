@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use switchboard_protocol::{EventId, Topic};
 
 use super::error::BackendError;
-use crate::history::{HistoryRule, Replay};
+use crate::history::{HistoryPage, HistoryRule, PageBounds};
 
 /// The history of topics that keep one (see [`crate::history`]).
 #[async_trait]
@@ -23,20 +23,15 @@ pub trait HistoryStore: Send + Sync + 'static {
         rule: &HistoryRule,
     ) -> Result<EventId, BackendError>;
 
-    /// The events of a topic's history after `since` (at most `max`; more is a failed recovery),
-    /// whether the history still reaches back to `since`, and the latest id.
-    async fn replay(
+    /// A page of a topic's history: the first events after `since` within `bounds` (fewer at
+    /// its end), whether the history still reaches back to `since`, and the latest id. Long
+    /// histories are read in steps, so no single read holds the backend for long.
+    async fn page(
         &self,
         topic: &Topic,
         since: EventId,
-        max: usize,
-    ) -> Result<Replay, BackendError>;
-
-    /// A page of a topic's history: the first `max` events after `since` (fewer at its end),
-    /// whether the history still reaches back to `since`, and the latest id. For reading a
-    /// long history in steps (a node catching up after its subscription was down).
-    async fn page(&self, topic: &Topic, since: EventId, max: usize)
-    -> Result<Replay, BackendError>;
+        bounds: PageBounds,
+    ) -> Result<HistoryPage, BackendError>;
 
     /// The latest id in a topic's history.
     async fn position(&self, topic: &Topic) -> Result<Option<EventId>, BackendError>;

@@ -8,7 +8,9 @@
 //! | sessions | [`SessionStore`], signalling a [`TakeoverSink`] | `hello`, the session refresh |
 //! | tool calls, gateway side | [`CallPlane`], signalling a [`CallSink`] | `tools/*`, `tasks/*` |
 //! | tool calls, worker side | [`JobQueue`] | workers |
+//! | connections per identity and address | [`ConnectionLedger`] | the connection caps |
 //! | reachability | [`Health`] | readiness |
+//! | per-identity rate budgets | [`RateStore`] (a GCRA per identity and budget, see [`gcra`]) | `publish`, `tools/call` |
 //!
 //! Two implementations, each a crate of its own: `switchboard-memory` (one process:
 //! `switchboard dev` and tests) and `switchboard-redis` (production). Both keep the same
@@ -16,20 +18,24 @@
 //! gateway's roles as one value to hand around.
 
 mod calls;
+mod conns;
 mod error;
 mod health;
 mod history;
 mod queue;
+mod rates;
 mod sessions;
 mod topics;
 
 use std::sync::Arc;
 
 pub use self::calls::{CallPlane, CallSink};
+pub use self::conns::{ConnectionLedger, Lease};
 pub use self::error::BackendError;
 pub use self::health::Health;
 pub use self::history::HistoryStore;
 pub use self::queue::JobQueue;
+pub use self::rates::{Budget, Grant, Rate, RateStore, gcra};
 pub use self::sessions::{SessionStore, TakeoverSink};
 pub use self::topics::{TopicBus, TopicSink};
 
@@ -41,6 +47,8 @@ pub struct Backend {
     pub history: Arc<dyn HistoryStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub calls: Arc<dyn CallPlane>,
+    pub rates: Arc<dyn RateStore>,
+    pub conns: Arc<dyn ConnectionLedger>,
 }
 
 impl std::fmt::Debug for Backend {

@@ -3,6 +3,7 @@
 //! how they reach it (its [`Link`]).
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use switchboard_core::auth::{ANONYMOUS, Identity};
@@ -18,6 +19,11 @@ pub(crate) struct Caller {
     /// The connection: its control block and its outbound queue (replies that come later,
     /// events, progress).
     pub(crate) link: Link,
+    /// The client's address (behind trusted proxies: the one they name).
+    pub(crate) addr: IpAddr,
+    /// The connection's name in the cluster-wide connection counts
+    /// (`crate::limits::connections`).
+    pub(crate) member: String,
     /// Set from the upgrade request's token, or by `hello`.
     pub(crate) identity: Option<Identity>,
     /// `hello` (or `initialize`) succeeded.
@@ -34,15 +40,26 @@ pub(crate) struct Caller {
     pub(crate) calls: InFlight,
     /// The connection's request budget (`None`: no limit).
     pub(crate) requests: Option<RequestLimit>,
+    /// Publishes and calls refused in a row because the identity was over its budget
+    /// (`crate::limits::identity`); past `--rate-close-after`, the connection is closed (4029).
+    pub(crate) identity_refusals: u32,
     /// A close (code, reason) to start once the current reply is queued, so the client reads
     /// why before the socket closes.
     pub(crate) close_after_reply: Option<(u16, &'static str)>,
 }
 
 impl Caller {
-    pub(crate) fn new(link: Link, identity: Option<Identity>, mcp: bool) -> Self {
+    pub(crate) fn new(
+        link: Link,
+        addr: IpAddr,
+        member: String,
+        identity: Option<Identity>,
+        mcp: bool,
+    ) -> Self {
         Caller {
             link,
+            addr,
+            member,
             identity,
             opened: false,
             mcp,
@@ -51,6 +68,7 @@ impl Caller {
             token_topics: HashMap::new(),
             calls: InFlight::default(),
             requests: None,
+            identity_refusals: 0,
             close_after_reply: None,
         }
     }
@@ -58,5 +76,14 @@ impl Caller {
     /// Who the caller is: tasks and per-user caches are bound to it.
     pub(crate) fn owner(&self) -> &str {
         self.identity.as_ref().map_or(ANONYMOUS, |i| &*i.subject)
+    }
+
+    /// Who per-identity caps and fair shares count against: the subject, or, for an anonymous
+    /// caller, `anonymous@<address>`, since anonymous callers are told apart by address only.
+    pub(crate) fn cap_identity(&self) -> String {
+        match &self.identity {
+            Some(i) => i.subject.to_string(),
+            None => format!("{ANONYMOUS}@{}", self.addr),
+        }
     }
 }

@@ -14,9 +14,12 @@
 //! Handlers take the [`Caller`] (the connection's identity, session, subscriptions and calls in
 //! flight) and the handles their family holds, never the whole node. The rules enforced here,
 //! once: every message spends the connection's rate budget (`crate::limits`; -32003 over it,
-//! close 4029 for a client that keeps on); everything but what opens a connection (`hello`,
-//! `initialize`, `server/discover`, and `ping` on MCP sockets) needs an opened connection
-//! (-32001); a notification gets no reply, not even an error.
+//! close 4029 for a client that keeps on); every `publish` and `tools/call` of an opened
+//! connection also spends its identity's budget, shared by every node
+//! (`crate::limits::identity`; the same -32003 and 4029), before its params are read;
+//! everything but what opens a connection (`hello`, `initialize`, `server/discover`, and `ping`
+//! on MCP sockets) needs an opened connection (-32001); a notification gets no reply, not even
+//! an error.
 //!
 //! [`Connection`] is a WebSocket's [`Handler`]: the reader hands it each message.
 
@@ -32,7 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use switchboard_core::backend::Budget;
 use switchboard_protocol::jsonrpc;
+use switchboard_protocol::methods::Method;
+use switchboard_protocol::methods::tools::ToolsCall;
+use switchboard_protocol::methods::topics::Publish;
 use switchboard_protocol::{ErrorCode, RpcError, close};
 
 pub(crate) use self::access::Access;
@@ -43,6 +50,7 @@ pub(crate) use self::tasks::Tasks;
 pub(crate) use self::tools::{CallSettings, Tools};
 pub(crate) use self::topics::{TopicSettings, Topics};
 use crate::conns::Registration;
+use crate::limits::identity::{IdentityRates, Refusal};
 use crate::limits::{RequestRate, Verdict};
 use crate::transport::{Answer, Handler};
 
@@ -50,6 +58,8 @@ use crate::transport::{Answer, Handler};
 pub(crate) struct Methods {
     /// Each connection's request budget.
     pub(crate) rate: RequestRate,
+    /// Each identity's budgets of publishes and calls, across nodes.
+    pub(crate) identity_rates: Arc<IdentityRates>,
     pub(crate) session: Session,
     pub(crate) topics: Topics,
     pub(crate) tools: Tools,
@@ -64,16 +74,9 @@ impl Methods {
         let reply = match (jsonrpc::parse_request(text), refused) {
             (Err(bad), None) => Some(jsonrpc::encode_error(bad.id, &bad.error)),
             (Err(_), Some(_)) => None,
-            (Ok(req), Some(wait)) => {
-                let retry_ms = wait.as_millis() as u64;
-                req.id.map(|id| {
-                    jsonrpc::encode_error(
-                        Some(id),
-                        &RpcError::new(ErrorCode::RateLimited, "rate limited: slow down")
-                            .with_data(serde_json::json!({ "retryAfterMs": retry_ms })),
-                    )
-                })
-            }
+            (Ok(req), Some(wait)) => req.id.map(|id| {
+                jsonrpc::encode_error(Some(id), &rate_limited("rate limited: slow down", wait))
+            }),
             (Ok(req), None) => match (
                 req.id,
                 self.route(caller, req.id, &req.method, req.params).await,
@@ -108,6 +111,44 @@ impl Methods {
         Some(wait)
     }
 
+    /// Spends one of the caller's identity budget when `method` is a `publish` or a
+    /// `tools/call`: -32003 over it (and, after `--rate-close-after` refusals in a row, close
+    /// 4029), -32603 when the backend could not be asked.
+    async fn spend_identity(&self, caller: &mut Caller, method: &str) -> Result<(), RpcError> {
+        let (budget, message) = match method {
+            Publish::NAME => (
+                Budget::Publishes,
+                "rate limited: too many publishes for this identity, slow down",
+            ),
+            ToolsCall::NAME => (
+                Budget::Calls,
+                "rate limited: too many tool calls for this identity, slow down",
+            ),
+            _ => return Ok(()),
+        };
+        let Some(identity) = caller.identity.as_ref().map(|i| i.subject.clone()) else {
+            return Ok(());
+        };
+        let wait = match self.identity_rates.spend(budget, &identity).await {
+            Ok(()) => {
+                caller.identity_refusals = 0;
+                return Ok(());
+            }
+            Err(Refusal::Unavailable) => return Err(RpcError::backend_unavailable()),
+            Err(Refusal::Wait(wait)) => wait,
+        };
+        self.session.metrics.identity_rate_limited.inc();
+        caller.identity_refusals = caller.identity_refusals.saturating_add(1);
+        if caller.identity_refusals > self.rate.close_after() {
+            caller.close_after_reply = Some((
+                close::RATE_LIMITED,
+                "rate limited: too many requests after -32003",
+            ));
+            return Err(rate_limited(message, Duration::ZERO));
+        }
+        Err(rate_limited(message, wait))
+    }
+
     /// Each family routes its own methods (`None`: not one of them).
     async fn route(
         &self,
@@ -134,6 +175,7 @@ impl Methods {
                 },
             ));
         }
+        self.spend_identity(caller, method).await?;
         if let Some(reply) = self.topics.route(caller, id, method, raw).await {
             return reply;
         }
@@ -145,6 +187,14 @@ impl Methods {
         }
         Err(RpcError::method_not_found(method))
     }
+}
+
+/// -32003 with `retryAfterMs` (rounded up: a client that waits as told is not refused again for
+/// a fraction of a millisecond).
+fn rate_limited(message: &'static str, wait: Duration) -> RpcError {
+    let retry_ms = wait.as_nanos().div_ceil(1_000_000) as u64;
+    RpcError::new(ErrorCode::RateLimited, message)
+        .with_data(serde_json::json!({ "retryAfterMs": retry_ms }))
 }
 
 /// One WebSocket's handler: the methods, who calls them on this socket, and the socket's place
@@ -180,13 +230,17 @@ impl Handler for Connection {
 }
 
 impl Drop for Connection {
-    /// Releases every subscription of a closed connection, and its session if nobody detached
-    /// it (a handler panicked): drop guards, so a panic cleans up too. The registration goes
-    /// last.
+    /// Releases every subscription of a closed connection, its session if nobody detached it
+    /// (a handler panicked) and its place in the cluster-wide connection counts: drop guards,
+    /// so a panic cleans up too. The registration goes last.
     fn drop(&mut self) {
         if let Some(live) = self.caller.live.take() {
             self.methods.session.sessions.remove(&live);
         }
         self.methods.topics.release_all(&mut self.caller);
+        self.methods
+            .session
+            .connection_caps
+            .release(&self.caller.member);
     }
 }

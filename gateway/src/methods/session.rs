@@ -37,6 +37,7 @@ use super::encode::{Reply, encode, params};
 use super::tasks::Tasks;
 use super::topics::Topics;
 use crate::health::Health;
+use crate::limits::connections::{ConnectionCaps, Full};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::transport::Out;
@@ -45,6 +46,8 @@ use crate::transport::Out;
 pub(crate) struct Session {
     /// Who may open a connection, and what it may do.
     pub(crate) access: Arc<Access>,
+    /// Connections per identity across nodes (counted when a connection opens).
+    pub(crate) connection_caps: Arc<ConnectionCaps>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
@@ -81,9 +84,15 @@ impl Session {
             Initialize::NAME if caller.opened => {
                 Err(RpcError::invalid_request("initialize was already done"))
             }
-            Initialize::NAME => params::<Initialize>(raw)
-                .and_then(|p| self.initialize(caller, p))
-                .and_then(|r| encode(id, &r)),
+            Initialize::NAME => {
+                async {
+                    let p = params::<Initialize>(raw)?;
+                    let subject = caller.identity.as_ref().map(|i| i.subject.clone());
+                    self.admit(caller, subject.as_deref()).await?;
+                    encode(id, &self.initialize(caller, p)?)
+                }
+                .await
+            }
             Refresh::NAME if caller.opened => {
                 async {
                     let p = params::<Refresh>(raw)?;
@@ -98,6 +107,37 @@ impl Session {
         })
     }
 
+    /// Counts the connection for its identity across nodes (anonymous ones count by address
+    /// only): over the cap, -32006, then the socket closes with 1013.
+    async fn admit(&self, caller: &mut Caller, subject: Option<&str>) -> Result<(), RpcError> {
+        let Some(subject) = subject else {
+            return Ok(());
+        };
+        match self
+            .connection_caps
+            .admit_identity(&caller.member, subject)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(full) => {
+                let max = match full {
+                    Full::Identity(n) | Full::Address(n) => n,
+                };
+                caller.close_after_reply = Some((
+                    close::TRY_AGAIN_LATER,
+                    "too many connections for this identity",
+                ));
+                Err(RpcError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "too many connections for this identity (at most {max}); try again later"
+                    ),
+                )
+                .with_data(json!({"limit": "maxConnectionsPerIdentity", "max": max})))
+            }
+        }
+    }
+
     /// `hello`. Restoring a resumed session's subscriptions and owed replies goes through the
     /// topic and task methods.
     pub(crate) async fn hello(
@@ -107,6 +147,8 @@ impl Session {
         topics: &Topics,
         tasks: &Tasks,
     ) -> Result<HelloResult, RpcError> {
+        // Anonymous: no token now or at the upgrade (counted by address only).
+        let anonymous = p.token.is_none() && caller.identity.is_none();
         let identity = match (p.token.as_deref(), caller.identity.take()) {
             (Some(token), _) => match self.access.identify(token).await {
                 Ok(identity) => identity,
@@ -118,6 +160,10 @@ impl Session {
         };
         if self.health.backend_down() {
             return Err(unavailable(caller, identity));
+        }
+        if !anonymous && let Err(e) = self.admit(caller, Some(&identity.subject)).await {
+            caller.identity = Some(identity);
+            return Err(e);
         }
         let owner = identity.subject.clone();
         let mut resumed = None;

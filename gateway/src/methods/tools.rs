@@ -18,16 +18,16 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::callhash::call_hash_of;
-use switchboard_core::calls::{Submission, Submitted};
+use switchboard_core::calls::{CapReached, OwnerCaps, Submission, Submitted};
 use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
 use switchboard_core::tasks::new_task_id;
-use switchboard_protocol::RpcError;
 use switchboard_protocol::methods::Method;
 use switchboard_protocol::methods::tools::{
     CallParams, CallResult, CreateTaskResult, META_CACHE, META_PROGRESS_TOKEN, ToolsCall,
     ToolsList, ToolsListResult,
 };
+use switchboard_protocol::{ErrorCode, RpcError};
 
 use super::access::Access;
 use super::caller::Caller;
@@ -52,6 +52,12 @@ pub(crate) struct CallSettings {
     pub(crate) max_task_ttl: Duration,
     /// How long past a tool's timeout a caller waits for the worker's answer before -32005.
     pub(crate) deadline_grace: Duration,
+    /// What one identity may hold across the cluster (calls in flight, stored tasks, bytes).
+    pub(crate) caps: OwnerCaps,
+    /// The largest `arguments` of a call, as JSON (-32007 over it).
+    pub(crate) max_args_bytes: usize,
+    /// The largest result a worker stores for a call (a bigger one becomes `isError`).
+    pub(crate) max_result_bytes: u64,
 }
 
 /// How a call may use the cache (`_meta["switchboard/cache"]`).
@@ -122,6 +128,17 @@ impl Tools {
             )));
         };
         let arguments = p.arguments.unwrap_or_else(|| json!({}));
+        let cfg = &self.settings;
+        let args_bytes = serde_json::to_vec(&arguments).map_or(0, |v| v.len());
+        if args_bytes > cfg.max_args_bytes {
+            return Err(RpcError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "arguments of {args_bytes} bytes are over the limit of {} (maxCallArgsBytes)",
+                    cfg.max_args_bytes
+                ),
+            ));
+        }
         tool.check(&arguments)
             .map_err(|why| RpcError::invalid_params(format!("invalid arguments: {why}")))?;
         let meta = p.meta.unwrap_or_default();
@@ -136,7 +153,6 @@ impl Tools {
             }
         };
         let progress_token = meta.get(META_PROGRESS_TOKEN).cloned();
-        let cfg = &self.settings;
         let spec = &tool.spec;
         // A task lives at least until its call's deadline (plus the grace), or its callers
         // would lose the outcome of a call that is still running.
@@ -165,6 +181,7 @@ impl Tools {
             arguments,
             task_id,
             owner,
+            identity: caller.cap_identity(),
             read_cache: mode == CacheMode::Use && spec.cache.enabled(),
             cache_ttl_ms: if mode == CacheMode::Bypass {
                 0
@@ -174,6 +191,8 @@ impl Tools {
             task_ttl_ms,
             poll_interval_ms: self.outcomes.poll.as_millis() as u64,
             deadline_ms: now_ms() + spec.timeout_ms,
+            caps: cfg.caps,
+            max_result_bytes: cfg.max_result_bytes,
         };
         let call = PendingCall {
             outcomes: self.outcomes.clone(),
@@ -190,6 +209,20 @@ impl Tools {
         tokio::spawn(call.run(submission));
         Ok(None)
     }
+}
+
+/// -32006 for a call refused because its caller is at one of its caps, naming it.
+fn cap_reached(cap: CapReached, caps: &OwnerCaps) -> RpcError {
+    let (max, what) = match cap {
+        CapReached::Running => (caps.max_running, "calls in flight"),
+        CapReached::Tasks => (caps.max_tasks, "stored tasks"),
+        CapReached::TaskBytes => (caps.max_task_bytes, "bytes of stored results"),
+    };
+    RpcError::new(
+        ErrorCode::Overloaded,
+        format!("too many {what} for this identity (at most {max}); try again later"),
+    )
+    .with_data(json!({"limit": cap.name(), "max": max}))
 }
 
 /// A call between submission and reply.
@@ -220,7 +253,9 @@ impl PendingCall {
         if let Ok(s) = &submitted
             && !self.in_flight.contains(&self.request_key)
         {
-            if let Err(e) = calls.cancel(s.record()).await {
+            if let Some(record) = s.record()
+                && let Err(e) = calls.cancel(record).await
+            {
                 tracing::warn!(error = %e, "cancelling a call failed");
             }
             return;
@@ -231,12 +266,13 @@ impl PendingCall {
                 tracing::warn!(error = %e, "submitting a call failed");
                 Err(RpcError::backend_unavailable())
             }
+            Ok(Submitted::Refused(cap)) => Err(cap_reached(cap, &submission.caps)),
             Ok(s) if self.task_mode => Ok(CallResult::Task(CreateTaskResult {
-                task: s.record().mcp(),
+                task: s.record().expect("not refused").mcp(),
             })),
             Ok(Submitted::Cached(rec)) => Ok(CallResult::Done(result_for(&rec, &rec, true))),
             Ok(s) => {
-                let rec = s.record().clone();
+                let rec = s.record().expect("not refused").clone();
                 if let (Some(live), Some(id)) = (&self.live, &self.id) {
                     let owed = OwedRequest {
                         raw_id: id.get().to_owned(),

@@ -35,9 +35,13 @@ use super::caller::Caller;
 use super::encode::{Reply, encode, params};
 use crate::metrics::Metrics;
 use crate::relay::fanout::{Fanout, Gate, Subscriber};
+use crate::relay::replays::Replays;
 use crate::relay::subscriptions::Subscriptions;
 use crate::sessions::{Position, Sessions};
-use crate::transport::{Out, Receipt, text_frame};
+use crate::transport::{Out, Receipt};
+
+/// Bytes of replayed events a replay queues before it lets the node's other tasks run.
+const REPLAY_SLICE_BYTES: usize = 64 * 1024;
 
 fn topic(name: &str) -> Result<Topic, RpcError> {
     Topic::new(name).map_err(|e| RpcError::invalid_params(format!("invalid topic: {e}")))
@@ -69,6 +73,8 @@ pub(crate) struct Topics {
     pub(crate) subscriptions: Subscriptions,
     pub(crate) bus: Arc<dyn TopicBus>,
     pub(crate) history: Arc<dyn HistoryStore>,
+    /// History replays, read in pages shared by the node's replays of a topic.
+    pub(crate) replays: Arc<Replays>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) metrics: Arc<Metrics>,
     /// Replays running at once on this node, at most (`max_concurrent_replays`).
@@ -261,6 +267,8 @@ impl Topics {
 
     /// Replays the history after `since` into the socket, then what arrived live meanwhile at
     /// the gate; answers the position the client is at now and whether nothing was missing.
+    /// The history is read in pages shared with the node's other replays of the topic
+    /// ([`Replays`]).
     async fn replay(
         &self,
         caller: &mut Caller,
@@ -269,16 +277,25 @@ impl Topics {
         gate: &Mutex<Gate>,
         cell: &Arc<Position>,
     ) -> Result<(Option<String>, Option<bool>), RpcError> {
-        let replay = match self
-            .history
-            .replay(topic, since, self.settings.max_replay)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
+        let give_up = tokio::time::Instant::now() + self.settings.replay_timeout;
+        let gathered = tokio::time::timeout_at(
+            give_up,
+            self.replays.gather(topic, since, self.settings.max_replay),
+        )
+        .await;
+        let replay = match gathered {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 tracing::warn!(topic = %topic, error = %e, "reading history failed");
                 self.release(caller, topic);
                 return Err(RpcError::backend_unavailable());
+            }
+            Err(_) => {
+                self.release(caller, topic);
+                return Err(RpcError::new(
+                    ErrorCode::Overloaded,
+                    "the history replay took too long, try again",
+                ));
             }
         };
         // A `since` the history never reached (a wrong id, a history that was lost): the
@@ -289,28 +306,30 @@ impl Topics {
             last = newest_stored;
             cell.reset(replay.position);
         }
-        let give_up = tokio::time::Instant::now() + self.settings.replay_timeout;
         let receipt = |id: EventId| Receipt {
             to: cell.clone(),
             mark: Position::mark(id),
         };
-        for (id, data) in &replay.events {
-            // History written by any backend: only valid JSON reaches a client.
-            if let Some((data, from)) = self.fanout.checked(topic.as_str(), data) {
-                let frame = text_frame(&event::encode_event_with_id(
-                    topic.as_str(),
-                    data,
-                    Some(*id),
-                    from,
-                ));
-                cell.advance(*id);
-                let out = Out::FrameReceipt(frame, receipt(*id));
-                if !self.send_with_headroom(caller, out, give_up).await {
-                    return Err(self.abandon_replay(caller, topic));
+        let mut sent_bytes = 0;
+        for (page, after) in &replay.pages {
+            for (id, frame) in page.events.iter().filter(|(id, _)| id > after) {
+                // Not relayed (not JSON, or too big): counted when read; the client is past it.
+                if let Some(frame) = frame {
+                    cell.advance(*id);
+                    sent_bytes += frame.len();
+                    let out = Out::FrameReceipt(frame.clone(), receipt(*id));
+                    if !self.send_with_headroom(caller, out, give_up).await {
+                        return Err(self.abandon_replay(caller, topic));
+                    }
+                    // A crowd of replays must not keep the node's live events waiting: each
+                    // one lets the others (and the fan-out) run between small slices.
+                    if sent_bytes >= REPLAY_SLICE_BYTES {
+                        sent_bytes = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
+                last = *id;
             }
-            // Not relayed (not JSON, or too big): counted by the check; the client is past it.
-            last = *id;
         }
         // Then what arrived live meanwhile, newer than the replay, until nothing is held; the
         // gate stays, dropping late live copies of replayed events.

@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use super::{ACCEPT_BACKOFF, Node};
 use crate::config::Network;
+use crate::limits::connections::CAPPED_RETRY_AFTER;
 use crate::methods::{Caller, Connection};
 use crate::transport;
 
@@ -179,7 +180,25 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: IpAddr) -> R
     if node.health.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
+    let member = node.connection_caps.member();
+    if node
+        .connection_caps
+        .admit_address(&member, client)
+        .await
+        .is_err()
+    {
+        let mut r = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address, try again later\n",
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(CAPPED_RETRY_AFTER),
+        );
+        return r;
+    }
     let Ok(protocol) = negotiate(req.headers()) else {
+        node.connection_caps.release(&member);
         return text(
             StatusCode::BAD_REQUEST,
             "unsupported subprotocol: offer switchboard.v1 or mcp (or none)\n",
@@ -187,12 +206,17 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: IpAddr) -> R
     };
     let admission = admit(&node, &req).await;
     let mcp = protocol == Some(MCP_SUBPROTOCOL);
-    let on_socket = move |stream: TcpStream, read_buf: Bytes| {
-        connect(&node, stream, read_buf, admission, mcp);
+    let caps = node.connection_caps.clone();
+    let on_socket = {
+        let member = member.clone();
+        move |stream: TcpStream, read_buf: Bytes| {
+            connect(&node, stream, read_buf, client, member, admission, mcp);
+        }
     };
     match transport::upgrade(&mut req, protocol, on_socket) {
         Ok(response) => response,
         Err(e) => {
+            caps.release(&member);
             tracing::debug!(error = %e, "bad upgrade request");
             text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade request\n")
         }
@@ -202,12 +226,21 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: IpAddr) -> R
 /// Serves one upgraded socket in a task of its own (so the connection does not carry the
 /// upgrade's state): registered with the node, closed at once if the upgrade decided so, its
 /// messages answered by the method layer.
-fn connect(node: &Arc<Node>, stream: TcpStream, read_buf: Bytes, admission: Admission, mcp: bool) {
+fn connect(
+    node: &Arc<Node>,
+    stream: TcpStream,
+    read_buf: Bytes,
+    client: IpAddr,
+    member: String,
+    admission: Admission,
+    mcp: bool,
+) {
     let span = tracing::debug_span!("conn", peer = ?stream.peer_addr().ok());
     let (link, socket) = match transport::accept(&node.sockets, stream, read_buf) {
         Ok(accepted) => accepted,
         Err(e) => {
             tracing::warn!(error = %e, "re-registering a socket failed; dropping it");
+            node.connection_caps.release(&member);
             return;
         }
     };
@@ -233,7 +266,7 @@ fn connect(node: &Arc<Node>, stream: TcpStream, read_buf: Bytes, admission: Admi
             None
         }
     };
-    let mut caller = Caller::new(link.clone(), identity, mcp);
+    let mut caller = Caller::new(link.clone(), client, member, identity, mcp);
     caller.requests = node.methods.rate.budget();
     let handler = Connection::new(node.methods.clone(), caller, registration);
     let connection = transport::serve(node.sockets.clone(), link, socket, handler);

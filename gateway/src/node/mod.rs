@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use switchboard_core::auth::{AuthError, Verifier};
 use switchboard_core::backend::Backend;
+use switchboard_core::calls::OwnerCaps;
 use switchboard_protocol::methods::session::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,11 +27,14 @@ use crate::calls::waiters::Waiters;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::conns::Conns;
 use crate::health::Health;
+use crate::limits::connections::{ConnectionCapSettings, ConnectionCaps};
+use crate::limits::identity::{BudgetRate, IdentityRates};
 use crate::limits::{ConnectionRate, RequestRate};
 use crate::methods::{Access, CallSettings, Methods, Session, Tasks, Tools, TopicSettings, Topics};
 use crate::metrics::Metrics;
 use crate::relay::fanout::{self, Fanout};
 use crate::relay::recovery::Recovery;
+use crate::relay::replays::{ReplaySettings, Replays};
 use crate::relay::subscriptions::Subscriptions;
 use crate::sessions::{SessionSettings, Sessions};
 use crate::transport::{SocketLimits, Sockets};
@@ -65,6 +69,8 @@ pub(crate) struct Node {
     pub(crate) access: Arc<Access>,
     /// New connections per source address.
     pub(crate) connection_rate: Arc<ConnectionRate>,
+    /// Connections per identity and per address, cluster-wide.
+    pub(crate) connection_caps: Arc<ConnectionCaps>,
     pub(crate) conns: Arc<Conns>,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
@@ -158,6 +164,16 @@ pub async fn run_with_admin(
         .map(|rx| tokio::spawn(fanout::run_worker(fanout.clone(), rx)))
         .collect();
     backend.topics.set_sink(fanout.clone());
+    let replays = Arc::new(Replays::new(
+        backend.history.clone(),
+        fanout.clone(),
+        metrics.clone(),
+        ReplaySettings {
+            page: c.replay_page(),
+            cache_ttl: c.replay_cache_ttl,
+            cache_bytes: c.replay_cache_bytes,
+        },
+    ));
     let (subscriptions, subscriptions_task) = Subscriptions::spawn(
         backend.topics.clone(),
         fanout.clone(),
@@ -190,13 +206,48 @@ pub async fn run_with_admin(
         task_ttl: c.task_ttl,
         max_task_ttl: c.max_task_ttl,
         deadline_grace: c.deadline_grace,
+        caps: OwnerCaps {
+            max_running: c.max_calls_in_flight_per_identity,
+            max_tasks: c.max_tasks_per_identity,
+            max_task_bytes: c.max_task_bytes_per_identity,
+        },
+        max_args_bytes: c.max_call_args_bytes,
+        max_result_bytes: c.max_result_bytes.max(1),
     };
+
+    // Per-identity budgets, shared by every node through the backend.
+    let identity_rates = Arc::new(IdentityRates::new(
+        backend.rates.clone(),
+        BudgetRate::new(c.rate_publishes, c.rate_publishes_burst, c.rate_lease),
+        BudgetRate::new(c.rate_calls, c.rate_calls_burst, c.rate_lease),
+        config.auth.allow_anonymous,
+        {
+            let leases = metrics.rate_leases.clone();
+            move || {
+                leases.inc();
+            }
+        },
+    ));
+
+    // Connections per identity and per address, counted by every node through the backend.
+    let connection_caps = Arc::new(ConnectionCaps::new(
+        backend.conns.clone(),
+        &config.node_id,
+        ConnectionCapSettings {
+            per_identity: c.max_connections_per_identity,
+            per_address: c.max_connections_per_address,
+            lease: c.connection_lease,
+        },
+        metrics.clone(),
+    ));
 
     // The methods, each family with the handles it needs.
     let methods = Arc::new(Methods {
         rate: RequestRate::new(c.rate_requests, c.rate_requests_burst, c.rate_close_after),
+        identity_rates: identity_rates.clone(),
         session: Session {
             access: access.clone(),
+            connection_caps: connection_caps.clone(),
             sessions: sessions.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
@@ -210,6 +261,18 @@ pub async fn run_with_admin(
                 max_data_depth: c.max_data_depth,
                 rate_requests: c.rate_requests,
                 rate_requests_burst: c.rate_requests_burst,
+                rate_publishes: c.rate_publishes,
+                rate_publishes_burst: c.rate_publishes_burst,
+                rate_calls: c.rate_calls,
+                rate_calls_burst: c.rate_calls_burst,
+                max_calls_in_flight_per_identity: c.max_calls_in_flight_per_identity,
+                max_tasks_per_identity: c.max_tasks_per_identity,
+                max_task_bytes_per_identity: c.max_task_bytes_per_identity,
+                max_task_ttl_ms: c.max_task_ttl.as_millis() as u64,
+                max_call_args_bytes: c.max_call_args_bytes,
+                max_result_bytes: c.max_result_bytes.max(1),
+                max_connections_per_identity: c.max_connections_per_identity,
+                max_connections_per_address: c.max_connections_per_address,
             },
         },
         topics: Topics {
@@ -218,6 +281,7 @@ pub async fn run_with_admin(
             subscriptions: subscriptions.clone(),
             bus: backend.topics.clone(),
             history: backend.history.clone(),
+            replays,
             sessions: sessions.clone(),
             metrics: metrics.clone(),
             replay_slots: Semaphore::new(c.max_concurrent_replays),
@@ -253,6 +317,8 @@ pub async fn run_with_admin(
     // Background tasks.
     let background = vec![
         tokio::spawn(connection_rate.clone().run_pruning()),
+        tokio::spawn(identity_rates.run_pruning()),
+        tokio::spawn(connection_caps.clone().run_renewal()),
         tokio::spawn(readiness::run(
             backend.clone(),
             health.clone(),
@@ -274,6 +340,7 @@ pub async fn run_with_admin(
                 health: health.clone(),
                 metrics: metrics.clone(),
                 interval: c.subscribe_retry,
+                page: c.replay_page(),
             }
             .run(),
         ),
@@ -292,6 +359,7 @@ pub async fn run_with_admin(
         methods,
         access,
         connection_rate,
+        connection_caps,
         conns,
         health,
         metrics,

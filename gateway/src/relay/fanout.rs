@@ -74,6 +74,11 @@ impl Gate {
 
 #[derive(Default)]
 struct TopicEntry {
+    /// Changes whenever the node's live stream of the topic may have had a gap: a new entry
+    /// (the node subscribes afresh) or a lost backend subscription. See [`Fanout::live_since`].
+    generation: u64,
+    /// The id of the newest history event handed to the topic's subscribers (or held).
+    last_live: Option<EventId>,
     subs: HashMap<u64, Subscriber>,
     /// What delivery iterates; `None` after a change until the next event rebuilds it.
     snapshot: Option<Arc<[Subscriber]>>,
@@ -109,6 +114,15 @@ pub(crate) struct Fanout {
     born: Instant,
     /// Milliseconds since `born` of the last drop warning.
     last_drop_log_ms: AtomicU64,
+    /// The next [`TopicEntry::generation`].
+    generations: AtomicU64,
+}
+
+/// Where a node's live stream of a topic stands (see [`Fanout::live_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LiveMark {
+    pub(crate) generation: u64,
+    pub(crate) last: Option<EventId>,
 }
 
 impl Fanout {
@@ -131,6 +145,7 @@ impl Fanout {
             metrics,
             born: Instant::now(),
             last_drop_log_ms: AtomicU64::new(0),
+            generations: AtomicU64::new(1),
         };
         (fanout, rxs)
     }
@@ -138,7 +153,10 @@ impl Fanout {
     /// Adds a local subscriber (a connection subscribes a topic at most once).
     pub(crate) fn add(&self, topic: &Topic, sub: Subscriber) {
         let mut topics = self.topics.lock().expect("fanout lock poisoned");
-        let entry = topics.entry(topic.clone()).or_default();
+        let entry = topics.entry(topic.clone()).or_insert_with(|| TopicEntry {
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            ..TopicEntry::default()
+        });
         entry.subs.insert(sub.link.id(), sub);
         entry.snapshot = None;
     }
@@ -163,6 +181,19 @@ impl Fanout {
             .contains_key(topic)
     }
 
+    /// The topic's live stream on this node: its generation and the newest history id handed
+    /// out. A history page read while the generation was the same as now, and reaching the
+    /// history's end at or after `last`, misses nothing a subscriber added since needs: every
+    /// newer event still comes live, past that subscriber's gate. `None`: nobody here wants
+    /// the topic.
+    pub(crate) fn live_since(&self, topic: &str) -> Option<LiveMark> {
+        let topics = self.topics.lock().expect("fanout lock poisoned");
+        topics.get(topic).map(|e| LiveMark {
+            generation: e.generation,
+            last: e.last_live,
+        })
+    }
+
     fn subscribers(&self, topic: &str) -> Option<Arc<[Subscriber]>> {
         let mut topics = self.topics.lock().expect("fanout lock poisoned");
         let entry = topics.get_mut(topic)?;
@@ -177,6 +208,9 @@ impl Fanout {
             let Some(entry) = topics.get_mut(topic) else {
                 return;
             };
+            if id.is_some() {
+                entry.last_live = entry.last_live.max(id);
+            }
             if let Some(held) = &mut entry.held {
                 if held.events.len() < self.hold_cap {
                     held.events.push((id, frame.clone()));
@@ -343,6 +377,8 @@ impl Fanout {
     pub(crate) fn hold_history(&self) {
         let mut topics = self.topics.lock().expect("fanout lock poisoned");
         for entry in topics.values_mut() {
+            // What the lost connection did not carry is not in the live stream.
+            entry.generation = self.generations.fetch_add(1, Ordering::Relaxed);
             if entry.held.is_none() && entry.subs.values().any(|s| s.position.is_some()) {
                 entry.held = Some(Held::default());
             }

@@ -12,15 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_core::backend::{BackendError, HistoryStore};
+use switchboard_core::history::PageBounds;
 use switchboard_protocol::Topic;
 
 use super::fanout::Fanout;
 use super::subscriptions::Subscriptions;
 use crate::health::Health;
 use crate::metrics::Metrics;
-
-/// History events read back per backend round trip.
-const RECOVERY_PAGE: usize = 1000;
 
 /// What a recovery uses.
 pub(crate) struct Recovery {
@@ -31,6 +29,8 @@ pub(crate) struct Recovery {
     pub(crate) metrics: Arc<Metrics>,
     /// How often held topics are looked at (the subscribe retry interval).
     pub(crate) interval: Duration,
+    /// What one read may carry (`--replay-page-events`, `--replay-page-bytes`).
+    pub(crate) page: PageBounds,
 }
 
 impl Recovery {
@@ -75,7 +75,7 @@ impl Recovery {
             if let Some(mut from) = self.fanout.oldest_position(topic) {
                 let mut first = true;
                 loop {
-                    let page = self.history.page(topic, from, RECOVERY_PAGE).await?;
+                    let page = self.history.page(topic, from, self.page).await?;
                     if first && !page.recovered {
                         tracing::warn!(topic = %topic, "history no longer reaches back to what this node delivered last; events were lost");
                     }
@@ -83,7 +83,7 @@ impl Recovery {
                     let Some((last, _)) = page.events.last() else {
                         break;
                     };
-                    let (last, full) = (*last, page.events.len() >= RECOVERY_PAGE);
+                    let (last, more) = (*last, page.more);
                     for (id, data) in &page.events {
                         // Counted there when it is not relayed.
                         if let Some((data, from)) = self.fanout.checked(topic.as_str(), data) {
@@ -91,7 +91,7 @@ impl Recovery {
                             count += 1;
                         }
                     }
-                    if !full {
+                    if !more {
                         break;
                     }
                     from = last;

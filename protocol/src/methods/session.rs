@@ -63,6 +63,45 @@ pub struct Limits {
     /// Messages a connection may send at once above the sustained rate.
     #[serde(default)]
     pub rate_requests_burst: u32,
+    /// `publish`es one identity may make per second over all its sockets on every node (0: no
+    /// limit; -32003 over it). Absent from gateways that predate it.
+    #[serde(default)]
+    pub rate_publishes: u32,
+    /// `publish`es one identity may make at once above the sustained rate.
+    #[serde(default)]
+    pub rate_publishes_burst: u32,
+    /// `tools/call`s one identity may make per second over all its sockets on every node (0:
+    /// no limit; -32003 over it).
+    #[serde(default)]
+    pub rate_calls: u32,
+    /// `tools/call`s one identity may make at once above the sustained rate.
+    #[serde(default)]
+    pub rate_calls_burst: u32,
+    /// Executions one identity may have started and not finished, cluster-wide (0: no cap;
+    /// -32006 over it).
+    #[serde(default)]
+    pub max_calls_in_flight_per_identity: u64,
+    /// Tasks one identity may have stored, cluster-wide (0: no cap; -32006 over it).
+    #[serde(default)]
+    pub max_tasks_per_identity: u64,
+    /// Result bytes one identity may have stored in its tasks, cluster-wide (0: no cap).
+    #[serde(default)]
+    pub max_task_bytes_per_identity: u64,
+    /// The longest task ttl, in milliseconds (a longer one asked for is cut to it).
+    #[serde(default)]
+    pub max_task_ttl_ms: u64,
+    /// The largest `tools/call` `arguments`, as JSON (-32007 over it).
+    #[serde(default)]
+    pub max_call_args_bytes: usize,
+    /// The largest result stored for a call (a bigger one comes back as an `isError` result).
+    #[serde(default)]
+    pub max_result_bytes: u64,
+    /// Connections one identity may hold on every node together (0: no cap).
+    #[serde(default)]
+    pub max_connections_per_identity: u64,
+    /// Connections one source address may hold on every node together (0: no cap).
+    #[serde(default)]
+    pub max_connections_per_address: u64,
 }
 
 /// `hello` result.

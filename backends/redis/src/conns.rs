@@ -1,0 +1,71 @@
+//! Connections per identity and per address on Redis: a sorted set per scope
+//! (`<prefix>:conns:{<scope>}`, member -> lease expiry in Unix ms). Admission is
+//! `lua/conn_admit.lua` (expired leases dropped, the cap checked, the lease added, in one step);
+//! renewals are `ZADD XX` in one pipeline per round; a release is `ZREM`. The set expires
+//! with its newest lease, so a scope nobody uses vanishes.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_core::backend::{BackendError, ConnectionLedger, Lease};
+use switchboard_core::clock::now_ms;
+
+use crate::RedisBackend;
+
+static ADMIT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/conn_admit.lua")));
+
+#[async_trait]
+impl ConnectionLedger for RedisBackend {
+    async fn admit(&self, lease: &Lease, max: u64, ttl: Duration) -> Result<bool, BackendError> {
+        let mut inv = ADMIT.prepare_invoke();
+        inv.key(self.keys.connections(&lease.scope))
+            .arg(&lease.member)
+            .arg(now_ms())
+            .arg(ttl.as_millis() as u64)
+            .arg(max);
+        let mut conn = self.commands();
+        let admitted: i64 = self
+            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        Ok(admitted == 1)
+    }
+
+    async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<(), BackendError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = ttl.as_millis() as u64;
+        let expiry = now_ms() + ttl_ms;
+        let mut pipe = redis::pipe();
+        for lease in leases {
+            let key = self.keys.connections(&lease.scope);
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("XX")
+                .arg(expiry)
+                .arg(&lease.member)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+        }
+        let mut conn = self.commands();
+        self.bounded(async move { pipe.exec_async(&mut conn).await })
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), BackendError> {
+        let key = self.keys.connections(&lease.scope);
+        let member = lease.member.clone();
+        let mut conn = self.commands();
+        self.bounded(async move {
+            redis::cmd("ZREM")
+                .arg(key)
+                .arg(member)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+}
