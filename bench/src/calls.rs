@@ -102,7 +102,17 @@ pub async fn run(opts: CallsOptions) -> anyhow::Result<CallsReport> {
                 &opts.switchboard_bin,
                 &redis,
                 &format!("bench-w-{i}"),
-                &["--builtin", "--concurrency", "1024"],
+                // One anonymous identity calls everything: no per-identity share of a
+                // worker's slots, and a backlog as large as the slots.
+                &[
+                    "--builtin",
+                    "--concurrency",
+                    "1024",
+                    "--max-running-per-identity",
+                    "0",
+                    "--backlog",
+                    "1024",
+                ],
             )
             .await,
         );

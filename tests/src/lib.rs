@@ -389,8 +389,8 @@ impl GatewayProcess {
 
     /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
     /// from the `switchboard` binary at `bin`: what the benchmarks start (from the binary next
-    /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits
-    /// (per connection, per address, nor per identity).
+    /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits and no
+    /// caps (per connection, per address, nor per identity).
     pub async fn start_with(
         bin: &std::path::Path,
         redis_url: &str,
@@ -412,6 +412,10 @@ impl GatewayProcess {
             "--max-tasks-per-identity",
             "0",
             "--max-task-bytes-per-identity",
+            "0",
+            "--max-connections-per-address",
+            "0",
+            "--max-connections-per-identity",
             "0",
         ];
         all.extend_from_slice(extra);
@@ -718,6 +722,36 @@ impl InProcessGateway {
     }
 }
 
+/// Sends a WebSocket upgrade request to `gw` from the loopback address `source` with extra
+/// headers, and reads the response's status and `Retry-After` (the socket is then dropped).
+pub async fn upgrade_from(
+    gw: &GatewayProcess,
+    source: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(gw.addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+        gw.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let retry = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_owned));
+    (status, retry)
+}
+
 /// A tiny HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
@@ -786,6 +820,22 @@ impl WsClient {
         }
         let host = req.uri().authority().unwrap().to_string();
         let stream = TcpStream::connect(host).await.unwrap();
+        Self::over(stream, req).await
+    }
+
+    /// Connects from the loopback address `source` (127.0.0.x), with extra request headers.
+    pub async fn connect_from(url: &str, source: &str, headers: &[(&str, &str)]) -> WsClient {
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let addr: SocketAddr = req.uri().authority().unwrap().as_str().parse().unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = sock.connect(addr).await.unwrap();
         Self::over(stream, req).await
     }
 

@@ -1,7 +1,8 @@
-//! Caps per identity on tool calls, cluster-wide, against real gateway processes, a worker and
-//! Redis: executions in flight (task mode included, over two nodes, and a closed socket does not
-//! give them back), stored tasks, stored result bytes, the size of arguments and of results,
-//! and the longest task ttl. Each cap is crossed and answered as documented
+//! Caps per identity and per address, cluster-wide, against real gateway processes, a worker
+//! and Redis: tool calls in flight (task mode included, over two nodes, and a closed socket does
+//! not give them back), stored tasks, stored result bytes, the size of arguments and of
+//! results, the longest task ttl, and connections per address and per identity (a node that
+//! dies stops counting once its leases run out). Each cap is crossed and answered as documented
 //! (`docs/limits.md`), while another identity on the same nodes is served meanwhile and a
 //! subscriber there keeps receiving every event.
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{Claims, mint_claims};
-use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient};
+use switchboard_harness::{
+    GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually, metric, upgrade_from,
+};
 
 const SECRET: &str = "caps-secret-long-enough-for-hs256-keys";
 
@@ -272,6 +275,97 @@ async fn arguments_results_and_task_ttls_are_bounded() {
         )
         .await;
     assert_eq!(r["result"]["task"]["ttl"], 120_000, "{r}");
+    calm.tick(&redis).await;
+    calm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_address_across_nodes() {
+    let redis = RedisServer::start().await;
+    let flags = ["--max-connections-per-address", "3"];
+    let a = GatewayProcess::start(&redis.url(), "a", &flags).await;
+    let b = GatewayProcess::start(&redis.url(), "b", &flags).await;
+    // The well-behaved client, from its own address.
+    let mut calm = WsClient::connect_from(&a.ws_url(), "127.0.0.1", &[]).await;
+    calm.hello().await;
+    calm.call("subscribe", json!({"topic": "calm:1"})).await;
+
+    let mut held = Vec::new();
+    for gw in [&a, &a, &b] {
+        let mut c = WsClient::connect_from(&gw.ws_url(), "127.0.0.3", &[]).await;
+        c.hello().await;
+        held.push(c);
+    }
+    redis.publish("calm:1", r#"{"n":0}"#).await;
+    // A fourth from that address, on either node: 429 before the upgrade.
+    for gw in [&a, &b] {
+        let (status, retry) = upgrade_from(gw, "127.0.0.3", &[]).await;
+        assert_eq!(status, 429);
+        assert_eq!(retry.as_deref(), Some("10"));
+    }
+    // Another address is not affected.
+    let mut other = WsClient::connect_from(&b.ws_url(), "127.0.0.4", &[]).await;
+    other.hello().await;
+    // A connection that closes gives its place back.
+    held.pop().unwrap().close(1000).await;
+    eventually("a place for 127.0.0.3 again", || async {
+        (upgrade_from(&a, "127.0.0.3", &[]).await.0 == 101).then_some(())
+    })
+    .await;
+    redis.publish("calm:1", r#"{"n":1}"#).await;
+    for n in 0..2 {
+        assert_eq!(calm.next_event().await["data"]["n"], n);
+    }
+    assert!(metric(a.admin_addr, "switchboard_connections_capped_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_identity_across_nodes_and_a_dead_node_stops_counting() {
+    let redis = RedisServer::start().await;
+    let flags = [
+        "--max-connections-per-identity",
+        "2",
+        "--connection-lease",
+        "2s",
+    ];
+    let a = gateway(&redis, "a", &flags).await;
+    let mut b = gateway(&redis, "b", &flags).await;
+    let mut calm = Calm::start(&a).await;
+    let hello = WsClient::connect(&a.ws_url())
+        .await
+        .call("hello", json!({"token": token("dave")}))
+        .await;
+    assert_eq!(
+        hello["result"]["limits"]["maxConnectionsPerIdentity"], 2,
+        "{hello}"
+    );
+
+    let _alice_a = connect(&a, "alice").await;
+    let _alice_b = connect(&b, "alice").await;
+    // A third socket of alice's, on either node: -32006 to its hello, then 1013.
+    for gw in [&a, &b] {
+        let mut c = WsClient::connect(&gw.ws_url()).await;
+        let r = c.call("hello", json!({"token": token("alice")})).await;
+        assert_capped(&r, "maxConnectionsPerIdentity", 2);
+        assert_eq!(c.read_close().await, 1013);
+    }
+    // Bob is not affected.
+    let _bob = connect(&a, "bob").await;
+    calm.tick(&redis).await;
+
+    // Node b dies with alice's socket: once its lease runs out, she may connect again.
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    b.wait().await;
+    switchboard_harness::eventually_within(
+        "the dead node's connection to stop counting",
+        Duration::from_secs(15),
+        async || {
+            let mut c = WsClient::connect(&a.ws_url()).await;
+            let r = c.call("hello", json!({"token": token("alice")})).await;
+            r["result"]["session"].is_string().then_some(c)
+        },
+    )
+    .await;
     calm.tick(&redis).await;
     calm.finish().await;
 }

@@ -5,7 +5,7 @@
 //! receiving everything.
 
 use serde_json::{Value, json};
-use switchboard_harness::{GatewayProcess, RedisServer, WsClient, metric};
+use switchboard_harness::{GatewayProcess, RedisServer, WsClient, metric, upgrade_from};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_does_not_read_is_bounded_in_bytes() {
@@ -237,36 +237,6 @@ async fn a_connection_over_its_request_rate_is_told_then_closed() {
     assert!(metric(gw.admin_addr, "switchboard_requests_rate_limited_total").await >= 30.0);
     redis.publish("t", "2").await;
     assert_eq!(watcher.next_event().await["data"], 2);
-}
-
-/// The HTTP status of a WebSocket upgrade from `source` with these extra headers.
-async fn upgrade_from(
-    gw: &GatewayProcess,
-    source: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Option<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let mut s = sock.connect(gw.addr).await.unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
-        gw.addr
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = s.read(&mut buf).await.unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let retry = head
-        .lines()
-        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_owned));
-    (status, retry)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
