@@ -34,13 +34,11 @@ impl ConnectionLedger for MemoryBackend {
         let expiry = now_ms() + ttl.as_millis() as u64;
         let mut ledger = self.conns.lock().expect("lock poisoned");
         for lease in leases {
-            if let Some(exp) = ledger
+            ledger
                 .scopes
-                .get_mut(&lease.scope)
-                .and_then(|s| s.get_mut(&lease.member))
-            {
-                *exp = expiry;
-            }
+                .entry(lease.scope.clone())
+                .or_default()
+                .insert(lease.member.clone(), expiry);
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Connections per identity and per address on Redis: a sorted set per scope
 //! (`<prefix>:conns:{<scope>}`, member -> lease expiry in Unix ms). Admission is
 //! `lua/conn_admit.lua` (expired leases dropped, the cap checked, the lease added, in one step);
-//! renewals are `ZADD XX` in one pipeline per round; a release is `ZREM`. The set expires
+//! renewals are `ZADD` in one pipeline per round (re-adding leases Redis lost); a release is `ZREM`. The set expires
 //! with its newest lease, so a scope nobody uses vanishes.
 
 use std::sync::LazyLock;
@@ -41,9 +41,11 @@ impl ConnectionLedger for RedisBackend {
         let mut pipe = redis::pipe();
         for lease in leases {
             let key = self.keys.connections(&lease.scope);
+            // Plain ZADD: a lease Redis lost (a restart, an outage longer than the lease, a
+            // connection let in while Redis was away) counts again. A release racing with a
+            // renewal may leave one lease behind, until it expires.
             pipe.cmd("ZADD")
                 .arg(&key)
-                .arg("XX")
                 .arg(expiry)
                 .arg(&lease.member)
                 .ignore();

@@ -45,6 +45,35 @@ pub(crate) enum Full {
     Address(u64),
 }
 
+/// A connection counted at its upgrade, on its way to its handler: dropped before it gets
+/// there (an upgrade that never completed), its leases go.
+pub(crate) struct Admitted {
+    caps: Arc<ConnectionCaps>,
+    member: Option<String>,
+}
+
+impl Admitted {
+    pub(crate) fn new(caps: Arc<ConnectionCaps>, member: String) -> Self {
+        Admitted {
+            caps,
+            member: Some(member),
+        }
+    }
+
+    /// The connection reached its handler, which releases it from now on.
+    pub(crate) fn into_member(mut self) -> String {
+        self.member.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(member) = self.member.take() {
+            self.caps.release(&member);
+        }
+    }
+}
+
 /// See the module docs.
 pub(crate) struct ConnectionCaps {
     ledger: Arc<dyn ConnectionLedger>,
@@ -92,12 +121,42 @@ impl ConnectionCaps {
             .map_err(|()| Full::Address(max))
     }
 
-    /// Counts the connection for the identity `subject`, unless it is at its cap.
-    pub(crate) async fn admit_identity(&self, member: &str, subject: &str) -> Result<(), Full> {
+    /// Counts the connection for the identity `subject`, unless it is at its cap. A resume
+    /// (`resuming`) may go one over: the socket it takes over is being closed.
+    pub(crate) async fn admit_identity(
+        &self,
+        member: &str,
+        subject: &str,
+        resuming: bool,
+    ) -> Result<(), Full> {
         let max = self.settings.per_identity;
-        self.admit(member, format!("id:{subject}"), max)
+        let bound = if resuming && max > 0 { max + 1 } else { max };
+        self.admit(member, format!("id:{subject}"), bound)
             .await
             .map_err(|()| Full::Identity(max))
+    }
+
+    /// The connection no longer counts for the identity `subject` (its `hello` was refused).
+    pub(crate) fn release_identity(self: &Arc<Self>, member: &str, subject: &str) {
+        let scope = format!("id:{subject}");
+        let lease = {
+            let mut live = self.live.lock().expect("connection caps lock poisoned");
+            let Some(leases) = live.get_mut(member) else {
+                return;
+            };
+            let Some(i) = leases.iter().position(|l| l.scope == scope) else {
+                return;
+            };
+            leases.remove(i)
+        };
+        let caps = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = caps.ledger.release(&lease).await {
+                caps.warn(&format!(
+                    "releasing a connection failed ({e}); its lease runs out by itself"
+                ));
+            }
+        });
     }
 
     async fn admit(&self, member: &str, scope: String, max: u64) -> Result<(), ()> {
@@ -270,22 +329,41 @@ mod tests {
             Err(Full::Address(3))
         );
         // The same connection counted again is no second lease.
-        assert_eq!(caps.admit_identity(&members[0], "alice").await, Ok(()));
-        assert_eq!(caps.admit_identity(&members[0], "alice").await, Ok(()));
-        assert_eq!(caps.admit_identity(&members[1], "alice").await, Ok(()));
         assert_eq!(
-            caps.admit_identity(&members[2], "alice").await,
+            caps.admit_identity(&members[0], "alice", false).await,
+            Ok(())
+        );
+        assert_eq!(
+            caps.admit_identity(&members[0], "alice", false).await,
+            Ok(())
+        );
+        assert_eq!(
+            caps.admit_identity(&members[1], "alice", false).await,
+            Ok(())
+        );
+        assert_eq!(
+            caps.admit_identity(&members[2], "alice", false).await,
             Err(Full::Identity(2))
         );
+        // A resume may go one over, and gives its place back when refused afterwards.
+        assert_eq!(
+            caps.admit_identity(&members[2], "alice", true).await,
+            Ok(())
+        );
+        caps.release_identity(&members[2], "alice");
+        tokio::time::sleep(Duration::from_millis(10)).await;
         caps.release(&members[0]);
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(caps.admit_identity(&members[2], "alice").await, Ok(()));
+        assert_eq!(
+            caps.admit_identity(&members[2], "alice", false).await,
+            Ok(())
+        );
         assert_eq!(caps.admit_address(&members[3], addr).await, Ok(()));
         // The ledger down: connections are let in.
         ledger.broken.store(true, Ordering::Relaxed);
         let m = caps.member();
-        assert_eq!(caps.admit_identity(&m, "alice").await, Ok(()));
+        assert_eq!(caps.admit_identity(&m, "alice", false).await, Ok(()));
         assert_eq!(caps.len(), 4);
     }
 }

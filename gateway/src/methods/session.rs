@@ -88,7 +88,7 @@ impl Session {
                 async {
                     let p = params::<Initialize>(raw)?;
                     let subject = caller.identity.as_ref().map(|i| i.subject.clone());
-                    self.admit(caller, subject.as_deref()).await?;
+                    self.admit(caller, subject.as_deref(), false).await?;
                     encode(id, &self.initialize(caller, p)?)
                 }
                 .await
@@ -109,13 +109,18 @@ impl Session {
 
     /// Counts the connection for its identity across nodes (anonymous ones count by address
     /// only): over the cap, -32006, then the socket closes with 1013.
-    async fn admit(&self, caller: &mut Caller, subject: Option<&str>) -> Result<(), RpcError> {
+    async fn admit(
+        &self,
+        caller: &mut Caller,
+        subject: Option<&str>,
+        resuming: bool,
+    ) -> Result<(), RpcError> {
         let Some(subject) = subject else {
             return Ok(());
         };
         match self
             .connection_caps
-            .admit_identity(&caller.member, subject)
+            .admit_identity(&caller.member, subject, resuming)
             .await
         {
             Ok(()) => Ok(()),
@@ -161,7 +166,11 @@ impl Session {
         if self.health.backend_down() {
             return Err(unavailable(caller, identity));
         }
-        if !anonymous && let Err(e) = self.admit(caller, Some(&identity.subject)).await {
+        if !anonymous
+            && let Err(e) = self
+                .admit(caller, Some(&identity.subject), p.session.is_some())
+                .await
+        {
             caller.identity = Some(identity);
             return Err(e);
         }
@@ -172,6 +181,9 @@ impl Session {
                 Ok(Attach::Resumed(record)) => resumed = Some((id.clone(), record)),
                 Ok(Attach::NotFound) => {}
                 Ok(Attach::WrongOwner) => {
+                    // Not opened: the socket no longer counts for this identity.
+                    self.connection_caps
+                        .release_identity(&caller.member, &identity.subject);
                     caller.identity = Some(identity);
                     return Err(RpcError::new(
                         ErrorCode::Unauthorized,

@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use super::{ACCEPT_BACKOFF, Node};
 use crate::config::Network;
-use crate::limits::connections::CAPPED_RETRY_AFTER;
+use crate::limits::connections::{Admitted, CAPPED_RETRY_AFTER};
 use crate::methods::{Caller, Connection};
 use crate::transport;
 
@@ -197,8 +197,10 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: IpAddr) -> R
         );
         return r;
     }
+    // From here, every way out releases the address's lease (its drop), but the socket's
+    // handler, which takes it over.
+    let admitted = Admitted::new(node.connection_caps.clone(), member);
     let Ok(protocol) = negotiate(req.headers()) else {
-        node.connection_caps.release(&member);
         return text(
             StatusCode::BAD_REQUEST,
             "unsupported subprotocol: offer switchboard.v1 or mcp (or none)\n",
@@ -206,17 +208,12 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: IpAddr) -> R
     };
     let admission = admit(&node, &req).await;
     let mcp = protocol == Some(MCP_SUBPROTOCOL);
-    let caps = node.connection_caps.clone();
-    let on_socket = {
-        let member = member.clone();
-        move |stream: TcpStream, read_buf: Bytes| {
-            connect(&node, stream, read_buf, client, member, admission, mcp);
-        }
+    let on_socket = move |stream: TcpStream, read_buf: Bytes| {
+        connect(&node, stream, read_buf, client, admitted, admission, mcp);
     };
     match transport::upgrade(&mut req, protocol, on_socket) {
         Ok(response) => response,
         Err(e) => {
-            caps.release(&member);
             tracing::debug!(error = %e, "bad upgrade request");
             text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade request\n")
         }
@@ -231,7 +228,7 @@ fn connect(
     stream: TcpStream,
     read_buf: Bytes,
     client: IpAddr,
-    member: String,
+    admitted: Admitted,
     admission: Admission,
     mcp: bool,
 ) {
@@ -240,7 +237,6 @@ fn connect(
         Ok(accepted) => accepted,
         Err(e) => {
             tracing::warn!(error = %e, "re-registering a socket failed; dropping it");
-            node.connection_caps.release(&member);
             return;
         }
     };
@@ -266,7 +262,7 @@ fn connect(
             None
         }
     };
-    let mut caller = Caller::new(link.clone(), client, member, identity, mcp);
+    let mut caller = Caller::new(link.clone(), client, admitted.into_member(), identity, mcp);
     caller.requests = node.methods.rate.budget();
     let handler = Connection::new(node.methods.clone(), caller, registration);
     let connection = transport::serve(node.sockets.clone(), link, socket, handler);

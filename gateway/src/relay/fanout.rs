@@ -349,6 +349,16 @@ impl TopicSink for Fanout {
         let frame = text_frame(&event::encode_event_with_id(topic, data, id, from));
         let shard = (self.hasher.hash_one(topic) % self.workers.len() as u64) as usize;
         if let Err(JobFull::Full(_)) = self.workers[shard].try_send((topic.into(), frame, id)) {
+            // The live stream of the topic has a gap now: no history page read before it may
+            // stand in for a fresh read (see `live_since`).
+            if let Some(entry) = self
+                .topics
+                .lock()
+                .expect("fanout lock poisoned")
+                .get_mut(topic)
+            {
+                entry.generation = self.generations.fetch_add(1, Ordering::Relaxed);
+            }
             self.metrics.events_dropped.inc();
             self.warn_limited("dropped an event: fan-out queue full", topic);
         }
@@ -415,6 +425,14 @@ impl Fanout {
         let Some(subs) = self.subscribers(topic.as_str()) else {
             return;
         };
+        if let Some(entry) = self
+            .topics
+            .lock()
+            .expect("fanout lock poisoned")
+            .get_mut(topic.as_str())
+        {
+            entry.last_live = entry.last_live.max(Some(id));
+        }
         let frame = text_frame(&event::encode_event_with_id(
             topic.as_str(),
             data,
@@ -443,6 +461,8 @@ impl Fanout {
                 }
                 if held.events.is_empty() {
                     entry.held = None;
+                    // A history page read during the hold may miss what recovery delivered.
+                    entry.generation = self.generations.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 let events = std::mem::take(&mut held.events);

@@ -238,7 +238,9 @@ impl Replays {
         if page.after > cursor {
             return false;
         }
-        if page.more {
+        // (A page that stopped at a bound always holds an event; one that holds none is taken
+        // for the end, so a malformed read cannot send a replay round in circles.)
+        if page.more && !page.events.is_empty() {
             return page.events.last().is_some_and(|(id, _)| *id > cursor);
         }
         // A page that reached the history's end, at or after `cursor`.
@@ -289,7 +291,8 @@ impl Replays {
         }))
     }
 
-    /// Drops pages older than the cache ttl, then the oldest while over the cache's bytes.
+    /// Drops pages older than the cache ttl (and abandoned reads), then the oldest while over
+    /// the cache's bytes.
     /// Runs at most every tenth of the ttl, unless over the bytes.
     fn sweep(&self, cache: &mut Cache) {
         let now = Instant::now();
@@ -303,9 +306,12 @@ impl Replays {
         cache.last_sweep = Some(now);
         let ttl = self.settings.cache_ttl;
         let mut freed = 0;
-        let stale = |s: &Slot| match s.page.get() {
+        // Stale: read longer ago than the ttl, or a read nobody waits for any more (the
+        // replay that began it was dropped before it finished).
+        let stale = |s: &Arc<Slot>| match s.page.get() {
             Some(Ok(p)) => now.duration_since(p.read_at) >= ttl,
-            _ => false,
+            Some(Err(_)) => true,
+            None => Arc::strong_count(s) == 1,
         };
         for slots in cache.topics.values_mut() {
             slots.retain(|s| {
@@ -348,5 +354,176 @@ fn page_bytes(slot: &Slot) -> usize {
     match slot.page.get() {
         Some(Ok(p)) => p.bytes,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use switchboard_core::backend::TopicSink;
+    use switchboard_core::history::{HistoryPage, HistoryRule};
+
+    use super::*;
+    use crate::relay::fanout::{Subscriber, run_worker};
+    use crate::sessions::Position;
+    use crate::transport::{ConnCtl, Link, channel};
+
+    /// A history of `n` events (ids `1-0` ... `n-0`) that counts its reads.
+    struct Fixed {
+        events: Mutex<Vec<EventId>>,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl HistoryStore for Fixed {
+        async fn publish(
+            &self,
+            _: &Topic,
+            _: &str,
+            _: &HistoryRule,
+        ) -> Result<EventId, BackendError> {
+            unreachable!()
+        }
+        async fn page(
+            &self,
+            _: &Topic,
+            since: EventId,
+            bounds: PageBounds,
+        ) -> Result<HistoryPage, BackendError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let all = self.events.lock().unwrap().clone();
+            let after: Vec<_> = all.iter().filter(|id| **id > since).collect();
+            let events: Vec<(EventId, Vec<u8>)> = after
+                .iter()
+                .take(bounds.events)
+                .map(|id| (**id, b"{}".to_vec()))
+                .collect();
+            Ok(HistoryPage {
+                more: after.len() > bounds.events,
+                events,
+                recovered: true,
+                position: all.last().copied(),
+            })
+        }
+        async fn position(&self, _: &Topic) -> Result<Option<EventId>, BackendError> {
+            Ok(self.events.lock().unwrap().last().copied())
+        }
+    }
+
+    fn id(ms: u64) -> EventId {
+        EventId::parse(&format!("{ms}-0")).unwrap()
+    }
+
+    struct Setup {
+        history: Arc<Fixed>,
+        fanout: Arc<Fanout>,
+        replays: Replays,
+        topic: Topic,
+    }
+
+    fn setup(n: u64) -> Setup {
+        let metrics = Arc::new(Metrics::new());
+        let (fanout, rxs) = Fanout::new(metrics.clone(), 1, 64, 100, 1 << 20);
+        let fanout = Arc::new(fanout);
+        for rx in rxs {
+            tokio::spawn(run_worker(fanout.clone(), rx));
+        }
+        let history = Arc::new(Fixed {
+            events: Mutex::new((1..=n).map(id).collect()),
+            reads: AtomicUsize::new(0),
+        });
+        let replays = Replays::new(
+            history.clone(),
+            fanout.clone(),
+            metrics,
+            ReplaySettings {
+                page: PageBounds {
+                    events: 4,
+                    bytes: 1 << 20,
+                },
+                cache_ttl: Duration::from_secs(60),
+                cache_bytes: 1 << 20,
+            },
+        );
+        let topic = Topic::new("t").unwrap();
+        // A history subscriber, so the node's live stream of the topic exists.
+        let ctl = Arc::new(ConnCtl::new(1, 0));
+        let (tx, _rx) = channel(1024, 1 << 20, ctl.clone());
+        std::mem::forget(_rx);
+        fanout.add(
+            &topic,
+            Subscriber {
+                link: Link { ctl, tx },
+                gate: None,
+                position: Some(Arc::new(Position::unknown())),
+            },
+        );
+        Setup {
+            history,
+            fanout,
+            replays,
+            topic,
+        }
+    }
+
+    fn ids(g: &Gathered) -> Vec<EventId> {
+        g.pages
+            .iter()
+            .flat_map(|(p, after)| {
+                p.events
+                    .iter()
+                    .filter(move |(i, _)| i > after)
+                    .map(|(i, _)| *i)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_crowd_shares_pages_and_a_stale_end_is_read_again() {
+        let s = setup(10);
+        let reads = || s.history.reads.load(Ordering::SeqCst);
+        // Ten events in pages of four: three reads for the first replay.
+        let first = s
+            .replays
+            .gather(&s.topic, EventId::ZERO, 100)
+            .await
+            .unwrap();
+        assert_eq!(ids(&first), (1..=10).map(id).collect::<Vec<_>>());
+        assert!(first.recovered);
+        assert_eq!(reads(), 3);
+        // The same again, and from inside the history: no read at all.
+        let again = s
+            .replays
+            .gather(&s.topic, EventId::ZERO, 100)
+            .await
+            .unwrap();
+        assert_eq!(ids(&again).len(), 10);
+        let inside = s.replays.gather(&s.topic, id(6), 100).await.unwrap();
+        assert_eq!(ids(&inside), (7..=10).map(id).collect::<Vec<_>>());
+        assert_eq!(reads(), 3);
+        // A new event came live: the end is read again, from where the old end stopped.
+        s.history.events.lock().unwrap().push(id(11));
+        s.fanout
+            .deliver("t", format!("#{} {{}}", id(11)).as_bytes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let later = s.replays.gather(&s.topic, id(6), 100).await.unwrap();
+        assert_eq!(ids(&later), (7..=11).map(id).collect::<Vec<_>>());
+        assert_eq!(reads(), 4);
+        // The live stream had a gap (the backend subscription lost): the end again, and a page
+        // read while the topic was held is not the end once the hold is released (recovery
+        // delivered what that page may lack).
+        s.fanout.hold_history();
+        let during = s.replays.gather(&s.topic, id(9), 100).await.unwrap();
+        assert_eq!(ids(&during), (10..=11).map(id).collect::<Vec<_>>());
+        assert_eq!(reads(), 5);
+        assert!(s.fanout.release(&s.topic));
+        let after_gap = s.replays.gather(&s.topic, id(9), 100).await.unwrap();
+        assert_eq!(ids(&after_gap), (10..=11).map(id).collect::<Vec<_>>());
+        assert_eq!(reads(), 6);
+        // More than `max` events: nothing, and not recovered.
+        let over = s.replays.gather(&s.topic, EventId::ZERO, 5).await.unwrap();
+        assert!(over.pages.is_empty() && !over.recovered);
     }
 }

@@ -27,6 +27,9 @@ pub(crate) use conn::{Link, accept, serve};
 pub(crate) use ctl::{BeforeClose, ConnCtl};
 pub(crate) use frames::text_frame;
 pub(crate) use handler::{Answer, Handler};
+/// For tests elsewhere in the gateway that need a connection's queue without a socket.
+#[cfg(test)]
+pub(crate) use queue::channel;
 pub(crate) use queue::{Mark, Out, Receipt, Sender, TrySendError, Written};
 pub(crate) use sockets::{SocketLimits, Sockets};
 pub(crate) use upgrade::{is_upgrade, upgrade};

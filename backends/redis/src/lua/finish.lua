@@ -8,11 +8,11 @@ if redis.call('HGET', KEYS[1], 'status') == 'working' then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated', ARGV[5], 'result', ARGV[4])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'message', ARGV[3]) end
   local expires = redis.call('ZSCORE', KEYS[6], ARGV[1])
-  if expires and not redis.call('HGET', KEYS[7], ARGV[1]) then
+  local left = expires and (tonumber(expires) - tonumber(ARGV[5])) or 0
+  if left > 0 and not redis.call('HGET', KEYS[7], ARGV[1]) then
     redis.call('HSET', KEYS[7], ARGV[1], #ARGV[4])
     redis.call('HINCRBY', KEYS[7], '_total', #ARGV[4])
-    local left = tonumber(expires) - tonumber(ARGV[5])
-    if left > 0 and redis.call('PTTL', KEYS[7]) < left then redis.call('PEXPIRE', KEYS[7], left) end
+    if redis.call('PTTL', KEYS[7]) < left then redis.call('PEXPIRE', KEYS[7], left) end
   end
 end
 redis.call('ZREM', KEYS[5], ARGV[1])
