@@ -1,5 +1,6 @@
-//! The node's ports. The public one (`--listen`): `GET /ws` (the WebSocket upgrade),
-//! `/healthz` and `/readyz` (load balancers probe the port they route to). The admin one
+//! The node's ports. The public one (`--listen`): `GET /ws` (the WebSocket upgrade), `/mcp`
+//! (MCP over Streamable HTTP, `node/mcp.rs`), `/healthz` and `/readyz` (load balancers probe
+//! the port they route to). The admin one
 //! (`--admin-listen`, for the operator's network only): `/metrics`, `/healthz`, `/readyz`.
 //! `/metrics` is never served on the public port.
 //!
@@ -75,6 +76,10 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> Reply {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&node),
         (&Method::GET, "/ws") => upgrade(node, req, peer).await,
+        (_, "/mcp") => {
+            let client = client_address(peer, &node.config.tuning.trusted_proxies, req.headers());
+            super::mcp::serve(node, req, client).await
+        }
         (_, "/healthz" | "/readyz" | "/ws") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -337,7 +342,7 @@ fn client_address(peer: IpAddr, trusted: &[Network], headers: &header::HeaderMap
 /// Whether a browser page of the request's `Origin` may open a socket: no `Origin` (not a
 /// browser), the node's own origin (the `Host` the request names), or one `allowed` lists
 /// (exactly, or by a `*` pattern).
-fn origin_allowed(allowed: &[String], headers: &header::HeaderMap) -> bool {
+pub(super) fn origin_allowed(allowed: &[String], headers: &header::HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };

@@ -9,6 +9,7 @@
 
 mod drain;
 mod http;
+mod mcp;
 mod readiness;
 
 use std::net::SocketAddr;

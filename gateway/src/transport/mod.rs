@@ -27,9 +27,7 @@ pub(crate) use conn::{Link, accept, serve};
 pub(crate) use ctl::{BeforeClose, ConnCtl};
 pub(crate) use frames::text_frame;
 pub(crate) use handler::{Answer, Handler};
-/// For tests elsewhere in the gateway that need a connection's queue without a socket.
-#[cfg(test)]
-pub(crate) use queue::channel;
-pub(crate) use queue::{Mark, Out, Receipt, Sender, TrySendError, Written};
+/// `channel` and `Receiver`: a queue without a socket, for a request over HTTP (`/mcp`).
+pub(crate) use queue::{Mark, Out, Receipt, Receiver, Sender, TrySendError, Written, channel};
 pub(crate) use sockets::{SocketLimits, Sockets};
 pub(crate) use upgrade::{is_upgrade, upgrade};

@@ -1,0 +1,405 @@
+//! MCP over Streamable HTTP: `POST /mcp` on every node's public port, answered by the same
+//! method layer as the WebSocket (each request gets a [`Caller`] of its own, opened with the
+//! request's identity, and its reply is read off that caller's queue).
+//!
+//! Two eras on the one endpoint:
+//! - **Sessions (2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05).** `initialize` creates a
+//!   session in the backend (the same records as the WebSocket's sessions, owned by the token's
+//!   subject) and answers its id in `Mcp-Session-Id`; every later request names it, and any
+//!   node serves it (a session unknown or expired: 404, and the client initializes again). A
+//!   request of another identity than the session's: 404 as well.
+//! - **Stateless (2026-07-28).** No session: each request carries
+//!   `_meta["io.modelcontextprotocol/protocolVersion"]` (and the client's capabilities); the
+//!   `MCP-Protocol-Version` and `Mcp-Method` headers, when sent, must agree with the body
+//!   (400 otherwise), and an unsupported version is refused with the versions supported.
+//!   `server/discover` works without either.
+//!
+//! Answers are JSON (`application/json`). Notifications and responses from the client get 202.
+//! There is no GET stream (405, which the revisions allow) and sessions end by expiring
+//! (`DELETE`: 405). Each request is authenticated by its `Authorization: Bearer` token with the
+//! same keys, rules and grants as the WebSocket (none, on a node with `--allow-anonymous`:
+//! anonymous); a browser page's `Origin` is checked as for the upgrade; each request counts
+//! against the address's `--rate-connections`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use switchboard_core::auth::Identity;
+use switchboard_core::clock::now_ms;
+use switchboard_core::sessions::{Attach, new_session_id};
+use switchboard_protocol::methods::session::MCP_VERSIONS;
+
+use super::Node;
+use crate::methods::Caller;
+use crate::transport::{ConnCtl, Link, Out, channel};
+
+type Reply = Response<Full<Bytes>>;
+
+/// The stateless revisions served.
+pub(crate) const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// The session header.
+const SESSION_HEADER: &str = "mcp-session-id";
+/// The `_meta` key of a stateless request's revision.
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// Frames one request's queue holds (a reply, and the progress notifications before it).
+const REQUEST_QUEUE: usize = 256;
+/// Bytes one request's queue holds.
+const REQUEST_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// The methods a request may call over HTTP: those of MCP (topics and sessions need a socket).
+const METHODS: [&str; 9] = [
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "tasks/get",
+    "tasks/result",
+    "tasks/cancel",
+    "tasks/list",
+];
+
+/// Connection ids for requests, apart from the sockets' (which count up from 1).
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1 << 62);
+
+/// Serves `/mcp`.
+pub(super) async fn serve(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply {
+    match *req.method() {
+        Method::POST => post(node, req, client).await,
+        _ => {
+            let mut r = status(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+    }
+}
+
+async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply {
+    if !super::http::origin_allowed(&node.config.access.allowed_origins, req.headers()) {
+        node.metrics.origins_refused.inc();
+        return status(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    if node.connection_rate.check(client).is_err() {
+        node.metrics.connections_rate_limited.inc();
+        let mut r = status(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    if node.health.is_draining() {
+        return status(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    let headers = req.headers().clone();
+    let token = bearer(&headers).map(str::to_owned);
+    let limit = node.config.tuning.max_message_bytes;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                -32600,
+                "message too large",
+            );
+        }
+    };
+
+    // Who is asking: the same keys and rules as the WebSocket.
+    let identity = match token {
+        Some(token) => match node.access.identify(&token).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::debug!(error = %e, "token refused on /mcp");
+                return unauthorized("invalid_token");
+            }
+        },
+        None if node.access.allow_anonymous => None,
+        None => return unauthorized(""),
+    };
+
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return rpc_error(StatusCode::BAD_REQUEST, None, -32700, "not UTF-8");
+    };
+    let Ok(message) = serde_json::from_str::<Value>(text) else {
+        return rpc_error(StatusCode::BAD_REQUEST, None, -32700, "parse error");
+    };
+    if message.is_array() {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            -32600,
+            "batches are not supported",
+        );
+    }
+    let id = message.get("id").filter(|id| !id.is_null()).cloned();
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        // A response from the client (the node sends no requests): nothing to do.
+        return accepted();
+    };
+    let Some(id) = id else {
+        // Notifications (`initialized`, `cancelled`, ...): taken.
+        return accepted();
+    };
+    if !METHODS.contains(&method) {
+        return rpc_error(
+            StatusCode::OK,
+            Some(&id),
+            -32601,
+            &format!("{method} is not available over Streamable HTTP"),
+        );
+    }
+
+    // The era, and the session if there is one.
+    let session = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let owner = identity
+        .as_ref()
+        .map_or_else(|| Identity::anonymous().subject, |i| i.subject.clone());
+    let stateless_version = message
+        .pointer("/params/_meta")
+        .and_then(|m| m.get(META_VERSION))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(version) = &stateless_version {
+        if let Err(reply) = check_stateless(&headers, &id, method, version) {
+            return reply;
+        }
+    } else if method == "initialize" {
+        // A new session, below, once `initialize` has answered.
+    } else if let Some(sid) = &session {
+        match node.methods.session.sessions.attach(sid, &owner).await {
+            Ok(Attach::Resumed(_)) => {}
+            Ok(Attach::NotFound | Attach::WrongOwner) => {
+                return rpc_error(
+                    StatusCode::NOT_FOUND,
+                    Some(&id),
+                    -32001,
+                    "session not found",
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading an MCP session failed");
+                return rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(&id),
+                    -32603,
+                    "backend unavailable, try again",
+                );
+            }
+        }
+    } else if method != "server/discover" && method != "ping" {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(&id),
+            -32600,
+            "no Mcp-Session-Id: send initialize first (or, in revision 2026-07-28, the protocol \
+             version in _meta)",
+        );
+    }
+
+    // The request, through the method layer, on a caller of its own.
+    let ctl = Arc::new(ConnCtl::new(
+        NEXT_REQUEST.fetch_add(1, Ordering::Relaxed),
+        now_ms(),
+    ));
+    let (tx, rx) = channel(REQUEST_QUEUE, REQUEST_QUEUE_BYTES, ctl.clone());
+    let mut caller = Caller::new(
+        Link {
+            ctl: ctl.clone(),
+            tx,
+        },
+        client,
+        String::new(),
+        identity.clone(),
+        true,
+    );
+    if method != "initialize" {
+        caller.identity = Some(identity.unwrap_or_else(Identity::anonymous));
+        caller.opened = true;
+    }
+    let answer = node.methods.dispatch(&mut caller, text).await;
+    let reply = match answer.reply {
+        Some(reply) => reply,
+        // Answered later (a tool call): its reply comes through the caller's queue.
+        None => match wait_for_reply(&ctl, &rx, &id).await {
+            Some(reply) => reply,
+            None => return rpc_error(StatusCode::OK, Some(&id), -32603, "no reply"),
+        },
+    };
+    let mut response = json_response(StatusCode::OK, reply.clone());
+    if method == "initialize" && stateless_version.is_none() && is_result(&reply) {
+        let sid = new_session_id();
+        if let Err(e) = node.methods.session.sessions.create(&sid, &owner).await {
+            tracing::warn!(error = %e, "storing an MCP session failed");
+            return rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&id),
+                -32603,
+                "cannot open a session: the backend is unavailable, try again later",
+            );
+        }
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            response.headers_mut().insert(SESSION_HEADER, v);
+        }
+    }
+    response
+}
+
+/// A stateless request's headers against its body, and its revision against those served.
+fn check_stateless(
+    headers: &HeaderMap,
+    id: &Value,
+    method: &str,
+    version: &str,
+) -> Result<(), Reply> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(h) = header("mcp-protocol-version")
+        && h != version
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(id),
+            -32600,
+            "the MCP-Protocol-Version header does not match the request's _meta",
+        ));
+    }
+    if let Some(h) = header("mcp-method")
+        && h != method
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(id),
+            -32600,
+            "the Mcp-Method header does not match the request's method",
+        ));
+    }
+    if !STATELESS_VERSIONS.contains(&version) {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": -32602,
+                "message": format!("unsupported protocol version {version}"),
+                "data": {"supported": STATELESS_VERSIONS, "sessionVersions": MCP_VERSIONS},
+            },
+        });
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            Bytes::from(body.to_string()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the caller's queue until the reply to `id` (progress notifications before it are
+/// dropped: a JSON answer carries one message). `None` if the queue's senders are all gone.
+async fn wait_for_reply(
+    ctl: &ConnCtl,
+    rx: &crate::transport::Receiver,
+    id: &Value,
+) -> Option<Bytes> {
+    let mut batch = Vec::new();
+    loop {
+        let woken = ctl.woken();
+        batch.clear();
+        rx.try_recv_many(&mut batch, REQUEST_QUEUE);
+        for out in batch.drain(..) {
+            let text = payload(&out);
+            if let Ok(v) = serde_json::from_slice::<Value>(&text)
+                && v.get("id") == Some(id)
+                && v.get("method").is_none()
+            {
+                out.written();
+                return Some(text);
+            }
+        }
+        if rx.senders_gone() {
+            return None;
+        }
+        woken.await;
+    }
+}
+
+/// The JSON text of a queued item (a pre-framed WebSocket frame loses its header).
+fn payload(out: &Out) -> Bytes {
+    match out {
+        Out::Text(b) | Out::TextReceipt(b, _) | Out::Pong(b) => b.clone(),
+        Out::Frame(b) | Out::FrameReceipt(b, _) => {
+            let header = match b.get(1).map(|l| l & 0x7f) {
+                Some(126) => 4,
+                Some(127) => 10,
+                Some(_) => 2,
+                None => return Bytes::new(),
+            };
+            b.slice(header.min(b.len())..)
+        }
+    }
+}
+
+fn is_result(reply: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(reply).is_ok_and(|v| v.get("result").is_some())
+}
+
+/// The bearer token of `Authorization`, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn json_response(code: StatusCode, body: Bytes) -> Reply {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn rpc_error(code: StatusCode, id: Option<&Value>, rpc: i64, message: &str) -> Reply {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": {"code": rpc, "message": message},
+    });
+    json_response(code, Bytes::from(body.to_string()))
+}
+
+fn accepted() -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+fn status(code: StatusCode, body: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = code;
+    r
+}
+
+/// 401 with the `WWW-Authenticate` challenge (`error`, when the token was refused).
+fn unauthorized(error: &str) -> Reply {
+    let mut r = rpc_error(StatusCode::UNAUTHORIZED, None, -32001, "unauthorized");
+    let challenge = if error.is_empty() {
+        "Bearer".to_owned()
+    } else {
+        format!("Bearer error=\"{error}\"")
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}

@@ -1,0 +1,300 @@
+//! MCP over Streamable HTTP (`/mcp`) against real gateway processes, a worker and Redis: the
+//! official TypeScript SDK (`tests/mcp-sdk`, installed by `scripts/test`) with every request
+//! sent to the next of two nodes, and the endpoint's own answers to the stateless revision's
+//! envelope, to missing or foreign sessions, to tokens and to origins.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use switchboard_core::auth::{Claims, mint_claims};
+use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "mcp-http-secret-long-enough-for-hs256";
+
+fn token(sub: &str) -> String {
+    mint_claims(SECRET.as_bytes(), &Claims::subject(sub)).unwrap()
+}
+
+async fn gateway(redis: &RedisServer, id: &str, extra: &[&str]) -> GatewayProcess {
+    let mut flags = vec![
+        "--jwt-secret",
+        SECRET,
+        "--allow-tools",
+        "*",
+        "--registry-interval",
+        "100ms",
+        "--allowed-origin",
+        "https://app.example.com",
+    ];
+    flags.extend_from_slice(extra);
+    GatewayProcess::start_secured(&redis.url(), id, &flags).await
+}
+
+/// Waits until `gw` lists the worker's tools (its catalogue follows the registry).
+async fn wait_for_tools(gw: &GatewayProcess) {
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    let r = c.call("hello", json!({"token": token("probe")})).await;
+    assert!(r["result"]["session"].is_string(), "{r}");
+    c.wait_for_tool("sleep").await;
+}
+
+/// One HTTP/1.1 POST: the status, the headers (lower-case names) and the body.
+async fn post(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, Vec<(String, String)>, Value) {
+    let body = body.to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (
+        status,
+        headers,
+        serde_json::from_str(rest).unwrap_or(Value::Null),
+    )
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_works_over_http_with_requests_spread_over_two_nodes() {
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp-sdk");
+    assert!(
+        sdk.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+        "the MCP SDK is not installed: run scripts/test (npm ci --prefix tests/mcp-sdk)"
+    );
+    let redis = RedisServer::start().await;
+    let _w = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
+    let a = gateway(&redis, "a", &[]).await;
+    let b = gateway(&redis, "b", &[]).await;
+    wait_for_tools(&a).await;
+    wait_for_tools(&b).await;
+    let out = tokio::process::Command::new("node")
+        .arg(sdk.join("http_client.mjs"))
+        .arg(format!("http://{}/mcp", a.addr))
+        .arg(format!("http://{}/mcp", b.addr))
+        .arg(token("alice"))
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(seen["protocolVersion"], "2025-11-25", "{seen}");
+    assert!(
+        seen["sessionId"].as_str().is_some_and(|s| s.len() == 32),
+        "{seen}"
+    );
+    assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
+    assert_eq!(
+        seen["echo"]["structuredContent"],
+        json!({"hello": "world"}),
+        "{seen}"
+    );
+    assert_eq!(seen["echo"]["isError"], false, "{seen}");
+    assert_eq!(seen["sleep"]["structuredContent"]["slept_ms"], 50, "{seen}");
+    assert_eq!(seen["refused"]["code"], -32602, "{seen}");
+    // Both nodes answered, the session's requests among them.
+    let hits = seen["hits"].as_array().unwrap();
+    assert!(hits.iter().all(|h| h.as_u64().unwrap() >= 2), "{seen}");
+    let methods: Vec<&str> = seen["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        methods.starts_with(&["initialize", "notifications/initialized"]),
+        "{seen}"
+    );
+    assert_eq!(methods.iter().filter(|m| **m == "tools/call").count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
+    let redis = RedisServer::start().await;
+    let _w = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
+    let a = gateway(&redis, "a", &[]).await;
+    let b = gateway(&redis, "b", &[]).await;
+    wait_for_tools(&a).await;
+    let alice = format!("Bearer {}", token("alice"));
+    let bob = format!("Bearer {}", token("bob"));
+
+    // Stateless (2026-07-28): no session, any node, headers checked against the body.
+    let list =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta()}});
+    let (status, _, r) = post(
+        b.addr,
+        &[
+            ("Authorization", &alice),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/list"),
+        ],
+        &list,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert!(
+        r["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{r}"
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"x": 1}, "_meta": meta()}});
+    let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &call).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["structuredContent"], json!({"x": 1}), "{r}");
+    let (status, _, r) = post(
+        a.addr,
+        &[("Authorization", &alice), ("Mcp-Method", "tools/call")],
+        &list,
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "a Mcp-Method that disagrees with the body: {r}"
+    );
+    let old = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list",
+                     "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}}});
+    let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &old).await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(
+        r["error"]["data"]["supported"],
+        json!(["2026-07-28"]),
+        "{r}"
+    );
+    let discover = json!({"jsonrpc": "2.0", "id": 4, "method": "server/discover", "params": {}});
+    let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &discover).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["result"]["supportedVersions"].is_array(), "{r}");
+
+    // Sessions: one created on a, used on b; unknown, or of another identity: 404.
+    let init = json!({"jsonrpc": "2.0", "id": 5, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let (status, headers, r) = post(a.addr, &[("Authorization", &alice)], &init).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["protocolVersion"], "2025-06-18", "{r}");
+    let sid = header(&headers, "mcp-session-id")
+        .expect("a session id")
+        .to_owned();
+    let plain_list = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"});
+    let (status, _, r) = post(
+        b.addr,
+        &[("Authorization", &alice), ("Mcp-Session-Id", &sid)],
+        &plain_list,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, _, _) = post(
+        b.addr,
+        &[("Authorization", &bob), ("Mcp-Session-Id", &sid)],
+        &plain_list,
+    )
+    .await;
+    assert_eq!(status, 404, "bob may not use alice's session");
+    let (status, _, _) = post(
+        b.addr,
+        &[
+            ("Authorization", &alice),
+            ("Mcp-Session-Id", "0123456789abcdef0123456789abcdef"),
+        ],
+        &plain_list,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &plain_list).await;
+    assert_eq!(
+        status, 400,
+        "neither a session nor the stateless envelope: {r}"
+    );
+    // A notification is taken.
+    let (status, _, _) = post(
+        a.addr,
+        &[("Authorization", &alice), ("Mcp-Session-Id", &sid)],
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // Tokens and origins as on the WebSocket.
+    let (status, headers, _) = post(a.addr, &[], &list).await;
+    assert_eq!(status, 401);
+    assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+    let (status, headers, _) = post(a.addr, &[("Authorization", "Bearer nope")], &list).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&headers, "www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    let (status, _, _) = post(
+        a.addr,
+        &[
+            ("Authorization", &alice),
+            ("Origin", "https://evil.example.net"),
+        ],
+        &list,
+    )
+    .await;
+    assert_eq!(status, 403, "DNS rebinding: a page of another origin");
+    let (status, _, _) = post(
+        a.addr,
+        &[
+            ("Authorization", &alice),
+            ("Origin", "https://app.example.com"),
+        ],
+        &list,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Topics need a socket.
+    let sub = json!({"jsonrpc": "2.0", "id": 7, "method": "subscribe",
+                     "params": {"topic": "t", "_meta": meta()}});
+    let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &sub).await;
+    assert_eq!(status, 200);
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+}
