@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use switchboard_protocol::methods::tools::Tool;
+use switchboard_protocol::methods::tools::{TaskSupport, Tool, ToolExecution};
 
 use crate::encoding::{canonical_json, hex};
 
@@ -89,7 +89,8 @@ pub struct ToolSpec {
 }
 
 impl ToolSpec {
-    /// The MCP `Tool` object for `tools/list`.
+    /// The MCP `Tool` object for `tools/list`. Every call runs as a task, which a caller may
+    /// ask for or not: `execution.taskSupport` is `optional` for every tool.
     pub fn mcp(&self) -> Tool {
         Tool {
             name: self.name.clone(),
@@ -97,6 +98,9 @@ impl ToolSpec {
             description: self.description.clone(),
             input_schema: self.input_schema.clone(),
             annotations: self.annotations.clone(),
+            execution: Some(ToolExecution {
+                task_support: Some(TaskSupport::Optional),
+            }),
         }
     }
 

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::meta::MetaTolerant;
+
 /// JSON-RPC error codes (`docs/protocol.md` section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -243,16 +245,23 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
 
 /// Decodes a request's params into `T`; absent params decode as `{}`. A mismatch is -32602
 /// with serde's reason.
+///
+/// MCP's `_meta` is allowed on every method's params: it must be an object, and a type that
+/// does not read it (has no `_meta` field) never sees it, so one that refuses unknown fields
+/// still refuses every other one (`meta.rs`).
 pub fn decode_params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, RpcError> {
     let raw = params.map(RawValue::get).unwrap_or("{}");
-    serde_json::from_str(raw).map_err(|e| {
-        // serde quotes the offending input; a client gets back a bounded piece of it.
-        let why = e.to_string();
-        RpcError::invalid_params(format!(
-            "invalid params: {}",
-            truncate(&why, MAX_REASON_LEN)
-        ))
-    })
+    let mut de = serde_json::Deserializer::from_str(raw);
+    T::deserialize(MetaTolerant(&mut de))
+        .and_then(|value| de.end().map(|()| value))
+        .map_err(|e| {
+            // serde quotes the offending input; a client gets back a bounded piece of it.
+            let why = e.to_string();
+            RpcError::invalid_params(format!(
+                "invalid params: {}",
+                truncate(&why, MAX_REASON_LEN)
+            ))
+        })
 }
 
 /// The longest reason text quoted back to a client.

@@ -18,6 +18,7 @@
 pub mod close;
 pub mod event;
 pub mod jsonrpc;
+mod meta;
 pub mod methods;
 pub mod topic;
 

@@ -57,9 +57,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Routes the session methods: what opens a connection (once: -32600 after that), and
-    /// what works before (`server/discover`; `ping` on an MCP socket). `None`: not one of them,
-    /// or not before the connection is open.
+    /// Routes the session methods: what opens a connection (once: -32600 after that; `hello`
+    /// on an MCP connection and `initialize` on a switchboard.v1 one: -32600 saying which one
+    /// opens it), and what works before (`server/discover`; `ping` on an MCP socket). `None`:
+    /// not one of them, or not before the connection is open.
     pub(crate) async fn route(
         &self,
         caller: &mut Caller,
@@ -70,6 +71,15 @@ impl Session {
         tasks: &Tasks,
     ) -> Option<Reply> {
         Some(match method {
+            // Each kind of connection is opened by its own method, whenever it is asked.
+            Hello::NAME if caller.mcp => Err(RpcError::invalid_request(
+                "this is an MCP connection: initialize opens it (hello is for switchboard.v1 \
+                 connections)",
+            )),
+            Initialize::NAME if !caller.mcp => Err(RpcError::invalid_request(
+                "this is a switchboard.v1 connection: hello opens it (initialize is for MCP \
+                 connections, WebSocket subprotocol mcp)",
+            )),
             Hello::NAME if caller.opened => {
                 Err(RpcError::invalid_request("hello was already done"))
             }

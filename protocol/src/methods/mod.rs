@@ -10,9 +10,12 @@
 //! | [`tools`] | `tools/list`, `tools/call` (and `notifications/progress`, `notifications/tools/list_changed`) |
 //! | [`tasks`] | `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/cancelled` |
 //!
-//! Unknown fields in params are refused (-32602) except where a type says otherwise: MCP's
-//! `initialize` and `notifications/cancelled`, and the `task` of a `tools/call`, carry fields
-//! Switchboard does not read.
+//! MCP's `_meta` (an object) is allowed in every method's params: a type that does not read it
+//! never sees it ([`crate::jsonrpc::decode_params`]). Other unknown fields are refused (-32602)
+//! by Switchboard's own methods (`hello`, `refresh`, `subscribe`, `unsubscribe`, `publish`)
+//! and ignored by MCP's (`initialize`, `ping`, `tools/list`, `tools/call` and its `task`,
+//! `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/*`): fields newer MCP revisions
+//! add must not break them.
 
 pub mod result;
 pub mod session;

@@ -11,8 +11,11 @@ use serde_json::Value;
 use super::topics::SubscribeResult;
 use super::{Empty, Ignored, Method};
 
-/// MCP protocol versions the gateway speaks, newest first.
-pub const MCP_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+/// MCP protocol versions the gateway speaks, newest first. `initialize` answers the client's
+/// when it is one of these, else the first. What newer revisions added (tool `title`,
+/// `annotations` and `execution`, `structuredContent`, tasks) are fields and capabilities an
+/// older client does not read: every result keeps the shape its revision requires.
+pub const MCP_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
 /// `hello`: authenticate the connection and open (or resume) its session.
 #[derive(Debug)]
@@ -159,8 +162,8 @@ impl Method for Initialize {
     type Result = InitializeResult;
 }
 
-/// `initialize` params: only the version is read (`capabilities` and `clientInfo` are
-/// accepted and ignored).
+/// `initialize` params: only the version is read (`capabilities`, `clientInfo`, `_meta` and
+/// whatever newer revisions add are accepted and ignored).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitializeParams {

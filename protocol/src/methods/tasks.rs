@@ -64,9 +64,11 @@ pub struct Task {
     pub poll_interval: u64,
 }
 
-/// `tasks/get`, `tasks/result` and `tasks/cancel` params.
+/// `tasks/get`, `tasks/result` and `tasks/cancel` params. MCP's methods: fields other than
+/// `taskId` are ignored (`_meta`, the `task` the TypeScript SDK sends along with its polls,
+/// and whatever newer MCP revisions add).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskIdParams {
     pub task_id: String,
 }

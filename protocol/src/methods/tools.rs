@@ -32,6 +32,31 @@ pub struct Tool {
     pub input_schema: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<Value>,
+    /// How the tool may be called (MCP 2025-11-25): Switchboard runs every call as a task, so
+    /// its tools list `taskSupport: "optional"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<ToolExecution>,
+}
+
+/// A tool's `execution` (MCP 2025-11-25).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolExecution {
+    /// Absent means `forbidden` (MCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_support: Option<TaskSupport>,
+}
+
+/// Whether a tool may be called as a task (`tools/call` with `task`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskSupport {
+    /// Never as a task.
+    Forbidden,
+    /// As a task or as a plain request.
+    Optional,
+    /// Only as a task.
+    Required,
 }
 
 /// `tools/list`.
@@ -61,9 +86,9 @@ impl Method for ToolsCall {
     type Result = CallResult;
 }
 
-/// `tools/call` params.
+/// `tools/call` params. MCP's method: fields it does not read are ignored (newer MCP
+/// revisions add some).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CallParams {
     pub name: String,
     /// The tool's arguments (an object; absent means `{}`).
@@ -146,13 +171,15 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn call_params_refuse_unknown_fields_and_results_read_back() {
+    fn call_params_ignore_unknown_fields_and_results_read_back() {
         let p: CallParams = serde_json::from_str(
             r#"{"name":"echo","arguments":{"a":1},"_meta":{"progressToken":7},"task":{"ttl":5}}"#,
         )
         .unwrap();
         assert_eq!(p.task.unwrap().ttl, Some(5));
-        assert!(serde_json::from_str::<CallParams>(r#"{"name":"x","nope":1}"#).is_err());
+        // MCP's method: a field a newer revision adds is ignored.
+        let p: CallParams = serde_json::from_str(r#"{"name":"x","nope":1}"#).unwrap();
+        assert_eq!(p.name, "x");
         let done: CallResult =
             serde_json::from_value(json!({"content": [], "isError": true})).unwrap();
         assert!(matches!(done, CallResult::Done(r) if r.is_error));
