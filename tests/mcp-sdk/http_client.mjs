@@ -1,6 +1,6 @@
 // The official MCP TypeScript SDK's Streamable HTTP client against two gateway nodes, every
 // request to the next node in turn (no stickiness): initialize, list tools, call tools (one
-// with progress), and a task. Prints one JSON line of what it saw; tests/tests/mcp_http.rs
+// with progress, answered on the request's SSE stream). Prints one JSON line of what it saw; tests/tests/mcp_http.rs
 // checks it. Usage: node http_client.mjs URL_A URL_B [TOKEN]
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -38,7 +38,10 @@ const client = new Client({ name: "switchboard-sdk-test", version: "1.0.0" });
 await client.connect(transport);
 const tools = await client.listTools();
 const echo = await client.callTool({ name: "echo", arguments: { hello: "world" } });
-const sleep = await client.callTool({ name: "sleep", arguments: { ms: 50 } });
+const progress = [];
+const sleep = await client.callTool({ name: "sleep", arguments: { ms: 300 } }, undefined, {
+  onprogress: (p) => progress.push(p),
+});
 let refused = null;
 try {
   await client.callTool({ name: "nope", arguments: {} });
@@ -51,6 +54,7 @@ const out = {
   tools: tools.tools.map((t) => t.name).sort(),
   echo,
   sleep,
+  progress,
   refused,
   hits,
   methods,

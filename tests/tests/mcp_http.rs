@@ -135,7 +135,14 @@ async fn the_typescript_sdk_works_over_http_with_requests_spread_over_two_nodes(
         "{seen}"
     );
     assert_eq!(seen["echo"]["isError"], false, "{seen}");
-    assert_eq!(seen["sleep"]["structuredContent"]["slept_ms"], 50, "{seen}");
+    assert_eq!(
+        seen["sleep"]["structuredContent"]["slept_ms"], 300,
+        "{seen}"
+    );
+    // The sleep's progress came on the call's own SSE stream.
+    let progress = seen["progress"].as_array().unwrap();
+    assert!(!progress.is_empty(), "no progress over HTTP: {seen}");
+    assert!(progress.iter().all(|p| p["progress"].is_number()), "{seen}");
     assert_eq!(seen["refused"]["code"], -32602, "{seen}");
     // Both nodes answered, the session's requests among them.
     let hits = seen["hits"].as_array().unwrap();

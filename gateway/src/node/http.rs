@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -30,6 +30,7 @@ use switchboard_protocol::{MCP_SUBPROTOCOL, SUBPROTOCOL, close};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use super::mcp::McpReply;
 use super::{ACCEPT_BACKOFF, Node};
 use crate::config::Network;
 use crate::limits::connections::{Admitted, CAPPED_RETRY_AFTER};
@@ -71,15 +72,19 @@ pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
     }
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> Reply {
+async fn route(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> McpReply {
+    if req.uri().path() == "/mcp" {
+        let client = client_address(peer, &node.config.tuning.trusted_proxies, req.headers());
+        return super::mcp::serve(node, req, client).await;
+    }
+    route_plain(node, req, peer).await.map(BodyExt::boxed)
+}
+
+async fn route_plain(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&node),
         (&Method::GET, "/ws") => upgrade(node, req, peer).await,
-        (_, "/mcp") => {
-            let client = client_address(peer, &node.config.tuning.trusted_proxies, req.headers());
-            super::mcp::serve(node, req, client).await
-        }
         (_, "/healthz" | "/readyz" | "/ws") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }

@@ -25,9 +25,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -41,6 +46,8 @@ use crate::methods::Caller;
 use crate::transport::{ConnCtl, Link, Out, channel};
 
 type Reply = Response<Full<Bytes>>;
+/// What `/mcp` answers: a JSON body, or a request-scoped SSE stream.
+pub(super) type McpReply = Response<BoxBody<Bytes, Infallible>>;
 
 /// The stateless revisions served.
 pub(crate) const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
@@ -53,7 +60,7 @@ const REQUEST_QUEUE: usize = 256;
 /// Bytes one request's queue holds.
 const REQUEST_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// The methods a request may call over HTTP: those of MCP (topics and sessions need a socket).
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 8] = [
     "initialize",
     "ping",
     "server/discover",
@@ -62,39 +69,53 @@ const METHODS: [&str; 9] = [
     "tasks/get",
     "tasks/result",
     "tasks/cancel",
-    "tasks/list",
 ];
 
 /// Connection ids for requests, apart from the sockets' (which count up from 1).
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1 << 62);
 
 /// Serves `/mcp`.
-pub(super) async fn serve(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply {
+pub(super) async fn serve(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> McpReply {
     match *req.method() {
-        Method::POST => post(node, req, client).await,
+        Method::POST => match post(node, req, client).await {
+            Answered::Json(r) => r.map(BodyExt::boxed),
+            Answered::Stream(r) => r,
+        },
         _ => {
             let mut r = status(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            r
+            r.map(BodyExt::boxed)
         }
     }
 }
 
-async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply {
+/// A request's answer: one JSON body, or an SSE stream (progress, then the reply).
+enum Answered {
+    Json(Reply),
+    Stream(McpReply),
+}
+
+impl From<Reply> for Answered {
+    fn from(r: Reply) -> Self {
+        Answered::Json(r)
+    }
+}
+
+async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answered {
     if !super::http::origin_allowed(&node.config.access.allowed_origins, req.headers()) {
         node.metrics.origins_refused.inc();
-        return status(StatusCode::FORBIDDEN, "origin not allowed\n");
+        return Answered::from(status(StatusCode::FORBIDDEN, "origin not allowed\n"));
     }
     if node.connection_rate.check(client).is_err() {
         node.metrics.connections_rate_limited.inc();
         let mut r = status(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+        return Answered::from(r);
     }
     if node.health.is_draining() {
-        return status(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        return Answered::from(status(StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
     }
     let headers = req.headers().clone();
     let token = bearer(&headers).map(str::to_owned);
@@ -102,12 +123,12 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply 
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return rpc_error(
+            return Answered::from(rpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 None,
                 -32600,
                 "message too large",
-            );
+            ));
         }
     };
 
@@ -117,43 +138,53 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply 
             Ok(identity) => Some(identity),
             Err(e) => {
                 tracing::debug!(error = %e, "token refused on /mcp");
-                return unauthorized("invalid_token");
+                return Answered::from(unauthorized("invalid_token"));
             }
         },
         None if node.access.allow_anonymous => None,
-        None => return unauthorized(""),
+        None => return Answered::from(unauthorized("")),
     };
 
     let Ok(text) = std::str::from_utf8(&body) else {
-        return rpc_error(StatusCode::BAD_REQUEST, None, -32700, "not UTF-8");
+        return Answered::from(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            -32700,
+            "not UTF-8",
+        ));
     };
     let Ok(message) = serde_json::from_str::<Value>(text) else {
-        return rpc_error(StatusCode::BAD_REQUEST, None, -32700, "parse error");
+        return Answered::from(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            -32700,
+            "parse error",
+        ));
     };
     if message.is_array() {
-        return rpc_error(
+        return Answered::from(rpc_error(
             StatusCode::BAD_REQUEST,
             None,
             -32600,
             "batches are not supported",
-        );
+        ));
     }
     let id = message.get("id").filter(|id| !id.is_null()).cloned();
     let Some(method) = message.get("method").and_then(Value::as_str) else {
         // A response from the client (the node sends no requests): nothing to do.
-        return accepted();
+        return Answered::from(accepted());
     };
     let Some(id) = id else {
         // Notifications (`initialized`, `cancelled`, ...): taken.
-        return accepted();
+        return Answered::from(accepted());
     };
     if !METHODS.contains(&method) {
-        return rpc_error(
+        return Answered::from(rpc_error(
             StatusCode::OK,
             Some(&id),
             -32601,
             &format!("{method} is not available over Streamable HTTP"),
-        );
+        ));
     }
 
     // The era, and the session if there is one.
@@ -170,8 +201,8 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply 
         .and_then(Value::as_str)
         .map(str::to_owned);
     if let Some(version) = &stateless_version {
-        if let Err(reply) = check_stateless(&headers, &id, method, version) {
-            return reply;
+        if let Some(refused) = check_stateless(&headers, &id, method, version) {
+            return Answered::from(refused);
         }
     } else if method == "initialize" {
         // A new session, below, once `initialize` has answered.
@@ -179,31 +210,31 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply 
         match node.methods.session.sessions.attach(sid, &owner).await {
             Ok(Attach::Resumed(_)) => {}
             Ok(Attach::NotFound | Attach::WrongOwner) => {
-                return rpc_error(
+                return Answered::from(rpc_error(
                     StatusCode::NOT_FOUND,
                     Some(&id),
                     -32001,
                     "session not found",
-                );
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading an MCP session failed");
-                return rpc_error(
+                return Answered::from(rpc_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(&id),
                     -32603,
                     "backend unavailable, try again",
-                );
+                ));
             }
         }
     } else if method != "server/discover" && method != "ping" {
-        return rpc_error(
+        return Answered::from(rpc_error(
             StatusCode::BAD_REQUEST,
             Some(&id),
             -32600,
             "no Mcp-Session-Id: send initialize first (or, in revision 2026-07-28, the protocol \
              version in _meta)",
-        );
+        ));
     }
 
     // The request, through the method layer, on a caller of its own.
@@ -227,12 +258,23 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply 
         caller.opened = true;
     }
     let answer = node.methods.dispatch(&mut caller, text).await;
+    // A call that asked for progress, from a client that takes a stream: its progress and
+    // then its reply, as events of this request's own stream.
+    let streamed = answer.reply.is_none()
+        && method == "tools/call"
+        && message.pointer("/params/_meta/progressToken").is_some()
+        && accepts_stream(&headers);
+    if streamed {
+        return Answered::Stream(stream_reply(caller, ctl, rx, id));
+    }
     let reply = match answer.reply {
         Some(reply) => reply,
         // Answered later (a tool call): its reply comes through the caller's queue.
         None => match wait_for_reply(&ctl, &rx, &id).await {
             Some(reply) => reply,
-            None => return rpc_error(StatusCode::OK, Some(&id), -32603, "no reply"),
+            None => {
+                return Answered::from(rpc_error(StatusCode::OK, Some(&id), -32603, "no reply"));
+            }
         },
     };
     let mut response = json_response(StatusCode::OK, reply.clone());
@@ -240,32 +282,28 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Reply 
         let sid = new_session_id();
         if let Err(e) = node.methods.session.sessions.create(&sid, &owner).await {
             tracing::warn!(error = %e, "storing an MCP session failed");
-            return rpc_error(
+            return Answered::from(rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(&id),
                 -32603,
                 "cannot open a session: the backend is unavailable, try again later",
-            );
+            ));
         }
         if let Ok(v) = HeaderValue::from_str(&sid) {
             response.headers_mut().insert(SESSION_HEADER, v);
         }
     }
-    response
+    Answered::Json(response)
 }
 
-/// A stateless request's headers against its body, and its revision against those served.
-fn check_stateless(
-    headers: &HeaderMap,
-    id: &Value,
-    method: &str,
-    version: &str,
-) -> Result<(), Reply> {
+/// A stateless request's headers against its body, and its revision against those served:
+/// the refusal, if any.
+fn check_stateless(headers: &HeaderMap, id: &Value, method: &str, version: &str) -> Option<Reply> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(h) = header("mcp-protocol-version")
         && h != version
     {
-        return Err(rpc_error(
+        return Some(rpc_error(
             StatusCode::BAD_REQUEST,
             Some(id),
             -32600,
@@ -275,7 +313,7 @@ fn check_stateless(
     if let Some(h) = header("mcp-method")
         && h != method
     {
-        return Err(rpc_error(
+        return Some(rpc_error(
             StatusCode::BAD_REQUEST,
             Some(id),
             -32600,
@@ -292,12 +330,12 @@ fn check_stateless(
                 "data": {"supported": STATELESS_VERSIONS, "sessionVersions": MCP_VERSIONS},
             },
         });
-        return Err(json_response(
+        return Some(json_response(
             StatusCode::BAD_REQUEST,
             Bytes::from(body.to_string()),
         ));
     }
-    Ok(())
+    None
 }
 
 /// Reads the caller's queue until the reply to `id` (progress notifications before it are
@@ -326,6 +364,89 @@ async fn wait_for_reply(
             return None;
         }
         woken.await;
+    }
+}
+
+/// Whether the client takes an SSE answer (`Accept: text/event-stream`).
+fn accepts_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// SSE messages queued for a response before the reader of the caller's queue waits.
+const STREAM_BUFFER: usize = 64;
+
+/// Streams the caller's queue as SSE events until the reply to `id` (the caller lives as long
+/// as the stream: a client that goes drops it, and the call is left to its task).
+fn stream_reply(
+    caller: Caller,
+    ctl: Arc<ConnCtl>,
+    rx: crate::transport::Receiver,
+    id: Value,
+) -> McpReply {
+    let (tx, events) = tokio::sync::mpsc::channel::<Bytes>(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let _caller = caller;
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            rx.try_recv_many(&mut batch, REQUEST_QUEUE);
+            for out in batch.drain(..) {
+                let text = payload(&out);
+                let Ok(v) = serde_json::from_slice::<Value>(&text) else {
+                    continue;
+                };
+                let is_reply = v.get("id") == Some(&id) && v.get("method").is_none();
+                let mut event = Vec::with_capacity(text.len() + 24);
+                event.extend_from_slice(b"event: message\ndata: ");
+                event.extend_from_slice(&text);
+                event.extend_from_slice(b"\n\n");
+                if tx.send(Bytes::from(event)).await.is_err() {
+                    return;
+                }
+                out.written();
+                if is_reply {
+                    return;
+                }
+            }
+            if rx.senders_gone() {
+                return;
+            }
+            tokio::select! {
+                () = ctl.woken() => {}
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let mut r = Response::new(BoxBody::new(Sse { events }));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// A response body of SSE events, as a task hands them over.
+struct Sse {
+    events: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl Body for Sse {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.events
+            .poll_recv(cx)
+            .map(|event| event.map(|e| Ok(Frame::data(e))))
     }
 }
 
