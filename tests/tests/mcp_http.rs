@@ -1,6 +1,8 @@
 //! MCP over Streamable HTTP (`/mcp`) against real gateway processes, a worker and Redis: the
-//! official TypeScript SDK (`tests/mcp-sdk`, installed by `scripts/test`) with every request
-//! sent to the next of two nodes, and the endpoint's own answers to the stateless revision's
+//! official TypeScript SDK (session era) with every request sent to the next of two nodes, the
+//! official Python SDK (2.x: the stateless 2026-07-28 revision, negotiated with
+//! `server/discover`) on each node (both in `tests/mcp-sdk`, installed by `scripts/test`), and
+//! the endpoint's own answers to the stateless revision's
 //! envelope, to missing or foreign sessions, to tokens and to origins.
 
 use std::net::SocketAddr;
@@ -217,7 +219,7 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     let discover = json!({"jsonrpc": "2.0", "id": 4, "method": "server/discover", "params": {}});
     let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &discover).await;
     assert_eq!(status, 200, "{r}");
-    assert!(r["result"]["supportedVersions"].is_array(), "{r}");
+    assert_eq!(r["result"]["supportedVersions"][0], "2026-07-28", "{r}");
 
     // Sessions: one created on a, used on b; unknown, or of another identity: 404.
     let init = json!({"jsonrpc": "2.0", "id": 5, "method": "initialize",
@@ -304,4 +306,45 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     let (status, _, r) = post(a.addr, &[("Authorization", &alice)], &sub).await;
     assert_eq!(status, 200);
     assert_eq!(r["error"]["code"], -32601, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_speaks_the_stateless_revision_to_any_node() {
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp-sdk");
+    let python = sdk.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "the MCP Python SDK is not installed: run scripts/test (tests/mcp-sdk/.venv)"
+    );
+    let redis = RedisServer::start().await;
+    let _w = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
+    let flags = ["--registry-interval", "100ms"];
+    let a = GatewayProcess::start(&redis.url(), "a", &flags).await;
+    let b = GatewayProcess::start(&redis.url(), "b", &flags).await;
+    for gw in [&a, &b] {
+        let mut c = WsClient::connect(&gw.ws_url()).await;
+        c.hello().await;
+        c.wait_for_tool("sleep").await;
+    }
+    for gw in [&a, &b] {
+        let out = tokio::process::Command::new(&python)
+            .arg(sdk.join("python_client.py"))
+            .arg(format!("http://{}/mcp", gw.addr))
+            .output()
+            .await
+            .expect("python runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the SDK client failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        assert_eq!(seen["version"], "2026-07-28", "{seen}");
+        assert_eq!(seen["discovered"], true, "{seen}");
+        assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
+        assert_eq!(seen["echo"], json!({"from": "python"}), "{seen}");
+        assert_eq!(seen["echoError"], false, "{seen}");
+        assert_eq!(seen["sleepError"], false, "{seen}");
+    }
 }

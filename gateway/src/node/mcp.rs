@@ -51,6 +51,9 @@ pub(super) type McpReply = Response<BoxBody<Bytes, Infallible>>;
 
 /// The stateless revisions served.
 pub(crate) const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// The error of revision 2026-07-28 for a protocol version the server does not speak (its
+/// `data.supported` lists those it does).
+const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 /// The session header.
 const SESSION_HEADER: &str = "mcp-session-id";
 /// The `_meta` key of a stateless request's revision.
@@ -264,10 +267,13 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
         && method == "tools/call"
         && message.pointer("/params/_meta/progressToken").is_some()
         && accepts_stream(&headers);
+    let modern = stateless_version.is_some();
     if streamed {
-        return Answered::Stream(stream_reply(caller, ctl, rx, id));
+        return Answered::Stream(stream_reply(caller, ctl, rx, id, modern));
     }
     let reply = match answer.reply {
+        // Over HTTP the stateless revisions are served too: `server/discover` says so.
+        Some(reply) if method == "server/discover" => with_stateless_versions(reply),
         Some(reply) => reply,
         // Answered later (a tool call): its reply comes through the caller's queue.
         None => match wait_for_reply(&ctl, &rx, &id).await {
@@ -276,6 +282,11 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
                 return Answered::from(rpc_error(StatusCode::OK, Some(&id), -32603, "no reply"));
             }
         },
+    };
+    let reply = if modern || method == "server/discover" {
+        stamp_modern(reply, method)
+    } else {
+        reply
     };
     let mut response = json_response(StatusCode::OK, reply.clone());
     if method == "initialize" && stateless_version.is_none() && is_result(&reply) {
@@ -325,7 +336,7 @@ fn check_stateless(headers: &HeaderMap, id: &Value, method: &str, version: &str)
             "jsonrpc": "2.0",
             "id": id,
             "error": {
-                "code": -32602,
+                "code": UNSUPPORTED_PROTOCOL_VERSION,
                 "message": format!("unsupported protocol version {version}"),
                 "data": {"supported": STATELESS_VERSIONS, "sessionVersions": MCP_VERSIONS},
             },
@@ -367,6 +378,43 @@ async fn wait_for_reply(
     }
 }
 
+/// A result as revision 2026-07-28 has it: `resultType` on every result, and the caching
+/// directives on those a client may cache (lists, `server/discover`): here `ttlMs: 0`,
+/// `cacheScope: "private"` (what a caller may list depends on its grants, and the workers'
+/// tools change at any time).
+fn stamp_modern(reply: Bytes, method: &str) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<Value>(&reply) else {
+        return reply;
+    };
+    let Some(Value::Object(result)) = v.get_mut("result") else {
+        return reply;
+    };
+    result
+        .entry("resultType")
+        .or_insert_with(|| json!("complete"));
+    if matches!(method, "tools/list" | "server/discover") {
+        result.entry("ttlMs").or_insert_with(|| json!(0));
+        result
+            .entry("cacheScope")
+            .or_insert_with(|| json!("private"));
+    }
+    Bytes::from(v.to_string())
+}
+
+/// A `server/discover` result with the stateless revisions first among `supportedVersions`.
+fn with_stateless_versions(reply: Bytes) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<Value>(&reply) else {
+        return reply;
+    };
+    if let Some(Value::Array(versions)) = v.pointer_mut("/result/supportedVersions") {
+        for (i, version) in STATELESS_VERSIONS.iter().enumerate() {
+            versions.insert(i, json!(version));
+        }
+        return Bytes::from(v.to_string());
+    }
+    reply
+}
+
 /// Whether the client takes an SSE answer (`Accept: text/event-stream`).
 fn accepts_stream(headers: &HeaderMap) -> bool {
     headers
@@ -386,6 +434,7 @@ fn stream_reply(
     ctl: Arc<ConnCtl>,
     rx: crate::transport::Receiver,
     id: Value,
+    modern: bool,
 ) -> McpReply {
     let (tx, events) = tokio::sync::mpsc::channel::<Bytes>(STREAM_BUFFER);
     tokio::spawn(async move {
@@ -400,6 +449,11 @@ fn stream_reply(
                     continue;
                 };
                 let is_reply = v.get("id") == Some(&id) && v.get("method").is_none();
+                let text = if is_reply && modern {
+                    stamp_modern(text, "tools/call")
+                } else {
+                    text
+                };
                 let mut event = Vec::with_capacity(text.len() + 24);
                 event.extend_from_slice(b"event: message\ndata: ");
                 event.extend_from_slice(&text);
