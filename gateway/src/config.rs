@@ -246,6 +246,25 @@ pub struct AccessConfig {
     /// (non-browser clients) are not affected [default: own origin only].
     #[arg(long = "allowed-origin", env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN", value_parser = origin)]
     pub allowed_origins: Vec<String>,
+    /// An OAuth authorization server whose tokens this node accepts (its issuer URL), for MCP
+    /// clients that log in by themselves: named in `/.well-known/oauth-protected-resource`
+    /// (RFC 9728), which a 401 from `/mcp` points at. Repeatable; the variable takes URLs
+    /// separated by `,`. The tokens are still checked with --jwt-jwks-url (or the other keys).
+    #[arg(long = "oauth-authorization-server", env = "SWITCHBOARD_OAUTH_AUTHORIZATION_SERVERS", value_delimiter = ',', value_name = "URL", value_parser = https_url)]
+    pub oauth_authorization_servers: Vec<String>,
+    /// This MCP endpoint's public URL as clients reach it (the OAuth resource, e.g.
+    /// https://mcp.example.com/mcp) [default: from the request's Host, http, /mcp].
+    #[arg(long = "oauth-resource", env = "SWITCHBOARD_OAUTH_RESOURCE", value_name = "URL", value_parser = https_url)]
+    pub oauth_resource: Option<String>,
+}
+
+fn https_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    if (s.starts_with("https://") || s.starts_with("http://")) && s.len() > "https://".len() {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: expected an http(s) URL"))
+    }
 }
 
 fn origin(s: &str) -> Result<String, String> {

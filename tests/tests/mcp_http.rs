@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{Claims, mint_claims};
-use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient};
+use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient, http_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -166,7 +166,17 @@ async fn the_typescript_sdk_works_over_http_with_requests_spread_over_two_nodes(
 async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     let redis = RedisServer::start().await;
     let _w = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
-    let a = gateway(&redis, "a", &[]).await;
+    let a = gateway(
+        &redis,
+        "a",
+        &[
+            "--oauth-authorization-server",
+            "https://auth.example.com",
+            "--oauth-resource",
+            "https://mcp.example.com/mcp",
+        ],
+    )
+    .await;
     let b = gateway(&redis, "b", &[]).await;
     wait_for_tools(&a).await;
     let alice = format!("Bearer {}", token("alice"));
@@ -271,14 +281,41 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     assert_eq!(status, 202);
 
     // Tokens and origins as on the WebSocket.
-    let (status, headers, _) = post(a.addr, &[], &list).await;
+    let (status, headers, _) = post(b.addr, &[], &list).await;
     assert_eq!(status, 401);
     assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
-    let (status, headers, _) = post(a.addr, &[("Authorization", "Bearer nope")], &list).await;
+    let (status, headers, _) = post(b.addr, &[("Authorization", "Bearer nope")], &list).await;
     assert_eq!(status, 401);
     assert_eq!(
         header(&headers, "www-authenticate"),
         Some("Bearer error=\"invalid_token\"")
+    );
+    // OAuth discovery (RFC 9728) where an authorization server is named.
+    let (status, headers, _) = post(a.addr, &[], &list).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&headers, "www-authenticate"),
+        Some(
+            "Bearer resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
+        )
+    );
+    let (status, body) = http_get(a.addr, "/.well-known/oauth-protected-resource/mcp")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let metadata: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(metadata["resource"], "https://mcp.example.com/mcp");
+    assert_eq!(
+        metadata["authorization_servers"],
+        json!(["https://auth.example.com"])
+    );
+    assert_eq!(
+        http_get(b.addr, "/.well-known/oauth-protected-resource")
+            .await
+            .unwrap()
+            .0,
+        404,
+        "no authorization server named: no metadata"
     );
     let (status, _, _) = post(
         a.addr,

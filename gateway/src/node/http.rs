@@ -73,6 +73,14 @@ pub(crate) async fn serve(node: Arc<Node>, stream: TcpStream) {
 }
 
 async fn route(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> McpReply {
+    if req.method() == Method::GET
+        && matches!(
+            req.uri().path(),
+            "/.well-known/oauth-protected-resource" | "/.well-known/oauth-protected-resource/mcp"
+        )
+    {
+        return super::mcp::resource_metadata(&node, req.headers());
+    }
     if req.uri().path() == "/mcp" {
         let client = client_address(peer, &node.config.tuning.trusted_proxies, req.headers());
         return super::mcp::serve(node, req, client).await;

@@ -141,11 +141,11 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
             Ok(identity) => Some(identity),
             Err(e) => {
                 tracing::debug!(error = %e, "token refused on /mcp");
-                return Answered::from(unauthorized("invalid_token"));
+                return Answered::from(unauthorized(&node, &headers, "invalid_token"));
             }
         },
         None if node.access.allow_anonymous => None,
-        None => return Answered::from(unauthorized("")),
+        None => return Answered::from(unauthorized(&node, &headers, "")),
     };
 
     let Ok(text) = std::str::from_utf8(&body) else {
@@ -565,16 +565,85 @@ fn status(code: StatusCode, body: &'static str) -> Reply {
     r
 }
 
-/// 401 with the `WWW-Authenticate` challenge (`error`, when the token was refused).
-fn unauthorized(error: &str) -> Reply {
+/// 401 with the `WWW-Authenticate` challenge: `error` when the token was refused, and
+/// `resource_metadata` (RFC 9728) when the node names an authorization server.
+fn unauthorized(node: &Node, headers: &HeaderMap, error: &str) -> Reply {
     let mut r = rpc_error(StatusCode::UNAUTHORIZED, None, -32001, "unauthorized");
-    let challenge = if error.is_empty() {
+    let mut params = Vec::new();
+    if !error.is_empty() {
+        params.push(format!("error=\"{error}\""));
+    }
+    if !node.config.access.oauth_authorization_servers.is_empty() {
+        params.push(format!(
+            "resource_metadata=\"{}\"",
+            metadata_url(&resource(node, headers))
+        ));
+    }
+    let challenge = if params.is_empty() {
         "Bearer".to_owned()
     } else {
-        format!("Bearer error=\"{error}\"")
+        format!("Bearer {}", params.join(", "))
     };
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     r
+}
+
+/// This endpoint as an OAuth resource: `--oauth-resource`, or the request's own Host.
+fn resource(node: &Node, headers: &HeaderMap) -> String {
+    if let Some(r) = &node.config.access.oauth_resource {
+        return r.clone();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}/mcp")
+}
+
+/// Where a resource's metadata is (RFC 9728: the well-known path before the resource's path).
+fn metadata_url(resource: &str) -> String {
+    let (scheme, rest) = resource.split_once("://").unwrap_or(("http", resource));
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    format!("{scheme}://{host}/.well-known/oauth-protected-resource{path}")
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]`: the protected resource's metadata
+/// (RFC 9728) when the node names an authorization server, else 404.
+pub(super) fn resource_metadata(node: &Node, headers: &HeaderMap) -> McpReply {
+    let servers = &node.config.access.oauth_authorization_servers;
+    if servers.is_empty() {
+        return status(StatusCode::NOT_FOUND, "not found\n").map(BodyExt::boxed);
+    }
+    let body = json!({
+        "resource": resource(node, headers),
+        "authorization_servers": servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Switchboard",
+    });
+    json_response(StatusCode::OK, Bytes::from(body.to_string())).map(BodyExt::boxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_sits_before_the_resource_path() {
+        assert_eq!(
+            metadata_url("https://mcp.example.com/mcp"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://mcp.example.com"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource"
+        );
+    }
 }
