@@ -35,6 +35,8 @@ enum Command {
     Publish(commands::publish::Args),
     /// Mint a token for a subject, with grants (HMAC secret or PEM private key).
     Token(commands::token::Args),
+    /// A stdio MCP server that relays to a gateway (for clients that launch a local process).
+    McpStdio(commands::mcp_stdio::Args),
 }
 
 /// A failure with the exit code it deserves.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             commands::refuse_renamed_variables().and_then(|()| commands::publish::run(a))
         }
         Command::Token(a) => commands::token::run(a),
+        Command::McpStdio(a) => commands::mcp_stdio::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,9 @@
 //! MCP over Streamable HTTP (`/mcp`) against real gateway processes, a worker and Redis: the
 //! official TypeScript SDK (session era) with every request sent to the next of two nodes, the
 //! official Python SDK (2.x: the stateless 2026-07-28 revision, negotiated with
-//! `server/discover`) on each node (both in `tests/mcp-sdk`, installed by `scripts/test`), and
-//! the endpoint's own answers to the stateless revision's
+//! `server/discover`) on each node (both in `tests/mcp-sdk`, installed by `scripts/test`), the
+//! TypeScript SDK's stdio client launching `switchboard mcp-stdio`, and the endpoint's own
+//! answers to the stateless revision's
 //! envelope, to missing or foreign sessions, to tokens and to origins.
 
 use std::net::SocketAddr;
@@ -384,4 +385,42 @@ async fn the_python_sdk_speaks_the_stateless_revision_to_any_node() {
         assert_eq!(seen["echoError"], false, "{seen}");
         assert_eq!(seen["sleepError"], false, "{seen}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_launches_mcp_stdio_which_relays_to_a_gateway() {
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp-sdk");
+    assert!(
+        sdk.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+        "the MCP SDK is not installed: run scripts/test (npm ci --prefix tests/mcp-sdk)"
+    );
+    let redis = RedisServer::start().await;
+    let _w = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
+    let a = gateway(&redis, "a", &[]).await;
+    wait_for_tools(&a).await;
+    let out = tokio::process::Command::new("node")
+        .arg(sdk.join("stdio_client.mjs"))
+        .arg(switchboard_harness::switchboard_bin())
+        .arg(a.ws_url())
+        .arg(token("alice"))
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(seen["server"], "switchboard", "{seen}");
+    assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
+    assert_eq!(
+        seen["sleep"]["structuredContent"]["slept_ms"], 300,
+        "{seen}"
+    );
+    assert!(
+        seen["progress"].as_array().is_some_and(|p| !p.is_empty()),
+        "progress relayed: {seen}"
+    );
 }

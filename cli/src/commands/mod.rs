@@ -3,6 +3,7 @@
 
 pub(crate) mod dev;
 pub(crate) mod gateway;
+pub(crate) mod mcp_stdio;
 pub(crate) mod publish;
 pub(crate) mod token;
 pub(crate) mod worker;
