@@ -91,6 +91,23 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Runs an SDK client script and reads the JSON line it prints last (the test fails with its
+/// output if it fails).
+async fn run_client(program: &std::path::Path, args: &[String]) -> Value {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .expect("the SDK client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or_default()).unwrap()
+}
+
 fn meta() -> Value {
     json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -111,21 +128,16 @@ async fn the_typescript_sdk_works_over_http_with_requests_spread_over_two_nodes(
     let b = gateway(&redis, "b", &[]).await;
     wait_for_tools(&a).await;
     wait_for_tools(&b).await;
-    let out = tokio::process::Command::new("node")
-        .arg(sdk.join("http_client.mjs"))
-        .arg(format!("http://{}/mcp", a.addr))
-        .arg(format!("http://{}/mcp", b.addr))
-        .arg(token("alice"))
-        .output()
-        .await
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the SDK client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let seen = run_client(
+        std::path::Path::new("node"),
+        &[
+            sdk.join("http_client.mjs").display().to_string(),
+            format!("http://{}/mcp", a.addr),
+            format!("http://{}/mcp", b.addr),
+            token("alice"),
+        ],
+    )
+    .await;
     assert_eq!(seen["protocolVersion"], "2025-11-25", "{seen}");
     assert!(
         seen["sessionId"].as_str().is_some_and(|s| s.len() == 32),
@@ -365,19 +377,14 @@ async fn the_python_sdk_speaks_the_stateless_revision_to_any_node() {
         c.wait_for_tool("sleep").await;
     }
     for gw in [&a, &b] {
-        let out = tokio::process::Command::new(&python)
-            .arg(sdk.join("python_client.py"))
-            .arg(format!("http://{}/mcp", gw.addr))
-            .output()
-            .await
-            .expect("python runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "the SDK client failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        let seen = run_client(
+            python.as_path(),
+            &[
+                sdk.join("python_client.py").display().to_string(),
+                format!("http://{}/mcp", gw.addr),
+            ],
+        )
+        .await;
         assert_eq!(seen["version"], "2026-07-28", "{seen}");
         assert_eq!(seen["discovered"], true, "{seen}");
         assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
@@ -398,21 +405,16 @@ async fn the_typescript_sdk_launches_mcp_stdio_which_relays_to_a_gateway() {
     let _w = WorkerProcess::start(&redis, "w1", &["--builtin"]).await;
     let a = gateway(&redis, "a", &[]).await;
     wait_for_tools(&a).await;
-    let out = tokio::process::Command::new("node")
-        .arg(sdk.join("stdio_client.mjs"))
-        .arg(switchboard_harness::switchboard_bin())
-        .arg(a.ws_url())
-        .arg(token("alice"))
-        .output()
-        .await
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the SDK client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let seen = run_client(
+        std::path::Path::new("node"),
+        &[
+            sdk.join("stdio_client.mjs").display().to_string(),
+            switchboard_harness::switchboard_bin().display().to_string(),
+            a.ws_url(),
+            token("alice"),
+        ],
+    )
+    .await;
     assert_eq!(seen["server"], "switchboard", "{seen}");
     assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
     assert_eq!(
