@@ -187,6 +187,8 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
             "https://auth.example.com",
             "--oauth-resource",
             "https://mcp.example.com/mcp",
+            "--hello-timeout",
+            "1s",
         ],
     )
     .await;
@@ -350,6 +352,29 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     )
     .await;
     assert_eq!(status, 200);
+    // Bodies are bounded in bytes (413) and in time (408).
+    let big = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list",
+                     "params": {"_meta": meta(), "pad": "x".repeat(70_000)}});
+    let (status, _, _) = post(a.addr, &[("Authorization", &alice)], &big).await;
+    assert_eq!(status, 413);
+    let mut slow = TcpStream::connect(a.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\nConnection: close\r\n\r\n{{\"jsonrpc\"",
+            a.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"),
+        "a trickling body: {}",
+        String::from_utf8_lossy(&raw)
+    );
     // Topics need a socket.
     let sub = json!({"jsonrpc": "2.0", "id": 7, "method": "subscribe",
                      "params": {"topic": "t", "_meta": meta()}});

@@ -123,9 +123,19 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
     let headers = req.headers().clone();
     let token = bearer(&headers).map(str::to_owned);
     let limit = node.config.tuning.max_message_bytes;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
+    // A body that trickles in is bounded like a socket's hello: `--hello-timeout`.
+    let reading = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(node.config.tuning.hello_timeout, reading).await {
+        Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
+            return Answered::from(rpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                -32600,
+                "the request body did not arrive in time",
+            ));
+        }
+        Ok(Err(_)) => {
             return Answered::from(rpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 None,
