@@ -42,6 +42,7 @@ use switchboard_core::sessions::{Attach, new_session_id};
 use switchboard_protocol::methods::session::MCP_VERSIONS;
 
 use super::Node;
+use super::request::{bearer, origin_allowed};
 use crate::methods::Caller;
 use crate::transport::{ConnCtl, Link, Out, channel};
 
@@ -106,7 +107,7 @@ impl From<Reply> for Answered {
 }
 
 async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answered {
-    if !super::http::origin_allowed(&node.config.access.allowed_origins, req.headers()) {
+    if !origin_allowed(&node.config.access.allowed_origins, req.headers()) {
         node.metrics.origins_refused.inc();
         return Answered::from(status(StatusCode::FORBIDDEN, "origin not allowed\n"));
     }
@@ -532,16 +533,6 @@ fn payload(out: &Out) -> Bytes {
 
 fn is_result(reply: &[u8]) -> bool {
     serde_json::from_slice::<Value>(reply).is_ok_and(|v| v.get("result").is_some())
-}
-
-/// The bearer token of `Authorization`, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 fn json_response(code: StatusCode, body: Bytes) -> Reply {

@@ -11,6 +11,7 @@ mod drain;
 mod http;
 mod mcp;
 mod readiness;
+mod request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
