@@ -661,6 +661,38 @@ pub fn redis_backend(redis: &RedisServer) -> Arc<switchboard_redis::RedisBackend
     switchboard_redis::RedisBackend::connect(&opts).expect("a valid Redis URL")
 }
 
+/// An in-process gateway and an in-process worker hosting the built-in tools, on one backend
+/// (heartbeats every 100 ms, so the tools are listed quickly).
+pub struct GatewayWithTools {
+    pub gw: InProcessGateway,
+    _redis: Option<RedisServer>,
+    _worker: tokio::task::JoinHandle<Result<(), switchboard_worker::RunError>>,
+}
+
+impl GatewayWithTools {
+    /// Starts both on a new backend of `kind`, the gateway from `config`, and waits until the
+    /// gateway is ready.
+    pub async fn start(config: GatewayConfig, kind: Kind) -> GatewayWithTools {
+        let b = TestBackend::start(kind).await;
+        let mut toolbox = switchboard_worker::Toolbox::new();
+        switchboard_worker::tools::builtin::add_builtins(&mut toolbox).unwrap();
+        let mut wc = switchboard_worker::WorkerConfig::new("w1");
+        wc.heartbeat = Duration::from_millis(100);
+        let worker = tokio::spawn(switchboard_worker::run(
+            wc,
+            b.queue,
+            toolbox,
+            std::future::pending(),
+        ));
+        let gw = InProcessGateway::start_ready(config, b.backend).await;
+        GatewayWithTools {
+            gw,
+            _redis: b.redis,
+            _worker: worker,
+        }
+    }
+}
+
 /// A gateway running inside the test process.
 pub struct InProcessGateway {
     pub addr: SocketAddr,

@@ -7,44 +7,20 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{
-    DEADLINE, InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
-};
+use switchboard_harness::{DEADLINE, GatewayWithTools, Kind, WsClient, both_backends};
 use switchboard_protocol::MCP_SUBPROTOCOL;
 use switchboard_protocol::methods::Ignored;
 use switchboard_protocol::methods::session::MCP_VERSIONS;
 use switchboard_protocol::methods::tools::{TaskSupport, ToolsList};
-use switchboard_worker::tools::builtin::add_builtins;
-use switchboard_worker::{Toolbox, WorkerConfig};
 
-struct Setup {
-    gw: InProcessGateway,
-    _redis: Option<RedisServer>,
-    _worker: tokio::task::JoinHandle<Result<(), switchboard_worker::RunError>>,
-}
+type Setup = GatewayWithTools;
 
 /// A dev gateway (anonymous clients allowed, open mode) with the builtin tools.
 async fn setup(kind: Kind) -> Setup {
     let mut config = GatewayConfig::dev("mcp-node");
     config.tuning.readiness_interval = Duration::from_millis(100);
     config.tuning.registry_interval = Duration::from_millis(100);
-    let b = TestBackend::start(kind).await;
-    let mut toolbox = Toolbox::new();
-    add_builtins(&mut toolbox).unwrap();
-    let mut wc = WorkerConfig::new("w1");
-    wc.heartbeat = Duration::from_millis(100);
-    let worker = tokio::spawn(switchboard_worker::run(
-        wc,
-        b.queue,
-        toolbox,
-        std::future::pending(),
-    ));
-    let gw = InProcessGateway::start_ready(config, b.backend).await;
-    Setup {
-        gw,
-        _redis: b.redis,
-        _worker: worker,
-    }
+    GatewayWithTools::start(config, kind).await
 }
 
 /// A socket speaking the `mcp` subprotocol, not yet initialized.

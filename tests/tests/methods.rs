@@ -8,9 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{
-    InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
-};
+use switchboard_harness::{GatewayWithTools, Kind, WsClient, both_backends};
 use switchboard_protocol::methods::session::{
     Discover, Hello, HelloParams, Initialize, InitializeParams, MCP_VERSIONS, Ping,
 };
@@ -25,37 +23,15 @@ use switchboard_protocol::methods::topics::{
 };
 use switchboard_protocol::methods::{Empty, Ignored};
 use switchboard_protocol::{ErrorCode, MCP_SUBPROTOCOL};
-use switchboard_worker::tools::builtin::add_builtins;
-use switchboard_worker::{Toolbox, WorkerConfig};
 
-struct Setup {
-    gw: InProcessGateway,
-    _redis: Option<RedisServer>,
-    _worker: tokio::task::JoinHandle<Result<(), switchboard_worker::RunError>>,
-}
+type Setup = GatewayWithTools;
 
 async fn setup(kind: Kind) -> Setup {
     let mut config = GatewayConfig::dev("methods-node");
     config.tuning.readiness_interval = Duration::from_millis(100);
     config.tuning.registry_interval = Duration::from_millis(100);
     config.tuning.history = vec![HistoryRule::parse("h:*=100").unwrap()];
-    let b = TestBackend::start(kind).await;
-    let mut toolbox = Toolbox::new();
-    add_builtins(&mut toolbox).unwrap();
-    let mut wc = WorkerConfig::new("w1");
-    wc.heartbeat = Duration::from_millis(100);
-    let worker = tokio::spawn(switchboard_worker::run(
-        wc,
-        b.queue,
-        toolbox,
-        std::future::pending(),
-    ));
-    let gw = InProcessGateway::start_ready(config, b.backend).await;
-    Setup {
-        gw,
-        _redis: b.redis,
-        _worker: worker,
-    }
+    GatewayWithTools::start(config, kind).await
 }
 
 both_backends!(every_method_speaks_its_types);
