@@ -59,10 +59,8 @@ const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 const SESSION_HEADER: &str = "mcp-session-id";
 /// The `_meta` key of a stateless request's revision.
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-/// Frames one request's queue holds (a reply, and the progress notifications before it).
-const REQUEST_QUEUE: usize = 256;
-/// Bytes one request's queue holds.
-const REQUEST_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Queued items read off a request's queue at once.
+const READ_BATCH: usize = 64;
 /// The methods a request may call over HTTP: those of MCP (topics and sessions need a socket).
 const METHODS: [&str; 8] = [
     "initialize",
@@ -256,7 +254,13 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
         NEXT_REQUEST.fetch_add(1, Ordering::Relaxed),
         now_ms(),
     ));
-    let (tx, rx) = channel(REQUEST_QUEUE, REQUEST_QUEUE_BYTES, ctl.clone());
+    // A request's queue is bounded like a socket's (`--outbound-queue`, `--outbound-queue-bytes`).
+    let tuning = &node.config.tuning;
+    let (tx, rx) = channel(
+        tuning.outbound_queue,
+        tuning.outbound_queue_bytes,
+        ctl.clone(),
+    );
     let mut caller = Caller::new(
         Link {
             ctl: ctl.clone(),
@@ -371,7 +375,7 @@ async fn wait_for_reply(
     loop {
         let woken = ctl.woken();
         batch.clear();
-        rx.try_recv_many(&mut batch, REQUEST_QUEUE);
+        rx.try_recv_many(&mut batch, READ_BATCH);
         for out in batch.drain(..) {
             let text = payload(&out);
             if let Ok(v) = serde_json::from_slice::<Value>(&text)
@@ -453,7 +457,7 @@ fn stream_reply(
         let mut batch = Vec::new();
         loop {
             batch.clear();
-            rx.try_recv_many(&mut batch, REQUEST_QUEUE);
+            rx.try_recv_many(&mut batch, READ_BATCH);
             for out in batch.drain(..) {
                 let text = payload(&out);
                 let Ok(v) = serde_json::from_slice::<Value>(&text) else {
