@@ -108,7 +108,7 @@ pub enum Attach {
 pub struct SessionUpdate {
     pub id: String,
     pub generation: u64,
-    /// The expiry to set, in ms.
+    /// The expiry to set, in ms (0: the session is removed now).
     pub ttl_ms: u64,
     /// When the session is gone (a Redis restarted without persistence): write it again for
     /// this owner and node at `generation`, then apply the fields (which must then be all of

@@ -116,10 +116,36 @@ pub fn new_task_id() -> String {
     crate::encoding::random_id()
 }
 
+/// The task id of request `raw_id` (its id as JSON text) in the MCP session `session`: derived
+/// rather than drawn, so that a `notifications/cancelled` for the request, sent to any node,
+/// finds the call (MCP request ids are unique within a session, so these are too). 128 bits of
+/// SHA-256, hex, like [`new_task_id`].
+pub fn session_task_id(session: &str, raw_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    // `7`, `7 ` and `"a"` as any client writes them: one id each.
+    let id = serde_json::from_str::<serde_json::Value>(raw_id)
+        .map_or_else(|_| raw_id.to_owned(), |v| v.to_string());
+    let mut h = Sha256::new();
+    h.update(b"mcp-session-task\0");
+    h.update(session.as_bytes());
+    h.update(b"\0");
+    h.update(id.as_bytes());
+    crate::encoding::hex(&h.finalize()[..16])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn session_task_ids_are_per_session_and_request() {
+        let a = session_task_id("s1", "7");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, session_task_id("s1", " 7 "));
+        assert_ne!(a, session_task_id("s2", "7"));
+        assert_ne!(a, session_task_id("s1", "\"7\""));
+    }
 
     #[test]
     fn round_trips_through_fields() {

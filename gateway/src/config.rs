@@ -18,6 +18,7 @@ use switchboard_core::auth::{
 };
 use switchboard_core::history::HistoryRule;
 use switchboard_core::settings::{self, duration};
+use switchboard_protocol::topic::MCP_STREAM_PREFIX;
 
 /// Who may connect: the keys client tokens are verified with (`docs/security.md`), or
 /// anonymous clients. Tokens are refused unless some key source is set.
@@ -469,6 +470,24 @@ pub struct Tuning {
     #[arg(long, env = "SWITCHBOARD_SESSION_REFRESH", default_value = "10s", value_name = "DURATION", value_parser = duration, help_heading = "Sessions")]
     pub session_refresh: Duration,
 
+    /// Events an MCP SSE stream keeps in the backend, so that its client resumes it with
+    /// `Last-Event-ID` on any node (a stream is one call's progress and reply).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MCP_STREAM_EVENTS",
+        default_value = "1000",
+        value_name = "N",
+        help_heading = "MCP"
+    )]
+    pub mcp_stream_events: u64,
+    /// How long an MCP SSE stream's events are kept after its last one.
+    #[arg(long, env = "SWITCHBOARD_MCP_STREAM_TTL", default_value = "5m", value_name = "DURATION", value_parser = duration, help_heading = "MCP")]
+    pub mcp_stream_ttl: Duration,
+    /// The `retry` an MCP SSE stream's first event carries: how long a client whose stream
+    /// broke waits before it resumes.
+    #[arg(long, env = "SWITCHBOARD_MCP_SSE_RETRY", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "MCP")]
+    pub mcp_sse_retry: Duration,
+
     /// Tool calls (and `tasks/result` waits) one connection may have in flight (over it:
     /// -32006).
     #[arg(
@@ -788,6 +807,15 @@ fn invalid(key: &'static str, what: &'static str) -> ConfigError {
 }
 
 impl Tuning {
+    /// The history rule of MCP SSE streams' topics (ahead of the operator's rules).
+    pub(crate) fn mcp_stream_rule(&self) -> HistoryRule {
+        HistoryRule {
+            pattern: format!("{MCP_STREAM_PREFIX}*"),
+            max_len: self.mcp_stream_events,
+            ttl: self.mcp_stream_ttl,
+        }
+    }
+
     /// What one history read may carry.
     pub(crate) fn replay_page(&self) -> switchboard_core::history::PageBounds {
         switchboard_core::history::PageBounds {
@@ -811,6 +839,7 @@ impl Tuning {
             ("call-poll", t.call_poll),
             ("session-ttl", t.session_ttl),
             ("session-refresh", t.session_refresh),
+            ("mcp-stream-ttl", t.mcp_stream_ttl),
             ("replay-timeout", t.replay_timeout),
             ("replay-cache-ttl", t.replay_cache_ttl),
             ("connection-lease", t.connection_lease),
@@ -822,6 +851,7 @@ impl Tuning {
             ("max-connections", t.max_connections),
             ("outbound-queue", t.outbound_queue),
             ("max-event-bytes", t.max_event_bytes),
+            ("mcp-stream-events", t.mcp_stream_events as usize),
             ("replay-page-events", t.replay_page_events),
             ("replay-page-bytes", t.replay_page_bytes),
             ("max-call-args-bytes", t.max_call_args_bytes),

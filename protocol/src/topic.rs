@@ -10,6 +10,11 @@ use std::sync::Arc;
 /// The longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 200;
 
+/// Topics the gateway keeps for itself: the events of MCP SSE streams, kept so that a client
+/// resumes a stream on any node (`docs/mcp.md`). Clients may neither subscribe to nor publish
+/// on them (-32003); a node opens one only to the session that owns the stream.
+pub const MCP_STREAM_PREFIX: &str = "mcp-stream:";
+
 /// A validated topic name. Cheap to clone: the gateway keeps one per subscription.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);

@@ -8,12 +8,16 @@
 //! - [`WsClient`]: a raw WebSocket peer (tokio-tungstenite, an independent implementation) for
 //!   speaking bad protocol on purpose and reading close codes.
 //! - [`http_get`]: a minimal HTTP/1.1 GET for `/readyz` and `/metrics`.
+//! - [`sse::HttpStream`]: a request to `/mcp` whose answer is read as it comes (SSE events one
+//!   at a time), so a test can break a stream mid-call.
 //!
 //! Waiting is always for a condition with a deadline ([`eventually`]), never a bare sleep. The
 //! sleeps that remain are not waits for state, each a named duration saying why it is that
 //! long: showing that something does *not* happen, which only a bounded wait can (a read with a
 //! timeout), and pacing a producer on purpose; tests on paused time advance its clock with
 //! `sleep`.
+
+pub mod sse;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;

@@ -194,6 +194,7 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     .await;
     let b = gateway(&redis, "b", &[]).await;
     wait_for_tools(&a).await;
+    wait_for_tools(&b).await;
     let alice = format!("Bearer {}", token("alice"));
     let bob = format!("Bearer {}", token("bob"));
 
@@ -352,7 +353,8 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     )
     .await;
     assert_eq!(status, 200);
-    // Bodies are bounded in bytes (413) and in time (408).
+    // Bodies are bounded in bytes (413) and in time (408); a request without a token is
+    // refused before its body is read (401, above).
     let big = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list",
                      "params": {"_meta": meta(), "pad": "x".repeat(70_000)}});
     let (status, _, _) = post(a.addr, &[("Authorization", &alice)], &big).await;
@@ -361,7 +363,8 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     slow.write_all(
         format!(
             "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: 100\r\nConnection: close\r\n\r\n{{\"jsonrpc\"",
+             Authorization: {alice}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n\
+             {{\"jsonrpc\"",
             a.addr
         )
         .as_bytes(),

@@ -15,6 +15,7 @@ use switchboard_core::auth::{
     ANONYMOUS, AuthError, EXP_LEEWAY_SECS, Grants, Identity, Op, Verifier,
 };
 use switchboard_core::clock::now_secs;
+use switchboard_protocol::topic::MCP_STREAM_PREFIX;
 use switchboard_protocol::{ErrorCode, RpcError, Topic};
 
 use super::caller::Caller;
@@ -63,6 +64,11 @@ impl Access {
 
     /// [`topic`](Self::topic) without the refusal: for re-checking subscriptions.
     pub(crate) fn may(&self, caller: &Caller, op: Op, topic: &Topic) -> bool {
+        // The gateway's own topics: only a stream's session reads them (opened to it as by a
+        // subscription token); no grant reaches them.
+        if topic.as_str().starts_with(MCP_STREAM_PREFIX) {
+            return op == Op::Sub && caller.token_topics.contains_key(topic);
+        }
         let allowed = match &caller.identity {
             Some(who) => self.policy.may(who, op, topic.as_str()),
             None => self.policy.is_open(),

@@ -36,6 +36,10 @@ pub(crate) struct Caller {
     /// Topics a subscription token opened to this connection, with that token's `exp` (Unix
     /// seconds; kept across a `refresh` until then).
     pub(crate) token_topics: HashMap<Topic, Option<u64>>,
+    /// An MCP session over HTTP (its id): the task of each of its calls is named after the
+    /// session and the request id (`switchboard_core::tasks::session_task_id`), so that a
+    /// `notifications/cancelled` sent to any node finds the call.
+    pub(crate) task_seed: Option<String>,
     /// Requests waiting in tasks of their own.
     pub(crate) calls: InFlight,
     /// The connection's request budget (`None`: no limit).
@@ -66,6 +70,7 @@ impl Caller {
             live: None,
             topics: HashSet::new(),
             token_topics: HashMap::new(),
+            task_seed: None,
             calls: InFlight::default(),
             requests: None,
             identity_refusals: 0,

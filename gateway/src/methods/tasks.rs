@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
-use switchboard_core::tasks::TaskRecord;
+use switchboard_core::tasks::{TaskRecord, session_task_id};
 use switchboard_protocol::RpcError;
 use switchboard_protocol::methods::Method;
 use switchboard_protocol::methods::tasks::{
@@ -147,6 +147,25 @@ impl Tasks {
                 tracing::warn!(error = %e, "cancelling a call failed");
             }
         });
+    }
+
+    /// `notifications/cancelled` for a call of an MCP session over HTTP, sent to any node:
+    /// the call's task is named after the session and the request id
+    /// ([`session_task_id`]). Another owner's task, or one already done: nothing.
+    pub(crate) async fn cancel_session_request(&self, owner: &str, session: &str, raw_id: &str) {
+        let Ok(task) = self
+            .outcomes
+            .own_task(&session_task_id(session, raw_id), owner)
+            .await
+        else {
+            return;
+        };
+        if task.status.is_terminal() {
+            return;
+        }
+        if let Err(e) = self.outcomes.calls.cancel(&task).await {
+            tracing::warn!(error = %e, "cancelling a call failed");
+        }
     }
 
     /// A resumed session's owed replies: each is answered on this connection when its call is

@@ -21,7 +21,7 @@ use switchboard_core::callhash::call_hash_of;
 use switchboard_core::calls::{CapReached, OwnerCaps, Submission, Submitted};
 use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
-use switchboard_core::tasks::new_task_id;
+use switchboard_core::tasks::{new_task_id, session_task_id};
 use switchboard_protocol::methods::Method;
 use switchboard_protocol::methods::tools::{
     CallParams, CallResult, CreateTaskResult, META_CACHE, META_PROGRESS_TOKEN, ToolsCall,
@@ -164,7 +164,10 @@ impl Tools {
             .clamp(1, cfg.max_task_ttl.as_millis() as u64)
             .max(spec.timeout_ms + cfg.deadline_grace.as_millis() as u64 + TASK_TTL_MARGIN_MS);
 
-        let task_id = new_task_id();
+        let task_id = match (&caller.task_seed, id) {
+            (Some(session), Some(i)) => session_task_id(session, i.get()),
+            _ => new_task_id(),
+        };
         // A call sent as a notification counts too, under a key no request id can have.
         let request_key = match id {
             Some(i) => i.get().to_owned(),

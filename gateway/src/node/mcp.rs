@@ -23,32 +23,24 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use switchboard_core::auth::Identity;
-use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::{Attach, new_session_id};
 use switchboard_protocol::methods::session::MCP_VERSIONS;
 
 use super::Node;
 use super::request::{bearer, origin_allowed};
+use super::sse;
+pub(super) use super::sse::McpReply;
 use crate::methods::Caller;
-use crate::transport::{ConnCtl, Link, Out, channel};
 
 type Reply = Response<Full<Bytes>>;
-/// What `/mcp` answers: a JSON body, or a request-scoped SSE stream.
-pub(super) type McpReply = Response<BoxBody<Bytes, Infallible>>;
 
 /// The stateless revisions served.
 pub(crate) const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
@@ -59,11 +51,10 @@ const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 const SESSION_HEADER: &str = "mcp-session-id";
 /// The `_meta` key of a stateless request's revision.
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-/// Queued items read off a request's queue at once.
-const READ_BATCH: usize = 64;
 /// The methods a request may call over HTTP: those of MCP (topics and sessions need a socket).
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "initialize",
+    "subscriptions/listen",
     "ping",
     "server/discover",
     "tools/list",
@@ -73,9 +64,6 @@ const METHODS: [&str; 8] = [
     "tasks/cancel",
 ];
 
-/// Connection ids for requests, apart from the sockets' (which count up from 1).
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1 << 62);
-
 /// Serves `/mcp`.
 pub(super) async fn serve(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> McpReply {
     match *req.method() {
@@ -83,16 +71,23 @@ pub(super) async fn serve(node: Arc<Node>, req: Request<Incoming>, client: IpAdd
             Answered::Json(r) => r.map(BodyExt::boxed),
             Answered::Stream(r) => r,
         },
+        Method::GET => match get(node, req.headers(), client).await {
+            Answered::Json(r) => r.map(BodyExt::boxed),
+            Answered::Stream(r) => r,
+        },
+        Method::DELETE => delete(node, req.headers(), client)
+            .await
+            .map(BodyExt::boxed),
         _ => {
-            let mut r = status(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            let mut r = status(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE\n");
             r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             r.map(BodyExt::boxed)
         }
     }
 }
 
-/// A request's answer: one JSON body, or an SSE stream (progress, then the reply).
+/// A request's answer: one JSON body, or an SSE stream.
 enum Answered {
     Json(Reply),
     Stream(McpReply),
@@ -104,23 +99,146 @@ impl From<Reply> for Answered {
     }
 }
 
-async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answered {
-    if !origin_allowed(&node.config.access.allowed_origins, req.headers()) {
+/// What every request passes before it is read: its page's `Origin`, the address's
+/// `--rate-connections`, the node not draining, and its token. The identity (`None`:
+/// anonymous, on a node that allows it).
+async fn admit(
+    node: &Node,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Option<Identity>, Reply> {
+    if !origin_allowed(&node.config.access.allowed_origins, headers) {
         node.metrics.origins_refused.inc();
-        return Answered::from(status(StatusCode::FORBIDDEN, "origin not allowed\n"));
+        return Err(status(StatusCode::FORBIDDEN, "origin not allowed\n"));
     }
     if node.connection_rate.check(client).is_err() {
         node.metrics.connections_rate_limited.inc();
         let mut r = status(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Answered::from(r);
+        return Err(r);
     }
     if node.health.is_draining() {
-        return Answered::from(status(StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
+        return Err(status(StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
     }
+    // Who is asking: the same keys and rules as the WebSocket.
+    match bearer(headers) {
+        Some(token) => match node.access.identify(token).await {
+            Ok(identity) => Ok(Some(identity)),
+            Err(e) => {
+                tracing::debug!(error = %e, "token refused on /mcp");
+                Err(unauthorized(node, headers, "invalid_token"))
+            }
+        },
+        None if node.access.allow_anonymous => Ok(None),
+        None => Err(unauthorized(node, headers, "")),
+    }
+}
+
+/// The owner a request's sessions and tasks are bound to.
+fn owner_of(identity: Option<&Identity>) -> String {
+    identity.map_or_else(
+        || Identity::anonymous().subject.to_string(),
+        |i| i.subject.to_string(),
+    )
+}
+
+/// The request's `Mcp-Session-Id`, attached for its owner: the session's generation, or the
+/// refusal (404: unknown, expired or another identity's; 503: the backend cannot be asked).
+async fn attach(node: &Node, sid: &str, owner: &str, id: Option<&Value>) -> Result<u64, Reply> {
+    match node.methods.session.sessions.attach(sid, owner).await {
+        Ok(Attach::Resumed(record)) => Ok(record.generation),
+        Ok(Attach::NotFound | Attach::WrongOwner) => Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            -32001,
+            "session not found",
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading an MCP session failed");
+            Err(rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                -32603,
+                "backend unavailable, try again",
+            ))
+        }
+    }
+}
+
+fn session_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// `GET /mcp` (session era): with `Last-Event-ID`, a call's stream resumed on this node;
+/// without, the session's standing stream. Revision 2026-07-28 has no GET stream (405).
+async fn get(node: Arc<Node>, headers: &HeaderMap, client: IpAddr) -> Answered {
+    let identity = match admit(&node, headers, client).await {
+        Ok(identity) => identity,
+        Err(refused) => return refused.into(),
+    };
+    let Some(sid) = session_header(headers) else {
+        let mut r = status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET needs an Mcp-Session-Id (revision 2026-07-28 has no GET stream: use \
+             subscriptions/listen)\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r.into();
+    };
+    if !accepts_stream(headers) {
+        return status(StatusCode::NOT_ACCEPTABLE, "accept text/event-stream\n").into();
+    }
+    let owner = owner_of(identity.as_ref());
+    if let Err(refused) = attach(&node, sid, &owner, None).await {
+        return refused.into();
+    }
+    let identity = identity.unwrap_or_else(Identity::anonymous);
+    match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(last) => match sse::resume(node, client, identity, sid, last) {
+            Some(stream) => Answered::Stream(stream),
+            None => status(
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID is not an event of this session's streams\n",
+            )
+            .into(),
+        },
+        None => Answered::Stream(sse::standing(node, client, identity)),
+    }
+}
+
+/// `DELETE /mcp`: ends the session (204); later requests naming it get 404.
+async fn delete(node: Arc<Node>, headers: &HeaderMap, client: IpAddr) -> Reply {
+    let identity = match admit(&node, headers, client).await {
+        Ok(identity) => identity,
+        Err(refused) => return refused,
+    };
+    let Some(sid) = session_header(headers) else {
+        return status(StatusCode::BAD_REQUEST, "DELETE needs an Mcp-Session-Id\n");
+    };
+    let generation = match attach(&node, sid, &owner_of(identity.as_ref()), None).await {
+        Ok(generation) => generation,
+        Err(refused) => return refused,
+    };
+    match node.methods.session.sessions.end(sid, generation).await {
+        Ok(_) => status(StatusCode::NO_CONTENT, ""),
+        Err(e) => {
+            tracing::warn!(error = %e, "ending an MCP session failed");
+            status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend unavailable, try again\n",
+            )
+        }
+    }
+}
+
+async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answered {
     let headers = req.headers().clone();
-    let token = bearer(&headers).map(str::to_owned);
+    let identity = match admit(&node, &headers, client).await {
+        Ok(identity) => identity,
+        Err(refused) => return refused.into(),
+    };
     let limit = node.config.tuning.max_message_bytes;
     // A body that trickles in is bounded like a socket's hello: `--hello-timeout`.
     let reading = Limited::new(req.into_body(), limit).collect();
@@ -142,19 +260,6 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
                 "message too large",
             ));
         }
-    };
-
-    // Who is asking: the same keys and rules as the WebSocket.
-    let identity = match token {
-        Some(token) => match node.access.identify(&token).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                tracing::debug!(error = %e, "token refused on /mcp");
-                return Answered::from(unauthorized(&node, &headers, "invalid_token"));
-            }
-        },
-        None if node.access.allow_anonymous => None,
-        None => return Answered::from(unauthorized(&node, &headers, "")),
     };
 
     let Ok(text) = std::str::from_utf8(&body) else {
@@ -186,8 +291,21 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
         // A response from the client (the node sends no requests): nothing to do.
         return Answered::from(accepted());
     };
+    let session = session_header(&headers).map(str::to_owned);
+    let owner = owner_of(identity.as_ref());
     let Some(id) = id else {
-        // Notifications (`initialized`, `cancelled`, ...): taken.
+        // Notifications: `cancelled` in a session ends the call wherever it runs (its task is
+        // named after the session and the request); the rest (`initialized`, ...) is taken.
+        if method == "notifications/cancelled"
+            && let Some(sid) = &session
+            && let Some(request) = message.pointer("/params/requestId")
+            && attach(&node, sid, &owner, None).await.is_ok()
+        {
+            node.methods
+                .tasks
+                .cancel_session_request(&owner, sid, &request.to_string())
+                .await;
+        }
         return Answered::from(accepted());
     };
     if !METHODS.contains(&method) {
@@ -200,13 +318,6 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
     }
 
     // The era, and the session if there is one.
-    let session = headers
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let owner = identity
-        .as_ref()
-        .map_or_else(|| Identity::anonymous().subject, |i| i.subject.clone());
     let stateless_version = message
         .pointer("/params/_meta")
         .and_then(|m| m.get(META_VERSION))
@@ -219,25 +330,8 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
     } else if method == "initialize" {
         // A new session, below, once `initialize` has answered.
     } else if let Some(sid) = &session {
-        match node.methods.session.sessions.attach(sid, &owner).await {
-            Ok(Attach::Resumed(_)) => {}
-            Ok(Attach::NotFound | Attach::WrongOwner) => {
-                return Answered::from(rpc_error(
-                    StatusCode::NOT_FOUND,
-                    Some(&id),
-                    -32001,
-                    "session not found",
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading an MCP session failed");
-                return Answered::from(rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(&id),
-                    -32603,
-                    "backend unavailable, try again",
-                ));
-            }
+        if let Err(refused) = attach(&node, sid, &owner, Some(&id)).await {
+            return Answered::from(refused);
         }
     } else if method != "server/discover" && method != "ping" {
         return Answered::from(rpc_error(
@@ -248,29 +342,31 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
              version in _meta)",
         ));
     }
+    // The session era's calls are named after the session (see `cancel_session_request`).
+    let in_session = stateless_version.is_none() && method != "initialize";
+    let session = session.filter(|_| in_session);
+
+    if method == "subscriptions/listen" {
+        if stateless_version.is_none() || !accepts_stream(&headers) {
+            return Answered::from(rpc_error(
+                StatusCode::BAD_REQUEST,
+                Some(&id),
+                -32600,
+                "subscriptions/listen is revision 2026-07-28's, answered as a stream: send the \
+                 protocol version in _meta and accept text/event-stream",
+            ));
+        }
+        let wants_tools = message
+            .pointer("/params/notifications/toolsListChanged")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let identity = identity.unwrap_or_else(Identity::anonymous);
+        return Answered::Stream(sse::listen(node, client, identity, id, wants_tools));
+    }
 
     // The request, through the method layer, on a caller of its own.
-    let ctl = Arc::new(ConnCtl::new(
-        NEXT_REQUEST.fetch_add(1, Ordering::Relaxed),
-        now_ms(),
-    ));
-    // A request's queue is bounded like a socket's (`--outbound-queue`, `--outbound-queue-bytes`).
-    let tuning = &node.config.tuning;
-    let (tx, rx) = channel(
-        tuning.outbound_queue,
-        tuning.outbound_queue_bytes,
-        ctl.clone(),
-    );
-    let mut caller = Caller::new(
-        Link {
-            ctl: ctl.clone(),
-            tx,
-        },
-        client,
-        String::new(),
-        identity.clone(),
-        true,
-    );
+    let (mut caller, mut reader) = sse::request_caller(&node, client, identity.clone());
+    caller.task_seed = session.clone();
     if method != "initialize" {
         caller.identity = Some(identity.unwrap_or_else(Identity::anonymous));
         caller.opened = true;
@@ -284,19 +380,37 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
         && accepts_stream(&headers);
     let modern = stateless_version.is_some();
     if streamed {
-        return Answered::Stream(stream_reply(caller, ctl, rx, id, modern));
+        return Answered::Stream(match &session {
+            Some(sid) => sse::resumable(node, caller, reader, id, sid),
+            None if modern => sse::direct(node, caller, reader, id, stamp_call),
+            None => sse::direct(node, caller, reader, id, std::convert::identity),
+        });
     }
     let reply = match answer.reply {
         // Over HTTP the stateless revisions are served too: `server/discover` says so.
         Some(reply) if method == "server/discover" => with_stateless_versions(reply),
         Some(reply) => reply,
-        // Answered later (a tool call): its reply comes through the caller's queue.
-        None => match wait_for_reply(&ctl, &rx, &id).await {
-            Some(reply) => reply,
-            None => {
-                return Answered::from(rpc_error(StatusCode::OK, Some(&id), -32603, "no reply"));
+        // Answered later (a tool call): its reply comes through the caller's queue. A
+        // stateless client that goes before it cancels the call.
+        None => {
+            let mut waiting = CancelOnDrop {
+                node: node.clone(),
+                armed: (modern && method == "tools/call").then(|| (caller, id.clone())),
+            };
+            let reply = reader.reply_to(&id).await;
+            waiting.armed = None;
+            match reply {
+                Some(reply) => reply,
+                None => {
+                    return Answered::from(rpc_error(
+                        StatusCode::OK,
+                        Some(&id),
+                        -32603,
+                        "no reply",
+                    ));
+                }
             }
-        },
+        }
     };
     let reply = if modern || method == "server/discover" {
         stamp_modern(reply, method)
@@ -320,6 +434,27 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
         }
     }
     Answered::Json(response)
+}
+
+/// A stateless call waiting for its JSON answer: dropped before it (the client went, and
+/// hyper dropped the request), it cancels the call.
+struct CancelOnDrop {
+    node: Arc<Node>,
+    armed: Option<(Caller, Value)>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some((mut caller, id)) = self.armed.take() {
+            let node = self.node.clone();
+            tokio::spawn(async move { sse::cancel(&node, &mut caller, &id).await });
+        }
+    }
+}
+
+/// A call's reply as revision 2026-07-28 has it.
+fn stamp_call(reply: Bytes) -> Bytes {
+    stamp_modern(reply, "tools/call")
 }
 
 /// A stateless request's headers against its body, and its revision against those served:
@@ -362,35 +497,6 @@ fn check_stateless(headers: &HeaderMap, id: &Value, method: &str, version: &str)
         ));
     }
     None
-}
-
-/// Reads the caller's queue until the reply to `id` (progress notifications before it are
-/// dropped: a JSON answer carries one message). `None` if the queue's senders are all gone.
-async fn wait_for_reply(
-    ctl: &ConnCtl,
-    rx: &crate::transport::Receiver,
-    id: &Value,
-) -> Option<Bytes> {
-    let mut batch = Vec::new();
-    loop {
-        let woken = ctl.woken();
-        batch.clear();
-        rx.try_recv_many(&mut batch, READ_BATCH);
-        for out in batch.drain(..) {
-            let text = payload(&out);
-            if let Ok(v) = serde_json::from_slice::<Value>(&text)
-                && v.get("id") == Some(id)
-                && v.get("method").is_none()
-            {
-                out.written();
-                return Some(text);
-            }
-        }
-        if rx.senders_gone() {
-            return None;
-        }
-        woken.await;
-    }
 }
 
 /// A result as revision 2026-07-28 has it: `resultType` on every result, and the caching
@@ -437,102 +543,6 @@ fn accepts_stream(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/event-stream"))
-}
-
-/// SSE messages queued for a response before the reader of the caller's queue waits.
-const STREAM_BUFFER: usize = 64;
-
-/// Streams the caller's queue as SSE events until the reply to `id` (the caller lives as long
-/// as the stream: a client that goes drops it, and the call is left to its task).
-fn stream_reply(
-    caller: Caller,
-    ctl: Arc<ConnCtl>,
-    rx: crate::transport::Receiver,
-    id: Value,
-    modern: bool,
-) -> McpReply {
-    let (tx, events) = tokio::sync::mpsc::channel::<Bytes>(STREAM_BUFFER);
-    tokio::spawn(async move {
-        let _caller = caller;
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            rx.try_recv_many(&mut batch, READ_BATCH);
-            for out in batch.drain(..) {
-                let text = payload(&out);
-                let Ok(v) = serde_json::from_slice::<Value>(&text) else {
-                    continue;
-                };
-                let is_reply = v.get("id") == Some(&id) && v.get("method").is_none();
-                let text = if is_reply && modern {
-                    stamp_modern(text, "tools/call")
-                } else {
-                    text
-                };
-                let mut event = Vec::with_capacity(text.len() + 24);
-                event.extend_from_slice(b"event: message\ndata: ");
-                event.extend_from_slice(&text);
-                event.extend_from_slice(b"\n\n");
-                if tx.send(Bytes::from(event)).await.is_err() {
-                    return;
-                }
-                out.written();
-                if is_reply {
-                    return;
-                }
-            }
-            if rx.senders_gone() {
-                return;
-            }
-            tokio::select! {
-                () = ctl.woken() => {}
-                () = tx.closed() => return,
-            }
-        }
-    });
-    let mut r = Response::new(BoxBody::new(Sse { events }));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
-}
-
-/// A response body of SSE events, as a task hands them over.
-struct Sse {
-    events: tokio::sync::mpsc::Receiver<Bytes>,
-}
-
-impl Body for Sse {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.events
-            .poll_recv(cx)
-            .map(|event| event.map(|e| Ok(Frame::data(e))))
-    }
-}
-
-/// The JSON text of a queued item (a pre-framed WebSocket frame loses its header).
-fn payload(out: &Out) -> Bytes {
-    match out {
-        Out::Text(b) | Out::TextReceipt(b, _) | Out::Pong(b) => b.clone(),
-        Out::Frame(b) | Out::FrameReceipt(b, _) => {
-            let header = match b.get(1).map(|l| l & 0x7f) {
-                Some(126) => 4,
-                Some(127) => 10,
-                Some(_) => 2,
-                None => return Bytes::new(),
-            };
-            b.slice(header.min(b.len())..)
-        }
-    }
 }
 
 fn is_result(reply: &[u8]) -> bool {

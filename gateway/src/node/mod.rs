@@ -12,6 +12,7 @@ mod http;
 mod mcp;
 mod readiness;
 mod request;
+mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -288,7 +289,10 @@ pub async fn run_with_admin(
             metrics: metrics.clone(),
             replay_slots: Semaphore::new(c.max_concurrent_replays),
             settings: TopicSettings {
-                history: c.history.clone(),
+                // MCP streams' own rule first: an operator's `*` does not decide for them.
+                history: std::iter::once(c.mcp_stream_rule())
+                    .chain(c.history.iter().cloned())
+                    .collect(),
                 max_subscriptions: c.max_subscriptions,
                 max_replay: c.max_replay,
                 replay_buffer: c.replay_buffer,

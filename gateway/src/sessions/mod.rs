@@ -330,6 +330,19 @@ impl Sessions {
             .await
     }
 
+    /// Ends a stored session now (MCP's `DELETE`), if `generation` still holds it: an expiry
+    /// of 0 removes it at once. Whether it did.
+    pub(crate) async fn end(&self, id: &str, generation: u64) -> Result<bool, BackendError> {
+        let update = SessionUpdate {
+            id: id.to_owned(),
+            generation,
+            ttl_ms: 0,
+            ..SessionUpdate::default()
+        };
+        let outcome = self.store.update(&[update]).await?;
+        Ok(outcome.first() == Some(&UpdateOutcome::Applied))
+    }
+
     pub(crate) fn node_id(&self) -> &str {
         &self.node_id
     }
