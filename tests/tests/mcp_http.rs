@@ -194,6 +194,7 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
     .await;
     let b = gateway(&redis, "b", &[]).await;
     wait_for_tools(&a).await;
+    wait_for_tools(&b).await;
     let alice = format!("Bearer {}", token("alice"));
     let bob = format!("Bearer {}", token("bob"));
 
