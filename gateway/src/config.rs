@@ -247,6 +247,12 @@ pub struct AccessConfig {
     /// (non-browser clients) are not affected [default: own origin only].
     #[arg(long = "allowed-origin", env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN", value_parser = origin)]
     pub allowed_origins: Vec<String>,
+    /// Names clients may reach `/ws` and `/mcp` under: the request's `Host` without its port
+    /// (`rt.example.com`, a pattern like `*.example.com`, or `*` for any), against DNS
+    /// rebinding; others get 403. Repeatable; the variable takes names separated by `,`
+    /// [default: on a loopback --listen address, localhost, 127.0.0.1 and [::1]; else any].
+    #[arg(long = "allowed-host", env = "SWITCHBOARD_ALLOWED_HOSTS", value_delimiter = ',', value_name = "HOST", value_parser = host_name)]
+    pub allowed_hosts: Vec<String>,
     /// An OAuth authorization server whose tokens this node accepts (its issuer URL), for MCP
     /// clients that log in by themselves: named in `/.well-known/oauth-protected-resource`
     /// (RFC 9728), which a 401 from `/mcp` points at. Repeatable; the variable takes URLs
@@ -265,6 +271,23 @@ fn https_url(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err(format!("{s:?}: expected an http(s) URL"))
+    }
+}
+
+fn host_name(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    // A port would never match (the port is not compared); an IPv6 address is bracketed.
+    let ok = !s.is_empty()
+        && !s.contains("://")
+        && (s.starts_with('[') || !s.contains(':'))
+        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if ok {
+        Ok(s)
+    } else {
+        Err(format!(
+            "{s:?}: a host is a name or address without scheme or port (rt.example.com, \
+             *.example.com, [::1]), or *"
+        ))
     }
 }
 
@@ -1054,6 +1077,28 @@ mod tests {
                 .to_string()
                 .contains("--readiness-interval")
         );
+    }
+
+    #[test]
+    fn allowed_hosts_parse() {
+        let c = GatewayConfig::from_args(&[
+            "--allow-anonymous",
+            "--allowed-host",
+            "RT.example.com,*.example.org",
+            "--allowed-host",
+            "[::1]",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.access.allowed_hosts,
+            ["rt.example.com", "*.example.org", "[::1]"]
+        );
+        for bad in ["rt.example.com:8080", "https://rt.example.com", "a/b", ""] {
+            assert!(
+                GatewayConfig::from_args(&["--allow-anonymous", "--allowed-host", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

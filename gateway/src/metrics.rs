@@ -31,6 +31,7 @@ pub(crate) struct Metrics {
     pub(crate) identity_rate_limited: Counter,
     pub(crate) rate_leases: Counter,
     pub(crate) origins_refused: Counter,
+    pub(crate) hosts_refused: Counter,
     pub(crate) connections_capped: Counter,
 }
 
@@ -148,6 +149,11 @@ impl Metrics {
             "switchboard_origins_refused",
             "WebSocket upgrades refused with 403 because of their Origin",
             m.origins_refused.clone(),
+        );
+        r.register(
+            "switchboard_hosts_refused",
+            "Requests to /ws and /mcp refused with 403 because of their Host (--allowed-host)",
+            m.hosts_refused.clone(),
         );
         m
     }

@@ -559,7 +559,23 @@ impl WorkerProcess {
         id: &str,
         extra: &[&str],
     ) -> WorkerProcess {
-        let w = Self::spawn_with(bin, redis, id, extra);
+        Self::announced(Self::spawn_with(bin, redis, id, None, extra), redis).await
+    }
+
+    /// Like [`start`](Self::start), the worker running in `dir` (a tools file's commands with
+    /// paths relative to it).
+    pub async fn start_in(
+        redis: &RedisServer,
+        id: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> WorkerProcess {
+        let w = Self::spawn_with(&switchboard_bin(), redis, id, Some(dir), extra);
+        Self::announced(w, redis).await
+    }
+
+    /// Waits until `w`'s announcement is in the registry.
+    async fn announced(w: WorkerProcess, redis: &RedisServer) -> WorkerProcess {
         let id = w.id.clone();
         eventually(&format!("worker {id} to announce itself"), || {
             let id = id.clone();
@@ -580,16 +596,21 @@ impl WorkerProcess {
 
     /// Starts a worker without waiting for it (one that may die at once).
     pub fn spawn(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
-        Self::spawn_with(&switchboard_bin(), redis, id, extra)
+        Self::spawn_with(&switchboard_bin(), redis, id, None, extra)
     }
 
     fn spawn_with(
         bin: &std::path::Path,
         redis: &RedisServer,
         id: &str,
+        dir: Option<&std::path::Path>,
         extra: &[&str],
     ) -> WorkerProcess {
-        let child = without_settings_env(Command::new(bin))
+        let mut cmd = without_settings_env(Command::new(bin));
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let child = cmd
             .arg("worker")
             .args(["--redis", &redis.url(), "--worker-id", id])
             .args(["--heartbeat", "200ms", "--fetch-block", "200ms"])

@@ -4,6 +4,10 @@
 //! (`--admin-listen`, for the operator's network only): `/metrics`, `/healthz`, `/readyz`.
 //! `/metrics` is never served on the public port.
 //!
+//! `/ws` and `/mcp` answer only under the names the node may be reached under (the request's
+//! `Host`, `--allowed-host`; by default, on a loopback address, only the loopback names): 403
+//! otherwise, against DNS rebinding.
+//!
 //! The upgrade decides what can be decided before the socket exists: HTTP/1.1 (an HTTP/1.0
 //! upgrade is refused, 400), the page's `Origin` (a browser page of an origin that is not
 //! allowed gets 403; requests without `Origin` are not browsers and pass), the subprotocol
@@ -30,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::mcp::McpReply;
-use super::request::{bearer, origin_allowed};
+use super::request::{bearer, host_allowed, origin_allowed};
 use super::{ACCEPT_BACKOFF, Node};
 use crate::config::Network;
 use crate::limits::connections::{Admitted, CAPPED_RETRY_AFTER};
@@ -80,6 +84,14 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> McpRepl
         )
     {
         return super::mcp::resource_metadata(&node, req.headers());
+    }
+    if matches!(req.uri().path(), "/mcp" | "/ws")
+        && !host_allowed(node.allowed_hosts.as_deref(), req.headers())
+    {
+        // A name the node is not reached under: a page whose DNS name was rebound to the
+        // node's address (`--allowed-host`).
+        node.metrics.hosts_refused.inc();
+        return text(StatusCode::FORBIDDEN, "host not allowed\n").map(BodyExt::boxed);
     }
     if req.uri().path() == "/mcp" {
         let client = client_address(peer, &node.config.tuning.trusted_proxies, req.headers());

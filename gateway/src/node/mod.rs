@@ -77,6 +77,8 @@ pub(crate) struct Node {
     pub(crate) conns: Arc<Conns>,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The names `/ws` and `/mcp` may be reached under (`--allowed-host`; `None`: any).
+    pub(crate) allowed_hosts: Option<Vec<String>>,
 }
 
 /// Binds the gateway's port with a listen backlog of `backlog` (`--listen-backlog`) and
@@ -359,7 +361,12 @@ pub async fn run_with_admin(
         "gateway listening"
     );
 
+    let allowed_hosts = request::allowed_hosts(
+        &config.access.allowed_hosts,
+        listener.local_addr().ok().map(|a| a.ip()),
+    );
     let node = Arc::new(Node {
+        allowed_hosts,
         config,
         sockets,
         methods,
