@@ -510,6 +510,11 @@ pub struct Tuning {
     /// broke waits before it resumes.
     #[arg(long, env = "SWITCHBOARD_MCP_SSE_RETRY", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "MCP")]
     pub mcp_sse_retry: Duration,
+    /// Close a session's call stream this long after it opened if the call has not answered
+    /// (the client resumes it with `GET` and `Last-Event-ID`: SSE polling, which frees the
+    /// connections of long calls). 0: streams stay open until the reply.
+    #[arg(long, env = "SWITCHBOARD_MCP_SSE_POLL_AFTER", default_value = "0s", value_name = "DURATION", value_parser = duration, help_heading = "MCP")]
+    pub mcp_sse_poll_after: Duration,
 
     /// Tool calls (and `tasks/result` waits) one connection may have in flight (over it:
     /// -32006).

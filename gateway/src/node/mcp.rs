@@ -372,11 +372,12 @@ async fn post(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Answer
         caller.opened = true;
     }
     let answer = node.methods.dispatch(&mut caller, text).await;
-    // A call that asked for progress, from a client that takes a stream: its progress and
-    // then its reply, as events of this request's own stream.
+    // A call answered later, to a client that takes a stream: its progress and then its
+    // reply, as events of this request's own stream. In a session every such call is
+    // streamed (the stream resumes on any node); without one, those that asked for progress.
     let streamed = answer.reply.is_none()
         && method == "tools/call"
-        && message.pointer("/params/_meta/progressToken").is_some()
+        && (session.is_some() || message.pointer("/params/_meta/progressToken").is_some())
         && accepts_stream(&headers);
     let modern = stateless_version.is_some();
     if streamed {

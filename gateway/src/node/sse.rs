@@ -7,7 +7,9 @@
 //!   to a history topic of the gateway's own (`mcp-stream:<session>.<random>`, bounded by
 //!   `--mcp-stream-events` and `--mcp-stream-ttl`), its event id `<topic>/<history id>`. The
 //!   stream opens with a priming event (an id, `retry`, empty data), so a stream broken before
-//!   its first message is resumable too. The node keeps appending after the client went.
+//!   its first message is resumable too. The node keeps appending after the client went, and
+//!   past `--mcp-sse-poll-after` (off by default) closes the stream itself: the client comes
+//!   back for the rest with `GET` (SSE polling, which frees long calls' connections).
 //! - **A resumed stream** ([`resume`]): `GET` with `Last-Event-ID` on any node subscribes to
 //!   that topic from that id (the history replay and then the live events, as a WebSocket
 //!   `subscribe {since}` gets them) until the call's reply. Should the node that ran the call
@@ -326,7 +328,22 @@ pub(super) fn resumable(
                 false
             }
         };
-        while let Some(text) = reader.next(false).await {
+        // Past `--mcp-sse-poll-after` the stream is closed (the client resumes it with `GET`
+        // when it likes: SSE polling); the call's messages are kept all the same.
+        let poll_after = node.config.tuning.mcp_sse_poll_after;
+        let polling = !poll_after.is_zero();
+        let close_at = tokio::time::sleep(poll_after);
+        tokio::pin!(close_at);
+        let mut tx = Some(tx);
+        loop {
+            let next = tokio::select! {
+                next = reader.next(false) => next,
+                () = &mut close_at, if polling && tx.is_some() => {
+                    tx = None;
+                    continue;
+                }
+            };
+            let Some(text) = next else { return };
             let event_id = if kept {
                 let data = std::str::from_utf8(&text).unwrap_or("null");
                 match history.publish(&topic, data, &rule).await {
@@ -341,7 +358,9 @@ pub(super) fn resumable(
                 None
             };
             // A client that went resumes from what was kept.
-            let _ = tx.send(message_event(event_id.as_deref(), &text)).await;
+            if let Some(tx) = &tx {
+                let _ = tx.send(message_event(event_id.as_deref(), &text)).await;
+            }
             if reply_id(&text).as_ref() == Some(&id) {
                 return;
             }
