@@ -1,22 +1,65 @@
 """The official MCP Python SDK (`mcp` 2.x, pinned in requirements.txt) against a gateway node
 over Streamable HTTP with its connect-time negotiation (`mode="auto"`: `server/discover` at
-2026-07-28, the stateless revision). Lists tools, calls two, and prints one JSON line of what it
-saw; tests/tests/mcp_http.rs checks it. Usage: python python_client.py URL
+2026-07-28, the stateless revision). Lists tools, calls two (one with progress), cancels a
+call (asyncio cancellation closes its stream, which is how the revision cancels), and listens
+(`subscriptions/listen`) while it starts a worker with a new tool, until the tools'
+`list_changed` arrives. Prints one JSON line of what it saw; tests/tests/mcp_http.rs checks it.
+Usage: python python_client.py URL SWITCHBOARD_BIN REDIS_URL TOOL_FILE
 """
 
 import asyncio
 import json
+import subprocess
 import sys
 
 from mcp import Client
+from mcp.client.subscriptions import ToolsListChanged
+
+# How long the listen waits for the new worker's tools (the test fails past it).
+LIST_CHANGED_TIMEOUT_S = 20
 
 
-async def main(url: str) -> None:
+async def main(url: str, switchboard: str, redis_url: str, tool_file: str) -> None:
     async with Client(url, mode="auto") as client:
         session = client.session
         tools = await client.list_tools()
         echo = await client.call_tool("echo", {"from": "python"})
-        sleep = await client.call_tool("sleep", {"ms": 20})
+        progress = []
+
+        async def on_progress(value, total, message):
+            progress.append(value)
+
+        sleep = await client.call_tool("sleep", {"ms": 400}, progress_callback=on_progress)
+
+        # Cancelled by the caller: the SDK closes the request's stream.
+        long_call = asyncio.create_task(client.call_tool("sleep", {"ms": 600000}))
+        await asyncio.sleep(0.5)
+        long_call.cancel()
+        try:
+            await long_call
+            cancelled = False
+        except asyncio.CancelledError:
+            cancelled = True
+
+        # Listening while a worker with a new tool joins.
+        events = []
+        async with client.listen(tools_list_changed=True) as sub:
+            honored = bool(sub.honored.tools_list_changed)
+            worker = subprocess.Popen(
+                [switchboard, "worker", "--redis", redis_url, "--tools", tool_file],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                async with asyncio.timeout(LIST_CHANGED_TIMEOUT_S):
+                    async for event in sub:
+                        events.append(type(event).__name__)
+                        if isinstance(event, ToolsListChanged):
+                            break
+            finally:
+                worker.kill()
+                worker.wait()
+        after = await client.list_tools()
         print(
             json.dumps(
                 {
@@ -26,9 +69,14 @@ async def main(url: str) -> None:
                     "echo": echo.structured_content,
                     "echoError": echo.is_error,
                     "sleepError": sleep.is_error,
+                    "progress": progress,
+                    "cancelled": cancelled,
+                    "honored": honored,
+                    "events": events,
+                    "toolsAfter": sorted(t.name for t in after.tools),
                 }
             )
         )
 
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(*sys.argv[1:5]))

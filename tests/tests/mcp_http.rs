@@ -1,5 +1,7 @@
 //! MCP over Streamable HTTP (`/mcp`) against real gateway processes, a worker and Redis: the
-//! official TypeScript SDK (session era) with every request sent to the next of two nodes, the
+//! official TypeScript SDK (session era) with every request sent to the next of two nodes
+//! (calls, progress, a stream broken mid-call and resumed on the other node, an aborted call,
+//! a task), the
 //! official Python SDK (2.x: the stateless 2026-07-28 revision, negotiated with
 //! `server/discover`) on each node (both in `tests/mcp-sdk`, installed by `scripts/test`), the
 //! TypeScript SDK's stdio client launching `switchboard mcp-stdio`, and the endpoint's own
@@ -11,7 +13,9 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{Claims, mint_claims};
-use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient, http_get};
+use switchboard_harness::{
+    GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually, http_get,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -172,7 +176,55 @@ async fn the_typescript_sdk_works_over_http_with_requests_spread_over_two_nodes(
         methods.starts_with(&["initialize", "notifications/initialized"]),
         "{seen}"
     );
-    assert_eq!(methods.iter().filter(|m| **m == "tools/call").count(), 3);
+    // echo, sleep, the refused one, the resumed one, the aborted one, the task.
+    assert_eq!(methods.iter().filter(|m| **m == "tools/call").count(), 6);
+
+    // The stream broken mid-call was resumed on the other node, nothing lost.
+    assert_eq!(
+        seen["resumed"]["structuredContent"]["slept_ms"], 1500,
+        "{seen}"
+    );
+    let resumed: Vec<f64> = seen["resumedProgress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(resumed.len(), 4, "{seen}");
+    assert!(resumed.windows(2).all(|w| w[0] < w[1]), "{seen}");
+    let resumes = seen["resumes"].as_array().unwrap();
+    assert!(!resumes.is_empty(), "no GET with Last-Event-ID: {seen}");
+    assert_ne!(resumes[0]["node"], seen["brokenOn"], "{seen}");
+
+    // The aborted call: notifications/cancelled was sent, and the call's task (named after
+    // the session and the request) was cancelled, whichever node took the notification.
+    assert!(seen["abortError"].is_string(), "{seen}");
+    assert!(!seen["cancels"].as_array().unwrap().is_empty(), "{seen}");
+    let task = switchboard_core::tasks::session_task_id(
+        seen["sessionId"].as_str().unwrap(),
+        &seen["abortedId"].to_string(),
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = switchboard_redis::keys::Keys::new("sb").task(&task);
+    let status: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("cancelled"), "{key}: {seen}");
+
+    // The task flow: created, then its result.
+    let task_messages = seen["taskMessages"].as_array().unwrap();
+    assert_eq!(task_messages[0]["type"], "taskCreated", "{seen}");
+    let last = task_messages.last().unwrap();
+    assert_eq!(last["type"], "result", "{seen}");
+    assert_eq!(
+        last["result"]["structuredContent"],
+        json!({"via": "task"}),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,22 +456,72 @@ async fn the_python_sdk_speaks_the_stateless_revision_to_any_node() {
         c.hello().await;
         c.wait_for_tool("sleep").await;
     }
-    for gw in [&a, &b] {
+    // Anonymous callers count by address: the address's executions not finished.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let running_key =
+        switchboard_redis::keys::Keys::new("sb").identity_running("anonymous@127.0.0.1");
+    let dir = std::env::temp_dir().join(format!("sb-python-sdk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, gw) in [&a, &b].into_iter().enumerate() {
+        // A tool of a worker the client starts while it listens.
+        let tool = format!("joined{i}");
+        let tools = dir.join(format!("tools{i}.toml"));
+        std::fs::write(
+            &tools,
+            format!("[[tool]]\nname = \"{tool}\"\ndescription = \"joins\"\ncommand = [\"cat\"]\n"),
+        )
+        .unwrap();
         let seen = run_client(
             python.as_path(),
             &[
                 sdk.join("python_client.py").display().to_string(),
                 format!("http://{}/mcp", gw.addr),
+                switchboard_harness::switchboard_bin().display().to_string(),
+                redis.url(),
+                tools.display().to_string(),
             ],
         )
         .await;
         assert_eq!(seen["version"], "2026-07-28", "{seen}");
         assert_eq!(seen["discovered"], true, "{seen}");
-        assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
+        // The built-in tools (and, the second time, the first run's worker's tool, until its
+        // announcement lapses).
+        for t in ["echo", "fail", "sleep"] {
+            assert!(
+                seen["tools"].as_array().unwrap().contains(&json!(t)),
+                "{seen}"
+            );
+        }
         assert_eq!(seen["echo"], json!({"from": "python"}), "{seen}");
         assert_eq!(seen["echoError"], false, "{seen}");
         assert_eq!(seen["sleepError"], false, "{seen}");
+        // Progress came on the call's stream.
+        assert!(!seen["progress"].as_array().unwrap().is_empty(), "{seen}");
+        // The cancelled call's stream closed, and that cancelled the call: the 10-minute
+        // sleep holds nothing.
+        assert_eq!(seen["cancelled"], true, "{seen}");
+        eventually("the cancelled sleep to end", async || {
+            let n: usize = redis::cmd("ZCARD")
+                .arg(&running_key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (n == 0).then_some(())
+        })
+        .await;
+        // The listen stream told of the new tool.
+        assert_eq!(seen["honored"], true, "{seen}");
+        assert_eq!(seen["events"], json!(["ToolsListChanged"]), "{seen}");
+        assert!(
+            seen["toolsAfter"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(tool)),
+            "{seen}"
+        );
     }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
