@@ -83,6 +83,11 @@ async fn session_request(
     HttpStream::open(gw.addr, method, &headers, body).await
 }
 
+/// `GET` with `Last-Event-ID`: a session's stream resumed on `gw`.
+async fn resume(gw: &GatewayProcess, user: &str, sid: &str, last_id: &str) -> HttpStream {
+    session_request(gw, user, sid, "GET", &[("Last-Event-ID", last_id)], None).await
+}
+
 /// `tools/call sleep {ms}` with a progress token, 7 as its request id.
 fn sleep_call(ms: u64) -> Value {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
@@ -137,15 +142,7 @@ async fn a_session_stream_broken_mid_call_resumes_on_the_other_node_with_nothing
     let last_id = first.id.clone().expect("events carry ids");
     drop(s); // the network breaks
 
-    let mut resumed = session_request(
-        &b,
-        "alice",
-        &sid,
-        "GET",
-        &[("Last-Event-ID", &last_id)],
-        None,
-    )
-    .await;
+    let mut resumed = resume(&b, "alice", &sid, &last_id).await;
     assert_eq!(resumed.status, 200);
     let rest = until_reply(&mut resumed).await;
     let reply = rest.last().unwrap().json();
@@ -163,25 +160,9 @@ async fn a_session_stream_broken_mid_call_resumes_on_the_other_node_with_nothing
 
     // An id of another session's stream is refused; so is another user's session.
     let other = initialize(&b, "alice").await;
-    let foreign = session_request(
-        &b,
-        "alice",
-        &other,
-        "GET",
-        &[("Last-Event-ID", &last_id)],
-        None,
-    )
-    .await;
+    let foreign = resume(&b, "alice", &other, &last_id).await;
     assert_eq!(foreign.status, 400);
-    let stolen = session_request(
-        &b,
-        "mallory",
-        &sid,
-        "GET",
-        &[("Last-Event-ID", &last_id)],
-        None,
-    )
-    .await;
+    let stolen = resume(&b, "mallory", &sid, &last_id).await;
     assert_eq!(stolen.status, 404);
     // Nor may a WebSocket client read the stream's topic, whatever its grants.
     let topic = last_id.rsplit_once('/').unwrap().0;
@@ -208,15 +189,7 @@ async fn a_resumed_stream_gets_the_reply_when_the_node_that_ran_the_call_died() 
     drop(s);
     a.signal(nix::sys::signal::Signal::SIGKILL);
 
-    let mut resumed = session_request(
-        &b,
-        "alice",
-        &sid,
-        "GET",
-        &[("Last-Event-ID", &last_id)],
-        None,
-    )
-    .await;
+    let mut resumed = resume(&b, "alice", &sid, &last_id).await;
     assert_eq!(resumed.status, 200);
     let events = until_reply(&mut resumed).await;
     let reply = events.last().unwrap().json();
