@@ -12,6 +12,8 @@
 //! - [`fanout`]: N subscribers over K topics on G gateways; a backend publishes through Redis.
 //! - [`calls`]: tool calls through gateways, Redis and workers: cache hits, routed misses,
 //!   coalesced bursts.
+//! - [`mcp_http`]: tool calls over MCP Streamable HTTP (`POST /mcp`), stateless and session
+//!   era, cache hits and routed calls.
 //! - [`resume`]: sessions resumed on a second gateway after the first is killed with SIGKILL:
 //!   time until every client is back and has every missed event, replay rate.
 //! - [`storm`]: a reconnect storm: N clients subscribe with `since` to one big history at
@@ -34,6 +36,7 @@ pub mod fanout;
 pub mod floor;
 pub mod idle;
 pub mod loadgen;
+pub mod mcp_http;
 pub mod procstat;
 pub mod rawws;
 pub mod resume;

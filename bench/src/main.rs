@@ -22,6 +22,7 @@ use switchboard_bench::fanout::{self, FanoutOptions};
 use switchboard_bench::floor::{self, FloorServerOptions};
 use switchboard_bench::idle::{self, IdleOptions};
 use switchboard_bench::loadgen::{self, Stage, Target};
+use switchboard_bench::mcp_http::{self, Era, HttpCallMode, McpHttpOptions};
 use switchboard_bench::resume::{self, ResumeOptions};
 use switchboard_bench::storm::{self, StormOptions};
 
@@ -189,6 +190,20 @@ enum Scenario {
         /// Length of each coalesced `sleep` (ms).
         #[arg(long, default_value_t = 50)]
         burst_ms: u64,
+    },
+    /// Tool calls over MCP Streamable HTTP (POST /mcp): stateless (2026-07-28) or session era,
+    /// cache hits or routed calls; C keep-alive connections, one request at a time each.
+    McpHttp {
+        /// stateless or session.
+        #[arg(long, value_parser = ["stateless", "session"], default_value = "stateless")]
+        era: String,
+        /// hit or miss.
+        #[arg(long, value_parser = ["hit", "miss"], default_value = "hit")]
+        mode: String,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// A reconnect storm: N clients subscribe with since 0-0 to one big history at once; Redis
     /// responsiveness, Redis time per client, time until all caught up.
@@ -448,6 +463,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 burst_ms,
             };
             let report = rt.block_on(calls::run(opts))?;
+            print_report(json, &report, report.table())?;
+        }
+        Scenario::McpHttp {
+            era,
+            mode,
+            connections,
+            seconds,
+        } => {
+            let opts = McpHttpOptions {
+                switchboard_bin: switchboard()?,
+                era: if era == "session" {
+                    Era::Session
+                } else {
+                    Era::Stateless
+                },
+                mode: if mode == "miss" {
+                    HttpCallMode::Miss
+                } else {
+                    HttpCallMode::Hit
+                },
+                connections,
+                duration: Duration::from_secs(seconds),
+            };
+            let report = rt.block_on(mcp_http::run(opts))?;
             print_report(json, &report, report.table())?;
         }
         Scenario::Resume {
