@@ -273,6 +273,9 @@ impl PendingCall {
             Ok(Submitted::Cached(rec)) => Ok(CallResult::Done(result_for(&rec, &rec, true))),
             Ok(s) => {
                 let rec = s.record().expect("not refused").clone();
+                // Watched before the owed reply is written: progress may come at once.
+                let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
+                let watched = self.outcomes.watch(&rec, progress);
                 if let (Some(live), Some(id)) = (&self.live, &self.id) {
                     let owed = OwedRequest {
                         raw_id: id.get().to_owned(),
@@ -282,8 +285,7 @@ impl PendingCall {
                     self.sessions.owe(live, &owed).await;
                     owed_by = Some(live.clone());
                 }
-                let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
-                let waiting = self.outcomes.wait(&rec, progress, Some(deadline));
+                let waiting = self.outcomes.wait_watched(&watched, &rec, Some(deadline));
                 tokio::select! {
                     outcome = waiting => outcome.map(|done| CallResult::Done(result_for(&rec, &done, false))),
                     // The socket is gone: stop waiting. The task stays in the backend for
