@@ -3,14 +3,16 @@
 //! tools: a tool offered on node 1 is listed and called on node 2 and answered by the offering
 //! socket; the grant, bad input and the caps are refused; a socket that goes (or does not
 //! answer in time) ends its calls with a clear `isError` result and its tools leave every
-//! catalogue (`list_changed`).
+//! catalogue (`list_changed`). One case runs on the in-memory backend (`switchboard dev`).
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_core::auth::{self, Claims};
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{InProcessGateway, RedisServer, WsClient, redis_backend};
+use switchboard_harness::{
+    InProcessGateway, Kind, RedisServer, TestBackend, WsClient, redis_backend,
+};
 use switchboard_worker::tools::builtin::add_builtins;
 use switchboard_worker::{Toolbox, WorkerConfig};
 
@@ -448,4 +450,52 @@ async fn unanswered_and_cancelled_calls_end_and_the_client_is_told() {
     .await;
     let r = reply_to(&mut b, call).await;
     assert_eq!(r["result"]["content"][0]["text"], "d", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_backend_hosts_offered_tools_too() {
+    // One node, open mode, as `switchboard dev` runs: anyone may offer and call.
+    let b = TestBackend::start(Kind::Memory).await;
+    let mut config = GatewayConfig::dev("dev");
+    config.tuning.registry_interval = Duration::from_millis(100);
+    config.tuning.readiness_interval = Duration::from_millis(100);
+    let gw = InProcessGateway::start_ready(config, b.backend).await;
+    let mut a = WsClient::connect(&gw.ws_url()).await;
+    a.hello().await;
+    let mut b = WsClient::connect(&gw.ws_url()).await;
+    b.hello().await;
+    let r = a
+        .call("tools/register", json!({"tools": [lookup("dev.lookup")]}))
+        .await;
+    assert_eq!(r["result"]["tools"], json!(["dev.lookup"]), "{r}");
+    list_changed_until(&mut b, "dev.lookup", true).await;
+
+    let call = b
+        .send_request(
+            "tools/call",
+            json!({"name": "dev.lookup", "arguments": {"key": "k"}}),
+        )
+        .await;
+    let req = next_with_method(&mut a, "tools/call").await;
+    a.send_text(
+        json!({"jsonrpc": "2.0", "id": req["id"], "result": {"content": [{"type": "text", "text": "v"}]}})
+            .to_string(),
+    )
+    .await;
+    let r = reply_to(&mut b, call).await;
+    assert_eq!(r["result"]["content"][0]["text"], "v", "{r}");
+
+    // Asked again, then gone without answering: the call ends, the tool leaves.
+    let call = b
+        .send_request(
+            "tools/call",
+            json!({"name": "dev.lookup", "arguments": {"key": "k2"}}),
+        )
+        .await;
+    next_with_method(&mut a, "tools/call").await;
+    a.close(1000).await;
+    drop(a);
+    let r = reply_to(&mut b, call).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    list_changed_until(&mut b, "dev.lookup", false).await;
 }
