@@ -333,6 +333,19 @@ async fn registering_takes_the_grant_and_good_input() {
         json!(["alice.a", "alice.b", "alice.c"]),
         "{r}"
     );
+    // Unregistered and offered again at once (the catalogue may still list the old one).
+    let r = a
+        .call("tools/unregister", json!({"names": ["alice.c"]}))
+        .await;
+    assert_eq!(r["result"]["tools"], json!(["alice.a", "alice.b"]), "{r}");
+    let r = a
+        .call("tools/register", json!({"tools": [lookup("alice.c")]}))
+        .await;
+    assert_eq!(
+        r["result"]["tools"],
+        json!(["alice.a", "alice.b", "alice.c"]),
+        "{r}"
+    );
     // The socket still works for everything else.
     let r = a
         .call("tools/call", json!({"name": "echo", "arguments": {"x": 1}}))

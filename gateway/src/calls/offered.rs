@@ -2,9 +2,10 @@
 //! worker hosts its tools, so a call reaches them from any node through the same call plane
 //! (cache, coalescing, tasks, caps) and nothing else in the call path knows the difference.
 //!
-//! - **Registry.** Each offering socket is a host of its own (`client:<node>:<n>`), announced
-//!   in the worker registry with `client: true` every `--registry-interval` (expiring after
-//!   [`ANNOUNCE_MISSES`] missed ones, so a dead node's tools leave every catalogue). A tool's
+//! - **Registry.** Each offering socket is a host of its own (`client:<node>:<n>-<random>`),
+//!   announced in the worker registry with `client: true` every `--registry-interval`
+//!   (expiring after [`ANNOUNCE_MISSES`] missed ones, so a dead node's tools leave every
+//!   catalogue). A tool's
 //!   `version` is the host's id: its queue is the socket's own, and its results are never
 //!   mixed with another registration's.
 //! - **Jobs.** One fetch loop per node reads the queues of every offering socket that has room
@@ -156,6 +157,11 @@ impl Offered {
         self.state.lock().expect("offered tools lock poisoned")
     }
 
+    /// What the host ids of this node's offering sockets start with.
+    fn host_prefix(&self) -> String {
+        format!("client:{}:", self.node_id)
+    }
+
     /// The consumer name this node reads offered tools' queues as.
     fn consumer(&self) -> String {
         format!("gateway:{}", self.node_id)
@@ -233,11 +239,14 @@ impl Offered {
                 .collect();
             let (host_id, own) = match st.hosts.get(&conn) {
                 Some(h) => (h.id.clone(), h.tools.len()),
+                // A random part too: a restarted node with the same id never takes over a
+                // previous incarnation's queues or cached results.
                 None => (
                     format!(
-                        "client:{}:{}",
-                        self.node_id,
-                        self.next_host.fetch_add(1, Ordering::Relaxed)
+                        "{}{}-{}",
+                        self.host_prefix(),
+                        self.next_host.fetch_add(1, Ordering::Relaxed),
+                        &switchboard_core::encoding::random_id()[..8]
                     ),
                     0,
                 ),
@@ -266,9 +275,13 @@ impl Offered {
                         "already offered by this socket (tools/unregister it first)",
                     ));
                 }
-                if offered_here.contains(spec.name.as_str())
-                    || catalog.tools.contains_key(&spec.name)
-                {
+                // A catalogue entry of a socket of this node that is no longer offered is
+                // stale (withdrawn since the last registry read): not a conflict.
+                let listed = catalog.tools.get(&spec.name).is_some_and(|t| {
+                    !t.spec.version.starts_with(&self.host_prefix())
+                        || st.hosts.values().any(|h| h.id == t.spec.version)
+                });
+                if offered_here.contains(spec.name.as_str()) || listed {
                     return Err(invalid(
                         &spec.name,
                         "a tool of this name is already offered (by a worker or another \

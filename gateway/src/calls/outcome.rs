@@ -71,8 +71,17 @@ impl Outcomes {
         own: &TaskRecord,
         progress: Option<(Value, Sender)>,
     ) -> WaitGuard<'_> {
-        let leader = own.leader.clone().unwrap_or_else(|| own.task_id.clone());
-        self.waiters.wait_for(&leader, progress)
+        let leader = own.leader.as_deref().unwrap_or(&own.task_id);
+        self.waiters.wait_for(leader, progress)
+    }
+
+    /// [`watch`](Self::watch) of the execution led by task `leader`.
+    pub(crate) fn watch_leader(
+        &self,
+        leader: &str,
+        progress: Option<(Value, Sender)>,
+    ) -> WaitGuard<'_> {
+        self.waiters.wait_for(leader, progress)
     }
 
     /// [`wait`](Self::wait) with the execution already watched.
