@@ -12,7 +12,8 @@
 //! into `user:alice:*`) makes such a rule match nothing for that caller. The token's grants then add what they cover.
 //!
 //! Tool rules are patterns (`echo`, `search.*`); a tool is allowed when a rule or a tool grant
-//! covers it.
+//! covers it. Offering a tool from a socket (`tools/register`) takes a `register` grant that
+//! covers its name (or open mode); no node rule allows it.
 
 use crate::auth::{Identity, Op, Ops};
 use crate::auth::{MAX_PATTERN_LEN, check_tool_pattern, check_topic_pattern};
@@ -146,6 +147,11 @@ impl Policy {
     /// Whether `who` may see and call `tool`.
     pub fn may_call(&self, who: &Identity, tool: &str) -> bool {
         self.open || self.tools.iter().any(|r| glob(&r.0, tool)) || who.grants.tool(tool)
+    }
+
+    /// Whether `who` may offer `tool` from its socket (`tools/register`).
+    pub fn may_register(&self, who: &Identity, tool: &str) -> bool {
+        self.open || who.grants.register(tool)
     }
 }
 

@@ -135,6 +135,10 @@ pub struct WorkerAnnouncement {
     pub tools: Vec<ToolSpec>,
     /// Unix ms after which the announcement is stale (the worker missed its heartbeats).
     pub expires_at_ms: u64,
+    /// The tools are offered by a client's socket through the gateway holding it
+    /// (`tools/register`), not by a worker: a worker's tool of the same name wins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client: bool,
 }
 
 /// One job: a call's execution, as a worker receives it.

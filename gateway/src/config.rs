@@ -592,6 +592,29 @@ pub struct Tuning {
     /// call's `isError` result) before answering -32005 itself.
     #[arg(long, env = "SWITCHBOARD_DEADLINE_GRACE", default_value = "1s", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
     pub deadline_grace: Duration,
+    /// Tools one socket may offer at once (`tools/register`; over it: -32006).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CLIENT_TOOLS",
+        default_value = "32",
+        value_name = "N",
+        help_heading = "Tool calls"
+    )]
+    pub max_client_tools: usize,
+    /// Calls of its offered tools one socket may be asked at once and not have answered; more
+    /// wait in their queue (in Redis) until it answers one.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CLIENT_TOOL_CALLS",
+        default_value = "16",
+        value_name = "N",
+        help_heading = "Tool calls"
+    )]
+    pub max_client_tool_calls: usize,
+    /// How long a call of a tool a client offers may take: the default of its `timeoutMs`, and
+    /// the most it may ask for. Unanswered by then, the call ends with an `isError` result.
+    #[arg(long, env = "SWITCHBOARD_CLIENT_TOOL_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration, help_heading = "Tool calls")]
+    pub client_tool_timeout: Duration,
 
     /// Requests (and notifications) one connection may send per second, sustained; over it:
     /// -32003 with `retryAfterMs`. 0: no limit.
@@ -871,6 +894,7 @@ impl Tuning {
             ("replay-timeout", t.replay_timeout),
             ("replay-cache-ttl", t.replay_cache_ttl),
             ("connection-lease", t.connection_lease),
+            ("client-tool-timeout", t.client_tool_timeout),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(invalid(key, "greater than zero"));
@@ -892,6 +916,7 @@ impl Tuning {
             ("max-concurrent-replays", t.max_concurrent_replays),
             ("rate-close-after", t.rate_close_after as usize),
             ("max-inflight-calls", t.max_inflight_calls),
+            ("max-client-tool-calls", t.max_client_tool_calls),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "at least 1"));

@@ -243,6 +243,59 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     Ok(Request { id, method, params })
 }
 
+/// A response from the client to a request the gateway sent it (a `tools/call` of a tool the
+/// client offers), borrowed from its frame.
+#[derive(Debug)]
+pub struct Response<'a> {
+    pub id: &'a RawValue,
+    /// The `result`, or the `error` the client answered.
+    pub outcome: Result<&'a RawValue, RpcError>,
+}
+
+#[derive(Deserialize)]
+struct ResponseEnvelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    method: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+/// Reads one text frame as a JSON-RPC response (`id` and `result` or `error`, no `method`);
+/// `None` when it is not one.
+pub fn parse_response(text: &str) -> Option<Response<'_>> {
+    let env: ResponseEnvelope<'_> = serde_json::from_str(text).ok()?;
+    if env.method.is_some() || env.jsonrpc.as_deref() != Some("2.0") {
+        return None;
+    }
+    let id = env.id?;
+    let outcome = match (env.result, env.error) {
+        (Some(r), None) => Ok(r),
+        (None, Some(e)) => Err(e),
+        _ => return None,
+    };
+    Some(Response { id, outcome })
+}
+
+/// Encodes a request from the gateway to the client (`id` is the gateway's own).
+pub fn encode_request<T: Serialize + ?Sized>(id: &str, method: &str, params: &T) -> Bytes {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(JSONRPC_HEAD.as_bytes());
+    out.extend_from_slice(b"\"id\":");
+    serde_json::to_writer(&mut out, id).expect("serializing to a Vec cannot fail");
+    out.extend_from_slice(b",\"method\":");
+    serde_json::to_writer(&mut out, method).expect("serializing to a Vec cannot fail");
+    out.extend_from_slice(b",\"params\":");
+    serde_json::to_writer(&mut out, params).expect("serializing to a Vec cannot fail");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
 /// Decodes a request's params into `T`; absent params decode as `{}`. A mismatch is -32602
 /// with serde's reason.
 ///
@@ -378,6 +431,32 @@ mod tests {
         let err = decode_params::<P>(Some(&raw)).unwrap_err();
         assert_eq!(err.code, -32602);
         assert!(err.message.len() < 200, "{}", err.message.len());
+    }
+
+    #[test]
+    fn responses_parse_and_requests_do_not() {
+        let r = parse_response(r#"{"jsonrpc":"2.0","id":"sb-1","result":{"content":[]}}"#).unwrap();
+        assert_eq!(r.id.get(), r#""sb-1""#);
+        assert_eq!(r.outcome.unwrap().get(), r#"{"content":[]}"#);
+        let r = parse_response(r#"{"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"no"}}"#)
+            .unwrap();
+        assert_eq!(r.outcome.unwrap_err().message, "no");
+        for not in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":""}}"#,
+            r#"{"id":1,"result":{}}"#,
+            "[1]",
+            "{",
+        ] {
+            assert!(parse_response(not).is_none(), "{not}");
+        }
+        let out = encode_request("sb-1", "tools/call", &serde_json::json!({"name":"x"}));
+        assert_eq!(
+            &out[..],
+            br#"{"jsonrpc":"2.0","id":"sb-1","method":"tools/call","params":{"name":"x"}}"#
+        );
     }
 
     #[test]

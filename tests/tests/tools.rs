@@ -378,6 +378,7 @@ async fn nobody_to_run_it_means_timeout_at_the_deadline(kind: Kind) {
             worker_id: "ghost".into(),
             tools: vec![spec],
             expires_at_ms: switchboard_core::clock::now_ms() + 600_000,
+            client: false,
         })
         .await
         .unwrap();

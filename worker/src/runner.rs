@@ -178,6 +178,7 @@ impl Worker {
                 tools: self.toolbox.specs(),
                 expires_at_ms: now_ms()
                     + (self.config.heartbeat * REGISTRY_MISSES).as_millis() as u64,
+                client: false,
             };
             if let Err(e) = self.queue.announce(&a).await {
                 tracing::warn!(error = %e, "registry heartbeat failed");

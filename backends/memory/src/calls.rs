@@ -229,6 +229,15 @@ impl CallState {
         out
     }
 
+    /// Removes `queues`, returning the jobs still in them.
+    pub(crate) fn retire(&mut self, queues: &[String]) -> Vec<Job> {
+        queues
+            .iter()
+            .filter_map(|q| self.queues.remove(q))
+            .flatten()
+            .collect()
+    }
+
     pub(crate) fn finish(
         &mut self,
         job: &Job,

@@ -87,6 +87,7 @@ impl MemoryBackend {
             history: self.clone(),
             sessions: self.clone(),
             calls: self.clone(),
+            queue: self.clone(),
             rates: self.clone(),
             conns: self.clone(),
         }

@@ -77,6 +77,10 @@ impl JobQueue for MemoryBackend {
         Ok(())
     }
 
+    async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError> {
+        Ok(self.calls().retire(queues))
+    }
+
     async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError> {
         self.calls().dead_letter(job, reason);
         Ok(())

@@ -204,6 +204,7 @@ impl RedisBackend {
             history: self.clone(),
             sessions: self.clone(),
             calls: self.clone(),
+            queue: self.clone(),
             rates: self.clone(),
             conns: self.clone(),
         }

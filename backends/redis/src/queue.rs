@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
-use redis::streams::{StreamClaimReply, StreamReadReply};
+use redis::streams::{StreamClaimReply, StreamRangeReply, StreamReadReply};
 use switchboard_core::backend::{BackendError, Health, JobQueue};
 use switchboard_core::calls::{
     DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, WorkerAnnouncement,
@@ -35,6 +35,9 @@ static EXTEND: LazyLock<redis::Script> =
 /// Dead letters kept, approximately (`XADD ... MAXLEN ~`): the dead-letter queue is for
 /// inspection, not work, so trimming it loses nothing that runs.
 const DEAD_LETTERS_KEPT: usize = 10_000;
+
+/// Entries read at once when a retired queue is emptied.
+const RETIRE_PAGE: usize = 256;
 
 fn err(e: redis::RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
@@ -308,6 +311,49 @@ impl JobQueue for RedisBackend {
         self.bounded(async move { inv.invoke_async::<i64>(&mut conn).await })
             .await
             .map(drop)
+    }
+
+    async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError> {
+        let mut jobs = Vec::new();
+        for queue in queues {
+            let key = self.keys.tool_queue(queue);
+            let mut start = "-".to_owned();
+            loop {
+                let mut conn = self.commands();
+                let (k, s) = (key.clone(), start.clone());
+                let page: StreamRangeReply = self
+                    .bounded(async move {
+                        redis::cmd("XRANGE")
+                            .arg(k)
+                            .arg(s)
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(RETIRE_PAGE)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
+                let full = page.ids.len() >= RETIRE_PAGE;
+                for entry in &page.ids {
+                    if let Some(job) = job_of(queue, &entry.id, &entry.map, 1) {
+                        jobs.push(job);
+                    }
+                    start = format!("({}", entry.id);
+                }
+                if !full {
+                    break;
+                }
+            }
+            let mut conn = self.commands();
+            self.bounded(async move {
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await?;
+        }
+        Ok(jobs)
     }
 
     async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError> {

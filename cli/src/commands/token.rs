@@ -1,8 +1,8 @@
 //! `switchboard token`: mint a token gateways accept, for trying things out, scripts and
 //! services that mint their own: signed with an HMAC secret (the gateways' `--jwt-secret`) or a
 //! PEM private key (whose public key the gateways have, as a file or in a JWKS), naming a `kid`
-//! if asked, and carrying the grants (`topics`, `tools`, a subscription token's `topic`), the
-//! audience and the issuer the gateways check.
+//! if asked, and carrying the grants (`topics`, `tools`, `register`, a subscription token's
+//! `topic`), the audience and the issuer the gateways check.
 //!
 //! Everything the gateway would refuse in a token (a malformed pattern, an unknown operation,
 //! an invalid topic) is refused here first, naming the flag (exit 64).
@@ -56,6 +56,11 @@ pub(crate) struct Args {
     /// patterns separated by `,`.
     #[arg(long = "tools", env = "SWITCHBOARD_TOKEN_TOOLS", value_delimiter = ',', value_name = "PATTERN", value_parser = tool_grant)]
     tools: Vec<String>,
+    /// A register grant: a tool name or a pattern (`alice.*`) the holder may offer to others
+    /// from its socket (`tools/register`). Repeatable; the variable takes patterns separated
+    /// by `,`.
+    #[arg(long = "register", env = "SWITCHBOARD_TOKEN_REGISTER", value_delimiter = ',', value_name = "PATTERN", value_parser = tool_grant)]
+    register: Vec<String>,
     /// Make a subscription token for this one topic (claim `topic`): a client gives it to
     /// `subscribe {topic, token}`.
     #[arg(long, env = "SWITCHBOARD_TOKEN_TOPIC", value_name = "NAME", value_parser = topic_name)]
@@ -197,10 +202,12 @@ fn claims(args: &Args) -> Result<Claims, String> {
         },
         topics: (!topics.is_empty()).then_some(topics),
         tools: (!args.tools.is_empty()).then(|| args.tools.clone()),
+        register: (!args.register.is_empty()).then(|| args.register.clone()),
         topic: args.topic.clone(),
         ..Claims::default()
     };
     // What the gateway will read: refused here rather than there.
-    Grants::from_claims(&claims, true).map_err(|e| format!("--topics, --tools: {e}"))?;
+    Grants::from_claims(&claims, true)
+        .map_err(|e| format!("--topics, --tools, --register: {e}"))?;
     Ok(claims)
 }

@@ -43,6 +43,10 @@ pub struct Claims {
     /// Tool grants: patterns of tool names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// Tool registration grants: patterns of the tool names the holder may offer to others
+    /// from its socket (`tools/register`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<Vec<String>>,
     /// A subscription token's one topic (`subscribe {topic, token}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,

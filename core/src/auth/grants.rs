@@ -1,5 +1,5 @@
 //! What a token grants, on top of the node's rules: claim `topics` (pattern -> operations),
-//! claim `tools` (patterns), and, in a subscription token, claim `topic` (one topic name). A
+//! claim `tools` (patterns), claim `register` (patterns of tools it may offer), and, in a subscription token, claim `topic` (one topic name). A
 //! grant only ever adds; malformed grants refuse the token rather than being half-read.
 
 use super::claims::{AuthError, Claims};
@@ -109,6 +109,8 @@ fn check_pattern(p: &str, allowed: impl Fn(char) -> bool) -> Result<(), String> 
 pub struct Grants {
     topics: Vec<(String, Ops)>,
     tools: Vec<String>,
+    /// Tools the holder may offer from its socket (`tools/register`).
+    register: Vec<String>,
     /// A subscription token's topic (exact name): `sub` on it.
     topic: Option<String>,
 }
@@ -141,6 +143,15 @@ impl Grants {
                 g.tools.push(pattern.clone());
             }
         }
+        if let Some(register) = &claims.register {
+            if register.len() > MAX_GRANTS {
+                return Err(bad(format!("more than {MAX_GRANTS} register grants")));
+            }
+            for pattern in register {
+                check_tool_pattern(pattern).map_err(bad)?;
+                g.register.push(pattern.clone());
+            }
+        }
         if subscription && let Some(topic) = &claims.topic {
             switchboard_protocol::topic::validate(topic)
                 .map_err(|e| bad(format!("topic claim: {e}")))?;
@@ -165,6 +176,11 @@ impl Grants {
     /// Whether a tool grant covers `tool`.
     pub fn tool(&self, tool: &str) -> bool {
         self.tools.iter().any(|p| glob(p, tool))
+    }
+
+    /// Whether a register grant covers offering `tool`.
+    pub fn register(&self, tool: &str) -> bool {
+        self.register.iter().any(|p| glob(p, tool))
     }
 }
 
@@ -205,6 +221,17 @@ mod tests {
         assert_eq!(g.topic_ops("user:bob:inbox"), Ops::NONE);
         assert!(g.tool("search.web") && g.tool("echo"));
         assert!(!g.tool("echo2") && !g.tool("search"));
+        // Calling is not offering.
+        assert!(!g.register("echo"));
+        let g = Grants::from_claims(
+            &Claims {
+                register: Some(vec!["alice.*".into()]),
+                ..Claims::subject("alice")
+            },
+            false,
+        )
+        .unwrap();
+        assert!(g.register("alice.lookup") && !g.register("bob.lookup") && !g.tool("alice.x"));
     }
 
     #[test]
@@ -229,6 +256,10 @@ mod tests {
             claims(&[("chat 42", &["sub"])], &[], None),
             claims(&[("", &["sub"])], &[], None),
             claims(&[], &["bad tool!"], None),
+            Claims {
+                register: Some(vec!["bad tool!".into()]),
+                ..Claims::subject("alice")
+            },
             claims(&[], &[], Some("a*")),
         ] {
             assert!(

@@ -7,7 +7,7 @@
 //! | topic history | [`HistoryStore`] | `subscribe {since}`, `publish`, recovery |
 //! | sessions | [`SessionStore`], signalling a [`TakeoverSink`] | `hello`, the session refresh |
 //! | tool calls, gateway side | [`CallPlane`], signalling a [`CallSink`] | `tools/*`, `tasks/*` |
-//! | tool calls, worker side | [`JobQueue`] | workers |
+//! | tool calls, worker side | [`JobQueue`] | workers; gateways, for tools their clients offer |
 //! | connections per identity and address | [`ConnectionLedger`] | the connection caps |
 //! | reachability | [`Health`] | readiness |
 //! | per-identity rate budgets | [`RateStore`] (a GCRA per identity and budget, see [`gcra`]) | `publish`, `tools/call` |
@@ -47,6 +47,8 @@ pub struct Backend {
     pub history: Arc<dyn HistoryStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub calls: Arc<dyn CallPlane>,
+    /// The worker's side: the gateway hosts the tools its clients offer (`tools/register`).
+    pub queue: Arc<dyn JobQueue>,
     pub rates: Arc<dyn RateStore>,
     pub conns: Arc<dyn ConnectionLedger>,
 }

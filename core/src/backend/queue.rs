@@ -50,6 +50,10 @@ pub trait JobQueue: Send + Sync + 'static {
         message: Option<&str>,
         result: &CallToolResult,
     ) -> Result<(), BackendError>;
+    /// Deletes `queues` for good, returning the jobs still in them (delivered or not), for the
+    /// caller to finish: a host that goes and takes its queues with it (a client's socket that
+    /// offered tools closed). Jobs queued after this find no reader and end at their deadline.
+    async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError>;
     /// Moves the job to the dead-letter queue (then [`finish`](Self::finish) it as failed).
     async fn dead_letter(&self, job: &Job, reason: &str) -> Result<(), BackendError>;
     /// Reports progress to the callers.

@@ -3,8 +3,9 @@
 //!
 //! When the set of tools changes (a worker came or went, a tool changed version or schema),
 //! every connection that completed `hello` gets `notifications/tools/list_changed`, encoded once.
-//! A tool announced by several workers is taken from the first (by worker id); a tool whose
-//! schema does not compile is left out, with a warning.
+//! A tool announced by several workers is taken from the first (by worker id), a worker's before
+//! a client's (`tools/register`: a client never shadows a worker's tool); a tool whose schema
+//! does not compile is left out, with a warning.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -64,7 +65,9 @@ impl CatalogCell {
     }
 }
 
-fn build(workers: Vec<WorkerAnnouncement>) -> Catalog {
+fn build(mut workers: Vec<WorkerAnnouncement>) -> Catalog {
+    // Stable: by worker id within each kind.
+    workers.sort_by_key(|w| w.client);
     let mut tools = BTreeMap::new();
     for w in workers {
         for spec in w.tools {

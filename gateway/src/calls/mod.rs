@@ -7,10 +7,13 @@
 //! - `outcome.rs`: reading and waiting for a call's outcome; the one `CallToolResult` builder;
 //!   queueing a later reply.
 //! - `inflight.rs`: the requests of one connection waiting in tasks of their own.
+//! - `offered.rs`: tools offered by clients (`tools/register`), hosted by the node holding
+//!   their socket like a worker hosts its tools.
 //!
 //! Where a call is hashed: `switchboard_core::callhash`, called from `methods/tools.rs`.
 
 pub(crate) mod catalog;
 pub(crate) mod inflight;
+pub(crate) mod offered;
 pub(crate) mod outcome;
 pub(crate) mod waiters;

@@ -19,7 +19,7 @@ use switchboard_protocol::methods::tools::{
 };
 use switchboard_protocol::{ErrorCode, RpcError};
 
-use super::waiters::Waiters;
+use super::waiters::{WaitGuard, Waiters};
 use crate::sessions::{LiveSession, OwedReply};
 use crate::transport::{Mark, Out, Receipt, Sender};
 
@@ -59,8 +59,38 @@ impl Outcomes {
         progress: Option<(Value, Sender)>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<TaskRecord, RpcError> {
-        let leader = own.leader.clone().unwrap_or_else(|| own.task_id.clone());
-        let guard = self.waiters.wait_for(&leader, progress);
+        let guard = self.watch(own, progress);
+        self.wait_watched(&guard, own, deadline).await
+    }
+
+    /// Starts hearing of the execution behind `own` (its end, and its progress for
+    /// `progress`) until the guard is dropped: before anything else is awaited, so no early
+    /// progress report is missed.
+    pub(crate) fn watch(
+        &self,
+        own: &TaskRecord,
+        progress: Option<(Value, Sender)>,
+    ) -> WaitGuard<'_> {
+        let leader = own.leader.as_deref().unwrap_or(&own.task_id);
+        self.waiters.wait_for(leader, progress)
+    }
+
+    /// [`watch`](Self::watch) of the execution led by task `leader`.
+    pub(crate) fn watch_leader(
+        &self,
+        leader: &str,
+        progress: Option<(Value, Sender)>,
+    ) -> WaitGuard<'_> {
+        self.waiters.wait_for(leader, progress)
+    }
+
+    /// [`wait`](Self::wait) with the execution already watched.
+    pub(crate) async fn wait_watched(
+        &self,
+        guard: &WaitGuard<'_>,
+        own: &TaskRecord,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<TaskRecord, RpcError> {
         loop {
             let woken = guard.notify.notified();
             tokio::pin!(woken);

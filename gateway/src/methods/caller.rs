@@ -30,6 +30,10 @@ pub(crate) struct Caller {
     pub(crate) opened: bool,
     /// The socket speaks the `mcp` subprotocol: `initialize` opens it.
     pub(crate) mcp: bool,
+    /// A WebSocket (not a request over `POST /mcp`): it may offer tools (`tools/register`).
+    pub(crate) socket: bool,
+    /// It offered tools: its responses are answers to their calls, and its tools go with it.
+    pub(crate) offers: bool,
     /// The stored session (not for MCP connections, which cannot resume).
     pub(crate) live: Option<Arc<LiveSession>>,
     pub(crate) topics: HashSet<Topic>,
@@ -67,6 +71,8 @@ impl Caller {
             identity,
             opened: false,
             mcp,
+            socket: false,
+            offers: false,
             live: None,
             topics: HashSet::new(),
             token_topics: HashMap::new(),

@@ -7,6 +7,8 @@
 //! - `session.rs`: `hello`, `refresh`, `initialize`, `server/discover`, `ping`;
 //! - `topics.rs`: `subscribe`, `unsubscribe`, `publish`;
 //! - `tools.rs`: `tools/list`, `tools/call`;
+//! - `offers.rs`: `tools/register`, `tools/unregister`: tools a client offers from its socket,
+//!   and its answers to the calls of them;
 //! - `tasks.rs`: `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/cancelled`.
 //!
 //! Each family routes its own methods (a `route` that matches the method names it owns), so a
@@ -26,6 +28,7 @@
 mod access;
 mod caller;
 mod encode;
+mod offers;
 mod session;
 mod tasks;
 mod tools;
@@ -45,6 +48,7 @@ use switchboard_protocol::{ErrorCode, RpcError, close};
 pub(crate) use self::access::Access;
 pub(crate) use self::caller::Caller;
 use self::encode::Reply;
+pub(crate) use self::offers::Offers;
 pub(crate) use self::session::Session;
 pub(crate) use self::tasks::Tasks;
 pub(crate) use self::tools::{CallSettings, Tools};
@@ -64,11 +68,29 @@ pub(crate) struct Methods {
     pub(crate) topics: Topics,
     pub(crate) tools: Tools,
     pub(crate) tasks: Tasks,
+    pub(crate) offers: Offers,
 }
 
 impl Methods {
     /// Handles one message; see the module docs.
     pub(crate) async fn dispatch(&self, caller: &mut Caller, text: &str) -> Answer {
+        // A socket that offers tools answers the calls the node sent it: no reply to a
+        // response, and an answer to a call it was sent spends no budget.
+        if caller.offers
+            && let Some(response) = jsonrpc::parse_response(text)
+        {
+            if !self.offers.answer(caller, &response).await {
+                tracing::debug!(
+                    conn = caller.link.id(),
+                    "a response to no call of this socket; ignored"
+                );
+                let _ = self.spend(caller);
+            }
+            return Answer {
+                reply: None,
+                then_close: caller.close_after_reply.take(),
+            };
+        }
         // Every message spends the budget, unreadable ones too.
         let refused = self.spend(caller);
         let reply = match (jsonrpc::parse_request(text), refused) {
@@ -185,6 +207,9 @@ impl Methods {
         if let Some(reply) = self.tasks.route(caller, id, method, raw).await {
             return reply;
         }
+        if let Some(reply) = self.offers.route(caller, id, method, raw).await {
+            return reply;
+        }
         Err(RpcError::method_not_found(method))
     }
 }
@@ -226,6 +251,7 @@ impl Handler for Connection {
         if let Some(live) = self.caller.live.take() {
             self.methods.session.sessions.detach(&live).await;
         }
+        self.methods.offers.gone(&mut self.caller).await;
     }
 }
 
@@ -238,6 +264,12 @@ impl Drop for Connection {
             self.methods.session.sessions.remove(&live);
         }
         self.methods.topics.release_all(&mut self.caller);
+        if self.caller.offers {
+            // Not through `closed` (a handler panicked): the tools still go.
+            let offered = self.methods.offers.offered.clone();
+            let conn = self.caller.link.id();
+            tokio::spawn(async move { offered.gone(conn).await });
+        }
         self.methods
             .session
             .connection_caps

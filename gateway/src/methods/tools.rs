@@ -250,6 +250,12 @@ impl PendingCall {
             + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()))
             + self.deadline_grace;
         let calls = &self.outcomes.calls;
+        // Watched before it is submitted: a fast execution may report progress before the
+        // submission's answer is back (a call that joins another is watched anew below).
+        let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
+        let early = self
+            .outcomes
+            .watch_leader(&submission.task_id, progress.clone());
         let submitted = calls.submit(&submission).await;
         // A `notifications/cancelled` that arrived while the call was being submitted found no
         // task to cancel yet: cancel it now.
@@ -276,6 +282,13 @@ impl PendingCall {
             Ok(Submitted::Cached(rec)) => Ok(CallResult::Done(result_for(&rec, &rec, true))),
             Ok(s) => {
                 let rec = s.record().expect("not refused").clone();
+                let watched = match rec.leader {
+                    Some(_) => {
+                        drop(early);
+                        self.outcomes.watch(&rec, progress)
+                    }
+                    None => early,
+                };
                 if let (Some(live), Some(id)) = (&self.live, &self.id) {
                     let owed = OwedRequest {
                         raw_id: id.get().to_owned(),
@@ -285,8 +298,7 @@ impl PendingCall {
                     self.sessions.owe(live, &owed).await;
                     owed_by = Some(live.clone());
                 }
-                let progress = self.progress_token.clone().map(|t| (t, self.tx.clone()));
-                let waiting = self.outcomes.wait(&rec, progress, Some(deadline));
+                let waiting = self.outcomes.wait_watched(&watched, &rec, Some(deadline));
                 tokio::select! {
                     outcome = waiting => outcome.map(|done| CallResult::Done(result_for(&rec, &done, false))),
                     // The socket is gone: stop waiting. The task stays in the backend for

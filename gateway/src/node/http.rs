@@ -294,6 +294,7 @@ fn connect(
     };
     let mut caller = Caller::new(link.clone(), client, admitted.into_member(), identity, mcp);
     caller.requests = node.methods.rate.budget();
+    caller.socket = true;
     let handler = Connection::new(node.methods.clone(), caller, registration);
     let connection = transport::serve(node.sockets.clone(), link, socket, handler);
     tokio::spawn(connection.instrument(span));

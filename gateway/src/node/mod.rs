@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::calls::catalog::{self, CatalogCell};
+use crate::calls::offered::{Offered, OfferedSettings};
 use crate::calls::outcome::Outcomes;
 use crate::calls::waiters::Waiters;
 use crate::config::{ConfigError, GatewayConfig};
@@ -33,7 +34,9 @@ use crate::health::Health;
 use crate::limits::connections::{ConnectionCapSettings, ConnectionCaps};
 use crate::limits::identity::{BudgetRate, IdentityRates};
 use crate::limits::{ConnectionRate, RequestRate};
-use crate::methods::{Access, CallSettings, Methods, Session, Tasks, Tools, TopicSettings, Topics};
+use crate::methods::{
+    Access, CallSettings, Methods, Offers, Session, Tasks, Tools, TopicSettings, Topics,
+};
 use crate::metrics::Metrics;
 use crate::relay::fanout::{self, Fanout};
 use crate::relay::recovery::Recovery;
@@ -220,6 +223,20 @@ pub async fn run_with_admin(
         max_result_bytes: c.max_result_bytes.max(1),
     };
 
+    // Tools offered by this node's clients, hosted here like a worker hosts its tools.
+    let offered = Arc::new(Offered::new(
+        &config.node_id,
+        backend.queue.clone(),
+        catalog.clone(),
+        OfferedSettings {
+            max_tools: c.max_client_tools,
+            max_calls: c.max_client_tool_calls,
+            timeout: c.client_tool_timeout,
+            heartbeat: c.registry_interval,
+            max_result_bytes: c.max_result_bytes.max(1),
+        },
+    ));
+
     // Per-identity budgets, shared by every node through the backend.
     let identity_rates = Arc::new(IdentityRates::new(
         backend.rates.clone(),
@@ -315,6 +332,10 @@ pub async fn run_with_admin(
             sessions: sessions.clone(),
             settings: call_settings,
         },
+        offers: Offers {
+            access: access.clone(),
+            offered: offered.clone(),
+        },
     });
 
     let connection_rate = Arc::new(ConnectionRate::new(
@@ -340,6 +361,9 @@ pub async fn run_with_admin(
             c.registry_interval,
         )),
         tokio::spawn(sessions.clone().run_refresh()),
+        tokio::spawn(offered.clone().run_announce()),
+        tokio::spawn(offered.clone().run_fetch()),
+        tokio::spawn(offered.run_cancellations()),
         tokio::spawn(
             Recovery {
                 fanout,

@@ -7,12 +7,13 @@
 //! |---|---|
 //! | [`session`] | `hello`, `initialize` (MCP), `notifications/initialized`, `server/discover`, `ping` |
 //! | [`topics`] | `subscribe`, `unsubscribe`, `publish` (and the `event` notification, [`crate::event`]) |
-//! | [`tools`] | `tools/list`, `tools/call` (and `notifications/progress`, `notifications/tools/list_changed`) |
+//! | [`tools`] | `tools/list`, `tools/call` (and `notifications/progress`, `notifications/tools/list_changed`), `tools/register`, `tools/unregister` |
 //! | [`tasks`] | `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/cancelled` |
 //!
 //! MCP's `_meta` (an object) is allowed in every method's params: a type that does not read it
 //! never sees it ([`crate::jsonrpc::decode_params`]). Other unknown fields are refused (-32602)
-//! by Switchboard's own methods (`hello`, `refresh`, `subscribe`, `unsubscribe`, `publish`)
+//! by Switchboard's own methods (`hello`, `refresh`, `subscribe`, `unsubscribe`, `publish`,
+//! `tools/register`, `tools/unregister`)
 //! and ignored by MCP's (`initialize`, `ping`, `tools/list`, `tools/call` and its `task`,
 //! `tasks/get`, `tasks/result`, `tasks/cancel`, `notifications/*`): fields newer MCP revisions
 //! add must not break them.

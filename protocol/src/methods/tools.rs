@@ -1,6 +1,11 @@
 //! Tools (MCP): `tools/list`, `tools/call`, and the notifications `notifications/progress`
 //! and `notifications/tools/list_changed`. A call made with `task` answers at once with the
 //! task ([`super::tasks`]); its outcome is collected with `tasks/result`.
+//!
+//! Tools offered by clients (Switchboard's methods): `tools/register` and `tools/unregister`.
+//! A call of such a tool reaches the offering client as a `tools/call` request from the
+//! gateway ([`CallParams`], with [`META_PROGRESS_TOKEN`] set to the request's id and
+//! [`META_TASK_ID`] to the execution's task); the client answers with a `CallToolResult`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -133,6 +138,81 @@ pub enum CallResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateTaskResult {
     pub task: Task,
+}
+
+/// `tools/register`: the caller offers tools from its socket to every client allowed to call
+/// them, on any node, until it unregisters them or the socket closes.
+#[derive(Debug)]
+pub struct ToolsRegister;
+
+impl Method for ToolsRegister {
+    const NAME: &'static str = "tools/register";
+    type Params<'a> = RegisterParams;
+    type Result = OfferedTools;
+}
+
+/// `tools/register` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterParams {
+    pub tools: Vec<OfferedTool>,
+}
+
+/// One tool a client offers: the MCP `Tool` fields, plus how long a call may take and how its
+/// results are cached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OfferedTool {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub input_schema: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
+    /// How long one call may take, in ms (the gateway's `--client-tool-timeout` when absent,
+    /// and at most that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// How successful results are cached (absent: not at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<OfferedCache>,
+}
+
+/// An offered tool's `cache`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OfferedCache {
+    pub ttl_ms: u64,
+    /// `public` (the default) or `per-user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// What `tools/register` and `tools/unregister` answer: the names of every tool the socket
+/// offers now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedTools {
+    pub tools: Vec<String>,
+}
+
+/// `tools/unregister`: the caller stops offering tools (by name). Calls of them that its
+/// client has not answered end with an `isError` result.
+#[derive(Debug)]
+pub struct ToolsUnregister;
+
+impl Method for ToolsUnregister {
+    const NAME: &'static str = "tools/unregister";
+    type Params<'a> = UnregisterParams;
+    type Result = OfferedTools;
+}
+
+/// `tools/unregister` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnregisterParams {
+    pub names: Vec<String>,
 }
 
 /// `notifications/progress`, for a call that gave `_meta.progressToken`.
