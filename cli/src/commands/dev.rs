@@ -46,6 +46,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         println!("Switchboard dev: in-memory backend, open mode: anonymous clients from any origin");
         println!("  may subscribe, publish and call anything (a `gateway` denies by default).");
         println!("  WebSocket:  ws://{addr}/ws   (subprotocol switchboard.v1)");
+        println!("  MCP:        http://{addr}/mcp  (Streamable HTTP; docs/mcp.md)");
         println!("  Health:     http://{addr}/healthz  http://{addr}/readyz");
         match admin_listen {
             Some(admin) => println!("  Metrics:    http://{admin}/metrics"),
