@@ -1,10 +1,11 @@
-"""The official MCP Python SDK (`mcp` 2.x, pinned in requirements.txt) against a gateway node
-over Streamable HTTP with its connect-time negotiation (`mode="auto"`: `server/discover` at
-2026-07-28, the stateless revision). Lists tools, calls two (one with progress), cancels a
+"""The official MCP Python SDK (`mcp` 2.x, pinned in requirements.txt) against two gateway
+nodes over Streamable HTTP, every request to the next node in turn (its HTTP client's
+transport picks the node), with its connect-time negotiation (`mode="auto"`:
+`server/discover` at 2026-07-28, the stateless revision). Lists tools, calls two (one with progress), cancels a
 call (asyncio cancellation closes its stream, which is how the revision cancels), and listens
 (`subscriptions/listen`) while it starts a worker with a new tool, until the tools'
 `list_changed` arrives. Prints one JSON line of what it saw; tests/tests/mcp_http.rs checks it.
-Usage: python python_client.py URL SWITCHBOARD_BIN REDIS_URL TOOL_FILE
+Usage: python python_client.py URL_A URL_B SWITCHBOARD_BIN REDIS_URL TOOL_FILE
 """
 
 import asyncio
@@ -12,15 +13,40 @@ import json
 import subprocess
 import sys
 
+import httpx2
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ToolsListChanged
 
 # How long the listen waits for the new worker's tools (the test fails past it).
 LIST_CHANGED_TIMEOUT_S = 20
 
 
-async def main(url: str, switchboard: str, redis_url: str, tool_file: str) -> None:
-    async with Client(url, mode="auto") as client:
+class RoundRobin(httpx2.AsyncBaseTransport):
+    """Sends each request to the next node: no stickiness."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.nodes = [httpx2.URL(u) for u in urls]
+        self.hits = [0] * len(urls)
+        self.next = 0
+        self.inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        i = self.next % len(self.nodes)
+        self.next += 1
+        self.hits[i] += 1
+        node = self.nodes[i]
+        request.url = request.url.copy_with(host=node.host, port=node.port)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def main(url_a: str, url_b: str, switchboard: str, redis_url: str, tool_file: str) -> None:
+    nodes = RoundRobin([url_a, url_b])
+    http = httpx2.AsyncClient(transport=nodes, timeout=httpx2.Timeout(30, read=300))
+    async with Client(streamable_http_client(url_a, http_client=http), mode="auto") as client:
         session = client.session
         tools = await client.list_tools()
         echo = await client.call_tool("echo", {"from": "python"})
@@ -74,9 +100,10 @@ async def main(url: str, switchboard: str, redis_url: str, tool_file: str) -> No
                     "honored": honored,
                     "events": events,
                     "toolsAfter": sorted(t.name for t in after.tools),
+                    "hits": nodes.hits,
                 }
             )
         )
 
 
-asyncio.run(main(*sys.argv[1:5]))
+asyncio.run(main(*sys.argv[1:6]))

@@ -439,7 +439,7 @@ async fn the_endpoint_answers_both_eras_and_refuses_what_it_must() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_speaks_the_stateless_revision_to_any_node() {
+async fn the_python_sdk_speaks_the_stateless_revision_with_requests_spread_over_two_nodes() {
     let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp-sdk");
     let python = sdk.join(".venv/bin/python");
     assert!(
@@ -463,64 +463,58 @@ async fn the_python_sdk_speaks_the_stateless_revision_to_any_node() {
         switchboard_redis::keys::Keys::new("sb").identity_running("anonymous@127.0.0.1");
     let dir = std::env::temp_dir().join(format!("sb-python-sdk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (i, gw) in [&a, &b].into_iter().enumerate() {
-        // A tool of a worker the client starts while it listens.
-        let tool = format!("joined{i}");
-        let tools = dir.join(format!("tools{i}.toml"));
-        std::fs::write(
-            &tools,
-            format!("[[tool]]\nname = \"{tool}\"\ndescription = \"joins\"\ncommand = [\"cat\"]\n"),
-        )
-        .unwrap();
-        let seen = run_client(
-            python.as_path(),
-            &[
-                sdk.join("python_client.py").display().to_string(),
-                format!("http://{}/mcp", gw.addr),
-                switchboard_harness::switchboard_bin().display().to_string(),
-                redis.url(),
-                tools.display().to_string(),
-            ],
-        )
-        .await;
-        assert_eq!(seen["version"], "2026-07-28", "{seen}");
-        assert_eq!(seen["discovered"], true, "{seen}");
-        // The built-in tools (and, the second time, the first run's worker's tool, until its
-        // announcement lapses).
-        for t in ["echo", "fail", "sleep"] {
-            assert!(
-                seen["tools"].as_array().unwrap().contains(&json!(t)),
-                "{seen}"
-            );
-        }
-        assert_eq!(seen["echo"], json!({"from": "python"}), "{seen}");
-        assert_eq!(seen["echoError"], false, "{seen}");
-        assert_eq!(seen["sleepError"], false, "{seen}");
-        // Progress came on the call's stream.
-        assert!(!seen["progress"].as_array().unwrap().is_empty(), "{seen}");
-        // The cancelled call's stream closed, and that cancelled the call: the 10-minute
-        // sleep holds nothing.
-        assert_eq!(seen["cancelled"], true, "{seen}");
-        eventually("the cancelled sleep to end", async || {
-            let n: usize = redis::cmd("ZCARD")
-                .arg(&running_key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            (n == 0).then_some(())
-        })
-        .await;
-        // The listen stream told of the new tool.
-        assert_eq!(seen["honored"], true, "{seen}");
-        assert_eq!(seen["events"], json!(["ToolsListChanged"]), "{seen}");
-        assert!(
-            seen["toolsAfter"]
-                .as_array()
-                .unwrap()
-                .contains(&json!(tool)),
-            "{seen}"
-        );
-    }
+    // A tool of a worker the client starts while it listens.
+    let tools = dir.join("tools.toml");
+    std::fs::write(
+        &tools,
+        "[[tool]]\nname = \"joined\"\ndescription = \"joins\"\ncommand = [\"cat\"]\n",
+    )
+    .unwrap();
+    let seen = run_client(
+        python.as_path(),
+        &[
+            sdk.join("python_client.py").display().to_string(),
+            format!("http://{}/mcp", a.addr),
+            format!("http://{}/mcp", b.addr),
+            switchboard_harness::switchboard_bin().display().to_string(),
+            redis.url(),
+            tools.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(seen["version"], "2026-07-28", "{seen}");
+    assert_eq!(seen["discovered"], true, "{seen}");
+    assert_eq!(seen["tools"], json!(["echo", "fail", "sleep"]), "{seen}");
+    assert_eq!(seen["echo"], json!({"from": "python"}), "{seen}");
+    assert_eq!(seen["echoError"], false, "{seen}");
+    assert_eq!(seen["sleepError"], false, "{seen}");
+    // Progress came on the call's stream.
+    assert!(!seen["progress"].as_array().unwrap().is_empty(), "{seen}");
+    // The cancelled call's stream closed, and that cancelled the call: the 10-minute sleep
+    // holds nothing.
+    assert_eq!(seen["cancelled"], true, "{seen}");
+    eventually("the cancelled sleep to end", async || {
+        let n: usize = redis::cmd("ZCARD")
+            .arg(&running_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    // The listen stream told of the new tool.
+    assert_eq!(seen["honored"], true, "{seen}");
+    assert_eq!(seen["events"], json!(["ToolsListChanged"]), "{seen}");
+    assert!(
+        seen["toolsAfter"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("joined")),
+        "{seen}"
+    );
+    // Both nodes answered.
+    let hits = seen["hits"].as_array().unwrap();
+    assert!(hits.iter().all(|h| h.as_u64().unwrap() >= 3), "{seen}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
