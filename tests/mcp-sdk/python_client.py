@@ -82,10 +82,19 @@ async def main(url_a: str, url_b: str, switchboard: str, redis_url: str, tool_fi
                         events.append(type(event).__name__)
                         if isinstance(event, ToolsListChanged):
                             break
-            finally:
+            except BaseException:
                 worker.kill()
                 worker.wait()
-        after = await client.list_tools()
+                raise
+        # Each node follows the worker registry on its own: the node that listed next may
+        # see the new tool up to a registry interval later.
+        for _ in range(100):
+            after = await client.list_tools()
+            if any(t.name not in ("echo", "fail", "sleep") for t in after.tools):
+                break
+            await asyncio.sleep(0.05)
+        worker.kill()
+        worker.wait()
         print(
             json.dumps(
                 {
