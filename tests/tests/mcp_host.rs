@@ -3,12 +3,15 @@
 //! declared as an `[[mcp]]` table of the worker's tools file. Through a real gateway and a real
 //! Redis: its tools are listed under the prefix with their schemas and annotations, called, its
 //! progress reaches the caller, and when its process is killed mid-call the caller gets an
-//! `isError` result and the server is started again.
+//! `isError` result and the server is started again. The same server over Streamable HTTP is
+//! hosted by `url`, and reconnected after it restarts.
 
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually};
+use switchboard_harness::{
+    GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually, free_port,
+};
 
 fn server_everything() -> PathBuf {
     let js = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -229,4 +232,80 @@ restart_backoff_max_ms = 1000
     })
     .await;
     assert!(text(&r).contains("back again"), "{r}");
+}
+
+/// server-everything over Streamable HTTP on `port`.
+fn http_server(js: &std::path::Path, port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("node")
+        .arg(js)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_streamable_http_server_is_hosted_and_reconnected() {
+    let js = server_everything();
+    let port = free_port();
+    let mut remote = http_server(&js, port);
+    let redis = RedisServer::start().await;
+    let gw = GatewayProcess::start(
+        &redis.url(),
+        "gw-h",
+        &["--registry-interval", "200ms", "--call-poll", "200ms"],
+    )
+    .await;
+    let dir = temp_dir("mcp-host-http");
+    let tools = dir.join("tools.toml");
+    std::fs::write(
+        &tools,
+        format!(
+            r#"
+[[mcp]]
+name = "remote"
+url = "http://127.0.0.1:{port}/mcp"
+headers = {{ X-Test = "yes" }}
+timeout_ms = 3000
+restart_backoff_min_ms = 100
+restart_backoff_max_ms = 500
+"#
+        ),
+    )
+    .unwrap();
+    let _worker = WorkerProcess::start(
+        &redis,
+        "mcp-http-worker",
+        &["--tools", tools.to_str().unwrap()],
+    )
+    .await;
+    let mut c = WsClient::connect(&gw.ws_url()).await;
+    c.hello().await;
+    c.wait_for_tool("remote_echo").await;
+    let r = c
+        .call(
+            "tools/call",
+            json!({"name": "remote_echo", "arguments": {"message": "over http"}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    assert!(text(&r).contains("over http"), "{r}");
+
+    // The server goes away and comes back on the same port: the worker reconnects.
+    remote.kill().await.unwrap();
+    let _remote = http_server(&js, port);
+    let r = eventually("the worker to reconnect", async || {
+        let r = c
+            .call(
+                "tools/call",
+                json!({"name": "remote_echo", "arguments": {"message": "reconnected"}}),
+            )
+            .await;
+        (r["result"]["isError"] == false).then_some(r)
+    })
+    .await;
+    assert!(text(&r).contains("reconnected"), "{r}");
 }

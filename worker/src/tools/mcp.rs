@@ -317,6 +317,9 @@ struct Conn {
     peer: Peer<RoleClient>,
     /// The running calls' progress reporters by the progress token of their request.
     progress: Progresses,
+    /// Cancelled by a call that found the connection broken (a remote server gone: requests
+    /// cannot be sent while the session still looks open): the supervisor reconnects.
+    broken: CancellationToken,
 }
 
 type Progresses = Arc<Mutex<HashMap<ProgressToken, ProgressReporter>>>;
@@ -411,9 +414,11 @@ async fn connected(shared: &Arc<Shared>, toolbox: &Toolbox) -> Outcome {
     if let Err(why) = relist(shared, toolbox, &peer).await {
         return Outcome::Failed(why);
     }
+    let broken = CancellationToken::new();
     shared.conn.send_replace(Some(Arc::new(Conn {
         peer: peer.clone(),
         progress,
+        broken: broken.clone(),
     })));
     tracing::info!(server = %server.prefix, "MCP server connected; its tools are hosted");
     // On a 2026-07-28 connection, list changes come on a subscription the client opens.
@@ -443,6 +448,7 @@ async fn connected(shared: &Arc<Shared>, toolbox: &Toolbox) -> Outcome {
     loop {
         tokio::select! {
             _ = &mut done => return Outcome::Ended,
+            _ = broken.cancelled() => return Outcome::Ended,
             () = &mut listen => {}
             Some(()) = list_rx.recv() => {
                 if let Err(why) = relist(shared, toolbox, &peer).await {
@@ -658,7 +664,7 @@ impl Tool for McpTool {
             .await;
         let handle = match sent {
             Ok(h) => h,
-            Err(e) => return service_error(prefix, e),
+            Err(e) => return self.failed(&conn, e),
         };
         conn.progress
             .lock()
@@ -686,8 +692,19 @@ impl Tool for McpTool {
                 "MCP server {prefix} answered tools/call with something other than a tool result \
                  (input requests and tasks of a hosted server are not supported)"
             )),
-            Err(e) => service_error(prefix, e),
+            Err(e) => self.failed(&conn, e),
         }
+    }
+}
+
+impl McpTool {
+    /// The `isError` result for a request that failed; a connection found broken is handed to
+    /// the supervisor to reconnect.
+    fn failed(&self, conn: &Conn, e: ServiceError) -> CallToolResult {
+        if matches!(e, ServiceError::TransportSend(_)) {
+            conn.broken.cancel();
+        }
+        service_error(&self.shared.server.prefix, e)
     }
 }
 
