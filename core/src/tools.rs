@@ -51,7 +51,8 @@ pub enum CacheScope {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachePolicy {
-    #[serde(default)]
+    /// `ttlMs` in the registry; `ttl_ms` in a tools file (TOML keys are snake_case there).
+    #[serde(default, alias = "ttl_ms")]
     pub ttl_ms: u64,
     #[serde(default)]
     pub scope: CacheScope,

@@ -26,7 +26,7 @@
 //! - **cancel**: cancellations from the backend stop the matching running calls; each heartbeat
 //!   also re-reads the task, in case a cancellation signal was missed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,7 +126,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let stop_cancels = CancellationToken::new();
     let mut announce = tokio::spawn(w.clone().announce_loop(stop.clone()));
-    let mut fetch = tokio::spawn(w.clone().fetch_loop(stop.clone()));
+    let mut fetch = tokio::spawn(w.clone().fetch_loop(stop.clone(), queues));
     let mut reclaim = tokio::spawn(w.clone().reclaim_loop(stop.clone()));
     let cancel = tokio::spawn(w.clone().cancel_loop(stop_cancels.clone()));
     let failed = tokio::select! {
@@ -171,6 +171,8 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                // Hosted tools came or went (an MCP server): say so now, not at the next beat.
+                _ = self.toolbox.changed() => {}
                 _ = stop.cancelled() => return,
             }
             let a = WorkerAnnouncement {
@@ -190,7 +192,10 @@ impl Worker {
         }
     }
 
-    async fn fetch_loop(self: Arc<Self>, stop: CancellationToken) {
+    async fn fetch_loop(self: Arc<Self>, stop: CancellationToken, prepared: Vec<String>) {
+        // Queues made ready by `JobQueue::prepare`; tools added later (an MCP server's) are
+        // prepared here before their first fetch.
+        let mut prepared: HashSet<String> = prepared.into_iter().collect();
         loop {
             let want = tokio::select! {
                 n = self.backlog.room() => n,
@@ -198,7 +203,22 @@ impl Worker {
             };
             // Only tools with a free slot of their own: jobs held here while their tool is busy
             // could run on another worker.
-            let queues = self.toolbox.queue_ids_with_room();
+            let mut queues = self.toolbox.queue_ids_with_room();
+            let new: Vec<String> = queues
+                .iter()
+                .filter(|q| !prepared.contains(*q))
+                .cloned()
+                .collect();
+            if !new.is_empty() {
+                match self.queue.prepare(&new).await {
+                    Ok(()) => prepared.extend(new),
+                    Err(e) => {
+                        tracing::warn!(error = %e, queues = ?new, "cannot prepare new tool queues; retrying");
+                        queues.retain(|q| prepared.contains(q));
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
             if queues.is_empty() {
                 tokio::select! {
                     _ = tokio::time::sleep(TOOLS_BUSY_PAUSE) => continue,
@@ -249,7 +269,7 @@ impl Worker {
     }
 
     /// The tool of this job's queue, if this worker hosts it.
-    fn hosted(&self, job: &Job) -> Option<&Hosted> {
+    fn hosted(&self, job: &Job) -> Option<Arc<Hosted>> {
         self.toolbox
             .get(&job.tool)
             .filter(|h| h.queue_id == job.queue)
@@ -279,13 +299,14 @@ impl Worker {
     }
 
     async fn reclaim_loop(self: Arc<Self>, stop: CancellationToken) {
-        let queues = self.toolbox.queue_ids();
         let mut tick = tokio::time::interval(self.config.visibility_timeout / 2);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
+            // Read each round: an MCP server's tools come and go.
+            let queues = self.toolbox.queue_ids();
             let reclaimed = self
                 .queue
                 .reclaim(
@@ -399,7 +420,7 @@ impl Worker {
             .insert(job.task_id.clone(), token.clone());
         let status = self.queue.task_status(&job.task_id).await;
         let ended = if let Ok(Some(TaskStatus::Working)) = status {
-            Some(self.run_call(&job, hosted, waiting, &token).await)
+            Some(self.run_call(&job, &hosted, waiting, &token).await)
         } else {
             // Out of the backlog now, not once the outcome is written.
             drop(waiting);

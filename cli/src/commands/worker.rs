@@ -1,10 +1,10 @@
 //! `switchboard worker`: a worker node against Redis, hosting the built-in tools and/or the
-//! command tools of a tools file (`docs/tools.md`).
+//! command tools and MCP servers of a tools file (`docs/tools.md`).
 
 use std::path::PathBuf;
 
 use switchboard_redis::RedisOptions;
-use switchboard_worker::tools::{builtin, command};
+use switchboard_worker::tools::{builtin, command, mcp};
 use switchboard_worker::{Toolbox, WorkerConfig};
 
 use crate::Failure;
@@ -33,11 +33,12 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if args.builtin {
         builtin::add_builtins(&mut toolbox).map_err(|e| Failure::Usage(e.to_string()))?;
     }
+    let mut servers = Vec::new();
     if let Some(path) = &args.tools {
-        command::load_tools_file(path, &mut toolbox)
+        servers = command::load_tools_file(path, &mut toolbox)
             .map_err(|e| Failure::Usage(format!("tools (SWITCHBOARD_TOOLS): {e}")))?;
     }
-    if toolbox.is_empty() {
+    if toolbox.is_empty() && servers.is_empty() {
         return Err(Failure::Usage(
             "no tools to host: give --tools FILE (SWITCHBOARD_TOOLS) and/or --builtin".into(),
         ));
@@ -48,6 +49,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         let queue = super::redis(&args.redis)?;
+        // The MCP servers' tools join the toolbox as the servers come up.
+        let _hosts = mcp::start(servers, &toolbox);
         switchboard_worker::run(args.config, queue, toolbox, super::shutdown_signal())
             .await
             .map_err(|e| Failure::Runtime(e.into()))

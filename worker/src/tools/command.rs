@@ -31,9 +31,7 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 pub const STDERR_TAIL_BYTES: usize = 4096;
 /// The longest stderr line read at once; longer ones are read in pieces.
 pub const MAX_STDERR_LINE: usize = 64 * 1024;
-/// Environment variables a command inherits from the worker; everything else comes from the
-/// tool's `env` table.
-pub const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
+pub use super::PASSED_ENV;
 /// Default timeout of a command tool.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default calls of one command tool running at once on one worker.
@@ -44,6 +42,9 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 struct ToolsFile {
     #[serde(default, rename = "tool")]
     tools: Vec<CommandToolDef>,
+    /// MCP servers whose tools the worker hosts (`super::mcp`).
+    #[serde(default, rename = "mcp")]
+    mcp: Vec<super::mcp::McpServerDef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,8 +85,12 @@ fn default_concurrency() -> usize {
     DEFAULT_CONCURRENCY
 }
 
-/// Reads a tools file and adds its tools to `toolbox`.
-pub fn load_tools_file(path: &Path, toolbox: &mut Toolbox) -> Result<(), ToolboxError> {
+/// Reads a tools file, adds its command tools to `toolbox` and returns its MCP servers (to host
+/// with [`super::mcp::host`]).
+pub fn load_tools_file(
+    path: &Path,
+    toolbox: &mut Toolbox,
+) -> Result<Vec<super::mcp::McpServer>, ToolboxError> {
     let file_err = |why: String| ToolboxError::File {
         path: path.display().to_string(),
         why,
@@ -122,7 +127,7 @@ pub fn load_tools_file(path: &Path, toolbox: &mut Toolbox) -> Result<(), Toolbox
         };
         toolbox.add(spec, Arc::new(tool), def.concurrency)?;
     }
-    Ok(())
+    super::mcp::check_all(file.mcp)
 }
 
 struct CommandTool {
@@ -291,6 +296,7 @@ cache = { ttl_ms = 1000, scope = "per-user" }
             spec.cache.scope,
             switchboard_core::tools::CacheScope::PerUser
         );
+        assert_eq!(spec.cache.ttl_ms, 1000, "ttl_ms as docs/tools.md writes it");
         let r = call(&tb, "cat", json!({"a": 1})).await;
         assert!(!r.is_error, "{r:?}");
         assert_eq!(r.structured_content, Some(json!({"a": 1})));
