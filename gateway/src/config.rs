@@ -515,6 +515,11 @@ pub struct Tuning {
     /// connections of long calls). 0: streams stay open until the reply.
     #[arg(long, env = "SWITCHBOARD_MCP_SSE_POLL_AFTER", default_value = "0s", value_name = "DURATION", value_parser = duration, help_heading = "MCP")]
     pub mcp_sse_poll_after: Duration,
+    /// A resumed MCP stream whose call's outcome was read from its task first waits this long
+    /// for the stream's own reply (which follows every event before it) before sending the
+    /// task's.
+    #[arg(long, env = "SWITCHBOARD_MCP_RESUME_GRACE", default_value = "500ms", value_name = "DURATION", value_parser = duration, help_heading = "MCP")]
+    pub mcp_resume_grace: Duration,
 
     /// Tool calls (and `tasks/result` waits) one connection may have in flight (over it:
     /// -32006).

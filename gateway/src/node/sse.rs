@@ -424,15 +424,32 @@ pub(super) fn resume(
         };
         // Who asks the call's task for its outcome, on the same queue.
         let mut asking: Option<(Caller, Value)> = None;
+        // The task's answer, held a moment (`--mcp-resume-grace`) for the stream's own reply,
+        // which comes after every event before it; sent if the stream's does not come.
+        let grace = node.config.tuning.mcp_resume_grace;
+        let mut held: Option<Bytes> = None;
         let forwarding = async {
-            while let Some(text) = reader.next(false).await {
+            let give_up = tokio::time::sleep(grace);
+            tokio::pin!(give_up);
+            loop {
+                let next = tokio::select! {
+                    next = reader.next(false) => next,
+                    () = &mut give_up, if held.is_some() => None,
+                };
+                let Some(text) = next else {
+                    if let Some(reply) = held.take() {
+                        let _ = tx.send(message_event(None, &reply)).await;
+                    }
+                    return;
+                };
                 let Some((data, eid)) = event_of(&text) else {
-                    // The answer of `tasks/result`: the call's reply.
+                    // The answer of `tasks/result`: the call's outcome.
                     if let (Some(id), Some((_, request))) = (reply_id(&text), &asking)
                         && &id == request
+                        && held.is_none()
                     {
-                        let _ = tx.send(message_event(None, &text)).await;
-                        return;
+                        held = Some(text);
+                        give_up.as_mut().reset(tokio::time::Instant::now() + grace);
                     }
                     continue;
                 };
@@ -463,8 +480,8 @@ pub(super) fn resume(
                             && serde_json::from_slice::<Value>(&reply)
                                 .is_ok_and(|v| v.get("result").is_some())
                         {
-                            let _ = tx.send(message_event(None, &reply)).await;
-                            return;
+                            held = Some(reply);
+                            give_up.as_mut().reset(tokio::time::Instant::now() + grace);
                         }
                         asking = Some((waiter, request.clone()));
                     }
