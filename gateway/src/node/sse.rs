@@ -405,6 +405,7 @@ pub(super) fn resume(
     caller.token_topics.insert(topic.clone(), None);
     let link = caller.link.clone();
     let (response, tx) = sse_response();
+    let resume_grace = node.config.tuning.mcp_resume_grace;
     tokio::spawn(async move {
         let stream = topic.to_string();
         let subscribing = async {
@@ -416,7 +417,12 @@ pub(super) fn resume(
             {
                 // Everything kept is on its way: wait for the reply.
                 Ok(r) if r.recovered != Some(false) => std::future::pending::<()>().await,
-                Ok(_) => tracing::debug!(stream, "an MCP stream resumed after its events expired"),
+                // Its start is gone (trimmed or expired): what is left is sent, then the stream
+                // ends and the client decides (its call's task still answers `tasks/result`).
+                Ok(_) => {
+                    tracing::debug!(stream, "an MCP stream resumed after its events expired");
+                    tokio::time::sleep(resume_grace).await;
+                }
                 Err(e) => {
                     tracing::debug!(stream, error = %e.message, "resuming an MCP stream failed")
                 }
