@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_core::backend::JobQueue;
+use switchboard_core::backend::{JobQueue, finish_retrying};
 use switchboard_core::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
@@ -50,22 +50,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 const RECLAIM_BATCH: usize = 16;
 /// Progress reports queued per running call before new ones are dropped.
 const PROGRESS_QUEUE: usize = 64;
-/// Attempts at writing a call's outcome before leaving it to a reclaim.
-const FINISH_ATTEMPTS: u32 = 5;
 /// Pause while every hosted tool is at its concurrency limit.
 const TOOLS_BUSY_PAUSE: Duration = Duration::from_millis(20);
-
-/// The result as stored: one over `max` bytes (as JSON) is replaced by an `isError` result
-/// saying so, so that no call can make Redis hold more than the bound.
-fn bounded_result(result: CallToolResult, max: u64) -> CallToolResult {
-    let len = serde_json::to_vec(&result).map_or(0, |v| v.len()) as u64;
-    if len <= max {
-        return result;
-    }
-    CallToolResult::error(format!(
-        "the tool's result of {len} bytes is over the limit of {max} bytes (maxResultBytes)"
-    ))
-}
 
 /// Why a worker stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -386,20 +372,16 @@ impl Worker {
         message: Option<&str>,
         result: CallToolResult,
     ) {
-        let result = bounded_result(result, job.max_result_bytes);
-        let mut pause = Duration::from_millis(200);
-        for attempt in 1..=FINISH_ATTEMPTS {
-            match self.queue.finish(job, status, message, &result).await {
-                Ok(()) => return,
-                Err(e) if attempt == FINISH_ATTEMPTS => {
-                    tracing::error!(error = %e, task = %job.task_id, "could not record a call's outcome; the job will be reclaimed");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "recording a call's outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
+        let written = finish_retrying(
+            &*self.queue,
+            job,
+            status,
+            message,
+            result,
+            job.max_result_bytes,
+        );
+        if let Err(e) = written.await {
+            tracing::error!(error = %e, task = %job.task_id, "could not record a call's outcome; the job will be reclaimed");
         }
     }
 

@@ -65,3 +65,48 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Checks the backend answers, keeping its connections (and their reconnects) alive.
     async fn keepalive(&self) -> Result<(), BackendError>;
 }
+
+/// Attempts at writing a call's outcome ([`finish_retrying`]).
+const FINISH_ATTEMPTS: u32 = 5;
+/// The pause after the first failed attempt; it doubles after each.
+const FINISH_FIRST_PAUSE: Duration = Duration::from_millis(200);
+
+/// The result as stored: one over `max` bytes (as JSON) is replaced by an `isError` result
+/// saying so, so that no call can make the backend hold more than the bound.
+pub fn bounded_result(result: CallToolResult, max: u64) -> CallToolResult {
+    let len = serde_json::to_vec(&result).map_or(0, |v| v.len()) as u64;
+    if len <= max {
+        return result;
+    }
+    CallToolResult::error(format!(
+        "the tool's result of {len} bytes is over the limit of {max} bytes (maxResultBytes)"
+    ))
+}
+
+/// Writes a call's outcome with [`JobQueue::finish`] (which is idempotent), bounded to `max`
+/// bytes, retrying up to [`FINISH_ATTEMPTS`] times with doubling pauses; the last error if
+/// every attempt failed (the caller says what that leaves: a reclaim, or a deadline).
+pub async fn finish_retrying(
+    queue: &dyn JobQueue,
+    job: &Job,
+    status: TaskStatus,
+    message: Option<&str>,
+    result: CallToolResult,
+    max: u64,
+) -> Result<(), BackendError> {
+    let result = bounded_result(result, max);
+    let mut pause = FINISH_FIRST_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match queue.finish(job, status, message, &result).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == FINISH_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, task = %job.task_id, "recording a call's outcome failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}

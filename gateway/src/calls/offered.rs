@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use switchboard_core::backend::JobQueue;
+use switchboard_core::backend::{JobQueue, finish_retrying};
 use switchboard_core::calls::{Job, Progress, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_core::tools::{CachePolicy, CacheScope, ToolSpec, validate_tool_name};
@@ -49,8 +49,6 @@ use crate::transport::{Out, Sender};
 pub(crate) const ANNOUNCE_MISSES: u32 = 3;
 /// Pause after a failed fetch, so an outage does not spin.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// Attempts at writing a call's outcome.
-const FINISH_ATTEMPTS: u32 = 5;
 /// What `notifications/cancelled` is called.
 const CANCELLED: &str = "notifications/cancelled";
 
@@ -117,17 +115,6 @@ pub(crate) struct Offered {
 /// Why an offered call ends without the client's answer.
 fn ended(tool: &str, why: &str) -> CallToolResult {
     CallToolResult::error(format!("tool {tool}: {why}"))
-}
-
-/// The result as stored: over `max` bytes, an `isError` result saying so.
-fn bounded(result: CallToolResult, max: u64) -> CallToolResult {
-    let len = serde_json::to_vec(&result).map_or(0, |v| v.len()) as u64;
-    if len <= max {
-        return result;
-    }
-    CallToolResult::error(format!(
-        "the tool's result of {len} bytes is over the limit of {max} bytes (maxResultBytes)"
-    ))
 }
 
 fn invalid(name: &str, why: impl std::fmt::Display) -> RpcError {
@@ -721,23 +708,10 @@ impl Offered {
         message: Option<&str>,
         result: CallToolResult,
     ) {
-        let result = bounded(
-            result,
-            job.max_result_bytes.min(self.settings.max_result_bytes),
-        );
-        let mut pause = Duration::from_millis(200);
-        for attempt in 1..=FINISH_ATTEMPTS {
-            match self.queue.finish(job, status, message, &result).await {
-                Ok(()) => return,
-                Err(e) if attempt == FINISH_ATTEMPTS => {
-                    tracing::error!(error = %e, task = %job.task_id, "could not record an offered tool's outcome; its callers get -32005 at the deadline");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "recording an offered tool's outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
+        let max = job.max_result_bytes.min(self.settings.max_result_bytes);
+        let written = finish_retrying(&*self.queue, job, status, message, result, max);
+        if let Err(e) = written.await {
+            tracing::error!(error = %e, task = %job.task_id, "could not record an offered tool's outcome; its callers get -32005 at the deadline");
         }
     }
 }
