@@ -10,6 +10,8 @@
 //! - [`http_get`]: a minimal HTTP/1.1 GET for `/readyz` and `/metrics`.
 //! - [`sse::HttpStream`]: a request to `/mcp` whose answer is read as it comes (SSE events one
 //!   at a time), so a test can break a stream mid-call.
+//! - [`script::Script`]: a client scenario in another language (Node, a browser, Python) run as
+//!   a child process that reports JSON lines, so the test can kill the node it is on.
 //!
 //! Waiting is always for a condition with a deadline ([`eventually`]), never a bare sleep. The
 //! sleeps that remain are not waits for state, each a named duration saying why it is that
@@ -17,6 +19,7 @@
 //! timeout), and pacing a producer on purpose; tests on paused time advance its clock with
 //! `sleep`.
 
+pub mod script;
 pub mod sse;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
