@@ -655,18 +655,6 @@ class Client:
                 if ws is None:
                     break
                 out = await self._serve(_Conn(ws, url, used_fresh), token)
-                if out.was_ready and not out.by_app:
-                    attempt = 0
-                    self._emit(
-                        StateChange(
-                            DISCONNECTED,
-                            code=out.code,
-                            reason=out.reason,
-                            node=self._node,
-                            session=self._session,
-                            url=url,
-                        )
-                    )
                 action = backoff.policy(out.code, by_app=out.by_app or self._closing)
                 if action.final:
                     if self._closing:
@@ -679,6 +667,18 @@ class Client:
                         return
                     force_fresh = True
                     attempt = 0
+                if out.was_ready:
+                    attempt = 0
+                    self._emit(
+                        StateChange(
+                            DISCONNECTED,
+                            code=out.code,
+                            reason=out.reason,
+                            node=self._node,
+                            session=self._session,
+                            url=url,
+                        )
+                    )
                 if action.reset:
                     attempt = 0
                 floor = max(action.floor, out.floor)
