@@ -135,7 +135,7 @@ fn run_in_venv(args: &[&str]) {
 #[test]
 fn unit_tests_and_types() {
     run_in_venv(&["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]);
-    run_in_venv(&["-m", "mypy", "--strict", "--no-incremental", "src"]);
+    run_in_venv(&["-m", "mypy", "--strict", "--no-incremental", "src", "scenarios"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

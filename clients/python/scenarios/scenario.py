@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from switchboard_client import (
@@ -336,7 +336,7 @@ async def cancel() -> None:
         )
 
 
-SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
+SCENARIOS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
     "pubsub": pubsub,
     "kill9": kill9,
     "takeover": takeover,
