@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -116,7 +116,13 @@ class _Conn:
         self.blocked = 0
         self.pinging = False
         self.ended = asyncio.Event()
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Runs ``coro`` for this socket's life (cancelled when it ends)."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def set_blocked(self, on: bool) -> None:
         self.blocked += 1 if on else -1
@@ -764,7 +770,7 @@ class Client:
             closing.cancel()
             if self._link is conn:
                 self._link = None
-            for t in conn.tasks:
+            for t in list(conn.tasks):
                 t.cancel()
             by_app = self._closing
             if by_app:
@@ -865,11 +871,9 @@ class Client:
         )
         for topic in not_recovered:
             self._emit(StateChange(NOT_RECOVERED, topic=topic, node=self._node))
-        conn.tasks.append(
-            asyncio.create_task(self._restore(conn, subscribe, unsubscribe, not_recovered))
-        )
+        conn.spawn(self._restore(conn, subscribe, unsubscribe, not_recovered))
         if self._token.is_function:
-            conn.tasks.append(asyncio.create_task(self._refresh_loop(conn)))
+            conn.spawn(self._refresh_loop(conn))
         return "ready"
 
     def _restore_plan(
@@ -997,7 +1001,7 @@ class Client:
                 return
             if idle > hb and not conn.pinging:
                 conn.pinging = True
-                conn.tasks.append(asyncio.create_task(self._ping(conn, hb)))
+                conn.spawn(self._ping(conn, hb))
 
     async def _ping(self, conn: _Conn, hb: float) -> None:
         try:
