@@ -130,8 +130,9 @@ class _Conn:
             self.last_rx = time.monotonic()
 
     def close_info(self) -> tuple[int | None, str]:
-        code = self.ws.close_code
-        reason = self.ws.close_reason or ""
+        # The sans-I/O protocol's (the connection's own properties came in websockets 15).
+        code = self.ws.protocol.close_code
+        reason = self.ws.protocol.close_reason or ""
         if code == 1006 or code is None:
             return (code, reason or "connection lost")
         return (code, reason)
@@ -788,7 +789,7 @@ class Client:
     async def _close_socket(
         self, conn: _Conn, code: int, reader: asyncio.Task[None], by_app: bool
     ) -> None:
-        if not conn.ended.is_set() or conn.ws.close_code is None:
+        if not conn.ended.is_set() or conn.ws.protocol.close_code is None:
             try:
                 await asyncio.wait_for(
                     conn.ws.close(code, "closed by the client" if by_app else "reconnecting"),
