@@ -135,7 +135,14 @@ fn run_in_venv(args: &[&str]) {
 #[test]
 fn unit_tests_and_types() {
     run_in_venv(&["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]);
-    run_in_venv(&["-m", "mypy", "--strict", "--no-incremental", "src", "scenarios"]);
+    run_in_venv(&[
+        "-m",
+        "mypy",
+        "--strict",
+        "--no-incremental",
+        "src",
+        "scenarios",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +159,20 @@ async fn publish_across_nodes_and_since_recovery() {
     let since = s.step("since").await;
     let published: Vec<Value> = since["published"].as_array().unwrap().clone();
     assert_eq!(published.len(), 6, "{since}");
-    assert!(published.iter().all(Value::is_string), "history ids: {since}");
+    assert!(
+        published.iter().all(Value::is_string),
+        "history ids: {since}"
+    );
     assert_eq!(
         since["ids"],
         json!(published[2..5]),
         "exactly the events after `since`, in order: {since}"
     );
-    assert_eq!(since["data"], json!([{"n": 2}, {"n": 3}, {"n": 4}]), "{since}");
+    assert_eq!(
+        since["data"],
+        json!([{"n": 2}, {"n": 3}, {"n": 4}]),
+        "{since}"
+    );
     assert_eq!(since["recovered"], true, "{since}");
     assert_eq!(since["position"], published[4], "{since}");
     assert_eq!(
@@ -235,7 +249,10 @@ async fn kill9_resumes_on_the_other_node_exactly_once_with_the_call_answered() {
         st[lost..].iter().any(|s| s == "resumed"),
         "disconnected, then resumed: {st:?}"
     );
-    assert!(!st.iter().any(|s| s == "connected" && st[lost..].contains(s)));
+    assert!(
+        !st.iter()
+            .any(|s| s == "connected" && st[lost..].contains(s))
+    );
     let closed = s.step("closed").await;
     assert_eq!(closed["state"], "closed", "{closed}");
     assert_eq!(closed["code"], 1000, "{closed}");
@@ -260,7 +277,10 @@ async fn takeover_4009_is_final() {
     let closed = s.step("closed").await;
     assert_eq!(closed["code"], 4009, "{closed}");
     assert_eq!(closed["closed"], true, "{closed}");
-    assert_eq!(closed["publish_error"], 4009, "requests fail with Closed: {closed}");
+    assert_eq!(
+        closed["publish_error"], 4009,
+        "requests fail with Closed: {closed}"
+    );
     assert_eq!(
         states(&closed),
         ["connecting", "connected", "closed:4009"],
@@ -292,10 +312,7 @@ async fn token_function_recovers_from_1008_and_refreshes_before_exp() {
 
     let always = s.step("always_expired").await;
     assert_eq!(always["code"], 1008, "{always}");
-    assert_eq!(
-        always["asked"], 2,
-        "one fresh token, then final: {always}"
-    );
+    assert_eq!(always["asked"], 2, "one fresh token, then final: {always}");
     assert_eq!(
         states(&always),
         ["connecting", "connecting", "closed:1008"],
@@ -312,9 +329,7 @@ async fn token_function_recovers_from_1008_and_refreshes_before_exp() {
 
     let ready = s.step("short_ready").await;
     let exp = ready["exp"].as_u64().expect("exp");
-    let done = s
-        .step_within("short_done", Duration::from_secs(30))
-        .await;
+    let done = s.step_within("short_done", Duration::from_secs(30)).await;
     assert!(
         done["now"].as_f64().unwrap() > (exp + 5) as f64,
         "observed past exp + leeway: {done}"
