@@ -113,7 +113,10 @@ impl Script {
         let stdin = self.stdin.as_mut().expect("stdin still open");
         let mut line = command.to_string();
         line.push('\n');
-        stdin.write_all(line.as_bytes()).await.expect("write to script");
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to script");
         stdin.flush().await.expect("flush script stdin");
     }
 
