@@ -340,3 +340,21 @@ async fn an_aborted_call_is_cancelled_at_the_gateway() {
     assert_eq!(r["pre"], "AbortError", "{r}");
     s.finish().await;
 }
+
+/// The client's own unit tests (pure parts, and the close-code policy against a fake
+/// WebSocket): `node --test clients/js/test/unit.test.mjs` under Node 22.
+#[test]
+fn js_unit_tests() {
+    let dir = js_dir();
+    let out = std::process::Command::new(node22())
+        .args(["--test", "--test-reporter=dot", "test/unit.test.mjs"])
+        .current_dir(&dir)
+        .output()
+        .expect("run node --test");
+    assert!(
+        out.status.success(),
+        "the JS unit tests failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

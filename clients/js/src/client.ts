@@ -450,12 +450,12 @@ export class SwitchboardClient {
         this.emit("error", e);
       }
       if (this.finalClose) return;
+      let s: Socket | undefined;
       if (token !== undefined || this.token === undefined) {
-        const s = this.open(url, token);
+        s = this.open(url, token);
         end = await s.end.promise;
         wasReady = s.ready;
-        this.teardown(s, end);
-        if (this.finalClose) return;
+        if (this.finalClose) return this.teardown(s, end);
         if (s.authFailed && end.code !== 1008) end = { code: 1008, reason: end.reason };
       }
       end = end!;
@@ -469,6 +469,7 @@ export class SwitchboardClient {
         }
         this.cachedToken = undefined;
       }
+      if (s) this.teardown(s, end);
       if (wasReady) this.setState("disconnected", { code: end.code, reason: end.reason });
       this.urlIndex = (this.urlIndex + 1) % this.urls.length;
       const floor = action.kind === "reconnect" ? action.floorMs : 0;
@@ -660,7 +661,7 @@ export class SwitchboardClient {
     this.cancelAfterResume.clear();
     for (const [topic, entry] of this.topics) {
       if (restored.has(topic)) entry.sentOn = s;
-      else void this.subscribeOn(s, topic, entry, this.tracker.since(topic));
+      else void this.subscribeOn(s, topic, entry, this.tracker.since(topic), notRecovered.includes(topic));
     }
     for (const w of [...this.readyWaiters]) w.resolve(s);
     this.readyWaiters.clear();
@@ -801,7 +802,13 @@ export class SwitchboardClient {
   // -------------------------------------------------------------------------------------------
   // Subscriptions
 
-  private async subscribeOn(s: Socket, topic: string, entry: TopicEntry, since: string | undefined): Promise<void> {
+  private async subscribeOn(
+    s: Socket,
+    topic: string,
+    entry: TopicEntry,
+    since: string | undefined,
+    noticed = false,
+  ): Promise<void> {
     if (entry.sentOn === s) return;
     entry.sentOn = s;
     const params: Record<string, unknown> = { topic };
@@ -839,7 +846,7 @@ export class SwitchboardClient {
     }
     this.tracker.topics.get(topic)!.confirmed = true;
     this.enqueue({ kind: "confirm", topic, reply });
-    if (reply.recovered === false) this.notice("recovered:false", topic);
+    if (reply.recovered === false && !noticed) this.notice("recovered:false", topic);
   }
 
   // -------------------------------------------------------------------------------------------
