@@ -44,8 +44,13 @@ async fn a_page_using_the_bundle_resumes_on_the_other_node_with_every_event_once
     );
 
     // The page's origin must be known before the gateways start (they check `Origin`).
-    let mut s = Script::spawn(&node, &["test/browser.mjs"], &dir, &[("CHROMIUM", chromium)])
-        .expect("spawn the browser driver");
+    let mut s = Script::spawn(
+        &node,
+        &["test/browser.mjs"],
+        &dir,
+        &[("CHROMIUM", chromium)],
+    )
+    .expect("spawn the browser driver");
     let port = s.step("serving").await["port"].as_u64().expect("a port");
     let origin = format!("http://127.0.0.1:{port}");
     let flags = [
@@ -58,7 +63,7 @@ async fn a_page_using_the_bundle_resumes_on_the_other_node_with_every_event_once
         "--session-refresh",
         "200ms",
         "--allowed-origin",
-        &origin,
+        origin.as_str(),
     ];
     let redis = RedisServer::start().await;
     let a = GatewayProcess::start_secured(&redis.url(), "gw-a", &flags).await;

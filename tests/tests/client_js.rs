@@ -103,7 +103,10 @@ fn scenario(mode: &str, urls: &[String]) -> Script {
         &node22(),
         &["test/scenario.mjs", mode],
         &dir,
-        &[("SB_URLS", urls.join(",")), ("SB_SECRET", SECRET.to_owned())],
+        &[
+            ("SB_URLS", urls.join(",")),
+            ("SB_SECRET", SECRET.to_owned()),
+        ],
     )
     .expect("spawn node")
 }
@@ -112,7 +115,11 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("not a string: {s}")).to_owned())
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_owned()
+        })
         .collect()
 }
 
@@ -222,7 +229,10 @@ async fn kill_9_of_the_clients_node_every_event_once_and_the_call_answered() {
     let data: Vec<Value> = (0..N).map(|i| json!({"n": i})).collect();
     assert_eq!(r["data"], json!(data));
     let sc = &r["call"]["ok"]["structuredContent"];
-    assert_eq!(sc["slept_ms"], 1500, "the call answered across the resume: {r}");
+    assert_eq!(
+        sc["slept_ms"], 1500,
+        "the call answered across the resume: {r}"
+    );
     assert_eq!(sc["worker"], "w1", "{r}");
     let states = strings(&r["states"]);
     let d = find(&states, "disconnected:1006", 0)
@@ -232,7 +242,12 @@ async fn kill_9_of_the_clients_node_every_event_once_and_the_call_answered() {
         find(&states, "resumed", d).is_some(),
         "resumed after the disconnect: {states:?}"
     );
-    assert!(!states.iter().any(|s| s == "closed" || s.starts_with("recovered:false")), "{states:?}");
+    assert!(
+        !states
+            .iter()
+            .any(|s| s == "closed" || s.starts_with("recovered:false")),
+        "{states:?}"
+    );
     assert_ne!(r["node"], json!(first_node), "on the other node now");
     assert_eq!(r["session"], json!(session), "the same session");
     s.finish().await;
@@ -318,7 +333,10 @@ async fn token_refreshed_before_exp_keeps_the_socket() {
         ["connecting", "connected"],
         "no disconnect past exp + 5 s: {r}"
     );
-    assert!(r["calls"].as_u64().unwrap() >= 3, "refreshed twice at least: {r}");
+    assert!(
+        r["calls"].as_u64().unwrap() >= 3,
+        "refreshed twice at least: {r}"
+    );
     assert_eq!(r["got"], 1, "{r}");
     s.finish().await;
 }
@@ -331,7 +349,10 @@ async fn an_aborted_call_is_cancelled_at_the_gateway() {
     let mut s = scenario("abort", &[c.a.ws_url()]);
     let r = s.step("result").await;
     assert_eq!(r["first"], "AbortError", "{r}");
-    assert!(r["abortMs"].as_u64().unwrap() < 200, "rejected at once: {r}");
+    assert!(
+        r["abortMs"].as_u64().unwrap() < 200,
+        "rejected at once: {r}"
+    );
     assert!(
         r["secondMs"].as_u64().unwrap() < 3000,
         "the worker (one call at a time) was free long before the 4 s sleep would end: {r}"

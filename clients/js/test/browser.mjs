@@ -24,7 +24,12 @@ const files = {
   "/switchboard.min.js": ["text/javascript; charset=utf-8", readFileSync(bundle)],
 };
 const server = createServer((req, res) => {
-  const f = files[new URL(req.url, "http://x").pathname];
+  const path = new URL(req.url, "http://x").pathname;
+  if (path === "/favicon.ico") {
+    res.writeHead(204).end();
+    return;
+  }
+  const f = files[path];
   if (!f) {
     res.writeHead(404).end();
     return;
