@@ -368,7 +368,13 @@ async fn an_aborted_call_is_cancelled_at_the_gateway() {
 fn js_unit_tests() {
     let dir = js_dir();
     let out = std::process::Command::new(node22())
-        .args(["--test", "--test-reporter=dot", "test/unit.test.mjs"])
+        .args([
+            "--test",
+            "--test-force-exit",
+            "--test-timeout=30000",
+            "--test-reporter=dot",
+            "test/unit.test.mjs",
+        ])
         .current_dir(&dir)
         .output()
         .expect("run node --test");

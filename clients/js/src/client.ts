@@ -777,9 +777,10 @@ export class SwitchboardClient {
     this.queue.length = 0;
     for (const [topic, t] of this.tracker.topics) {
       const first = firstDropped.get(topic);
-      if (first !== undefined) {
-        const before = previousId(first);
-        if (t.floor === undefined || t.floor < before) t.floor = before;
+      // Every dropped event is newer than what the topic knows; a topic that knows nothing
+      // yet resumes from just before its first dropped event.
+      if (first !== undefined && Tracker.known(t) === undefined) {
+        t.floor = previousId(first);
         t.confirmed = true;
       }
       t.seen = Tracker.known(t);

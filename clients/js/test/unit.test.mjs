@@ -237,3 +237,73 @@ test("1013 and 4029 wait at least their floors; 1008 with a fixed token is final
   await until(() => sb.state === "closed");
   assert.equal(sockets.length, 1);
 });
+
+/** A client on fake sockets that answer like a gateway (see autoGateway). */
+function withGateway(opts = {}, gw = {}) {
+  const { Fake, sockets } = fakeWebSocket();
+  const origPush = sockets.push.bind(sockets);
+  sockets.push = (ws) => {
+    autoGateway(ws, gw);
+    return origPush(ws);
+  };
+  const sb = new SwitchboardClient({ urls: ["ws://a/ws", "ws://b/ws"], WebSocket: Fake, backoffMinMs: 10, backoffMaxMs: 20, ...opts });
+  return { sb, sockets };
+}
+
+test("1012: the next URL, at once", async () => {
+  const { sb, sockets } = withGateway({ backoffMinMs: 50, backoffMaxMs: 5000 });
+  await sb.connect();
+  // Several failed attempts would grow the backoff; 1012 uses attempt 0 regardless.
+  const t0 = Date.now();
+  sockets[0].serverClose(1012, "restarting");
+  await until(() => sb.state === "resumed");
+  assert.equal(sockets[1].url, "ws://b/ws");
+  assert.ok(Date.now() - t0 < 500, `${Date.now() - t0} ms`);
+  await sb.close();
+});
+
+test("heartbeat: a JSON-RPC ping after one quiet heartbeat; a socket that stays silent is dropped", async () => {
+  const { Fake, sockets } = fakeWebSocket();
+  const sb = new SwitchboardClient({ urls: ["ws://a/ws"], WebSocket: Fake, backoffMinMs: 10, backoffMaxMs: 20 });
+  const origPush = sockets.push.bind(sockets);
+  sockets.push = (ws) => {
+    ws.onSend = (m) => {
+      if (m.method === "hello") ws.reply(m.id, { session: "s", resumed: m.params.session === "s", node: "n", heartbeatMs: 100 });
+      // Pings go unanswered: the socket is silent.
+    };
+    return origPush(ws);
+  };
+  const states = [];
+  sb.on("state", (s) => states.push(s));
+  await sb.connect();
+  await until(() => sockets[0].sent.some((m) => m.method === "ping"), 1000);
+  await until(() => sockets.length === 2, 1500);
+  assert.ok(states.includes("disconnected"), String(states));
+  await sb.close();
+});
+
+test("a slow async handler: past eventQueue the socket is dropped and the session resumes from what it handed over", async () => {
+  const { sb, sockets } = withGateway({ eventQueue: 3 });
+  await sb.connect();
+  let release;
+  const gate = new Promise((r) => (release = r));
+  const got = [];
+  const sub = sb.subscribe("h", async (e) => {
+    got.push(e.id);
+    if (e.id === "1-0") await gate;
+  });
+  await sub.ready;
+  for (let i = 1; i <= 6; i++) sockets[0].message({ jsonrpc: "2.0", method: "event", params: { topic: "h", data: i, id: `${i}-0` } });
+  await until(() => sockets.length === 2 && sb.state === "resumed");
+  const hello = sockets[1].sent.find((m) => m.method === "hello");
+  assert.deepEqual(hello.params.positions, { h: "1-0" }, "resumes after the last event handed over");
+  release();
+  await new Promise((r) => setTimeout(r, 0));
+  // The replay brings the dropped ones again, once each.
+  for (let i = 2; i <= 5; i++) sockets[1].message({ jsonrpc: "2.0", method: "event", params: { topic: "h", data: i, id: `${i}-0` } });
+  await until(() => got.length === 5).catch((e) => {
+    throw new Error(`got ${JSON.stringify(got)}: ${e.message}`);
+  });
+  assert.deepEqual(got, ["1-0", "2-0", "3-0", "4-0", "5-0"]);
+  await sb.close();
+});
