@@ -183,6 +183,17 @@ export class SwitchboardClient {
   constructor(options: ClientOptions) {
     this.urls = typeof options.urls === "string" ? [options.urls] : [...options.urls];
     if (this.urls.length === 0) throw new TypeError("urls: at least one URL");
+    for (const u of this.urls) {
+      let protocol: string;
+      try {
+        protocol = new URL(u).protocol;
+      } catch {
+        throw new TypeError(`urls: not a URL: ${u}`);
+      }
+      if (!["ws:", "wss:", "http:", "https:"].includes(protocol)) {
+        throw new TypeError(`urls: ${u}: ws:// or wss:// expected`);
+      }
+    }
     this.token = options.token;
     const WS = options.WebSocket ?? (globalThis as any).WebSocket;
     if (typeof WS !== "function") {

@@ -307,3 +307,13 @@ test("a slow async handler: past eventQueue the socket is dropped and the sessio
   assert.deepEqual(got, ["1-0", "2-0", "3-0", "4-0", "5-0"]);
   await sb.close();
 });
+
+test("options are checked", () => {
+  const { Fake } = fakeWebSocket();
+  assert.throws(() => new SwitchboardClient({ urls: [], WebSocket: Fake }), TypeError);
+  assert.throws(() => new SwitchboardClient({ urls: ["not a url"], WebSocket: Fake }), TypeError);
+  assert.throws(() => new SwitchboardClient({ urls: ["ftp://x/ws"], WebSocket: Fake }), TypeError);
+  assert.throws(() => new SwitchboardClient({ urls: ["ws://x/ws"], WebSocket: Fake, backoffMinMs: 0 }), TypeError);
+  assert.throws(() => new SwitchboardClient({ urls: ["ws://x/ws"], WebSocket: Fake, eventQueue: 0 }), TypeError);
+  assert.equal(new SwitchboardClient({ urls: "wss://x/ws", WebSocket: Fake }).state, "idle");
+});
