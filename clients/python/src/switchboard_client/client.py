@@ -30,6 +30,7 @@ import inspect
 import itertools
 import json
 import logging
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -193,7 +194,8 @@ class Client:
     ``urls``: one or more ``ws://``/``wss://`` gateway URLs, tried in rotation. ``token``: a
     string, or a function returning (an awaitable of) a string (asked for a fresh token before
     ``exp`` and after a 1008). Use as ``async with Client(...) as sb:`` or ``await
-    sb.connect()`` / ``await sb.close()``.
+    sb.connect()`` / ``await sb.close()``. ``ssl``: an ``ssl.SSLContext`` for ``wss://`` URLs
+    (a custom CA: ``ssl.create_default_context(cafile=...)``); by default the system's roots.
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class Client:
         stale_heartbeats: int = 3,
         max_message_bytes: int | None = 16 * 1024 * 1024,
         refresh_retry_delay: float = 1.0,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self._urls = [urls] if isinstance(urls, str) else list(urls)
         if not self._urls:
@@ -239,6 +242,7 @@ class Client:
         self._stale_heartbeats = stale_heartbeats
         self._max_message_bytes = max_message_bytes
         self._refresh_retry_delay = refresh_retry_delay
+        self._ssl = ssl
 
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -722,6 +726,9 @@ class Client:
                 close_timeout=self._close_timeout,
                 max_size=self._max_message_bytes,
                 user_agent_header=f"switchboard-python/{VERSION}",
+                # A context of the application's (a custom CA, a client certificate) for
+                # wss:// URLs; websockets refuses one for ws://. None: the system's defaults.
+                ssl=self._ssl if url.startswith("wss:") else None,
             )
         )
         closing = asyncio.create_task(self._closing_ev.wait())
