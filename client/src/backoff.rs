@@ -132,9 +132,15 @@ mod tests {
     fn floors_raise_the_first_delay() {
         for _ in 0..100 {
             let d = floored(TRY_AGAIN_LATER_FLOOR, 0, MIN, MAX);
-            assert!(d >= Duration::from_secs(1) && d <= Duration::from_millis(1100), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_millis(1100),
+                "{d:?}"
+            );
             let d = floored(RATE_LIMITED_FLOOR, 3, MIN, MAX);
-            assert!(d >= Duration::from_secs(5) && d <= Duration::from_millis(5800), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_millis(5800),
+                "{d:?}"
+            );
             // 1012: attempt 0, within the minimum.
             assert!(floored(Duration::ZERO, 0, MIN, MAX) <= MIN);
         }
@@ -181,7 +187,9 @@ mod tests {
             Next::Reconnect { floor, .. } if floor == Duration::from_secs(5)
         ));
         // Everything else: the backoff alone (1000 from the gateway, unasked, included).
-        for code in [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1009, 1011, 4001, 4002, 4008] {
+        for code in [
+            1000, 1001, 1002, 1003, 1005, 1006, 1007, 1009, 1011, 4001, 4002, 4008,
+        ] {
             assert_eq!(next(Some(code), true, false), plain, "{code}");
             assert!(!is_final(code, false), "{code} is worth a reconnect");
         }

@@ -392,9 +392,7 @@ impl Session {
                             rpc.kind(),
                             Some(ErrorCode::Internal | ErrorCode::Overloaded)
                         ),
-                        ClientError::Closed(Some((code, _))) => {
-                            !backoff::is_final(*code, false)
-                        }
+                        ClientError::Closed(Some((code, _))) => !backoff::is_final(*code, false),
                         _ => true,
                     };
                     if !retryable {

@@ -150,7 +150,10 @@ pub(crate) async fn handshake(
 
 /// A TLS failure as a person can act on it (rustls puts the certificate problem inside).
 fn tls_error(e: &io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(why)) => {
             format!("the server's certificate was refused: {why:?}")
         }

@@ -28,7 +28,7 @@ use switchboard_harness::{
     DEADLINE, GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually,
 };
 
-const SECRET: &str = "tls-test-secret";
+const SECRET: &str = "tls-test-secret-of-at-least-32-bytes";
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -142,7 +142,10 @@ async fn a_session_over_wss_subscribes_publishes_and_calls() {
     opts.urls = vec![proxy.wss_url()];
     let (session, mut events) = Session::connect(opts).await.unwrap();
     session.subscribe("hist:room").await.unwrap();
-    let published = session.publish("hist:room", &json!({"n": 1})).await.unwrap();
+    let published = session
+        .publish("hist:room", &json!({"n": 1}))
+        .await
+        .unwrap();
     match next(&mut events).await {
         SessionEvent::Event(e) => {
             assert_eq!(e.topic, "hist:room");
@@ -240,10 +243,7 @@ async fn kill_9_over_wss_resumes_with_every_event_once() {
     };
     let (published, (), ()) = tokio::join!(publisher, killer, reader);
     assert_eq!(ids, published, "every event once, in order");
-    assert!(
-        log.iter().any(|l| l.starts_with("Disconnected")),
-        "{log:?}"
-    );
+    assert!(log.iter().any(|l| l.starts_with("Disconnected")), "{log:?}");
     assert!(
         log.iter()
             .any(|l| l == &format!("Reconnected {{ node: \"{survivor}\", resumed: true }}")),
@@ -283,7 +283,11 @@ async fn a_refused_token_is_replaced_once_by_the_provider() {
         }
     }));
     let (session, _events) = Session::connect(opts.clone()).await.unwrap();
-    assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again after the refusal");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "asked again after the refusal"
+    );
     session.subscribe("hist:t").await.unwrap();
     session.publish("hist:t", &json!(1)).await.unwrap();
     session.close().await;
@@ -294,7 +298,11 @@ async fn a_refused_token_is_replaced_once_by_the_provider() {
         Err(ClientError::Rpc(e)) => assert_eq!(e.code, -32001, "{e:?}"),
         other => panic!("a provider of bad tokens: {other:?}"),
     }
-    assert_eq!(asked.load(Ordering::SeqCst), 2, "one fresh token, then final");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "one fresh token, then final"
+    );
 
     // Mid-session: a good token, then only expired ones. The refresh is refused (the gateway
     // keeps the old token), the gateway closes with 1008 at exp, the fresh token is refused
@@ -363,7 +371,10 @@ async fn a_short_lived_token_is_refreshed_before_exp() {
         "the provider was asked to refresh"
     );
     assert_eq!(session.reconnections(), 0);
-    session.publish("hist:r", &json!("still here")).await.unwrap();
+    session
+        .publish("hist:r", &json!("still here"))
+        .await
+        .unwrap();
     match next(&mut events).await {
         SessionEvent::Event(e) => assert_eq!(e.data, json!("still here")),
         other => panic!("{other:?}"),
