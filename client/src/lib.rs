@@ -1,6 +1,9 @@
 //! The Rust client for Switchboard, used by the CLI, the benchmarks and the tests.
 //!
-//! [`Client::connect`] opens a socket; [`Client::hello`], [`Client::subscribe`],
+//! [`Client::connect`] opens a socket to a `ws://` or `wss://` URL (TLS through rustls with
+//! `ring`: the Mozilla roots and the system's store by default, a custom CA with
+//! [`TlsOptions::ca_pem`]; see `tls.rs`; [`open_stream`] gives the bare TCP/TLS stream to tools
+//! that speak WebSocket through another library); [`Client::hello`], [`Client::subscribe`],
 //! [`Client::publish`] and [`Client::request`] send requests and wait for their replies;
 //! [`Notifications`] yields what the gateway sends unasked (`event`, ...), in order. When the
 //! socket closes, the stream ends and [`Client::close_reason`] tells the close code.
@@ -11,7 +14,8 @@
 //!
 //! [`Session`] (in `session.rs`) is the reconnecting layer on top: it reconnects with backoff,
 //! resumes the session, restores subscriptions, dedupes events and keeps `tools/call`s waiting
-//! across a resume.
+//! across a resume; it follows the close-code policy of `backoff.rs` and takes its tokens from
+//! a fixed string or a [`TokenProvider`] (`token.rs`), refreshing them before their `exp`.
 
 mod backoff;
 mod router;
