@@ -10,7 +10,9 @@
 //!   is asked again, the session goes on; a provider that only gives bad tokens ends the
 //!   session (1008 twice is final);
 //! - an 8-second token is refreshed (`refresh`) before its `exp`: the socket outlives `exp` plus
-//!   the gateway's 5 s leeway with no disconnect.
+//!   the gateway's 5 s leeway with no disconnect; a refreshed token that no longer grants a
+//!   topic is reported as revoked;
+//! - `switchboard mcp-stdio` over `wss://` with `--ca-file`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -448,4 +450,45 @@ async fn mcp_stdio_relays_over_wss_with_a_ca_file() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
     std::fs::remove_file(ca_file).ok();
+}
+
+/// A refreshed token that no longer grants a topic: the gateway drops the subscription
+/// (`revoked`), the session reports it and stops keeping the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_revokes_a_topic_is_reported() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProcess::start_secured(&redis.url(), "gw-a", SECURED).await;
+    let proxy = TlsProxy::start(gw.addr).await;
+    let asked = Arc::new(AtomicU32::new(0));
+    let mut opts = options(&[proxy.wss_url()], proxy.ca());
+    opts.token_provider = Some(provider(asked.clone(), |n| {
+        let mut claims = Claims {
+            // The first token: 3 s, refreshed about 1 s before its exp.
+            exp: Some(now_secs() + if n == 0 { 3 } else { 600 }),
+            ..Claims::subject("alice")
+        };
+        if n == 0 {
+            claims.topics = Some([("g:*".to_owned(), vec!["sub".to_owned()])].into());
+        }
+        auth::mint_claims(SECRET.as_bytes(), &claims).unwrap()
+    }));
+    let (session, mut events) = Session::connect(opts).await.unwrap();
+    session.subscribe("g:x").await.unwrap();
+    session.subscribe("hist:y").await.unwrap();
+    let mut log = Vec::new();
+    loop {
+        match next(&mut events).await {
+            SessionEvent::Revoked { topic } => {
+                assert_eq!(topic, "g:x", "{log:?}");
+                break;
+            }
+            other => log.push(format!("{other:?}")),
+        }
+    }
+    assert_eq!(session.topics(), vec!["hist:y"]);
+    assert_eq!(session.reconnections(), 0);
+    assert!(
+        !log.iter().any(|l| l.starts_with("Disconnected")),
+        "{log:?}"
+    );
 }
