@@ -1,6 +1,9 @@
 //! The Rust client for Switchboard, used by the CLI, the benchmarks and the tests.
 //!
-//! [`Client::connect`] opens a socket; [`Client::hello`], [`Client::subscribe`],
+//! [`Client::connect`] opens a socket to a `ws://` or `wss://` URL (TLS through rustls with
+//! `ring`: the Mozilla roots and the system's store by default, a custom CA with
+//! [`TlsOptions::ca_pem`]; see `tls.rs`; [`open_stream`] gives the bare TCP/TLS stream to tools
+//! that speak WebSocket through another library); [`Client::hello`], [`Client::subscribe`],
 //! [`Client::publish`] and [`Client::request`] send requests and wait for their replies;
 //! [`Notifications`] yields what the gateway sends unasked (`event`, ...), in order. When the
 //! socket closes, the stream ends and [`Client::close_reason`] tells the close code.
@@ -11,18 +14,23 @@
 //!
 //! [`Session`] (in `session.rs`) is the reconnecting layer on top: it reconnects with backoff,
 //! resumes the session, restores subscriptions, dedupes events and keeps `tools/call`s waiting
-//! across a resume.
+//! across a resume; it follows the close-code policy of `backoff.rs` and takes its tokens from
+//! a fixed string or a [`TokenProvider`] (`token.rs`), refreshing them before their `exp`.
 
 mod backoff;
 mod router;
 mod session;
+pub mod tls;
+mod token;
 mod tracker;
 
 pub use session::{
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_CALL_TIMEOUT, DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_EVENT_QUEUE, DEFAULT_HELLO_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STALE_HEARTBEATS,
-    Session, SessionEvent, SessionEvents, SessionOptions,
+    REFRESH_RETRY, Session, SessionEvent, SessionEvents, SessionOptions,
 };
+pub use tls::{MaybeTls, Roots, TlsOptions};
+pub use token::{BoxError, TokenProvider};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -71,6 +79,8 @@ pub struct ConnectOptions {
     pub bind: Option<IpAddr>,
     pub notification_queue: usize,
     pub connect_timeout: Duration,
+    /// For `wss://` URLs: which certificate authorities to trust (see [`TlsOptions`]).
+    pub tls: TlsOptions,
 }
 
 impl Default for ConnectOptions {
@@ -81,6 +91,7 @@ impl Default for ConnectOptions {
             bind: None,
             notification_queue: DEFAULT_NOTIFICATION_QUEUE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -92,6 +103,13 @@ pub enum ClientError {
     Url(String),
     #[error("connect failed: {0}")]
     Connect(#[from] std::io::Error),
+    /// The TLS handshake of a `wss://` URL failed (the server's certificate was refused, say),
+    /// or the TLS options cannot work.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The session's token provider failed.
+    #[error("the token provider failed: {0}")]
+    TokenProvider(String),
     #[error("WebSocket handshake failed: {0}")]
     Handshake(String),
     #[error("timed out")]
@@ -212,38 +230,95 @@ where
     }
 }
 
-fn parse_url(url: &str) -> Result<(String, String), ClientError> {
+/// Where a URL points: TLS or not, host (the server name TLS checks), port, path and query.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
+}
+
+impl Target {
+    /// `host:port`, as connecting and the `Host` header want it.
+    fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn parse_url(url: &str) -> Result<Target, ClientError> {
     let uri: hyper::Uri = url.parse().map_err(|e| ClientError::Url(format!("{e}")))?;
-    match uri.scheme_str() {
-        Some("ws") | Some("http") => {}
+    let tls = match uri.scheme_str() {
+        Some("ws") | Some("http") => false,
+        Some("wss") | Some("https") => true,
         Some(other) => {
             return Err(ClientError::Url(format!(
-                "scheme {other} is not supported (use ws://)"
+                "scheme {other} is not supported (use ws:// or wss://)"
             )));
         }
         None => {
             return Err(ClientError::Url(
-                "missing scheme (ws://host:port/ws)".into(),
+                "missing scheme (ws://host:port/ws or wss://host/ws)".into(),
             ));
         }
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| ClientError::Url("missing host".into()))?
-        .to_string();
-    let authority = if authority.contains(':') {
-        authority
-    } else {
-        format!("{authority}:80")
     };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ClientError::Url("missing host".into()))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = uri
         .path_and_query()
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
-    Ok((authority, path))
+    Ok(Target {
+        tls,
+        host,
+        port,
+        path,
+    })
+}
+
+/// Opens the byte stream a WebSocket to `url` runs over: TCP (from `opts.bind` if set), and
+/// TLS for `wss://` (checked against `opts.tls`, the URL's host as the server name). For
+/// tools that speak WebSocket through another library (the CLI's `mcp-stdio`).
+pub async fn open_stream(url: &str, opts: &ConnectOptions) -> Result<MaybeTls, ClientError> {
+    let target = parse_url(url)?;
+    Ok(open_target(&target, opts).await?.0)
+}
+
+async fn open_target(
+    target: &Target,
+    opts: &ConnectOptions,
+) -> Result<(MaybeTls, SocketAddr), ClientError> {
+    let authority = target.authority();
+    let peer: SocketAddr = tokio::net::lookup_host(&authority)
+        .await?
+        .next()
+        .ok_or_else(|| ClientError::Url(format!("{authority} does not resolve")))?;
+    let stream = match opts.bind {
+        None => TcpStream::connect(peer).await?,
+        Some(ip) => {
+            let socket = if peer.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(peer).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    let stream = if target.tls {
+        tls::handshake(stream, &target.host, &opts.tls).await?
+    } else {
+        MaybeTls::Plain(stream)
+    };
+    Ok((stream, peer))
 }
 
 impl Client {
-    /// Connects to `url` (`ws://host:port/ws`, optionally `?token=...`).
+    /// Connects to `url` (`ws://host:port/ws` or `wss://host/ws`, optionally `?token=...`).
     pub async fn connect(
         url: &str,
         opts: ConnectOptions,
@@ -268,29 +343,18 @@ impl Client {
         opts: &ConnectOptions,
         router: Option<ReplyRouter>,
     ) -> Result<(Client, Notifications), ClientError> {
-        let (authority, path) = parse_url(url)?;
-        let peer: SocketAddr = tokio::net::lookup_host(&authority)
-            .await?
-            .next()
-            .ok_or_else(|| ClientError::Url(format!("{authority} does not resolve")))?;
-        let stream = match opts.bind {
-            None => TcpStream::connect(peer).await?,
-            Some(ip) => {
-                let socket = if peer.is_ipv4() {
-                    TcpSocket::new_v4()?
-                } else {
-                    TcpSocket::new_v6()?
-                };
-                socket.bind(SocketAddr::new(ip, 0))?;
-                socket.connect(peer).await?
-            }
+        let target = parse_url(url)?;
+        let (stream, peer) = open_target(&target, opts).await?;
+        let host = match (target.tls, target.port) {
+            (true, 443) | (false, 80) => target.host.clone(),
+            _ => target.authority(),
         };
-        stream.set_nodelay(true)?;
+        let path = target.path.clone();
 
         let mut req = Request::builder()
             .method("GET")
             .uri(path)
-            .header(header::HOST, authority)
+            .header(header::HOST, host)
             .header(header::UPGRADE, "websocket")
             .header(header::CONNECTION, "upgrade")
             .header(
@@ -536,9 +600,24 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut ws: fastwebsockets::WebSocketWrite<W>,
     mut rx: mpsc::Receiver<Frame<'static>>,
 ) {
-    while let Some(frame) = rx.recv().await {
-        let is_close = frame.opcode == OpCode::Close;
-        if ws.write_frame(frame).await.is_err() || is_close {
+    // A TLS stream keeps what is written until it is flushed, and `write_frame` does not
+    // flush: write what is queued, then flush once.
+    'frames: while let Some(mut frame) = rx.recv().await {
+        loop {
+            let is_close = frame.opcode == OpCode::Close;
+            if ws.write_frame(frame).await.is_err() {
+                break 'frames;
+            }
+            if is_close {
+                let _ = ws.flush().await;
+                break 'frames;
+            }
+            match rx.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        if ws.flush().await.is_err() {
             break;
         }
     }
@@ -651,15 +730,33 @@ mod tests {
 
     #[test]
     fn url_parsing() {
+        let t = |tls, host: &str, port, path: &str| Target {
+            tls,
+            host: host.into(),
+            port,
+            path: path.into(),
+        };
         assert_eq!(
             parse_url("ws://127.0.0.1:8080/ws?token=a").unwrap(),
-            ("127.0.0.1:8080".into(), "/ws?token=a".into())
+            t(false, "127.0.0.1", 8080, "/ws?token=a")
         );
         assert_eq!(
             parse_url("ws://localhost/ws").unwrap(),
-            ("localhost:80".into(), "/ws".into())
+            t(false, "localhost", 80, "/ws")
         );
-        assert!(parse_url("wss://x/ws").is_err());
+        assert_eq!(
+            parse_url("wss://gw.example.com/ws").unwrap(),
+            t(true, "gw.example.com", 443, "/ws")
+        );
+        assert_eq!(
+            parse_url("wss://127.0.0.1:8443/ws").unwrap(),
+            t(true, "127.0.0.1", 8443, "/ws")
+        );
+        assert_eq!(
+            parse_url("ws://[::1]:9000/ws").unwrap().authority(),
+            "[::1]:9000"
+        );
+        assert!(parse_url("ftp://x/ws").is_err());
         assert!(parse_url("x").is_err());
     }
 }

@@ -19,8 +19,27 @@
 //! - A session owned by another identity (-32001 to the resuming `hello`, socket open): a fresh
 //!   `hello` on the same socket, then as not resumed. The backend unavailable (-32603): retry
 //!   after the backoff.
-//! - Close codes 4009 (taken over by another connection) and 1008 (bad or expired token) are
-//!   final: [`SessionEvent::Closed`], no reconnect; so is [`Session::close`].
+//! - Close codes follow the policy in `backoff.rs`: 4009 (taken over by another connection) is
+//!   final ([`SessionEvent::Closed`], no reconnect), and so is [`Session::close`]; 1008 (bad or
+//!   expired token) is final with a fixed token, while with a [`TokenProvider`] the session asks
+//!   it for a fresh token and reconnects (final if that socket is refused with 1008 again before
+//!   a `hello` succeeds); 1012 goes to the next URL at once; 1013 and 4029 wait at least 1 s and
+//!   5 s; anything else reconnects after the jittered backoff.
+//!
+//! **Tokens.** [`SessionOptions::token`] is sent as it is in every `hello`. A
+//! [`SessionOptions::token_provider`] is asked before each (re)connect whose cached token is
+//! within its refresh margin (`token.rs`), and before the token's `exp` (at `exp - min(30 s,
+//! lifetime / 3)`): the new token is sent with `refresh` on the live socket, so the gateway does
+//! not close it at `exp`. A refresh refused (-32001) is tried once more after
+//! [`REFRESH_RETRY`]; failing that, the gateway closes with 1008 at `exp` and the 1008 policy
+//! applies. Topics the new token no longer allows (`revoked`) are dropped and reported as
+//! [`SessionEvent::Revoked`].
+//!
+//! **URLs.** `ws://` or `wss://` (TLS through rustls: [`ConnectOptions::tls`] says which
+//! certificate authorities to trust, see `tls.rs`).
+//!
+//! **Calls.** A [`Session::call`] whose future is dropped before its reply (or that timed out)
+//! sends `notifications/cancelled` for it, so the gateway stops it.
 //!
 //! Events are deduplicated per topic by id (an event whose id is not newer than the last one
 //! delivered for its topic is dropped; events without id pass) and delivered in order through
@@ -33,7 +52,8 @@
 //! the session is reconnecting wait for the next socket (within their timeout).
 //!
 //! ```ignore
-//! let opts = SessionOptions::new(["ws://gw-1:8080/ws", "ws://gw-2:8080/ws"]);
+//! let mut opts = SessionOptions::new(["wss://gw-1.example.com/ws", "wss://gw-2.example.com/ws"]);
+//! opts.token_provider = Some(TokenProvider::from_fn(|| async { fetch_jwt().await }));
 //! let (session, mut events) = Session::connect(opts).await?;
 //! session.subscribe("chat:42").await?;
 //! let answer = session.call("echo", json!({"hi": 1})).await?;
@@ -67,8 +87,9 @@ use switchboard_protocol::methods::topics::{
 use switchboard_protocol::{ErrorCode, close};
 use tokio::sync::{mpsc, watch};
 
-use crate::backoff;
+use crate::backoff::{self, Next};
 use crate::router::ReplyRouter;
+use crate::token::{TokenProvider, Tokens, now_ms};
 use crate::tracker::Tracker;
 use crate::{Client, ClientError, ConnectOptions, Notification, Notifications};
 
@@ -89,6 +110,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default: on [`Session::close`], how long to wait for the gateway's close frame.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after a refused `refresh` it is tried once more, with another token.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(1);
 /// Default: a socket that receives nothing (the gateway pings a quiet client every heartbeat)
 /// for this many heartbeats is dropped and the session reconnects.
 pub const DEFAULT_STALE_HEARTBEATS: u32 = 3;
@@ -96,13 +119,17 @@ pub const DEFAULT_STALE_HEARTBEATS: u32 = 3;
 /// How a [`Session`] connects and reconnects.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
-    /// Gateway URLs (`ws://host:port/ws`), tried in rotation.
+    /// Gateway URLs (`ws://host:port/ws`, `wss://host/ws`), tried in rotation.
     pub urls: Vec<String>,
-    /// How each socket connects (subprotocol, upgrade token, timeouts).
+    /// How each socket connects (subprotocol, TLS roots and CA, timeouts).
     pub connect: ConnectOptions,
-    /// Sent as `hello {token}` on every socket.
+    /// A fixed token, sent as `hello {token}` on every socket (a 1008 is then final).
     pub token: Option<String>,
-    /// Sent as `hello {client}` (any JSON, for the gateway's logs).
+    /// Where tokens come from, instead of `token`: asked before connecting (when the cached
+    /// token nears its `exp`), before `exp` to `refresh`, and after a 1008.
+    pub token_provider: Option<TokenProvider>,
+    /// Sent as `hello {client}` (any JSON, for the gateway's logs); by default
+    /// `{"name": "switchboard-rust", "version": <this crate's>}`.
     pub client_info: Option<Value>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -123,7 +150,11 @@ impl Default for SessionOptions {
             urls: Vec::new(),
             connect: ConnectOptions::default(),
             token: None,
-            client_info: None,
+            token_provider: None,
+            client_info: Some(serde_json::json!({
+                "name": "switchboard-rust",
+                "version": env!("CARGO_PKG_VERSION"),
+            })),
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
             event_queue: DEFAULT_EVENT_QUEUE,
@@ -148,6 +179,11 @@ impl SessionOptions {
     fn validate(&self) -> Result<(), ClientError> {
         if self.urls.is_empty() {
             return Err(ClientError::Options("urls: at least one URL"));
+        }
+        if self.token.is_some() && self.token_provider.is_some() {
+            return Err(ClientError::Options(
+                "token and token_provider: give one of them",
+            ));
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return Err(ClientError::Options(
@@ -182,8 +218,12 @@ pub enum SessionEvent {
     /// Events of this topic may have been missed (its history no longer reaches back that
     /// far, or it keeps none): reload what depends on it. Its events continue.
     NotRecovered { topic: String },
+    /// A refreshed token no longer allows this topic: the gateway dropped the subscription,
+    /// and the session no longer keeps it.
+    Revoked { topic: String },
     /// The session is over: taken over by another connection (4009), a bad or expired token
-    /// (1008), or closed by the app (1000). Nothing follows.
+    /// (1008) that the token provider could not replace, or closed by the app (1000). Nothing
+    /// follows.
     Closed { code: u16, reason: String },
 }
 
@@ -218,6 +258,10 @@ struct State {
 
 struct Inner {
     opts: SessionOptions,
+    tokens: Tokens,
+    /// A 1008 was answered with a fresh token, and no `hello` has succeeded since: another
+    /// 1008 is final.
+    refused: std::sync::atomic::AtomicBool,
     router: ReplyRouter,
     state: Mutex<State>,
     link: watch::Sender<Link>,
@@ -304,36 +348,64 @@ impl Session {
     pub async fn connect(opts: SessionOptions) -> Result<(Session, SessionEvents), ClientError> {
         opts.validate()?;
         let router = ReplyRouter::default();
+        let tokens = Tokens::new(
+            opts.token.clone(),
+            opts.token_provider.clone(),
+            opts.request_timeout,
+        );
         let mut last_err = None;
-        for (index, url) in opts.urls.iter().enumerate() {
+        // With a token provider, a token refused once is replaced by a fresh one (once).
+        let mut refused = false;
+        let mut index = 0;
+        while index < opts.urls.len() {
+            let url = &opts.urls[index];
+            let token = tokens.for_connect().await?;
             let (client, notes) =
                 match Client::connect_routed(url, &opts.connect, Some(router.clone())).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(url, error = %e, "session connect failed");
                         last_err = Some(e);
+                        index += 1;
                         continue;
                     }
                 };
-            let params = hello_params(&opts, None, Default::default());
+            let params = hello_params(&opts, token, None, Default::default());
             let hello = match tokio::time::timeout(opts.hello_timeout, client.hello(params)).await {
                 Ok(Ok(hello)) => hello,
                 Ok(Err(e)) => {
                     client.abort();
+                    let unauthorized = match &e {
+                        ClientError::Rpc(rpc) => rpc.kind() == Some(ErrorCode::Unauthorized),
+                        ClientError::Closed(Some((code, _))) => *code == close::POLICY,
+                        _ => false,
+                    };
+                    if unauthorized && tokens.has_provider() && !refused {
+                        // The same URL again, with a fresh token.
+                        refused = true;
+                        tokens.invalidate().await;
+                        last_err = Some(e);
+                        continue;
+                    }
                     let retryable = match &e {
-                        ClientError::Rpc(rpc) => rpc.kind() == Some(ErrorCode::Internal),
-                        ClientError::Closed(Some((code, _))) => !backoff::is_final(*code),
+                        ClientError::Rpc(rpc) => matches!(
+                            rpc.kind(),
+                            Some(ErrorCode::Internal | ErrorCode::Overloaded)
+                        ),
+                        ClientError::Closed(Some((code, _))) => !backoff::is_final(*code, false),
                         _ => true,
                     };
                     if !retryable {
                         return Err(e);
                     }
                     last_err = Some(e);
+                    index += 1;
                     continue;
                 }
                 Err(_) => {
                     client.abort();
                     last_err = Some(ClientError::Timeout);
+                    index += 1;
                     continue;
                 }
             };
@@ -348,14 +420,19 @@ impl Session {
                 link: watch::channel(Link::Ready(client.clone())).0,
                 reconnections: AtomicU64::new(0),
                 opts,
+                tokens,
+                refused: Default::default(),
                 router,
             });
             let supervisor = Supervisor {
                 inner: inner.clone(),
-                events: events_tx,
+                events: events_tx.clone(),
                 url_index: index,
             };
             tokio::spawn(supervisor.run(client, notes));
+            if inner.tokens.has_provider() {
+                tokio::spawn(refresher(inner.clone(), events_tx));
+            }
             let session = Session {
                 _alive: Arc::new(Alive {
                     inner: inner.clone(),
@@ -487,7 +564,16 @@ impl Session {
                 Err(_) => stale = Some(client),
             }
         };
-        match rx.await {
+        // From here, a caller that gives up (drops this future, or its timeout passes) cancels
+        // the call at the gateway.
+        let mut cancel = CancelOnDrop {
+            inner: &self.inner,
+            id,
+            armed: true,
+        };
+        let reply = rx.await;
+        cancel.armed = false;
+        match reply {
             Ok(Ok(raw)) => Ok(serde_json::from_str(raw.get())?),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed(self.inner.closed_with())),
@@ -525,7 +611,9 @@ impl Session {
                     return ClientError::Closed(Some(done));
                 }
                 match reason {
-                    Some((code, r)) if backoff::is_final(code) => {
+                    Some((code, r))
+                        if backoff::is_final(code, self.inner.tokens.has_provider()) =>
+                    {
                         ClientError::Closed(Some((code, r)))
                     }
                     _ => ClientError::Disconnected,
@@ -536,13 +624,43 @@ impl Session {
     }
 }
 
+/// Sends `notifications/cancelled` for a call whose caller stopped waiting before its reply.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Link::Ready(client) = &*self.inner.link.borrow() else {
+            // Between sockets the gateway still runs it; its reply, if any, goes nowhere.
+            return;
+        };
+        let (client, id) = (client.clone(), self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let params = serde_json::json!({
+                    "requestId": id,
+                    "reason": "the client stopped waiting",
+                });
+                let _ = client.notify("notifications/cancelled", &params).await;
+            });
+        }
+    }
+}
+
 fn hello_params(
     opts: &SessionOptions,
+    token: Option<String>,
     session: Option<String>,
     positions: std::collections::BTreeMap<String, String>,
 ) -> HelloParams {
     HelloParams {
-        token: opts.token.clone(),
+        token,
         session,
         positions: (!positions.is_empty()).then_some(positions),
         client: opts.client_info.clone(),
@@ -551,18 +669,17 @@ fn hello_params(
 
 /// Why the supervisor stopped pumping a socket.
 enum End {
-    /// The socket is gone or given up: reconnect (unless its close code is final).
-    Lost,
-    /// The gateway ended the session for good.
-    Final(u16, String),
+    /// The socket is gone or given up: reconnect, unless the policy for its close code (or
+    /// the code its `hello` reply announced) says otherwise.
+    Lost(Option<(u16, String)>),
     /// The app closed or dropped the session.
     Shutdown,
 }
 
-/// Why a new socket's handshake failed.
+/// Why a new socket's handshake failed: the close code the gateway sends next, if known
+/// (1013 after -32603 or -32006, 1008 after a token refused twice).
 enum Stop {
-    Retry,
-    Final(u16, String),
+    Retry(Option<(u16, String)>),
 }
 
 type Handshake = Pin<Box<dyn Future<Output = Result<(), Stop>> + Send>>;
@@ -593,17 +710,7 @@ impl Supervisor {
                 }
                 _ => false,
             });
-            let close_reason = client.close_reason();
-            let end = match end {
-                End::Lost => match &close_reason {
-                    Some((code, reason)) if backoff::is_final(*code) => {
-                        End::Final(*code, reason.clone())
-                    }
-                    _ => End::Lost,
-                },
-                end => end,
-            };
-            match end {
+            let close_reason = match end {
                 End::Shutdown => {
                     if !client.is_closed() {
                         client.close().await;
@@ -618,13 +725,32 @@ impl Supervisor {
                         .unwrap_or((close::NORMAL, "closed by the client".into()));
                     return self.finish(code, reason).await;
                 }
-                End::Final(code, reason) => {
-                    client.abort();
+                // What the socket's close frame says, else what its hello reply announced.
+                End::Lost(announced) => client.close_reason().or(announced),
+            };
+            client.abort();
+            let code = close_reason.as_ref().map(|(c, _)| *c);
+            let provider = self.inner.tokens.has_provider();
+            let refused_before = self.inner.refused.load(Ordering::Relaxed);
+            let (floor, first_attempt) = match backoff::next(code, provider, refused_before) {
+                Next::Final => {
+                    let (code, reason) = close_reason.expect("only a close code is final");
                     self.inner.close_link(code, &reason);
                     return self.finish(code, reason).await;
                 }
-                End::Lost => client.abort(),
-            }
+                Next::Reconnect {
+                    floor,
+                    first_attempt,
+                    fresh_token,
+                } => {
+                    if fresh_token {
+                        tracing::debug!("token refused (1008): asking the provider for another");
+                        self.inner.refused.store(true, Ordering::Relaxed);
+                        self.inner.tokens.invalidate().await;
+                    }
+                    (floor, first_attempt)
+                }
+            };
             if was_ready {
                 attempt = 0;
                 let (code, reason) = match close_reason {
@@ -634,7 +760,10 @@ impl Supervisor {
                 tracing::debug!(?code, reason, "session socket lost; reconnecting");
                 self.emit(SessionEvent::Disconnected { code, reason }).await;
             }
-            let Some(next) = self.reconnect(&mut attempt).await else {
+            if first_attempt {
+                attempt = 0;
+            }
+            let Some(next) = self.reconnect(&mut attempt, floor).await else {
                 let (code, reason) = self
                     .inner
                     .closed_with()
@@ -650,13 +779,18 @@ impl Supervisor {
         }
     }
 
-    /// Connects to the next URL in rotation after a jittered backoff, until one answers;
-    /// `None` when the session was closed meanwhile.
-    async fn reconnect(&mut self, attempt: &mut u32) -> Option<(Client, Notifications)> {
+    /// Connects to the next URL in rotation after a jittered backoff (the first delay raised
+    /// by `floor`), until one answers; `None` when the session was closed meanwhile.
+    async fn reconnect(
+        &mut self,
+        attempt: &mut u32,
+        mut floor: Duration,
+    ) -> Option<(Client, Notifications)> {
         let opts = &self.inner.opts;
         let mut link = self.inner.link.subscribe();
         loop {
-            let delay = backoff::jittered(*attempt, opts.backoff_min, opts.backoff_max);
+            let delay = backoff::floored(floor, *attempt, opts.backoff_min, opts.backoff_max);
+            floor = Duration::ZERO;
             *attempt = attempt.saturating_add(1);
             let closed = async {
                 let _ = link.wait_for(|l| matches!(l, Link::Closed(..))).await;
@@ -700,7 +834,7 @@ impl Supervisor {
                 biased;
                 note = notes.recv() => match note {
                     Some(n) => self.deliver(n).await,
-                    None => return End::Lost,
+                    None => return End::Lost(None),
                 },
                 step = async { handshake.as_mut().expect("guarded by the condition").await },
                     if handshake.is_some() =>
@@ -708,8 +842,7 @@ impl Supervisor {
                     handshake = None;
                     match step {
                         Ok(()) => {}
-                        Err(Stop::Retry) => return End::Lost,
-                        Err(Stop::Final(code, reason)) => return End::Final(code, reason),
+                        Err(Stop::Retry(announced)) => return End::Lost(announced),
                     }
                 }
                 _ = link.changed() => {
@@ -720,7 +853,7 @@ impl Supervisor {
                 _ = tick.tick(), if handshake.is_none() => {
                     if self.silent_too_long(client) {
                         tracing::debug!(idle = ?client.idle(), "session socket went silent");
-                        return End::Lost;
+                        return End::Lost(None);
                     }
                 }
             }
@@ -773,6 +906,10 @@ async fn handshake_on(
     events: mpsc::Sender<SessionEvent>,
 ) -> Result<(), Stop> {
     let opts = &inner.opts;
+    let token = match inner.tokens.for_connect().await {
+        Ok(t) => t,
+        Err(e) => return Err(retry(e)),
+    };
     let (session, positions) = {
         let st = inner.state();
         (st.session.clone(), st.tracker.positions())
@@ -786,21 +923,20 @@ async fn handshake_on(
             }
         }
     };
-    let result = match hello(hello_params(opts, Some(session), positions)).await {
+    let result = match hello(hello_params(opts, token.clone(), Some(session), positions)).await {
         Ok(r) => r,
         // The session belongs to another identity (the socket stays open): start afresh. A bad
         // token fails again, and the socket closes with 1008.
         Err(ClientError::Rpc(e)) if e.kind() == Some(ErrorCode::Unauthorized) => {
-            match hello(hello_params(opts, None, Default::default())).await {
+            match hello(hello_params(opts, token, None, Default::default())).await {
                 Ok(r) => r,
-                Err(ClientError::Rpc(e)) if e.kind() == Some(ErrorCode::Unauthorized) => {
-                    return Err(Stop::Final(close::POLICY, e.message.into_owned()));
-                }
                 Err(e) => return Err(retry(e)),
             }
         }
         Err(e) => return Err(retry(e)),
     };
+    // A hello succeeded: a later 1008 gets a fresh token again.
+    inner.refused.store(false, Ordering::Relaxed);
     let resumed = result.resumed;
     let node = result.node.clone();
     let (subscribe, unsubscribe, not_recovered) = restore_plan(&inner, result);
@@ -853,7 +989,7 @@ async fn handshake_on(
             }
             Err(ClientError::Rpc(e)) if e.kind() == Some(ErrorCode::Internal) => {
                 tracing::debug!(topic, "backend unavailable during restore; reconnecting");
-                return Err(Stop::Retry);
+                return Err(Stop::Retry(None));
             }
             Err(ClientError::Rpc(e)) => {
                 tracing::warn!(topic, error = %e, "could not restore a subscription");
@@ -873,9 +1009,109 @@ async fn handshake_on(
     Ok(())
 }
 
+/// Keeps the token of a session with a token provider fresh: at the cached token's refresh
+/// time, asks the provider for a new one and sends `refresh {token}` on the live socket (a
+/// socket opened meanwhile said `hello` with the new one already). A refused refresh is tried
+/// once more after [`REFRESH_RETRY`]; after that, it waits for the next token the provider
+/// gives (a reconnect after the gateway's 1008). Ends with the session.
+async fn refresher(inner: Arc<Inner>, events: mpsc::Sender<SessionEvent>) {
+    let mut link = inner.link.subscribe();
+    let mut epoch = inner.tokens.epoch();
+    let closed = |l: &Link| matches!(l, Link::Closed(..));
+    // Refreshes are at least this far apart (a provider handing out tokens that are already
+    // within their margin must not make a busy loop).
+    let mut not_before = tokio::time::Instant::now();
+    loop {
+        epoch.borrow_and_update();
+        let wait = match inner.tokens.refresh_at_ms().await {
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms()))
+                .max(not_before.saturating_duration_since(tokio::time::Instant::now())),
+            // No exp: nothing to refresh until another token comes.
+            None => Duration::MAX,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(86_400 * 365))) => {}
+            changed = epoch.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A new token (a reconnect asked for one): schedule from it.
+                continue;
+            }
+            _ = link.wait_for(closed) => return,
+        }
+        let refreshed = refresh_once(&inner, &events).await;
+        not_before = tokio::time::Instant::now() + REFRESH_RETRY;
+        // The tokens it asked for are not news.
+        epoch.borrow_and_update();
+        if matches!(&*inner.link.borrow(), Link::Closed(..)) {
+            return;
+        }
+        if !refreshed {
+            // Wait for the next token from the provider (a reconnect will ask for one).
+            tokio::select! {
+                changed = epoch.changed() => if changed.is_err() { return },
+                _ = link.wait_for(closed) => return,
+            }
+        }
+    }
+}
+
+/// One refresh, retried once if refused; whether the socket took a new token.
+async fn refresh_once(inner: &Inner, events: &mpsc::Sender<SessionEvent>) -> bool {
+    use switchboard_protocol::methods::session::{Refresh, RefreshParams};
+    for round in 0..2 {
+        if round > 0 {
+            tokio::time::sleep(REFRESH_RETRY).await;
+        }
+        let client = match inner.ready(None).await {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let token = match inner.tokens.renew().await {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "token refresh: the provider failed");
+                continue;
+            }
+            None => return false,
+        };
+        let params = RefreshParams { token };
+        let request = client.method::<Refresh>(&params);
+        match tokio::time::timeout(inner.opts.request_timeout, request).await {
+            Ok(Ok(result)) => {
+                tracing::debug!(expires_at = ?result.expires_at, "token refreshed");
+                for topic in result.revoked {
+                    inner.state().tracker.forget(&topic);
+                    let _ = events.send(SessionEvent::Revoked { topic }).await;
+                }
+                return true;
+            }
+            Ok(Err(ClientError::Rpc(e))) => {
+                tracing::warn!(error = %e, round, "token refresh refused");
+            }
+            // The socket went: the reconnect says hello with the new token.
+            Ok(Err(_)) => return true,
+            Err(_) => tracing::warn!(round, "token refresh: no reply in time"),
+        }
+    }
+    false
+}
+
 fn retry(e: ClientError) -> Stop {
     tracing::debug!(error = %e, "hello failed; reconnecting");
-    Stop::Retry
+    let announced = match &e {
+        // The gateway closes next with 1008 (a bad token), or 1013 (backend down, or the
+        // identity at its connection cap).
+        ClientError::Rpc(rpc) => match rpc.kind() {
+            Some(ErrorCode::Unauthorized) => Some(close::POLICY),
+            Some(ErrorCode::Internal | ErrorCode::Overloaded) => Some(close::TRY_AGAIN_LATER),
+            _ => None,
+        }
+        .map(|code| (code, rpc.message.clone().into_owned())),
+        _ => None,
+    };
+    Stop::Retry(announced)
 }
 
 type RestorePlan = (Vec<(String, Option<String>)>, Vec<String>, Vec<String>);

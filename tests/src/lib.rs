@@ -12,6 +12,8 @@
 //!   at a time), so a test can break a stream mid-call.
 //! - [`script::Script`]: a client scenario in another language (Node, a browser, Python) run as
 //!   a child process that reports JSON lines, so the test can kill the node it is on.
+//! - [`tls::TlsProxy`]: a TLS-terminating proxy (a CA and a certificate made by the test) in
+//!   front of a gateway, for `wss://`.
 //!
 //! Waiting is always for a condition with a deadline ([`eventually`]), never a bare sleep. The
 //! sleeps that remain are not waits for state, each a named duration saying why it is that
@@ -21,6 +23,7 @@
 
 pub mod script;
 pub mod sse;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;

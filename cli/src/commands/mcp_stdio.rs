@@ -5,6 +5,10 @@
 //! gateway as a text message, and each message from the gateway (replies, progress,
 //! `list_changed`) is written to stdout as one line. Logs go to stderr only. It exits when
 //! stdin ends (the client is done) or the gateway closes the socket.
+//!
+//! `wss://` URLs go through the Rust client's TLS (rustls; the Mozilla roots and the system's
+//! store, plus the CA certificates of `--ca-file`), and the WebSocket through tokio-tungstenite
+//! over that stream.
 
 use anyhow::{Context, anyhow};
 use futures_util::{SinkExt, StreamExt};
@@ -17,20 +21,35 @@ use crate::Failure;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The gateway's WebSocket URL (ws://host:port/ws).
+    /// The gateway's WebSocket URL (ws://host:port/ws or wss://host/ws).
     #[arg(long, env = "SWITCHBOARD_URL", value_name = "URL")]
     url: String,
+    /// For wss://: a PEM file of CA certificates to trust besides the system's and the
+    /// Mozilla roots (a private CA).
+    #[arg(long, env = "SWITCHBOARD_CA_FILE", value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
     /// The token to connect with (sent as `Authorization: Bearer`); none: anonymous.
     #[arg(long, env = "SWITCHBOARD_TOKEN", value_name = "JWT")]
     token: Option<String>,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    if !args.url.starts_with("ws://") {
+    if !(args.url.starts_with("ws://") || args.url.starts_with("wss://")) {
         return Err(Failure::Usage(format!(
-            "url: {:?} is not a ws:// URL (wss:// is not supported yet)",
+            "url: {:?} is not a ws:// or wss:// URL",
             args.url
         )));
+    }
+    let mut connect = switchboard_client::ConnectOptions::default();
+    if let Some(path) = &args.ca_file {
+        connect.tls = switchboard_client::TlsOptions::default()
+            .with_ca_file(path)
+            .map_err(|e| Failure::Usage(format!("ca-file: {e}")))?;
+        // A file that holds no certificate is a usage error, found before connecting.
+        connect
+            .tls
+            .client_config()
+            .map_err(|e| Failure::Usage(format!("ca-file: {e}")))?;
     }
     let mut request = args
         .url
@@ -48,13 +67,23 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         headers.insert("authorization", value);
     }
     let rt = super::runtime()?;
-    rt.block_on(relay(request)).map_err(Failure::Runtime)
+    rt.block_on(relay(&args.url, &connect, request))
+        .map_err(Failure::Runtime)
 }
 
 async fn relay(
+    url: &str,
+    connect: &switchboard_client::ConnectOptions,
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
 ) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(request)
+    let stream = tokio::time::timeout(
+        connect.connect_timeout,
+        switchboard_client::open_stream(url, connect),
+    )
+    .await
+    .map_err(|_| anyhow!("cannot reach the gateway: timed out"))?
+    .context("cannot reach the gateway")?;
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .context("cannot reach the gateway")?;
     let (mut to_gateway, mut from_gateway) = ws.split();
