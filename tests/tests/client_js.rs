@@ -5,19 +5,22 @@
 //! client's node while a backend publishes history events (every event once, in order, the call
 //! in flight answered across the resume); 4009 is final; 1008 with a token function (a fresh
 //! token, final when it is refused again); a token refreshed before `exp` keeps its socket; an
-//! aborted call sends `notifications/cancelled` and its worker stops.
+//! aborted call sends `notifications/cancelled` and its worker stops; publish and recovery again
+//! over `wss://` through TLS-terminating proxies.
 //!
 //! Needs Node 22 (`npm ci --prefix tests/conformance`) and the built client
 //! (`npm ci --prefix clients/js && npm run build --prefix clients/js`): without them the tests
 //! fail saying so.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use switchboard_core::auth::{Claims, mint_claims};
 use switchboard_harness::script::{Script, node22, repo_root};
+use switchboard_harness::tls::{TestCa, TlsProxy};
 use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient};
 
 const SECRET: &str = "js-client-secret-long-enough-for-hs256";
@@ -98,17 +101,21 @@ fn js_dir() -> PathBuf {
 }
 
 fn scenario(mode: &str, urls: &[String]) -> Script {
+    scenario_trusting(mode, urls, None)
+}
+
+/// Scenario `mode`, Node trusting the CA in the file `ca_file` besides its own roots
+/// (`NODE_EXTRA_CA_CERTS`: what the `wss://` URLs of the test's TLS proxies need).
+fn scenario_trusting(mode: &str, urls: &[String], ca_file: Option<PathBuf>) -> Script {
     let dir = js_dir();
-    Script::spawn(
-        &node22(),
-        &["test/scenario.mjs", mode],
-        &dir,
-        &[
-            ("SB_URLS", urls.join(",")),
-            ("SB_SECRET", SECRET.to_owned()),
-        ],
-    )
-    .expect("spawn node")
+    let mut env = vec![
+        ("SB_URLS", urls.join(",")),
+        ("SB_SECRET", SECRET.to_owned()),
+    ];
+    if let Some(f) = ca_file {
+        env.push(("NODE_EXTRA_CA_CERTS", f.display().to_string()));
+    }
+    Script::spawn(&node22(), &["test/scenario.mjs", mode], &dir, &env).expect("spawn node")
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -135,7 +142,21 @@ fn find(states: &[String], what: &str, from: usize) -> Option<usize> {
 #[tokio::test]
 async fn publish_across_nodes_and_since_recovery() {
     let c = Cluster::start().await;
-    let mut s = scenario("pubsub", &c.urls());
+    check_pubsub(scenario("pubsub", &c.urls())).await;
+}
+
+/// The same over `wss://`: a TLS-terminating proxy (a CA the test makes) in front of each node.
+#[tokio::test]
+async fn publish_and_recovery_over_wss() {
+    let c = Cluster::start().await;
+    let ca = Arc::new(TestCa::new());
+    let pa = TlsProxy::start_with(c.a.addr, ca.clone()).await;
+    let pb = TlsProxy::start_with(c.b.addr, ca.clone()).await;
+    let urls = [pa.wss_url(), pb.wss_url_by_name()];
+    check_pubsub(scenario_trusting("pubsub", &urls, Some(ca.ca_file()))).await;
+}
+
+async fn check_pubsub(mut s: Script) {
     let ready = s.step("ready").await;
     assert_eq!(ready["alice"], "gw-a");
     assert_eq!(ready["bob"], "gw-b");

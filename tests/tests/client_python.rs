@@ -3,7 +3,8 @@
 //! `since` recovery, kill -9 of the client's node while a backend publishes history (every event
 //! exactly once, in order, the call in flight answered after the resume), takeover 4009 (final,
 //! no reconnect), 1008 with a token function (fresh token; refresh before `exp`), and asyncio
-//! cancellation of a call sending `notifications/cancelled`. Also runs the package's pytest unit
+//! cancellation of a call sending `notifications/cancelled`; publish and recovery again over
+//! `wss://` through TLS-terminating proxies. Also runs the package's pytest unit
 //! tests and `mypy --strict`.
 //!
 //! Each case spawns `clients/python/scenarios/scenario.py <name>` with the venv's Python
@@ -12,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use switchboard_core::auth::{Claims, mint_claims};
 use switchboard_harness::script::{Script, repo_root};
+use switchboard_harness::tls::{TestCa, TlsProxy};
 use switchboard_harness::{GatewayProcess, RedisServer, WorkerProcess, WsClient};
 
 const SECRET: &str = "python-client-secret-long-enough-for-hs256";
@@ -92,16 +95,26 @@ async fn cluster(with_worker: bool) -> Cluster {
 }
 
 fn scenario(name: &str, c: &Cluster) -> Script {
+    scenario_at(name, c.a.ws_url(), c.b.ws_url(), None)
+}
+
+/// Scenario `name` with the gateways at `a` and `b` (`ws://`, or `wss://` through proxies
+/// whose CA is in the file `ca_file`).
+fn scenario_at(name: &str, a: String, b: String, ca_file: Option<PathBuf>) -> Script {
+    let mut env = vec![
+        ("SB_URL_A", a),
+        ("SB_URL_B", b),
+        ("SB_SECRET", SECRET.to_owned()),
+        ("PYTHONUNBUFFERED", "1".to_owned()),
+    ];
+    if let Some(f) = ca_file {
+        env.push(("SB_CA_FILE", f.display().to_string()));
+    }
     Script::spawn(
         &python(),
         &["scenarios/scenario.py", name],
         &package_dir(),
-        &[
-            ("SB_URL_A", c.a.ws_url()),
-            ("SB_URL_B", c.b.ws_url()),
-            ("SB_SECRET", SECRET.to_owned()),
-            ("PYTHONUNBUFFERED", "1".to_owned()),
-        ],
+        &env,
     )
     .expect("spawn the Python scenario")
 }
@@ -148,7 +161,26 @@ fn unit_tests_and_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_across_nodes_and_since_recovery() {
     let c = cluster(false).await;
-    let mut s = scenario("pubsub", &c);
+    check_pubsub(scenario("pubsub", &c)).await;
+}
+
+/// The same over `wss://`: a TLS-terminating proxy (a CA the test makes) in front of each node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_recovery_over_wss() {
+    let c = cluster(false).await;
+    let ca = Arc::new(TestCa::new());
+    let pa = TlsProxy::start_with(c.a.addr, ca.clone()).await;
+    let pb = TlsProxy::start_with(c.b.addr, ca.clone()).await;
+    let s = scenario_at(
+        "pubsub",
+        pa.wss_url(),
+        pb.wss_url_by_name(),
+        Some(ca.ca_file()),
+    );
+    check_pubsub(s).await;
+}
+
+async fn check_pubsub(mut s: Script) {
     let ev = s.step("event").await;
     assert_eq!(ev["topic"], "chat:x", "{ev}");
     assert_eq!(ev["data"], json!({"text": "hi"}), "{ev}");

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import ssl
 import sys
 import time
 import traceback
@@ -99,6 +100,12 @@ async def until(what: str, check: Callable[[], bool], limit: float = DEADLINE) -
         await asyncio.sleep(0.02)
 
 
+def tls() -> ssl.SSLContext | None:
+    """The context for ``wss://`` URLs: the test's CA (``SB_CA_FILE``), when it gives one."""
+    cafile = os.environ.get("SB_CA_FILE")
+    return ssl.create_default_context(cafile=cafile) if cafile else None
+
+
 def urls() -> list[str]:
     return [u for u in (os.environ.get("SB_URL_A"), os.environ.get("SB_URL_B")) if u]
 
@@ -108,9 +115,12 @@ def urls() -> list[str]:
 
 async def pubsub() -> None:
     """alice on node A, bob on node B: bob's publish reaches alice with ``from``; then history
-    recovery with ``since``."""
+    recovery with ``since``. Over ``wss://`` too, when the test puts TLS proxies in front."""
     a, b = os.environ["SB_URL_A"], os.environ["SB_URL_B"]
-    async with Client([a], token=mint("alice")) as alice, Client([b], token=mint("bob")) as bob:
+    async with (
+        Client([a], token=mint("alice"), ssl=tls()) as alice,
+        Client([b], token=mint("bob"), ssl=tls()) as bob,
+    ):
         sub = await alice.subscribe("chat:x")
         await bob.publish("chat:x", {"text": "hi"})
         ev = await next_event(sub)
