@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .types import Event
 
-if TYPE_CHECKING:
-    from .client import Client
+
+class _Owner(Protocol):
+    """What a subscription asks of the client that made it (``Client``; a protocol, so this
+    module does not import the client's)."""
+
+    async def _subscribe(self, sub: Subscription) -> None: ...
+
+    async def _unsubscribe(self, sub: Subscription) -> None: ...
 
 
 class Subscription:
@@ -27,7 +33,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: Client,
+        client: _Owner,
         topic: str,
         since: str | None,
         token: str | None,
