@@ -314,7 +314,6 @@ impl RedisServer {
             .unwrap()
     }
 
-    /// `PUBLISH` on a topic's live channel, as any backend would.
     /// `FCALL sb_publish` on `topic`'s history, as a backend publishes with history: the id.
     pub async fn history_publish(&self, topic: &str, event: &str) -> String {
         let mut conn = self.connection().await;
@@ -328,6 +327,36 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Starts a backend publishing `count` history events `{"n": 0}`, `{"n": 1}`, ... on
+    /// `topic`, one every `every`, on a connection and a task of its own: what the tests that
+    /// kill a client's node mid-stream publish meanwhile.
+    pub fn publish_history_paced(&self, topic: &str, count: usize, every: Duration) -> Paced {
+        let (tx, ids) = tokio::sync::watch::channel(Vec::with_capacity(count));
+        let (url, key) = (self.url(), format!("sb:h:{{{topic}}}"));
+        let task = tokio::spawn(async move {
+            let client = redis::Client::open(url).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to redis");
+            let mut tick = tokio::time::interval(every);
+            for n in 0..count {
+                tick.tick().await;
+                let id: String = redis::cmd("FCALL")
+                    .arg("sb_publish")
+                    .arg(1)
+                    .arg(&key)
+                    .arg(json!({ "n": n }).to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .expect("history publish");
+                tx.send_modify(|v| v.push(id));
+            }
+        });
+        Paced { ids, task }
+    }
+
+    /// `PUBLISH` on a topic's live channel, as any backend would.
     pub async fn publish(&self, topic: &str, payload: &str) -> i64 {
         let mut conn = self.connection().await;
         redis::cmd("PUBLISH")
@@ -336,6 +365,29 @@ impl RedisServer {
             .query_async(&mut conn)
             .await
             .unwrap()
+    }
+}
+
+/// A backend publishing history events at a steady pace
+/// ([`RedisServer::publish_history_paced`]).
+pub struct Paced {
+    ids: tokio::sync::watch::Receiver<Vec<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Paced {
+    /// Waits until at least `count` events are published (within [`DEADLINE`]).
+    pub async fn published(&mut self, count: usize) {
+        tokio::time::timeout(DEADLINE, self.ids.wait_for(|v| v.len() >= count))
+            .await
+            .unwrap_or_else(|_| panic!("{count} events not published in time"))
+            .expect("the publisher stopped");
+    }
+
+    /// Waits for the last event; the ids of all, in order.
+    pub async fn finish(self) -> Vec<String> {
+        self.task.await.expect("the publisher failed");
+        self.ids.borrow().clone()
     }
 }
 

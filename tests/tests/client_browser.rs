@@ -81,34 +81,11 @@ async fn a_page_using_the_bundle_resumes_on_the_other_node_with_every_event_once
     let first_node = ready["node"].as_str().expect("node").to_owned();
     let session = ready["session"].as_str().expect("session").to_owned();
 
-    let (tx, mut published) = tokio::sync::watch::channel(Vec::<String>::new());
-    let redis_url = redis.url();
-    let publisher = tokio::spawn(async move {
-        let client = redis::Client::open(redis_url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        for i in 0..N {
-            tick.tick().await;
-            let id: String = redis::cmd("FCALL")
-                .arg("sb_publish")
-                .arg(1)
-                .arg("sb:h:{hist:b}")
-                .arg(json!({"n": i}).to_string())
-                .arg(10000)
-                .query_async(&mut conn)
-                .await
-                .expect("history publish");
-            tx.send_modify(|v| v.push(id));
-        }
-    });
-    published
-        .wait_for(|v| v.len() >= N / 4)
-        .await
-        .expect("publisher alive");
+    let mut publisher = redis.publish_history_paced("hist:b", N, Duration::from_millis(5));
+    publisher.published(N / 4).await;
     let victim = if first_node == "gw-a" { &a } else { &b };
     victim.signal(Signal::SIGKILL);
-    publisher.await.expect("publisher");
-    let ids = published.borrow().clone();
+    let ids = publisher.finish().await;
 
     s.send(&json!({"cmd": "collect", "count": N})).await;
     let r = s.step_within("result", Duration::from_secs(40)).await;

@@ -205,39 +205,18 @@ async fn kill_9_of_the_clients_node_every_event_once_and_the_call_answered() {
     let session = ready["session"].as_str().unwrap().to_owned();
 
     // A backend publishes history events at a steady pace.
-    let (tx, mut published) = tokio::sync::watch::channel(Vec::<String>::new());
-    let redis_url = c.redis.url();
-    let publisher = tokio::spawn(async move {
-        let client = redis::Client::open(redis_url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        for i in 0..N {
-            tick.tick().await;
-            let id: String = redis::cmd("FCALL")
-                .arg("sb_publish")
-                .arg(1)
-                .arg("sb:h:{hist:k}")
-                .arg(json!({"n": i}).to_string())
-                .arg(10000)
-                .query_async(&mut conn)
-                .await
-                .expect("history publish");
-            tx.send_modify(|v| v.push(id));
-        }
-    });
+    let mut publisher = c
+        .redis
+        .publish_history_paced("hist:k", N, Duration::from_millis(5));
 
     // A call in flight (its worker is running it, the session owes its reply) when the node
     // goes, mid-stream.
     s.send(&json!({"cmd": "call"})).await;
     s.step("progress").await;
     c.redis.wait_for_owed_reply(&session).await;
-    published
-        .wait_for(|v| v.len() >= N / 4)
-        .await
-        .expect("publisher alive");
+    publisher.published(N / 4).await;
     c.node(&first_node).signal(Signal::SIGKILL);
-    publisher.await.expect("publisher");
-    let ids = published.borrow().clone();
+    let ids = publisher.finish().await;
     assert_eq!(ids.len(), N);
 
     s.send(&json!({"cmd": "collect", "count": N})).await;

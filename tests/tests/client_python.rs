@@ -14,7 +14,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -232,28 +231,14 @@ async fn kill9_resumes_on_the_other_node_exactly_once_with_the_call_answered() {
     };
 
     // A backend publishes N history events at a steady pace; the client's node is killed
-    // with -9 a quarter of the way through (the 1.5 s call is in flight then).
-    let published = AtomicUsize::new(0);
-    let publisher = async {
-        let mut ids = Vec::with_capacity(N);
-        for n in 0..N {
-            ids.push(
-                c.redis
-                    .history_publish("hist:k", &json!({ "n": n }).to_string())
-                    .await,
-            );
-            published.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        ids
-    };
-    let killer = async {
-        while published.load(Ordering::SeqCst) < N / 4 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        victim.signal(Signal::SIGKILL);
-    };
-    let (ids, ()) = tokio::join!(publisher, killer);
+    // with -9 a quarter of the way through, the 1.5 s call in flight (its reply owed).
+    let mut publisher = c
+        .redis
+        .publish_history_paced("hist:k", N, Duration::from_millis(5));
+    c.redis.wait_for_owed_reply(&session).await;
+    publisher.published(N / 4).await;
+    victim.signal(Signal::SIGKILL);
+    let ids = publisher.finish().await;
 
     s.send(&json!({"cmd": "finish", "count": N})).await;
     let report = s.step_within("events", Duration::from_secs(40)).await;

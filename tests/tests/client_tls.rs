@@ -26,9 +26,7 @@ use switchboard_client::{
 };
 use switchboard_core::auth::{self, Claims};
 use switchboard_harness::tls::{TestCa, TlsProxy};
-use switchboard_harness::{
-    DEADLINE, GatewayProcess, RedisServer, WorkerProcess, WsClient, eventually,
-};
+use switchboard_harness::{DEADLINE, GatewayProcess, RedisServer, WorkerProcess, WsClient};
 
 const SECRET: &str = "tls-test-secret-of-at-least-32-bytes";
 
@@ -206,29 +204,15 @@ async fn kill_9_over_wss_resumes_with_every_event_once() {
     };
 
     const N: usize = 200;
-    let publisher = {
-        let url = redis.url();
-        let _ = url;
-        let redis = &redis;
-        async move {
-            let mut ids = Vec::with_capacity(N);
-            for n in 0..N {
-                ids.push(redis.history_publish("hist:k", &json!(n).to_string()).await);
-                tokio::time::sleep(PACE).await;
-            }
-            ids
-        }
-    };
+    let mut publisher = redis.publish_history_paced("hist:k", N, PACE);
     let caller = session.clone();
     let call = tokio::spawn(async move { caller.call("sleep", json!({"ms": 1500})).await });
     let killer = async {
         // Mid-stream: a quarter of the events out, and the call submitted.
         redis.wait_for_owed_reply(&session.session_id()).await;
-        eventually("a quarter of the events published", || async {
-            (redis.history_len("hist:k").await >= (N / 4) as u64).then_some(())
-        })
-        .await;
+        publisher.published(N / 4).await;
         victim.signal(Signal::SIGKILL);
+        publisher.finish().await
     };
     let mut log = Vec::new();
     let mut ids = Vec::new();
@@ -236,14 +220,14 @@ async fn kill_9_over_wss_resumes_with_every_event_once() {
         while ids.len() < N {
             match next(&mut events).await {
                 SessionEvent::Event(e) => {
-                    assert_eq!(e.data, json!(ids.len()), "in order, once: {log:?}");
+                    assert_eq!(e.data, json!({ "n": ids.len() }), "in order, once: {log:?}");
                     ids.push(e.id.expect("a history event has an id"));
                 }
                 other => log.push(format!("{other:?}")),
             }
         }
     };
-    let (published, (), ()) = tokio::join!(publisher, killer, reader);
+    let (published, ()) = tokio::join!(killer, reader);
     assert_eq!(ids, published, "every event once, in order");
     assert!(log.iter().any(|l| l.starts_with("Disconnected")), "{log:?}");
     assert!(
