@@ -429,6 +429,9 @@ fn without_settings_env(mut cmd: Command) -> Command {
     cmd
 }
 
+/// How many times a gateway's start is tried on other ports when the process exits at once.
+const LAUNCH_ATTEMPTS: usize = 5;
+
 /// A `switchboard gateway` child process.
 pub struct GatewayProcess {
     pub addr: SocketAddr,
@@ -504,12 +507,30 @@ impl GatewayProcess {
         Self::launch(&switchboard_bin(), redis_url, node_id, extra).await
     }
 
+    /// Starts the gateway on free ports and waits until it is ready. A port found free can be
+    /// taken by another test's process before the gateway binds it (the gateway then exits at
+    /// once): the start is tried again on other ports, a few times.
     async fn launch(
         bin: &std::path::Path,
         redis_url: &str,
         node_id: &str,
         extra: &[&str],
     ) -> GatewayProcess {
+        for _ in 0..LAUNCH_ATTEMPTS {
+            if let Some(g) = Self::try_launch(bin, redis_url, node_id, extra).await {
+                return g;
+            }
+        }
+        panic!("gateway {node_id} exited at start {LAUNCH_ATTEMPTS} times (its stderr says why)");
+    }
+
+    /// One start: `None` when the process exited before it was ready.
+    async fn try_launch(
+        bin: &std::path::Path,
+        redis_url: &str,
+        node_id: &str,
+        extra: &[&str],
+    ) -> Option<GatewayProcess> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args: Vec<String> = [
@@ -537,15 +558,28 @@ impl GatewayProcess {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Self::spawn(bin, &args);
-        let g = GatewayProcess {
+        let mut g = GatewayProcess {
             addr,
             admin_addr,
             child,
             bin: bin.to_owned(),
             args,
         };
-        g.wait_ready(true).await;
-        g
+        let start = tokio::time::Instant::now();
+        loop {
+            if !matches!(g.child.try_wait(), Ok(None)) {
+                return None;
+            }
+            if matches!(http_get(addr, "/readyz").await, Ok((200, _)))
+                && matches!(g.child.try_wait(), Ok(None))
+            {
+                return Some(g);
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("timed out waiting for: /readyz of {addr} to be true");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     fn spawn(bin: &std::path::Path, args: &[String]) -> Child {
