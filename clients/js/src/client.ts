@@ -211,6 +211,7 @@ export class SwitchboardClient {
       eventQueue: options.eventQueue ?? 1024,
       refreshMarginMs: options.refreshMarginMs ?? REFRESH_MARGIN_MAX_MS,
       refreshRetryMs: options.refreshRetryMs ?? 1000,
+      closeTimeoutMs: options.closeTimeoutMs ?? 2000,
     };
     if (!(this.o.backoffMinMs > 0) || this.o.backoffMaxMs < this.o.backoffMinMs) {
       throw new TypeError("backoff: backoffMinMs above zero and backoffMaxMs at least backoffMinMs");
@@ -391,7 +392,7 @@ export class SwitchboardClient {
 
   /**
    * Closes the client for good (1000): pending requests and calls fail with `ClosedError`.
-   * Resolves once the socket is closed (or after 2 s).
+   * Resolves once the socket is closed (or after `closeTimeoutMs`).
    */
   async close(code = 1000, reason = "closed by the client"): Promise<void> {
     if (this.finalClose) return;
@@ -399,7 +400,7 @@ export class SwitchboardClient {
     this.finish(code, reason);
     if (s && !s.ended && s.ws.readyState !== 3) {
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 2000);
+        const t = setTimeout(resolve, this.o.closeTimeoutMs);
         s.ws.addEventListener("close", () => {
           clearTimeout(t);
           resolve();

@@ -94,6 +94,8 @@ export interface ClientOptions {
   refreshMarginMs?: number;
   /** Delay before the one retry of a refused `refresh` (default 1000 ms). */
   refreshRetryMs?: number;
+  /** How long `close()` waits for the gateway's close frame (default 2000 ms). */
+  closeTimeoutMs?: number;
 }
 
 export interface SubscribeOptions {
