@@ -148,7 +148,13 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Node 22 (its built-in `WebSocket`), from the npm package `node` that
-/// `tests/conformance` pins and `scripts/test` installs.
+/// `tests/conformance` pins and `scripts/test` installs; panics saying so when it is missing.
 pub fn node22() -> PathBuf {
-    repo_root().join("tests/conformance/node_modules/node/bin/node")
+    let node = repo_root().join("tests/conformance/node_modules/node/bin/node");
+    assert!(
+        node.exists(),
+        "Node 22 is missing at {}: run `npm ci --prefix tests/conformance`",
+        node.display()
+    );
+    node
 }
