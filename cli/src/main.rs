@@ -28,8 +28,14 @@ enum Command {
     /// Run everything in one process with an in-memory backend (no Redis needed).
     Dev(Box<commands::dev::Args>),
     /// Run a gateway node against Redis.
+    ///
+    /// Required: --redis URL (SWITCHBOARD_REDIS), and a way to authenticate clients:
+    /// --jwt-secret, --jwt-public-key or --jwt-jwks-url, or else --allow-anonymous.
     Gateway(Box<commands::gateway::Args>),
     /// Run a worker node that hosts tools and executes routed calls.
+    ///
+    /// Required: --redis URL (SWITCHBOARD_REDIS), and tools to host: --builtin and/or
+    /// --tools FILE.
     Worker(commands::worker::Args),
     /// Publish one event to a topic through Redis, as any backend would.
     Publish(commands::publish::Args),

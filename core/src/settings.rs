@@ -19,6 +19,16 @@ pub fn host_name() -> Option<String> {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
 }
 
+/// [`host_name`], or else the kernel's host name (shells do not export `HOSTNAME`).
+pub fn machine_name() -> Option<String> {
+    host_name().or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+    })
+}
+
 /// A settings struct from `args` (flags only, no binary name), every other setting at its
 /// default, and no `SWITCHBOARD_*` variable read.
 pub fn from_args_without_env<T: clap::Args + clap::FromArgMatches>(

@@ -367,6 +367,12 @@ pub struct Tuning {
     /// On shutdown, give connections this long to close.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
     pub shutdown_grace: Duration,
+    /// On shutdown, answer 503 on /readyz (and to new upgrades) this long before the first
+    /// socket is asked to close, so load balancers that probe /readyz stop routing here first
+    /// (e.g. a little more than the probe period times its failure threshold). Not part of
+    /// --shutdown-grace.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_DELAY", default_value = "0s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]
+    pub drain_delay: Duration,
     /// On shutdown, ask sockets to close over this long, a batch at a time, so the nodes that
     /// take them over are not stampeded (at most the shutdown grace).
     #[arg(long, env = "SWITCHBOARD_DRAIN_SPREAD", default_value = "5s", value_name = "DURATION", value_parser = duration, help_heading = "Sockets")]

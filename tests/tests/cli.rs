@@ -126,13 +126,21 @@ async fn durations_take_units_and_renamed_variables_are_refused() {
     let (code, _, err) = run(&args, &[("SWITCHBOARD_HEARTBEAT_MS", "25000")]).await;
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("SWITCHBOARD_HEARTBEAT "), "{err}");
+    // A worker variable from before they all started with SWITCHBOARD_WORKER_ is refused too.
+    let (code, _, err) = run(
+        &["worker", "--builtin", "--redis", "redis://127.0.0.1:1"],
+        &[("SWITCHBOARD_CONCURRENCY", "4")],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("SWITCHBOARD_WORKER_CONCURRENCY"), "{err}");
     // The worker's durations from variables, with units, are read and checked together:
     // three heartbeats of 20 s do not fit in a 30 s visibility timeout.
     let (code, _, err) = run(
         &["worker", "--builtin", "--redis", "redis://127.0.0.1:1"],
         &[
             ("SWITCHBOARD_WORKER_HEARTBEAT", "20s"),
-            ("SWITCHBOARD_VISIBILITY_TIMEOUT", "30s"),
+            ("SWITCHBOARD_WORKER_VISIBILITY_TIMEOUT", "30s"),
         ],
     )
     .await;

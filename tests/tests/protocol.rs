@@ -497,6 +497,92 @@ async fn drain_spreads_closes_over_the_spread() {
     );
 }
 
+/// A draining node keeps its listener: `/readyz` answers 503 and upgrades are refused with
+/// 503 while the sockets are still being closed (a load balancer then stops routing here
+/// before the sockets go), and only a drained node refuses connections.
+#[tokio::test]
+async fn draining_node_answers_503_while_sockets_close() {
+    let mut gw = InProcessGateway::start_ready(
+        {
+            let mut c = GatewayConfig::dev("draining");
+            c.tuning.drain_delay = Duration::from_millis(800);
+            c.tuning.drain_spread = Duration::from_secs(2);
+            c.tuning.shutdown_grace = Duration::from_secs(10);
+            c
+        },
+        MemoryBackend::new().backend(),
+    )
+    .await;
+    let addr = gw.addr;
+    assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = WsClient::connect(&gw.ws_url()).await;
+        c.hello().await;
+        clients.push(c);
+    }
+    let url = gw.ws_url();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let code = c.read_close().await;
+                let _ = closed.send(code);
+            })
+        })
+        .collect();
+    let stop = tokio::spawn(async move {
+        gw.stop().await;
+    });
+    // Within the drain delay: not ready, no socket closed yet, upgrades refused with 503.
+    let (status, body) = wait_for_status(addr, "/readyz", 503).await;
+    assert_eq!(body, "draining\n");
+    assert!(
+        closed_rx.try_recv().is_err(),
+        "a socket was closed before /readyz said 503"
+    );
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        Err(e) => panic!("upgrade during the drain: {e}"),
+        Ok(_) => panic!("a draining node accepted a WebSocket"),
+    }
+    assert_eq!(status, 503);
+    // The sockets close over the spread; after the first and before the last, the listener
+    // still answers 503.
+    assert_eq!(closed_rx.recv().await, Some(1012));
+    assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 503);
+    for r in readers {
+        r.await.unwrap();
+    }
+    let mut codes = vec![1012];
+    while let Ok(code) = closed_rx.try_recv() {
+        codes.push(code);
+    }
+    assert_eq!(codes, vec![1012; 20]);
+    stop.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a stopped gateway still accepts"
+    );
+}
+
+/// Polls `path` until it answers `status` (a refused connection fails the test: the listener
+/// must keep answering).
+async fn wait_for_status(addr: std::net::SocketAddr, path: &str, status: u16) -> (u16, String) {
+    for _ in 0..200 {
+        let (got, body) = http_get(addr, path)
+            .await
+            .unwrap_or_else(|e| panic!("{path} did not answer during the drain: {e}"));
+        if got == status {
+            return (got, body);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{path} never answered {status}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn hello_timeout_closes_4001() {
     let gw = paused_setup(|_| {}).await;

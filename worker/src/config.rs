@@ -13,24 +13,27 @@ pub const REGISTRY_MISSES: u32 = 3;
 /// third of the visibility timeout), and holds a call other workers could run.
 pub const MAX_BACKLOG: usize = 65_536;
 
-/// This worker's default id: `worker-<$HOSTNAME or gateway-<pid>>-<pid>`.
+/// This worker's default id: `worker-<host>-<pid>`, the host being `$HOSTNAME` (the pod name on
+/// Kubernetes) or the kernel's host name; `worker-<pid>` when neither is known.
 pub fn default_worker_id() -> String {
     let pid = std::process::id();
-    let host = settings::host_name().unwrap_or_else(|| format!("gateway-{pid}"));
-    format!("worker-{host}-{pid}")
+    match settings::machine_name() {
+        Some(host) => format!("worker-{host}-{pid}"),
+        None => format!("worker-{pid}"),
+    }
 }
 
 /// See the module docs.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
-    /// This worker's id [default: worker-$HOSTNAME-<pid>].
+    /// This worker's id [default: worker-<$HOSTNAME or host name>-<pid>].
     #[arg(long, env = "SWITCHBOARD_WORKER_ID", default_value_t = default_worker_id(), hide_default_value = true)]
     pub worker_id: String,
     /// Calls this worker runs at once (all tools together).
     #[arg(
         long,
-        env = "SWITCHBOARD_CONCURRENCY",
+        env = "SWITCHBOARD_WORKER_CONCURRENCY",
         default_value = "64",
         value_name = "N"
     )]
@@ -59,18 +62,18 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// A job whose worker is silent this long is taken over by another worker (a running job
     /// is kept visible by heartbeats every third of it; at least three heartbeats).
-    #[arg(long, env = "SWITCHBOARD_VISIBILITY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    #[arg(long, env = "SWITCHBOARD_WORKER_VISIBILITY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub visibility_timeout: Duration,
     /// Deliveries after which a job that keeps killing workers is dead-lettered.
     #[arg(
         long,
-        env = "SWITCHBOARD_MAX_DELIVERIES",
+        env = "SWITCHBOARD_WORKER_MAX_DELIVERIES",
         default_value = "3",
         value_name = "N"
     )]
     pub max_deliveries: u64,
     /// How long one fetch waits for a job.
-    #[arg(long, env = "SWITCHBOARD_FETCH_BLOCK", default_value = "1s", value_name = "DURATION", value_parser = duration)]
+    #[arg(long, env = "SWITCHBOARD_WORKER_FETCH_BLOCK", default_value = "1s", value_name = "DURATION", value_parser = duration)]
     pub fetch_block: Duration,
     /// On shutdown, how long running calls get to finish.
     #[arg(long = "shutdown-grace", env = "SWITCHBOARD_WORKER_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = duration)]
@@ -141,6 +144,15 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_id_names_the_host_once() {
+        let id = default_worker_id();
+        let pid = std::process::id().to_string();
+        assert!(id.starts_with("worker-") && id.ends_with(&pid), "{id}");
+        assert!(!id.contains("gateway-"), "{id}");
+        assert_eq!(id.matches(&pid).count(), 1, "{id}");
+    }
 
     #[test]
     fn defaults_and_checks() {

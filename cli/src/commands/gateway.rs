@@ -11,7 +11,8 @@ use crate::Failure;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Address to listen on (WebSocket at /ws; /healthz, /readyz, /metrics).
+    /// Address to listen on (WebSocket at /ws, MCP at /mcp; /healthz, /readyz; /metrics is on
+    /// --admin-listen).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     #[command(flatten)]

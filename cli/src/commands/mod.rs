@@ -21,42 +21,176 @@ pub(crate) fn init_logging() {
         .init();
 }
 
-/// The variables that took whole milliseconds before settings took durations with their unit
-/// (`SWITCHBOARD_HEARTBEAT_MS=25000` is now `SWITCHBOARD_HEARTBEAT=25s`): each is its new
-/// name followed by `_MS`.
-const RENAMED: [&str; 22] = [
-    "SWITCHBOARD_HELLO_TIMEOUT_MS",
-    "SWITCHBOARD_HEARTBEAT_MS",
-    "SWITCHBOARD_WRITE_TIMEOUT_MS",
-    "SWITCHBOARD_CLOSE_TIMEOUT_MS",
-    "SWITCHBOARD_SHUTDOWN_GRACE_MS",
-    "SWITCHBOARD_DRAIN_SPREAD_MS",
-    "SWITCHBOARD_READINESS_INTERVAL_MS",
-    "SWITCHBOARD_SUBSCRIBE_RETRY_MS",
-    "SWITCHBOARD_TASK_TTL_MS",
-    "SWITCHBOARD_MAX_TASK_TTL_MS",
-    "SWITCHBOARD_REGISTRY_INTERVAL_MS",
-    "SWITCHBOARD_CALL_POLL_MS",
-    "SWITCHBOARD_DEADLINE_GRACE_MS",
-    "SWITCHBOARD_REPLAY_TIMEOUT_MS",
-    "SWITCHBOARD_SESSION_TTL_MS",
-    "SWITCHBOARD_SESSION_REFRESH_MS",
-    "SWITCHBOARD_REDIS_TIMEOUT_MS",
-    "SWITCHBOARD_REDIS_CONNECT_TIMEOUT_MS",
-    "SWITCHBOARD_WORKER_HEARTBEAT_MS",
-    "SWITCHBOARD_VISIBILITY_TIMEOUT_MS",
-    "SWITCHBOARD_FETCH_BLOCK_MS",
-    "SWITCHBOARD_WORKER_SHUTDOWN_GRACE_MS",
+/// Variables that were renamed, with what replaced them. Each old name left in a deployment
+/// would be ignored silently, so it is refused, naming the new one.
+///
+/// The millisecond ones took whole milliseconds before settings took durations with their unit
+/// (`SWITCHBOARD_HEARTBEAT_MS=25000` is now `SWITCHBOARD_HEARTBEAT=25s`); the worker's own
+/// settings all start with `SWITCHBOARD_WORKER_` since issue 14.
+const RENAMED: [(&str, &str, Renamed); 28] = [
+    (
+        "SWITCHBOARD_HELLO_TIMEOUT_MS",
+        "SWITCHBOARD_HELLO_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_HEARTBEAT_MS",
+        "SWITCHBOARD_HEARTBEAT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_WRITE_TIMEOUT_MS",
+        "SWITCHBOARD_WRITE_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_CLOSE_TIMEOUT_MS",
+        "SWITCHBOARD_CLOSE_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_SHUTDOWN_GRACE_MS",
+        "SWITCHBOARD_SHUTDOWN_GRACE",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_DRAIN_SPREAD_MS",
+        "SWITCHBOARD_DRAIN_SPREAD",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_READINESS_INTERVAL_MS",
+        "SWITCHBOARD_READINESS_INTERVAL",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_SUBSCRIBE_RETRY_MS",
+        "SWITCHBOARD_SUBSCRIBE_RETRY",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_TASK_TTL_MS",
+        "SWITCHBOARD_TASK_TTL",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_MAX_TASK_TTL_MS",
+        "SWITCHBOARD_MAX_TASK_TTL",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_REGISTRY_INTERVAL_MS",
+        "SWITCHBOARD_REGISTRY_INTERVAL",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_CALL_POLL_MS",
+        "SWITCHBOARD_CALL_POLL",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_DEADLINE_GRACE_MS",
+        "SWITCHBOARD_DEADLINE_GRACE",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_REPLAY_TIMEOUT_MS",
+        "SWITCHBOARD_REPLAY_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_SESSION_TTL_MS",
+        "SWITCHBOARD_SESSION_TTL",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_SESSION_REFRESH_MS",
+        "SWITCHBOARD_SESSION_REFRESH",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_REDIS_TIMEOUT_MS",
+        "SWITCHBOARD_REDIS_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_REDIS_CONNECT_TIMEOUT_MS",
+        "SWITCHBOARD_REDIS_CONNECT_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_WORKER_HEARTBEAT_MS",
+        "SWITCHBOARD_WORKER_HEARTBEAT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_VISIBILITY_TIMEOUT_MS",
+        "SWITCHBOARD_WORKER_VISIBILITY_TIMEOUT",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_FETCH_BLOCK_MS",
+        "SWITCHBOARD_WORKER_FETCH_BLOCK",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_WORKER_SHUTDOWN_GRACE_MS",
+        "SWITCHBOARD_WORKER_SHUTDOWN_GRACE",
+        Renamed::Unit,
+    ),
+    (
+        "SWITCHBOARD_CONCURRENCY",
+        "SWITCHBOARD_WORKER_CONCURRENCY",
+        Renamed::Worker,
+    ),
+    (
+        "SWITCHBOARD_VISIBILITY_TIMEOUT",
+        "SWITCHBOARD_WORKER_VISIBILITY_TIMEOUT",
+        Renamed::Worker,
+    ),
+    (
+        "SWITCHBOARD_MAX_DELIVERIES",
+        "SWITCHBOARD_WORKER_MAX_DELIVERIES",
+        Renamed::Worker,
+    ),
+    (
+        "SWITCHBOARD_FETCH_BLOCK",
+        "SWITCHBOARD_WORKER_FETCH_BLOCK",
+        Renamed::Worker,
+    ),
+    (
+        "SWITCHBOARD_TOOLS",
+        "SWITCHBOARD_WORKER_TOOLS",
+        Renamed::Worker,
+    ),
+    (
+        "SWITCHBOARD_BUILTIN",
+        "SWITCHBOARD_WORKER_BUILTIN",
+        Renamed::Worker,
+    ),
 ];
 
-/// An old millisecond variable left in a deployment would be ignored silently: it is refused,
-/// naming the variable that replaced it.
+/// Why a variable was renamed, for the message that refuses it.
+#[derive(Clone, Copy)]
+enum Renamed {
+    /// It took whole milliseconds.
+    Unit,
+    /// A worker setting, now named like the others.
+    Worker,
+}
+
+/// Refuses any variable of [`RENAMED`] that is set, naming its replacement.
 pub(crate) fn refuse_renamed_variables() -> Result<(), Failure> {
-    match RENAMED.iter().find(|old| std::env::var_os(old).is_some()) {
+    match RENAMED
+        .iter()
+        .find(|(old, _, _)| std::env::var_os(old).is_some())
+    {
         None => Ok(()),
-        Some(old) => Err(Failure::Usage(format!(
-            "{old} was renamed {} and takes a duration with its unit (e.g. 5s or 250ms)",
-            old.trim_end_matches("_MS")
+        Some((old, new, Renamed::Unit)) => Err(Failure::Usage(format!(
+            "{old} was renamed {new} and takes a duration with its unit (e.g. 5s or 250ms)"
+        ))),
+        Some((old, new, Renamed::Worker)) => Err(Failure::Usage(format!(
+            "{old} was renamed {new} (every worker setting starts with SWITCHBOARD_WORKER_)"
         ))),
     }
 }

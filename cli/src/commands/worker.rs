@@ -16,13 +16,13 @@ pub(crate) struct Args {
     /// A TOML file of command tools.
     #[arg(
         long,
-        env = "SWITCHBOARD_TOOLS",
+        env = "SWITCHBOARD_WORKER_TOOLS",
         value_name = "FILE",
         help_heading = "Tools"
     )]
     tools: Option<PathBuf>,
     /// Host the built-in demo tools (echo, sleep, fail).
-    #[arg(long, env = "SWITCHBOARD_BUILTIN", help_heading = "Tools")]
+    #[arg(long, env = "SWITCHBOARD_WORKER_BUILTIN", help_heading = "Tools")]
     builtin: bool,
     #[command(flatten)]
     config: WorkerConfig,
@@ -36,11 +36,12 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let mut servers = Vec::new();
     if let Some(path) = &args.tools {
         servers = command::load_tools_file(path, &mut toolbox)
-            .map_err(|e| Failure::Usage(format!("tools (SWITCHBOARD_TOOLS): {e}")))?;
+            .map_err(|e| Failure::Usage(format!("tools (SWITCHBOARD_WORKER_TOOLS): {e}")))?;
     }
     if toolbox.is_empty() && servers.is_empty() {
         return Err(Failure::Usage(
-            "no tools to host: give --tools FILE (SWITCHBOARD_TOOLS) and/or --builtin".into(),
+            "no tools to host: give --tools FILE (SWITCHBOARD_WORKER_TOOLS) and/or --builtin"
+                .into(),
         ));
     }
     args.config

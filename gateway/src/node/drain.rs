@@ -1,6 +1,7 @@
-//! Shutdown: stop accepting (the accept loop's job), report not ready, ask the sockets to close
-//! with 1012 (reconnect elsewhere) a batch at a time, spread over `drain_spread`, so the nodes
-//! that take them over are not stampeded, and wait for them to go, up to the grace period.
+//! Shutdown: report not ready (the listener still answers: `/readyz` 503, upgrades 503), wait
+//! `--drain-delay` for load balancers to notice, then ask the sockets to close with 1012
+//! (reconnect elsewhere) a batch at a time, spread over `drain_spread`, so the nodes that take
+//! them over are not stampeded, and wait for them to go, up to the grace period.
 
 use switchboard_protocol::close;
 
@@ -12,6 +13,14 @@ const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Runs the drain; returns when every connection is gone or the grace period is over.
 pub(crate) async fn drain(node: &Node) {
     node.health.start_draining();
+    let delay = node.config.tuning.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "draining: not ready; sockets close after the drain delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
     let conns = node.conns.snapshot();
     let grace = node.config.tuning.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;

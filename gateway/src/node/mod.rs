@@ -97,6 +97,24 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Serves one accepted connection in a task of its own; an accept error (e.g. out of file
+/// descriptors) pauses the loop a little.
+async fn serve_accepted(
+    node: &Arc<Node>,
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) {
+    match accepted {
+        Ok((stream, _peer)) => {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(http::serve(node.clone(), stream));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+    }
+}
+
 /// Runs a gateway node on `listener` (and `--admin-listen`, bound here) until `shutdown`
 /// completes, then drains: not ready, every socket closed with 1012, connections given
 /// `shutdown_grace` to go.
@@ -409,20 +427,21 @@ pub async fn run_with_admin(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(http::serve(node.clone(), stream));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            }
+            accepted = listener.accept() => serve_accepted(&node, accepted).await,
+        }
+    }
+    // The listener keeps serving HTTP while the sockets close: `/readyz` answers 503 and
+    // upgrades are refused with 503, so a load balancer stops routing here before the
+    // sockets go (a closed listener would refuse its probes and look like a crash).
+    let drained = drain::drain(&node);
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            accepted = listener.accept() => serve_accepted(&node, accepted).await,
         }
     }
     drop(listener);
-    drain::drain(&node).await;
     for task in background.into_iter().chain(fanout_tasks).chain(admin_task) {
         task.abort();
     }
