@@ -22,6 +22,9 @@ CHECK is one of:
               target, its source list every member the binary depends on, and the stub layout
               loads as a workspace (`cargo metadata --locked --offline`).
   nginx       deploy/nginx.conf passes `nginx -t` and logs no query strings.
+  envnames    every SWITCHBOARD_* variable that the manifests, the compose file and the
+              Dockerfile give to `switchboard` is one that the workspace's sources read (a typo
+              would be silently ignored by the binary).
 
 Exit status 0 when the check passes; otherwise 1 with every problem found on stderr.
 """
@@ -652,6 +655,59 @@ def check_nginx(p: Problems) -> None:
         p.check(result.returncode == 0, f"nginx -t failed:\n{result.stderr}")
 
 
+# ---- envnames -----------------------------------------------------------------------------------
+
+# Variables the issue-14 tasks add in parallel with this one (Redis TLS/auth, logs, the worker's
+# admin port): allowed to be missing from the sources until those branches are merged. Once they
+# are, this set can go.
+PENDING_VARIABLES = {
+    "SWITCHBOARD_REDIS_PASSWORD",
+    "SWITCHBOARD_REDIS_CA_FILE",
+    "SWITCHBOARD_LOG_FORMAT",
+    "SWITCHBOARD_WORKER_ADMIN_LISTEN",
+}
+
+
+def check_envnames(p: Problems) -> None:
+    meta = workspace()
+    root = Path(meta["workspace_root"])
+    known: set[str] = set()
+    for package in meta["packages"]:
+        if package["id"] not in meta["workspace_members"]:
+            continue
+        for source in Path(package["manifest_path"]).parent.rglob("*.rs"):
+            if "target" in source.relative_to(root).parts:
+                continue
+            known |= set(re.findall(r'"(SWITCHBOARD_[A-Z0-9_]+)"', source.read_text(errors="replace")))
+    p.check(len(known) > 50, f"found only {len(known)} SWITCHBOARD_* names in the sources")
+    given: dict[str, set[str]] = {}
+
+    def note(where: str, names: object) -> None:
+        for name in re.findall(r"\b(SWITCHBOARD_[A-Z0-9_]+)\b", json.dumps(names)):
+            given.setdefault(name, set()).add(where)
+
+    for name, overlay, components in RENDERS:
+        for doc in render(name, overlay, components, p) or []:
+            if doc.get("kind") == "Deployment":
+                for c in doc["spec"]["template"]["spec"]["containers"]:
+                    note(f"{name}/{doc['metadata']['name']}", [e["name"] for e in c.get("env", [])])
+            if doc.get("kind") == "ConfigMap" and doc["metadata"]["name"].startswith("switchboard-config"):
+                note(f"{name}/ConfigMap", list(doc.get("data", {})))
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for key, value in compose.items():
+        if key.startswith("x-") and key.endswith("-env"):
+            note(f"docker-compose.yml/{key}", list(value))
+    for sname, service in compose.get("services", {}).items():
+        if sname.startswith(("gateway", "worker")):
+            note(f"docker-compose.yml/{sname}", list(service.get("environment", {})))
+    note("Dockerfile", re.findall(r"^ENV (SWITCHBOARD_[A-Z0-9_]+)=", (ROOT / "Dockerfile").read_text(), re.M))
+    p.check(len(given) > 10, f"found only {len(given)} variables in the deployment files")
+    for name, places in sorted(given.items()):
+        if name in known or name in PENDING_VARIABLES:
+            continue
+        p.add(f"{name} (in {', '.join(sorted(places))}) is read nowhere in the sources: a typo?")
+
+
 CHECKS = {
     "compose": check_compose,
     "kustomize": check_kustomize,
@@ -659,6 +715,7 @@ CHECKS = {
     "dashboard": check_dashboard,
     "dockerfile": check_dockerfile,
     "nginx": check_nginx,
+    "envnames": check_envnames,
 }
 
 

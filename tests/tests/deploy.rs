@@ -2,7 +2,8 @@
 //! them (no container engine, no cluster): `docker-compose config`, `kubectl kustomize` and
 //! `kubernetes-validate --strict` on every overlay (and with the opt-in components),
 //! `promtool check rules` / `promtool test rules` on the alerts, the Grafana dashboard's JSON and
-//! metric names, the Dockerfile's dependency-cache stubs against the workspace, and `nginx -t`.
+//! metric names, the Dockerfile's dependency-cache stubs against the workspace, `nginx -t`, and
+//! that every `SWITCHBOARD_*` variable the files set is one the sources read.
 //!
 //! Each test runs one check of `tests/deploy/check.py` (its docstring lists what each asserts)
 //! with the Python of `tests/deploy/.venv`, which `scripts/test` creates from
@@ -79,4 +80,9 @@ fn dockerfile_stubs_match_the_workspace() {
 #[test]
 fn nginx_conf_passes_nginx_t_without_query_strings_in_logs() {
     check("nginx");
+}
+
+#[test]
+fn deployment_variables_are_read_by_the_binary() {
+    check("envnames");
 }
