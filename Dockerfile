@@ -40,7 +40,8 @@ COPY client/Cargo.toml client/
 COPY cli/Cargo.toml cli/
 COPY bench/Cargo.toml bench/
 COPY tests/Cargo.toml tests/
-# Then drop the stubs' own outputs (the dependencies' stay).
+# Empty stubs for every target, one build (it compiles every dependency), then the stubs' own
+# outputs go (the dependencies' stay).
 RUN set -eu; \
     for f in protocol/src/lib.rs core/src/lib.rs backends/memory/src/lib.rs \
              backends/redis/src/lib.rs gateway/src/lib.rs worker/src/lib.rs client/src/lib.rs \
