@@ -1,0 +1,135 @@
+//! A Sentinel failover under real processes: a primary, a replica and a Sentinel on free ports,
+//! a gateway and a worker on `redis+sentinel://`. The primary is killed with SIGKILL while
+//! WebSocket clients are connected and a tool call is running; the Sentinel promotes the
+//! replica; the clients stay connected, the gateway becomes ready again, publish/subscribe
+//! works, the call that was running is answered and a new one too.
+
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard_harness::redis_extra::{SentinelSet, wait_announced};
+use switchboard_harness::{GatewayProcess, WorkerProcess, WsClient, eventually_within, http_get};
+
+/// How long the failover may take, all steps together (down-after 1 s, the election, the
+/// promotion, the nodes asking the Sentinel again).
+const FAILOVER: Duration = Duration::from_secs(45);
+/// How long one published event is awaited before publishing again.
+const EVENT_WAIT: Duration = Duration::from_millis(1000);
+
+async fn client(g: &GatewayProcess) -> WsClient {
+    let mut c = WsClient::connect(&g.ws_url()).await;
+    c.hello().await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stay_and_calls_resume_across_a_failover() {
+    let mut set = SentinelSet::start().await;
+    let flags = [
+        "--registry-interval",
+        "200ms",
+        "--call-poll",
+        "200ms",
+        "--redis-sentinel-poll",
+        "500ms",
+    ];
+    let g = GatewayProcess::start(&set.url(), "gw-a", &flags).await;
+    let _w = WorkerProcess::spawn_url(
+        &set.url(),
+        "w1",
+        &["--builtin", "--redis-sentinel-poll", "500ms"],
+    );
+    wait_announced(&mut set.primary.connection().await, "w1").await;
+
+    let mut sub = client(&g).await;
+    let mut pubr = client(&g).await;
+    sub.call("subscribe", json!({"topic": "room:1"})).await;
+    pubr.call("publish", json!({"topic": "room:1", "data": "before"}))
+        .await;
+    assert_eq!(sub.next_event().await["data"], "before");
+    pubr.wait_for_tool("sleep").await;
+    pubr.wait_for_tool("echo").await;
+
+    // A call in flight across the failover.
+    let mut caller = client(&g).await;
+    let running = caller
+        .send_request(
+            "tools/call",
+            json!({"name": "sleep", "arguments": {"ms": 3000}}),
+        )
+        .await;
+    // Wait until the job is in the stream (replicated to the replica) before the kill.
+    let mut rconn = set.replica.connection().await;
+    eventually_within("the job to reach the replica", FAILOVER, || async {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("sb:q:{sleep}@*")
+            .query_async(&mut rconn.clone())
+            .await
+            .ok()?;
+        (!keys.is_empty()).then_some(())
+    })
+    .await;
+    drop(rconn);
+
+    let old_port = set.primary.port;
+    set.primary.kill9().await;
+    let new_port = eventually_within("the Sentinel to promote the replica", FAILOVER, || async {
+        set.primary_port().await.filter(|p| *p != old_port)
+    })
+    .await;
+    assert_eq!(new_port, set.replica.port);
+    let addr = g.addr;
+    eventually_within("the gateway to be ready again", FAILOVER, || async {
+        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
+
+    // The clients are still connected: they answer, and live events flow again.
+    let mut n = 0;
+    eventually_within("a live event after the failover", FAILOVER, || {
+        n += 1;
+        let (sub, pubr) = (&mut sub, &mut pubr);
+        async move {
+            let r = pubr
+                .call("publish", json!({"topic": "room:1", "data": {"after": n}}))
+                .await;
+            if r.get("error").is_some() {
+                return None;
+            }
+            let e = tokio::time::timeout(EVENT_WAIT, sub.next_event())
+                .await
+                .ok()?;
+            Some(e["data"]["after"].as_i64()?)
+        }
+    })
+    .await;
+
+    // The call that ran across the failover is answered...
+    let reply = tokio::time::timeout(FAILOVER, async {
+        loop {
+            let v = caller.read_json().await;
+            if v["id"] == json!(running) {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the call in flight across the failover was never answered");
+    assert!(reply["result"].is_object(), "{reply}");
+
+    // ...and a new one too.
+    let r = tokio::time::timeout(
+        FAILOVER,
+        pubr.call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"after": true}}),
+        ),
+    )
+    .await
+    .expect("a call after the failover was never answered");
+    assert_eq!(
+        r["result"]["structuredContent"],
+        json!({"after": true}),
+        "{r}"
+    );
+}
