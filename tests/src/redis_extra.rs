@@ -260,7 +260,7 @@ impl SentinelSet {
         })
         .await;
         // The replica has the primary's data before anything else happens.
-        let mut rconn = replica.connection().await;
+        let rconn = replica.connection().await;
         eventually("the replica to sync with the primary", || async {
             let info: String = redis::cmd("INFO")
                 .arg("replication")
@@ -295,7 +295,7 @@ impl SentinelSet {
             _dir: dir,
         };
         // The Sentinel knows the replica (it would have nothing to promote otherwise).
-        let mut sconn = set.sentinel.connection().await;
+        let sconn = set.sentinel.connection().await;
         let replica_port = set.replica.port.to_string();
         eventually("the Sentinel to discover the replica", || async {
             let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
