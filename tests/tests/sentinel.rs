@@ -58,15 +58,27 @@ async fn clients_stay_and_calls_resume_across_a_failover() {
             json!({"name": "sleep", "arguments": {"ms": 3000}}),
         )
         .await;
-    // Wait until the job is in the stream (replicated to the replica) before the kill.
-    let mut rconn = set.replica.connection().await;
-    eventually_within("the job to reach the replica", FAILOVER, || async {
+    // Wait until a worker holds the job, as the replica sees it, before the kill.
+    let rconn = set.replica.connection().await;
+    eventually_within("the running job to reach the replica", FAILOVER, || async {
+        let mut conn = rconn.clone();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("sb:q:{sleep}@*")
-            .query_async(&mut rconn.clone())
+            .query_async(&mut conn)
             .await
             .ok()?;
-        (!keys.is_empty()).then_some(())
+        let pending: (
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<Vec<(String, String)>>,
+        ) = redis::cmd("XPENDING")
+            .arg(keys.first()?)
+            .arg("workers")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        (pending.0 > 0).then_some(())
     })
     .await;
     drop(rconn);
@@ -86,21 +98,18 @@ async fn clients_stay_and_calls_resume_across_a_failover() {
 
     // The clients are still connected: they answer, and live events flow again.
     let mut n = 0;
-    eventually_within("a live event after the failover", FAILOVER, || {
+    eventually_within("a live event after the failover", FAILOVER, async || {
         n += 1;
-        let (sub, pubr) = (&mut sub, &mut pubr);
-        async move {
-            let r = pubr
-                .call("publish", json!({"topic": "room:1", "data": {"after": n}}))
-                .await;
-            if r.get("error").is_some() {
-                return None;
-            }
-            let e = tokio::time::timeout(EVENT_WAIT, sub.next_event())
-                .await
-                .ok()?;
-            Some(e["data"]["after"].as_i64()?)
+        let r = pubr
+            .call("publish", json!({"topic": "room:1", "data": {"after": n}}))
+            .await;
+        if r.get("error").is_some() {
+            return None;
         }
+        let e = tokio::time::timeout(EVENT_WAIT, sub.next_event())
+            .await
+            .ok()?;
+        e["data"]["after"].as_i64()
     })
     .await;
 
