@@ -159,11 +159,13 @@ async fn a_graceful_failover_moves_the_nodes_and_delivers_once() {
         "500ms",
     ];
     let g = GatewayProcess::start(&set.url(), "gw-a", &flags).await;
-    let _w = WorkerProcess::spawn_url(
-        &set.url(),
-        "w1",
-        &["--builtin", "--redis-sentinel-poll", "500ms"],
+    // The worker's list starts with a Sentinel that is not there: the next one answers.
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{},127.0.0.1:{}/{MASTER}",
+        switchboard_harness::free_port(),
+        set.sentinel.port
     );
+    let _w = WorkerProcess::spawn_url(&url, "w1", &["--builtin", "--redis-sentinel-poll", "500ms"]);
     wait_announced(&mut set.primary.connection().await, "w1").await;
     let mut sub = client(&g).await;
     let mut pubr = client(&g).await;

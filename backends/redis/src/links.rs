@@ -256,11 +256,12 @@ async fn watch(
     on_push: OnPush,
 ) {
     let mut last_error: Option<String> = None;
+    let mut sentinels = crate::sentinel::SentinelConns::default();
     loop {
         let Some(l) = links.upgrade() else { return };
         let current = l.trio().map(|t| t.addr.clone());
         drop(l);
-        let outcome = match target.resolve().await {
+        let outcome = match target.resolve_with(&mut sentinels).await {
             Ok((host, port)) => {
                 let addr = format!("{host}:{port}");
                 if current.as_deref() == Some(addr.as_str()) {

@@ -169,11 +169,29 @@ impl SentinelTarget {
 
     /// Asks the Sentinels in turn for the primary's address; the first answer wins.
     pub(crate) async fn resolve(&self) -> Result<(String, u16), String> {
+        self.resolve_with(&mut SentinelConns::default()).await
+    }
+
+    /// [`resolve`](Self::resolve) on connections kept from one question to the next (the
+    /// watch task asks every poll period), the Sentinel that answered last asked first.
+    pub(crate) async fn resolve_with(
+        &self,
+        conns: &mut SentinelConns,
+    ) -> Result<(String, u16), String> {
         let mut errors = Vec::new();
-        for (host, port) in &self.sentinels {
-            match self.ask(host, *port).await {
-                Ok(addr) => return Ok(addr),
-                Err(e) => errors.push(format!("{host}:{port}: {e}")),
+        let n = self.sentinels.len();
+        for k in 0..n {
+            let i = (conns.preferred + k) % n;
+            let (host, port) = &self.sentinels[i];
+            match self.ask(i, host, *port, conns).await {
+                Ok(addr) => {
+                    conns.preferred = i;
+                    return Ok(addr);
+                }
+                Err(e) => {
+                    conns.open.remove(&i);
+                    errors.push(format!("{host}:{port}: {e}"));
+                }
             }
         }
         Err(format!(
@@ -183,24 +201,38 @@ impl SentinelTarget {
         ))
     }
 
-    async fn ask(&self, host: &str, port: u16) -> Result<(String, u16), String> {
-        let client = self
-            .client(host, port, self.sentinel.clone())
-            .map_err(|e| e.to_string())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.op_timeout));
-        let fut = async {
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("SENTINEL")
-                .arg("GET-MASTER-ADDR-BY-NAME")
-                .arg(&self.master)
-                .query_async::<Value>(&mut conn)
+    async fn ask(
+        &self,
+        i: usize,
+        host: &str,
+        port: u16,
+        conns: &mut SentinelConns,
+    ) -> Result<(String, u16), String> {
+        let bound = self.connect_timeout + self.op_timeout;
+        let mut conn = match conns.open.get(&i) {
+            Some(c) => c.clone(),
+            None => {
+                let client = self
+                    .client(host, port, self.sentinel.clone())
+                    .map_err(|e| e.to_string())?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.op_timeout));
+                let c = tokio::time::timeout(
+                    bound,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
                 .await
+                .map_err(|_| "timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+                conns.open.insert(i, c.clone());
+                c
+            }
         };
-        let reply = tokio::time::timeout(self.connect_timeout + self.op_timeout, fut)
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
+        let fut = cmd.query_async::<Value>(&mut conn);
+        let reply = tokio::time::timeout(bound, fut)
             .await
             .map_err(|_| "timed out".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -216,6 +248,14 @@ impl SentinelTarget {
             _ => Err("bad reply".into()),
         }
     }
+}
+
+/// Connections to the Sentinels, kept by the watch task between questions.
+#[derive(Default)]
+pub(crate) struct SentinelConns {
+    open: std::collections::HashMap<usize, redis::aio::MultiplexedConnection>,
+    /// The Sentinel that answered last.
+    preferred: usize,
 }
 
 #[cfg(test)]
