@@ -58,6 +58,8 @@ impl Drop for TempDir {
 pub struct RedisNode {
     pub port: u16,
     child: Option<Child>,
+    /// For a node that speaks only TLS: the directory of `ca.pem`, `client.pem`, `client.key`.
+    tls: Option<PathBuf>,
 }
 
 impl RedisNode {
@@ -76,6 +78,7 @@ impl RedisNode {
             let mut node = RedisNode {
                 port,
                 child: Some(child),
+                tls: None,
             };
             if node.listening().await {
                 return node;
@@ -119,13 +122,37 @@ impl RedisNode {
     }
 
     /// A plain connection as the `default` user (no password).
+    /// A connection as the `default` user (no password); over TLS for a TLS node.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("url")
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()).expect("url"),
+            Some(dir) => tls_client(&format!("rediss://127.0.0.1:{}", self.port), dir),
+        };
+        client
             .get_multiplexed_async_connection()
             .await
             .expect("connect to redis")
     }
+
+    /// Marks the node as speaking only TLS with the files in `dir`.
+    pub fn with_tls(mut self, dir: &Path) -> RedisNode {
+        self.tls = Some(dir.to_owned());
+        self
+    }
+}
+
+/// A client for `url` trusting `dir/ca.pem` and showing `dir/client.pem`.
+fn tls_client(url: &str, dir: &Path) -> redis::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("TLS file");
+    let certs = redis::TlsCertificates {
+        client_tls: Some(redis::ClientTlsConfig {
+            client_cert: read("client.pem"),
+            client_key: read("client.key"),
+        }),
+        root_cert: Some(read("ca.pem")),
+    };
+    redis::Client::build_with_tls(url, certs).expect("TLS client")
 }
 
 impl Drop for RedisNode {
@@ -192,17 +219,7 @@ impl TlsRedis {
 
     /// A connection of the test's own, trusting the test CA and showing the client certificate.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let read = |name: &str| std::fs::read(self.dir.path().join(name)).expect("TLS file");
-        let certs = redis::TlsCertificates {
-            client_tls: Some(redis::ClientTlsConfig {
-                client_cert: read("client.pem"),
-                client_key: read("client.key"),
-            }),
-            root_cert: Some(read("ca.pem")),
-        };
-        redis::Client::build_with_tls(self.url(), certs)
-            .expect("TLS client")
+        tls_client(&self.url(), self.dir.path())
             .get_multiplexed_async_connection()
             .await
             .expect("connect to TLS redis")
@@ -234,31 +251,77 @@ pub struct SentinelSet {
 
 impl SentinelSet {
     pub async fn start() -> SentinelSet {
+        Self::start_with(None).await
+    }
+
+    /// Every node and the Sentinel speaking only TLS (replication too), with certificates
+    /// `ca` signed.
+    pub async fn start_tls(ca: &TestCa) -> SentinelSet {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&TestCa>) -> SentinelSet {
         let dir = TempDir::new("sentinel");
-        let plain = |port: u16| {
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory-policy",
-                "noeviction",
-            ]
-            .map(String::from)
-            .to_vec()
+        if let Some(ca) = ca {
+            ca.write_files(dir.path());
+        }
+        let tls_dir = ca.map(|_| dir.path().to_owned());
+        // `port P` for plain nodes; `port 0` + `tls-port P` and TLS replication for TLS ones.
+        let listen = |port: u16| -> Vec<String> {
+            match &tls_dir {
+                None => vec!["--port".into(), port.to_string()],
+                Some(d) => {
+                    let f = |n: &str| d.join(n).display().to_string();
+                    [
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        &port.to_string(),
+                        "--tls-cert-file",
+                        &f("server.pem"),
+                        "--tls-key-file",
+                        &f("server.key"),
+                        "--tls-ca-cert-file",
+                        &f("ca.pem"),
+                        "--tls-auth-clients",
+                        "optional",
+                        "--tls-replication",
+                        "yes",
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                }
+            }
         };
-        let primary = RedisNode::start(plain).await;
+        let plain = |port: u16| {
+            let mut a = listen(port);
+            a.extend(
+                [
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--maxmemory-policy",
+                    "noeviction",
+                ]
+                .map(String::from),
+            );
+            a
+        };
+        let tag = |n: RedisNode| match &tls_dir {
+            Some(d) => n.with_tls(d),
+            None => n,
+        };
+        let primary = tag(RedisNode::start(plain).await);
         let primary_port = primary.port;
-        let replica = RedisNode::start(|port| {
+        let replica = tag(RedisNode::start(|port| {
             let mut a = plain(port);
             a.extend(["--replicaof", "127.0.0.1", &primary_port.to_string()].map(String::from));
             a
         })
-        .await;
+        .await);
         // The replica has the primary's data before anything else happens.
         let rconn = replica.connection().await;
         eventually("the replica to sync with the primary", || async {
@@ -274,8 +337,17 @@ impl SentinelSet {
         let conf = dir.path().join("sentinel.conf");
         let sentinel = RedisNode::start(|port| {
             // Sentinel rewrites its file: one per attempt, written fresh.
+            let listen = match &tls_dir {
+                None => format!("port {port}\n"),
+                Some(d) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {d}/server.pem\n\
+                     tls-key-file {d}/server.key\ntls-ca-cert-file {d}/ca.pem\n\
+                     tls-auth-clients optional\ntls-replication yes\n",
+                    d = d.display()
+                ),
+            };
             let text = format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                "{listen}bind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor {MASTER} 127.0.0.1 {primary_port} 1\n\
                  sentinel down-after-milliseconds {MASTER} {down}\n\
                  sentinel failover-timeout {MASTER} {failover}\n\
@@ -288,6 +360,7 @@ impl SentinelSet {
             vec![conf.display().to_string(), "--sentinel".into()]
         })
         .await;
+        let sentinel = tag(sentinel);
         let set = SentinelSet {
             primary,
             replica,
@@ -316,9 +389,14 @@ impl SentinelSet {
         set
     }
 
-    /// `redis+sentinel://127.0.0.1:<sentinel port>/mymaster`.
+    /// `redis+sentinel://127.0.0.1:<sentinel port>/mymaster` (`rediss+sentinel://` for TLS).
     pub fn url(&self) -> String {
-        format!("redis+sentinel://127.0.0.1:{}/{MASTER}", self.sentinel.port)
+        let scheme = if self.sentinel.tls.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://127.0.0.1:{}/{MASTER}", self.sentinel.port)
     }
 
     /// The port of the node the Sentinel names as primary now.

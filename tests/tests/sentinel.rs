@@ -246,3 +246,58 @@ async fn a_graceful_failover_moves_the_nodes_and_delivers_once() {
     .expect("a call after the failover was never answered");
     assert_eq!(r["result"]["structuredContent"], json!({"n": n}), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_over_tls() {
+    let ca = switchboard_harness::tls::TestCa::new();
+    let dir = switchboard_harness::redis_extra::TempDir::new("sentinel-tls-ca");
+    ca.write_files(dir.path());
+    let ca_file = dir.file("ca.pem");
+    let mut set = SentinelSet::start_tls(&ca).await;
+    assert!(set.url().starts_with("rediss+sentinel://"));
+    let flags = [
+        "--registry-interval",
+        "200ms",
+        "--call-poll",
+        "200ms",
+        "--redis-sentinel-poll",
+        "500ms",
+        "--redis-ca-file",
+        &ca_file,
+    ];
+    let g = GatewayProcess::start(&set.url(), "gw-a", &flags).await;
+    let _w = WorkerProcess::spawn_url(
+        &set.url(),
+        "w1",
+        &[
+            "--builtin",
+            "--redis-sentinel-poll",
+            "500ms",
+            "--redis-ca-file",
+            &ca_file,
+        ],
+    );
+    wait_announced(&mut set.primary.connection().await, "w1").await;
+    let mut sub = client(&g).await;
+    let mut pubr = client(&g).await;
+    sub.call("subscribe", json!({"topic": "room:3"})).await;
+
+    let old_port = set.primary.port;
+    set.primary.kill9().await;
+    eventually_within("the Sentinel to promote the replica", FAILOVER, || async {
+        set.primary_port().await.filter(|p| *p != old_port)
+    })
+    .await;
+    live_again(&mut sub, &mut pubr, "room:3").await;
+    pubr.wait_for_tool("echo").await;
+    let r = tokio::time::timeout(
+        FAILOVER,
+        pubr.call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"tls": 1}}),
+        ),
+    )
+    .await
+    .expect("a call after the failover was never answered");
+    assert_eq!(r["result"]["structuredContent"], json!({"tls": 1}), "{r}");
+}
