@@ -12,6 +12,8 @@
 //!   at a time), so a test can break a stream mid-call.
 //! - [`script::Script`]: a client scenario in another language (Node, a browser, Python) run as
 //!   a child process that reports JSON lines, so the test can kill the node it is on.
+//! - [`redis_extra`]: `redis-server` as production runs it: TLS, ACL users, a primary with a
+//!   replica and a Sentinel.
 //! - [`tls::TlsProxy`]: a TLS-terminating proxy (a CA and a certificate made by the test) in
 //!   front of a gateway, for `wss://`.
 //!
@@ -21,6 +23,7 @@
 //! timeout), and pacing a producer on purpose; tests on paused time advance its clock with
 //! `sleep`.
 
+pub mod redis_extra;
 pub mod script;
 pub mod sse;
 pub mod tls;
@@ -691,9 +694,25 @@ impl WorkerProcess {
         Self::spawn_with(&switchboard_bin(), redis, id, None, extra)
     }
 
+    /// Starts a worker on the Redis at `url` (TLS, ACL, Sentinel: see [`redis_extra`]) without
+    /// waiting for it.
+    pub fn spawn_url(url: &str, id: &str, extra: &[&str]) -> WorkerProcess {
+        Self::spawn_at(&switchboard_bin(), url, id, None, extra)
+    }
+
     fn spawn_with(
         bin: &std::path::Path,
         redis: &RedisServer,
+        id: &str,
+        dir: Option<&std::path::Path>,
+        extra: &[&str],
+    ) -> WorkerProcess {
+        Self::spawn_at(bin, &redis.url(), id, dir, extra)
+    }
+
+    fn spawn_at(
+        bin: &std::path::Path,
+        url: &str,
         id: &str,
         dir: Option<&std::path::Path>,
         extra: &[&str],
@@ -704,7 +723,7 @@ impl WorkerProcess {
         }
         let child = cmd
             .arg("worker")
-            .args(["--redis", &redis.url(), "--worker-id", id])
+            .args(["--redis", url, "--worker-id", id])
             .args(["--heartbeat", "200ms", "--fetch-block", "200ms"])
             .args(extra)
             .env("SWITCHBOARD_LOG", "warn")

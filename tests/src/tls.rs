@@ -22,6 +22,12 @@ pub struct TestCa {
     ca_pem: String,
     cert: CertificateDer<'static>,
     key: Vec<u8>,
+    /// The server certificate and key, PEM (for a TLS `redis-server`).
+    cert_pem: String,
+    key_pem: String,
+    /// A client certificate the CA signed, and its key, PEM (mutual TLS).
+    client_cert_pem: String,
+    client_key_pem: String,
 }
 
 impl TestCa {
@@ -43,10 +49,37 @@ impl TestCa {
             .distinguished_name
             .push(DnType::CommonName, "localhost");
         let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let client_key = KeyPair::generate().expect("client key");
+        let mut client_params =
+            CertificateParams::new(vec!["switchboard".to_owned()]).expect("client params");
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "switchboard");
+        let client_cert = client_params
+            .signed_by(&client_key, &issuer)
+            .expect("client certificate");
         TestCa {
             ca_pem: ca_cert.pem(),
             cert: cert.der().clone(),
             key: key.serialize_der(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+        }
+    }
+
+    /// Writes the CA, the server certificate and key and the client certificate and key into
+    /// `dir`, as `ca.pem`, `server.pem`, `server.key`, `client.pem`, `client.key`.
+    pub fn write_files(&self, dir: &std::path::Path) {
+        for (name, pem) in [
+            ("ca.pem", &self.ca_pem),
+            ("server.pem", &self.cert_pem),
+            ("server.key", &self.key_pem),
+            ("client.pem", &self.client_cert_pem),
+            ("client.key", &self.client_key_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write a TLS file");
         }
     }
 

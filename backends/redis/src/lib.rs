@@ -24,77 +24,39 @@
 //! are handed to the sinks from the connection's own task with no queue of ours in between
 //! (the sinks only do non-blocking sends), and which reconnects and resubscribes every channel
 //! by itself; and **blocking**, for workers' `XREADGROUP ... BLOCK`, which would stall the
-//! others. Every operation is bounded by [`RedisOptions::op_timeout`].
+//! others. Every operation is bounded by [`RedisOptions::op_timeout`]. `links.rs` holds the
+//! three and replaces them when Sentinel names a new primary; `options.rs` turns the flags
+//! (URL, ACL user, TLS files) into what to connect to; `sentinel.rs` asks the Sentinels.
 
 mod calls;
 mod conns;
 mod health;
 mod history;
 pub mod keys;
+mod links;
+mod options;
 mod queue;
 mod rates;
+mod sentinel;
 mod sessions;
 mod topics;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::io::tcp::TcpSettings;
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::aio::ConnectionManagerConfig;
+use redis::{PushInfo, PushKind, Value};
 use switchboard_core::backend::{Backend, BackendError, CallSink, TakeoverSink, TopicSink};
-use switchboard_core::settings;
 
 pub use crate::keys::Keys;
+use crate::links::{Conn, Links, Role};
+pub use crate::options::{RedisOptions, RedisUrl, Secret, Target};
+pub use crate::sentinel::SentinelTarget;
 
 /// Cancellations buffered for a worker that is busy; older ones are dropped (a job also checks
 /// its task's status before it starts).
 const CANCEL_BUFFER: usize = 1024;
-
-/// How to reach Redis: settings shared by `gateway`, `worker` and `publish`.
-#[derive(clap::Args, Debug, Clone)]
-#[command(next_help_heading = "Redis")]
-pub struct RedisOptions {
-    /// Redis URL (redis://host:port/db).
-    #[arg(long = "redis", env = "SWITCHBOARD_REDIS", value_name = "URL")]
-    pub url: String,
-    /// Prefix of every Redis key and channel.
-    #[arg(long = "redis-prefix", env = "SWITCHBOARD_REDIS_PREFIX", default_value = keys::DEFAULT_PREFIX)]
-    pub prefix: String,
-    /// Bound on one Redis command.
-    #[arg(long = "redis-timeout", env = "SWITCHBOARD_REDIS_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = settings::duration)]
-    pub op_timeout: Duration,
-    /// Bound on opening one Redis connection.
-    #[arg(long = "redis-connect-timeout", env = "SWITCHBOARD_REDIS_CONNECT_TIMEOUT", default_value = "2s", value_name = "DURATION", value_parser = settings::duration)]
-    pub connect_timeout: Duration,
-}
-
-impl RedisOptions {
-    /// Options for `url` with every other setting at its default.
-    pub fn new(url: impl Into<String>) -> Self {
-        let url = url.into();
-        settings::from_args_without_env(&["--redis", &url]).expect("defaults are valid")
-    }
-}
-
-impl RedisOptions {
-    /// Checks every setting; the error names the flag to fix.
-    pub fn validate(&self) -> Result<(), String> {
-        // A `{` or `}` in the prefix would break the hash tags.
-        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
-            return Err("--redis-prefix must be non-empty and without { }".into());
-        }
-        if self.op_timeout.is_zero() {
-            return Err("--redis-timeout must be greater than zero".into());
-        }
-        if self.connect_timeout.is_zero() {
-            return Err("--redis-connect-timeout must be greater than zero".into());
-        }
-        Ok(())
-    }
-}
 
 /// Who the pub/sub connection's messages go to, each set once.
 #[derive(Default)]
@@ -108,10 +70,9 @@ struct Sinks {
 pub struct RedisBackend {
     keys: Keys,
     op_timeout: Duration,
-    commands: ConnectionManager,
-    pubsub: ConnectionManager,
-    /// For blocking reads (workers' `XREADGROUP ... BLOCK`), which would stall the others.
-    blocking: ConnectionManager,
+    /// The commands, pub/sub and blocking connections (blocking: workers' `XREADGROUP ...
+    /// BLOCK`, which would stall the others), switched to a new primary behind Sentinel.
+    links: Arc<Links>,
     sinks: Arc<Sinks>,
     /// Cancelled executions, for the workers of this process.
     cancels: tokio::sync::broadcast::Sender<String>,
@@ -132,19 +93,12 @@ impl RedisBackend {
     /// down and becomes ready when it answers. Fails only on a malformed URL. Call it inside a
     /// Tokio runtime: the connections start their tasks at once.
     pub fn connect(opts: &RedisOptions) -> Result<Arc<Self>, BackendError> {
-        opts.validate().map_err(BackendError::Unavailable)?;
-        let bad_url =
-            |e: redis::RedisError| BackendError::Unavailable(format!("bad Redis URL: {e}"));
-        let info = opts.url.as_str().into_connection_info().map_err(bad_url)?;
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info
-            .set_redis_settings(redis_settings)
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let target = opts.target().map_err(BackendError::Unavailable)?;
+        Self::connect_to(target, opts)
+    }
 
+    /// [`RedisBackend::connect`] to a target already built.
+    pub fn connect_to(target: Target, opts: &RedisOptions) -> Result<Arc<Self>, BackendError> {
         let base = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
             .set_response_timeout(Some(opts.op_timeout))
@@ -152,44 +106,31 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let unavailable = |e: redis::RedisError| BackendError::Unavailable(e.to_string());
-
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
-            .map_err(unavailable)?;
-        // No response timeout of its own: each blocking read bounds itself.
-        let blocking = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            base.clone().set_response_timeout(None),
-        )
-        .map_err(unavailable)?;
         let (cancels, _) = tokio::sync::broadcast::channel(CANCEL_BUFFER);
 
         let keys = Keys::new(&opts.prefix);
         let sinks = Arc::new(Sinks::default());
         let disconnections = Arc::new(AtomicU64::new(0));
-        let on_push = {
+        let on_push: links::OnPush = {
             let (keys, sinks, cancels) = (keys.clone(), sinks.clone(), cancels.clone());
             let disconnections = disconnections.clone();
-            move |info: PushInfo| -> Result<(), Infallible> {
+            Arc::new(move |info: PushInfo| {
                 if info.kind == PushKind::Disconnection {
                     disconnections.fetch_add(1, Ordering::Relaxed);
                 }
                 handle_push(&keys, &sinks, &cancels, &info);
-                Ok(())
-            }
+            })
         };
-        let pubsub = ConnectionManager::new_lazy_with_config(
-            client,
-            base.set_push_sender(on_push).set_automatic_resubscription(),
-        )
-        .map_err(unavailable)?;
+        let links = match target {
+            Target::Direct(client) => Links::direct(client, &base, &on_push)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            Target::Sentinel(s) => Links::sentinel(s, base, on_push),
+        };
 
         Ok(Arc::new(RedisBackend {
             keys,
             op_timeout: opts.op_timeout,
-            commands,
-            pubsub,
-            blocking,
+            links,
             sinks,
             cancels,
             disconnections,
@@ -214,12 +155,16 @@ impl RedisBackend {
         &self.keys
     }
 
-    fn commands(&self) -> ConnectionManager {
-        self.commands.clone()
+    fn commands(&self) -> Conn {
+        self.links.conn(Role::Commands)
     }
 
-    fn pubsub(&self) -> ConnectionManager {
-        self.pubsub.clone()
+    fn pubsub(&self) -> Conn {
+        self.links.conn(Role::PubSub)
+    }
+
+    fn blocking(&self) -> Conn {
+        self.links.conn(Role::Blocking)
     }
 
     /// Runs one Redis operation within the operation timeout.
@@ -237,8 +182,8 @@ impl RedisBackend {
     /// Subscribes channels on the pub/sub connection (signal channels; topics go through the
     /// topic bus). Idempotent.
     async fn listen(&self, channels: Vec<String>) -> Result<(), BackendError> {
-        let mut pubsub = self.pubsub();
-        self.bounded(async move { pubsub.subscribe(channels).await })
+        let links = self.links.clone();
+        self.bounded(async move { links.subscribe(channels).await })
             .await
     }
 }

@@ -150,9 +150,9 @@ impl JobQueue for RedisBackend {
             }
         }
         // Cancellations reach every worker on the pub/sub connection.
-        let mut pubsub = self.pubsub();
+        let links = self.links.clone();
         let channel = self.keys.cancel_channel();
-        self.bounded(async move { pubsub.subscribe(channel).await })
+        self.bounded(async move { links.subscribe(vec![channel]).await })
             .await
     }
 
@@ -169,7 +169,7 @@ impl JobQueue for RedisBackend {
         }
         let keys: Vec<String> = tools.iter().map(|t| self.keys.tool_queue(t)).collect();
         let ids: Vec<&str> = tools.iter().map(|_| ">").collect();
-        let mut conn = self.blocking.clone();
+        let mut conn = self.blocking();
         let reply: Option<StreamReadReply> =
             tokio::time::timeout(block + self.op_timeout, async move {
                 redis::cmd("XREADGROUP")

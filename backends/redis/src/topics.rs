@@ -43,8 +43,8 @@ impl TopicBus for RedisBackend {
             return Ok(());
         }
         let channels = self.channels(topics);
-        let mut conn = self.pubsub();
-        self.bounded(async move { conn.subscribe(channels).await })
+        let links = self.links.clone();
+        self.bounded(async move { links.subscribe(channels).await })
             .await
     }
 
@@ -53,8 +53,8 @@ impl TopicBus for RedisBackend {
             return Ok(());
         }
         let channels = self.channels(topics);
-        let mut conn = self.pubsub();
-        self.bounded(async move { conn.unsubscribe(channels).await })
+        let links = self.links.clone();
+        self.bounded(async move { links.unsubscribe(channels).await })
             .await
     }
 }

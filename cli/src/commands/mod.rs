@@ -237,7 +237,8 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn redis(
     opts: &switchboard_redis::RedisOptions,
 ) -> Result<std::sync::Arc<switchboard_redis::RedisBackend>, Failure> {
-    opts.validate().map_err(Failure::Usage)?;
-    switchboard_redis::RedisBackend::connect(opts)
+    // Errors name the flag to fix (a bad URL, an unreadable CA or password file).
+    let target = opts.target().map_err(Failure::Usage)?;
+    switchboard_redis::RedisBackend::connect_to(target, opts)
         .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))
 }

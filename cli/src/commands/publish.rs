@@ -22,12 +22,15 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     serde_json::from_str::<serde::de::IgnoredAny>(&args.json)
         .map_err(|e| Failure::Usage(format!("json: not valid JSON: {e}")))?;
     let opts = &args.redis;
-    opts.validate().map_err(Failure::Usage)?;
+    // The same URL, ACL, TLS and Sentinel handling as gateways and workers.
+    let target = opts.target().map_err(Failure::Usage)?;
     let channel = Keys::new(&opts.prefix).topic_channel(&args.topic);
-    let client = redis::Client::open(opts.url.as_str())
-        .map_err(|e| Failure::Usage(format!("redis (SWITCHBOARD_REDIS): {e}")))?;
     let rt = super::runtime()?;
     let receivers: i64 = rt.block_on(async {
+        let client = target
+            .client()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot find the Redis primary: {e}"))?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await

@@ -22,6 +22,8 @@ pub(crate) async fn run(
     let probe = &backend.health;
     let mut reconnections = probe.reconnections();
     let mut prepared = false;
+    // A backend that never answered is said once too (a wrong TLS CA, a wrong password).
+    let mut first = true;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,7 +44,7 @@ pub(crate) async fn run(
                 Err(e) => tracing::warn!(error = %e, "preparing the backend failed; retrying"),
             }
         }
-        if was != ok {
+        if was != ok || (first && !ok) {
             if ok {
                 tracing::info!(backend = probe.kind(), "backend reachable: ready");
             } else {
@@ -53,5 +55,6 @@ pub(crate) async fn run(
                 tracing::warn!(backend = probe.kind(), error = %why, "backend unreachable: not ready");
             }
         }
+        first = false;
     }
 }
