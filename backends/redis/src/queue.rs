@@ -24,8 +24,8 @@ use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
 
-use crate::RedisBackend;
 use crate::keys::WORKER_GROUP;
+use crate::{Op, RedisBackend};
 
 static FINISH: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/finish.lua")));
@@ -88,7 +88,7 @@ impl RedisBackend {
             .arg(entry_id)
             .ignore();
         pipe.cmd("XDEL").arg(queue).arg(entry_id).ignore();
-        self.bounded(async move { pipe.exec_async(&mut conn).await })
+        self.bounded(Op::Queue, async move { pipe.exec_async(&mut conn).await })
             .await
     }
 }
@@ -100,7 +100,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.workers();
         let id = a.worker_id.clone();
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("HSET")
                 .arg(key)
                 .arg(id)
@@ -116,7 +116,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.workers();
         let id = worker_id.to_owned();
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("HDEL")
                 .arg(key)
                 .arg(id)
@@ -132,7 +132,7 @@ impl JobQueue for RedisBackend {
             let mut conn = self.commands();
             let key = self.keys.tool_queue(tool);
             let created = self
-                .bounded(async move {
+                .bounded(Op::Queue, async move {
                     redis::cmd("XGROUP")
                         .arg("CREATE")
                         .arg(key)
@@ -152,7 +152,7 @@ impl JobQueue for RedisBackend {
         // Cancellations reach every worker on the pub/sub connection.
         let mut pubsub = self.pubsub();
         let channel = self.keys.cancel_channel();
-        self.bounded(async move { pubsub.subscribe(channel).await })
+        self.bounded(Op::Queue, async move { pubsub.subscribe(channel).await })
             .await
     }
 
@@ -215,7 +215,7 @@ impl JobQueue for RedisBackend {
             .arg(&job.entry_id);
         let mut conn = self.commands();
         let kept: i64 = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(Op::Queue, async move { inv.invoke_async(&mut conn).await })
             .await?;
         Ok(kept == 1)
     }
@@ -236,7 +236,7 @@ impl JobQueue for RedisBackend {
             let k = key.clone();
             // [id, consumer, idle ms, deliveries] of entries silent for at least `min_idle`.
             let pending: Vec<(String, String, u64, u64)> = self
-                .bounded(async move {
+                .bounded(Op::Queue, async move {
                     redis::cmd("XPENDING")
                         .arg(k)
                         .arg(WORKER_GROUP)
@@ -253,7 +253,7 @@ impl JobQueue for RedisBackend {
                 let mut conn = self.commands();
                 let (k, i, w) = (key.clone(), id.clone(), worker_id.to_owned());
                 let claimed: StreamClaimReply = self
-                    .bounded(async move {
+                    .bounded(Op::Queue, async move {
                         redis::cmd("XCLAIM")
                             .arg(k)
                             .arg(WORKER_GROUP)
@@ -308,9 +308,11 @@ impl JobQueue for RedisBackend {
             .arg(WORKER_GROUP)
             .arg(k.done_channel());
         let mut conn = self.commands();
-        self.bounded(async move { inv.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(drop)
+        self.bounded(Op::Queue, async move {
+            inv.invoke_async::<i64>(&mut conn).await
+        })
+        .await
+        .map(drop)
     }
 
     async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError> {
@@ -322,7 +324,7 @@ impl JobQueue for RedisBackend {
                 let mut conn = self.commands();
                 let (k, s) = (key.clone(), start.clone());
                 let page: StreamRangeReply = self
-                    .bounded(async move {
+                    .bounded(Op::Queue, async move {
                         redis::cmd("XRANGE")
                             .arg(k)
                             .arg(s)
@@ -345,7 +347,7 @@ impl JobQueue for RedisBackend {
                 }
             }
             let mut conn = self.commands();
-            self.bounded(async move {
+            self.bounded(Op::Queue, async move {
                 redis::cmd("DEL")
                     .arg(key)
                     .query_async::<i64>(&mut conn)
@@ -368,7 +370,7 @@ impl JobQueue for RedisBackend {
             ("deliveries", job.deliveries.to_string()),
             ("reason", reason.to_owned()),
         ];
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("XADD")
                 .arg(key)
                 .arg("MAXLEN")
@@ -387,7 +389,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let channel = self.keys.progress_channel();
         let json = serde_json::to_string(p).expect("progress serializes");
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(json)
@@ -402,7 +404,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.task(task_id);
         let status: Option<String> = self
-            .bounded(async move {
+            .bounded(Op::Queue, async move {
                 redis::cmd("HGET")
                     .arg(key)
                     .arg("status")
