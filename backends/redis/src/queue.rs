@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Value;
 use redis::streams::{StreamClaimReply, StreamRangeReply, StreamReadReply};
-use switchboard_core::backend::{BackendError, Health, JobQueue};
+use switchboard_core::backend::{BackendError, Health, JobQueue, QueueDepth};
 use switchboard_core::calls::{
     DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, WorkerAnnouncement,
 };
@@ -422,11 +422,93 @@ impl JobQueue for RedisBackend {
     async fn keepalive(&self) -> Result<(), BackendError> {
         Health::ping(self).await
     }
+
+    /// `XINFO GROUPS` of the tool's stream: the worker group's `lag` (entries not delivered
+    /// yet) and `pending` (delivered, not acknowledged).
+    async fn depth(&self, queue: &str) -> Result<Option<QueueDepth>, BackendError> {
+        let mut conn = self.commands();
+        let key = self.keys.tool_queue(queue);
+        let groups: Value = self
+            .bounded(Op::Queue, async move {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(group_depth(&groups))
+    }
+}
+
+/// The worker group's depth in an `XINFO GROUPS` reply (a map per group, RESP3 or RESP2).
+fn group_depth(groups: &Value) -> Option<QueueDepth> {
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    for g in groups {
+        let pairs: Vec<(&Value, &Value)> = match g {
+            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Array(a) => a
+                .chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+            _ => continue,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| bulk(k).as_deref() == Some(name))
+                .map(|(_, v)| *v)
+        };
+        if field("name").and_then(bulk).as_deref() != Some(WORKER_GROUP) {
+            continue;
+        }
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(i)) => u64::try_from(*i).ok(),
+            _ => None,
+        };
+        return Some(QueueDepth {
+            // `lag` is nil when Redis cannot tell (after deletions in the middle of the stream).
+            lag: int(field("lag")).unwrap_or(0),
+            pending: int(field("pending")).unwrap_or(0),
+        });
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_groups_depth_from_xinfo_groups() {
+        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        let group = |name: &str, pending: i64, lag: Value| {
+            Value::Map(vec![
+                (s("name"), s(name)),
+                (s("consumers"), Value::Int(2)),
+                (s("pending"), Value::Int(pending)),
+                (s("lag"), lag),
+            ])
+        };
+        let reply = Value::Array(vec![
+            group("other", 9, Value::Int(9)),
+            group(WORKER_GROUP, 3, Value::Int(4)),
+        ]);
+        assert_eq!(group_depth(&reply), Some(QueueDepth { lag: 4, pending: 3 }));
+        // RESP2's flat arrays, and a lag Redis cannot tell.
+        let flat = Value::Array(vec![Value::Array(vec![
+            s("name"),
+            s(WORKER_GROUP),
+            s("pending"),
+            Value::Int(1),
+            s("lag"),
+            Value::Nil,
+        ])]);
+        assert_eq!(group_depth(&flat), Some(QueueDepth { lag: 0, pending: 1 }));
+        assert_eq!(group_depth(&Value::Array(vec![])), None);
+    }
 
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
         pairs
