@@ -100,6 +100,23 @@ impl Tools {
         })
     }
 
+    /// Counts a `tools/call` refused for its identity's rate (`rejected`), under its tool's
+    /// name when that is a tool of the catalogue.
+    pub(crate) fn rate_limited(&self, raw: Option<&RawValue>) {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            name: std::borrow::Cow<'a, str>,
+        }
+        let Some(named) = raw.and_then(|r| serde_json::from_str::<Named<'_>>(r.get()).ok()) else {
+            return;
+        };
+        if self.catalog.get().tools.contains_key(named.name.as_ref()) {
+            self.metrics
+                .call_ended(&named.name, CallOutcome::Rejected, None);
+        }
+    }
+
     /// `tools/list`: the tools live workers announce that the caller may call.
     pub(crate) fn list(&self, caller: &Caller) -> ToolsListResult {
         let catalog = self.catalog.get();
