@@ -18,6 +18,8 @@
 //! - [`backend`]: the backend's roles as traits (topic bus, history, sessions, call plane, job
 //!   queue, health); the implementations are the crates `switchboard-memory` and
 //!   `switchboard-redis`.
+//! - [`metrics`]: the `/metrics` page every node serves: content negotiation, the Prometheus
+//!   text format, process and build-info metrics, the admin HTTP server workers use.
 //! - [`settings`]: the value parsers every node's configuration shares (durations as `5s`).
 //! - [`encoding`], [`clock`]: canonical JSON and hex; Unix time.
 
@@ -29,6 +31,7 @@ pub mod calls;
 pub mod clock;
 pub mod encoding;
 pub mod history;
+pub mod metrics;
 pub mod pattern;
 pub mod sessions;
 pub mod settings;

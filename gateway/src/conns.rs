@@ -73,6 +73,11 @@ impl Conns {
         }
     }
 
+    /// Events waiting in the outbound queues of all sockets (sampled at each scrape).
+    pub(crate) fn queued_events(&self) -> usize {
+        self.lock().values().map(|l| l.tx.queued()).sum()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }

@@ -1,9 +1,16 @@
-//! The node's Prometheus metrics, served at `/metrics` on the admin port. Counters are plain atomics: the
-//! fan-out adds a whole event's deliveries with one increment.
+//! The node's Prometheus metrics, served at `/metrics` on the admin port (OpenMetrics or the
+//! Prometheus text format, `switchboard_core::metrics`). Counters are plain atomics: the
+//! fan-out adds a whole event's deliveries with one increment. Labelled families are looked up
+//! once per call or close, never per delivery; tool labels come from the catalogue (tools that
+//! workers announce), never from what a client wrote.
 
-use prometheus_client::encoding::text::encode;
+use std::borrow::Cow;
+use switchboard_core::metrics::{Format, process};
+
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// See the module docs.
@@ -33,10 +40,107 @@ pub(crate) struct Metrics {
     pub(crate) origins_refused: Counter,
     pub(crate) hosts_refused: Counter,
     pub(crate) connections_capped: Counter,
+    pub(crate) tool_calls: Family<ToolOutcome, Counter>,
+    pub(crate) tool_call_duration: Timings<ToolLabel>,
+    pub(crate) delivery_latency: Latency,
+    pub(crate) closes: Family<CodeLabel, Counter>,
+    pub(crate) auth_failures: Family<ReasonLabel, Counter>,
+    pub(crate) outbound_queue_events: Gauge,
+    pub(crate) fanout_queue_events: Gauge,
+    pub(crate) calls_in_flight: Gauge,
+    pub(crate) tool_workers: Family<ToolLabel, Gauge>,
+    /// Run at each scrape before encoding: gauges that are cheaper to sample than to keep
+    /// (queue depths summed over sockets and fan-out workers).
+    samplers: std::sync::Mutex<Vec<Sampler>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Sets some gauges from the node's state, at a scrape.
+pub(crate) type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// `{tool, outcome}`.
+pub(crate) type ToolOutcome = [(&'static str, Cow<'static, str>); 2];
+/// `{tool}`.
+pub(crate) type ToolLabel = [(&'static str, Cow<'static, str>); 1];
+/// `{code}` of a close frame.
+pub(crate) type CodeLabel = [(&'static str, Cow<'static, str>); 1];
+/// `{reason}` of an authentication failure.
+pub(crate) type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// How a tool call ended, as seen by the gateway (`switchboard_tool_calls_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    Ok,
+    /// The tool answered with `isError`.
+    Error,
+    Cached,
+    /// Joined an identical call in flight.
+    Coalesced,
+    Timeout,
+    Cancelled,
+    /// The call plane or a worker failed (no worker, backend error, dead letter).
+    Failed,
+    /// Refused before it ran: rate, caps, forbidden.
+    Rejected,
+}
+
+impl CallOutcome {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Error => "error",
+            CallOutcome::Cached => "cached",
+            CallOutcome::Coalesced => "coalesced",
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::Cancelled => "cancelled",
+            CallOutcome::Failed => "failed",
+            CallOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Buckets of tool-call durations, in seconds: 5 ms to 2 minutes.
+pub(crate) const CALL_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Buckets of publish-to-queued latencies, in seconds: 1 ms to 10 s (event ids are in ms).
+pub(crate) const DELIVERY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A histogram family with the tool-call buckets.
+pub(crate) struct Timings<L>(pub(crate) Family<L, Histogram, fn() -> Histogram>);
+
+impl<L: Clone + std::hash::Hash + Eq> Default for Timings<L> {
+    fn default() -> Self {
+        Timings(Family::new_with_constructor(|| {
+            Histogram::new(CALL_BUCKETS)
+        }))
+    }
+}
+
+/// The publish-to-deliver histogram.
+pub(crate) struct Latency(pub(crate) Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::new(DELIVERY_BUCKETS))
+    }
 }
 
 impl Metrics {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// The node's metrics plus what `extra` registers (the backend's own).
+    pub(crate) fn with(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut m = Metrics::default();
         let r = &mut m.registry;
         r.register(
@@ -150,6 +254,55 @@ impl Metrics {
             "WebSocket upgrades refused with 403 because of their Origin",
             m.origins_refused.clone(),
         );
+        process::register(r, env!("CARGO_PKG_VERSION"));
+        extra(r);
+        r.register(
+            "switchboard_tool_calls",
+            "Tool calls received by this node, by tool and outcome (ok, error: an isError \
+             result, cached, coalesced, timeout, cancelled, failed, rejected)",
+            m.tool_calls.clone(),
+        );
+        r.register(
+            "switchboard_tool_call_duration_seconds",
+            "Tool calls from their receipt on this node to their result",
+            m.tool_call_duration.0.clone(),
+        );
+        r.register(
+            "switchboard_delivery_latency_seconds",
+            "Events from their publish time (the event id's milliseconds) to being queued to \
+             this node's subscribers, once per event",
+            m.delivery_latency.0.clone(),
+        );
+        r.register(
+            "switchboard_closes",
+            "Close frames this node sent, by close code",
+            m.closes.clone(),
+        );
+        r.register(
+            "switchboard_auth_failures",
+            "Tokens refused, by reason (missing, invalid, expired, revoked, ...)",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "switchboard_outbound_queue_events",
+            "Events waiting in the outbound queues of all sockets",
+            m.outbound_queue_events.clone(),
+        );
+        r.register(
+            "switchboard_fanout_queue_events",
+            "Events waiting in the fan-out workers' queues",
+            m.fanout_queue_events.clone(),
+        );
+        r.register(
+            "switchboard_calls_in_flight",
+            "Tool calls this node is waiting on",
+            m.calls_in_flight.clone(),
+        );
+        r.register(
+            "switchboard_tool_workers",
+            "Workers announcing each tool, as this node's catalogue sees it",
+            m.tool_workers.clone(),
+        );
         r.register(
             "switchboard_hosts_refused",
             "Requests to /ws and /mcp refused with 403 because of their Host (--allowed-host)",
@@ -158,9 +311,52 @@ impl Metrics {
         m
     }
 
-    pub(crate) fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+    /// Counts one tool call's end (and its duration, unless it was refused before it ran).
+    pub(crate) fn call_ended(
+        &self,
+        tool: &str,
+        outcome: CallOutcome,
+        elapsed: Option<std::time::Duration>,
+    ) {
+        let tool: Cow<'static, str> = Cow::Owned(tool.to_owned());
+        self.tool_calls
+            .get_or_create(&[
+                ("tool", tool.clone()),
+                ("outcome", Cow::Borrowed(outcome.label())),
+            ])
+            .inc();
+        if let Some(e) = elapsed {
+            self.tool_call_duration
+                .0
+                .get_or_create(&[("tool", tool)])
+                .observe(e.as_secs_f64());
+        }
+    }
+
+    /// Counts a close frame sent with `code`.
+    pub(crate) fn closed(&self, code: u16) {
+        self.closes
+            .get_or_create(&[("code", Cow::Owned(code.to_string()))])
+            .inc();
+    }
+
+    /// Counts a refused token.
+    pub(crate) fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Adds a sampler run at each scrape.
+    pub(crate) fn on_scrape(&self, sampler: Sampler) {
+        self.samplers.lock().expect("poisoned").push(sampler);
+    }
+
+    /// The page in `format` (`/metrics` negotiates it).
+    pub(crate) fn render(&self, format: Format) -> String {
+        for s in self.samplers.lock().expect("poisoned").iter() {
+            s(self);
+        }
+        switchboard_core::metrics::render(&self.registry, format)
     }
 }

@@ -78,6 +78,21 @@ pub struct WorkerConfig {
     /// On shutdown, how long running calls get to finish.
     #[arg(long = "shutdown-grace", env = "SWITCHBOARD_WORKER_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (for the operator's network
+    /// only; off by default).
+    #[arg(
+        long = "admin-listen",
+        env = "SWITCHBOARD_WORKER_ADMIN_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// How often the admin port's metrics sample the depth of each hosted tool's queue
+    /// (`switchboard_queue_pending_jobs`, `switchboard_queue_lag_jobs`).
+    #[arg(long = "queue-sample-interval", env = "SWITCHBOARD_WORKER_QUEUE_SAMPLE_INTERVAL", default_value = "5s", value_name = "DURATION", value_parser = duration)]
+    pub queue_sample_interval: Duration,
+    /// How long a client of the admin port has to send its request's headers.
+    #[arg(long = "admin-header-timeout", env = "SWITCHBOARD_WORKER_ADMIN_HEADER_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = duration)]
+    pub admin_header_timeout: Duration,
 }
 
 /// Settings that cannot work together, named by their flags.
@@ -126,6 +141,8 @@ impl WorkerConfig {
         for (key, d) in [
             ("heartbeat", self.heartbeat),
             ("fetch-block", self.fetch_block),
+            ("queue-sample-interval", self.queue_sample_interval),
+            ("admin-header-timeout", self.admin_header_timeout),
         ] {
             if d.is_zero() {
                 return bad(key, "greater than zero");

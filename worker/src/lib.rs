@@ -8,12 +8,16 @@
 //! - [`backlog`]: the jobs fetched and not started, per owner, and which starts next
 //!   (round-robin across owners, a running cap per owner): fairness between identities.
 //! - [`config`]: every bound and timeout with its default.
+//! - [`metrics`]: what the worker's admin port (`--admin-listen`) shows: jobs by outcome,
+//!   their durations, running and waiting jobs, queue depths, dead letters, readiness.
 
 pub mod backlog;
 pub mod config;
+pub mod metrics;
 pub mod runner;
 pub mod tools;
 
 pub use config::WorkerConfig;
-pub use runner::{RunError, run};
+pub use metrics::WorkerMetrics;
+pub use runner::{RunError, run, run_observed};
 pub use tools::Toolbox;

@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backlog::{Backlog, Waiting};
 use crate::config::{REGISTRY_MISSES, WorkerConfig};
+use crate::metrics::{JobOutcome, WorkerMetrics};
 use crate::tools::{CallContext, Hosted, Toolbox};
 
 /// Pause after a failed backend call in a loop, so an outage does not spin.
@@ -58,6 +59,11 @@ const TOOLS_BUSY_PAUSE: Duration = Duration::from_millis(20);
 pub enum RunError {
     #[error("the worker's {0} loop stopped unexpectedly")]
     LoopFailed(&'static str),
+    #[error("cannot listen on --admin-listen {addr}: {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Worker {
@@ -69,11 +75,14 @@ struct Worker {
     /// Running calls by leader task id, for cancellation.
     running: Mutex<HashMap<String, CancellationToken>>,
     tasks: TaskTracker,
+    metrics: Arc<WorkerMetrics>,
 }
 
 /// How a run ended.
 enum Ended {
     Answered(CallToolResult),
+    /// Its deadline passed while it ran: an `isError` result.
+    TimedOut(CallToolResult),
     Cancelled,
     /// Another worker owns the job now: it writes the outcome, not us.
     Lost,
@@ -91,6 +100,36 @@ pub async fn run(
     toolbox: Toolbox,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let metrics = Arc::new(WorkerMetrics::default());
+    run_observed(config, queue, toolbox, metrics, shutdown).await
+}
+
+/// [`run`] counting into `metrics`, served with `/healthz` and `/readyz` on
+/// `--admin-listen` when it is set (from before the first job until the worker returns; not
+/// ready from the moment `shutdown` completes).
+pub async fn run_observed(
+    config: WorkerConfig,
+    queue: Arc<dyn JobQueue>,
+    toolbox: Toolbox,
+    metrics: Arc<WorkerMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::AdminListen { addr, source })?;
+            let pages: Arc<dyn switchboard_core::metrics::admin::AdminPages> = metrics.clone();
+            let serve = switchboard_core::metrics::admin::serve(
+                listener,
+                pages,
+                config.admin_header_timeout,
+            );
+            tracing::info!(%addr, "admin port listening (/metrics, /healthz, /readyz)");
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     let queues = toolbox.queue_ids();
     let w = Arc::new(Worker {
         backlog: Backlog::new(
@@ -103,7 +142,9 @@ pub async fn run(
         toolbox,
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),
+        metrics,
     });
+    let _ = w.metrics.backlog_of.set(Arc::downgrade(&w.backlog));
     while let Err(e) = w.queue.prepare(&queues).await {
         tracing::warn!(error = %e, "cannot prepare the tool queues; retrying");
         tokio::time::sleep(RETRY_PAUSE).await;
@@ -115,18 +156,23 @@ pub async fn run(
     let mut fetch = tokio::spawn(w.clone().fetch_loop(stop.clone(), queues));
     let mut reclaim = tokio::spawn(w.clone().reclaim_loop(stop.clone()));
     let cancel = tokio::spawn(w.clone().cancel_loop(stop_cancels.clone()));
+    // Queue depths are sampled only for an operator who looks at them.
+    let sampler = admin
+        .is_some()
+        .then(|| tokio::spawn(w.clone().sample_loop(stop.clone())));
     let failed = tokio::select! {
         _ = shutdown => None,
         _ = &mut announce => Some("announce"),
         _ = &mut fetch => Some("fetch"),
         _ = &mut reclaim => Some("reclaim"),
     };
+    w.metrics.stopping();
     match failed {
         Some(which) => tracing::error!(loop_name = which, "a worker loop stopped; shutting down"),
         None => tracing::info!(worker = %w.config.worker_id, "stopping: no new jobs"),
     }
     stop.cancel();
-    for l in [announce, fetch, reclaim] {
+    for l in [announce, fetch, reclaim].into_iter().chain(sampler) {
         let _ = l.await;
     }
     // Jobs that did not start stop waiting (and heartbeating): other workers take them over.
@@ -145,6 +191,9 @@ pub async fn run(
     stop_cancels.cancel();
     let _ = cancel.await;
     let _ = w.queue.withdraw(&w.config.worker_id).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     match failed {
         Some(which) => Err(RunError::LoopFailed(which)),
         None => Ok(()),
@@ -168,12 +217,33 @@ impl Worker {
                     + (self.config.heartbeat * REGISTRY_MISSES).as_millis() as u64,
                 client: false,
             };
-            if let Err(e) = self.queue.announce(&a).await {
+            let announced = self.queue.announce(&a).await;
+            if let Err(e) = &announced {
                 tracing::warn!(error = %e, "registry heartbeat failed");
             }
+            self.metrics.registered(announced.is_ok());
             // Keeps the subscription connection (cancellations) reconnecting after an outage.
             if let Err(e) = self.queue.keepalive().await {
                 tracing::debug!(error = %e, "backend keepalive failed");
+            }
+        }
+    }
+
+    /// Samples the depth of each hosted tool's queue every `--queue-sample-interval`.
+    async fn sample_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.queue_sample_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            for (tool, queue) in self.toolbox.tools_and_queues() {
+                match self.queue.depth(&queue).await {
+                    Ok(Some(d)) => self.metrics.queue_depth(&tool, d.lag, d.pending),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, tool, "sampling a queue's depth failed"),
+                }
             }
         }
     }
@@ -263,6 +333,7 @@ impl Worker {
 
     /// A job whose deadline passed before it started: failed, never run.
     async fn expired(&self, job: &Job) {
+        self.metrics.job_ended(&job.tool, JobOutcome::Failed, None);
         let why = "the call's deadline passed before it started";
         self.finish(
             job,
@@ -274,6 +345,7 @@ impl Worker {
     }
 
     async fn refuse(&self, job: &Job) {
+        self.metrics.job_ended(&job.tool, JobOutcome::Failed, None);
         let why = format!("tool {} ({}) is not hosted here", job.tool, job.queue);
         self.finish(
             job,
@@ -314,6 +386,8 @@ impl Worker {
                 match r {
                     Reclaimed::Run(job) => {
                         tracing::info!(tool = %job.tool, task = %job.task_id, deliveries = job.deliveries, "took over a job from a silent worker");
+                        self.metrics
+                            .job_ended(&job.tool, JobOutcome::Reclaimed, None);
                         self.accept(job);
                     }
                     Reclaimed::Dead(job) => self.dead_letter(job).await,
@@ -354,6 +428,8 @@ impl Worker {
             tracing::warn!(error = %e, "could not dead-letter a job");
             return;
         }
+        self.metrics.dead_lettered(&job.tool);
+        self.metrics.job_ended(&job.tool, JobOutcome::Failed, None);
         self.finish(
             &job,
             TaskStatus::Failed,
@@ -401,6 +477,7 @@ impl Worker {
             .expect("poisoned")
             .insert(job.task_id.clone(), token.clone());
         let status = self.queue.task_status(&job.task_id).await;
+        let began = tokio::time::Instant::now();
         let ended = if let Ok(Some(TaskStatus::Working)) = status {
             Some(self.run_call(&job, &hosted, waiting, &token).await)
         } else {
@@ -420,8 +497,19 @@ impl Worker {
             }
         };
         self.running.lock().expect("poisoned").remove(&job.task_id);
+        let counted = match &ended {
+            Some(Ended::Answered(r)) if r.is_error => Some(JobOutcome::Error),
+            Some(Ended::Answered(_)) => Some(JobOutcome::Ok),
+            Some(Ended::TimedOut(_)) => Some(JobOutcome::Timeout),
+            Some(Ended::Cancelled) => Some(JobOutcome::Cancelled),
+            _ => None,
+        };
+        if let Some(outcome) = counted {
+            self.metrics
+                .job_ended(&job.tool, outcome, Some(began.elapsed()));
+        }
         match ended {
-            Some(Ended::Answered(result)) => {
+            Some(Ended::Answered(result) | Ended::TimedOut(result)) => {
                 self.finish(&job, TaskStatus::Completed, None, result).await
             }
             Some(Ended::Cancelled) => {
@@ -473,6 +561,7 @@ impl Worker {
                 // The ticket (slots, owner's count) is held until the call's future is gone.
                 let _ticket = waiting.ticket().await?;
                 started.store(true, Ordering::Relaxed);
+                let _running = Running::new(&self.metrics);
                 Some(hosted.tool.call(job.arguments.clone(), &ctx).await)
             };
             tokio::pin!(run);
@@ -487,7 +576,7 @@ impl Worker {
                         if !started.load(Ordering::Relaxed) {
                             break Ended::Expired;
                         }
-                        break Ended::Answered(CallToolResult::error(format!(
+                        break Ended::TimedOut(CallToolResult::error(format!(
                             "timed out after {} ms",
                             hosted.spec.timeout_ms
                         )));
@@ -516,6 +605,22 @@ impl Worker {
         drop(ctx);
         let _ = forward.await;
         ended
+    }
+}
+
+/// Counts a running call in `switchboard_worker_running` while it lives.
+struct Running<'a>(&'a WorkerMetrics);
+
+impl<'a> Running<'a> {
+    fn new(metrics: &'a WorkerMetrics) -> Self {
+        metrics.running.inc();
+        Running(metrics)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.dec();
     }
 }
 

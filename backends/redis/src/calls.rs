@@ -18,7 +18,7 @@ use switchboard_core::clock::now_ms;
 use switchboard_core::tasks::TaskRecord;
 use switchboard_protocol::methods::tasks::TaskStatus;
 
-use crate::RedisBackend;
+use crate::{Op, RedisBackend};
 
 /// A lease outlives the call's deadline by this much, so a slow finish still releases it.
 const LEASE_GRACE_MS: u64 = 5_000;
@@ -43,7 +43,9 @@ impl CallPlane for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.workers();
         let all: HashMap<String, String> = self
-            .bounded(async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await })
+            .bounded(Op::Calls, async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+            })
             .await?;
         let now = now_ms();
         let mut stale = Vec::new();
@@ -59,7 +61,7 @@ impl CallPlane for RedisBackend {
             let mut conn = self.commands();
             let key = self.keys.workers();
             let _ = self
-                .bounded(async move {
+                .bounded(Op::Calls, async move {
                     redis::cmd("HDEL")
                         .arg(key)
                         .arg(stale)
@@ -103,7 +105,7 @@ impl CallPlane for RedisBackend {
             .arg(s.max_result_bytes);
         let mut conn = self.commands();
         let (kind, value): (String, String) = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(Op::Calls, async move { inv.invoke_async(&mut conn).await })
             .await?;
         let mut record = s.new_task(now);
         Ok(match kind.as_str() {
@@ -129,7 +131,9 @@ impl CallPlane for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.task(task_id);
         let fields: HashMap<String, String> = self
-            .bounded(async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await })
+            .bounded(Op::Calls, async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+            })
             .await?;
         Ok(TaskRecord::from_fields(task_id, &fields))
     }
@@ -145,8 +149,10 @@ impl CallPlane for RedisBackend {
             .arg(now_ms())
             .arg(k.cancel_channel());
         let mut conn = self.commands();
-        self.bounded(async move { inv.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(drop)
+        self.bounded(Op::Calls, async move {
+            inv.invoke_async::<i64>(&mut conn).await
+        })
+        .await
+        .map(drop)
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, ConnectionLedger, Lease};
 use switchboard_core::clock::now_ms;
 
-use crate::RedisBackend;
+use crate::{Op, RedisBackend};
 
 static ADMIT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/conn_admit.lua")));
@@ -27,7 +27,7 @@ impl ConnectionLedger for RedisBackend {
             .arg(max);
         let mut conn = self.commands();
         let admitted: i64 = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(Op::Conns, async move { inv.invoke_async(&mut conn).await })
             .await?;
         Ok(admitted == 1)
     }
@@ -52,7 +52,7 @@ impl ConnectionLedger for RedisBackend {
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
         }
         let mut conn = self.commands();
-        self.bounded(async move { pipe.exec_async(&mut conn).await })
+        self.bounded(Op::Conns, async move { pipe.exec_async(&mut conn).await })
             .await
     }
 
@@ -60,7 +60,7 @@ impl ConnectionLedger for RedisBackend {
         let key = self.keys.connections(&lease.scope);
         let member = lease.member.clone();
         let mut conn = self.commands();
-        self.bounded(async move {
+        self.bounded(Op::Conns, async move {
             redis::cmd("ZREM")
                 .arg(key)
                 .arg(member)

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use redis::Value;
 use switchboard_core::backend::{BackendError, Health};
 
-use crate::RedisBackend;
+use crate::{Op, RedisBackend};
 
 #[async_trait]
 impl Health for RedisBackend {
@@ -20,15 +20,21 @@ impl Health for RedisBackend {
         let mut commands = self.commands();
         let mut pubsub = self.pubsub();
         let (a, b) = tokio::join!(
-            self.bounded(
-                async move { redis::cmd("PING").query_async::<Value>(&mut commands).await }
-            ),
-            self.bounded(async move { redis::cmd("PING").query_async::<Value>(&mut pubsub).await }),
+            self.bounded(Op::Health, async move {
+                redis::cmd("PING").query_async::<Value>(&mut commands).await
+            }),
+            self.bounded(Op::Health, async move {
+                redis::cmd("PING").query_async::<Value>(&mut pubsub).await
+            }),
         );
         a.and(b).map(drop)
     }
 
     fn reconnections(&self) -> u64 {
         self.disconnections.load(Ordering::Relaxed)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        RedisBackend::register_metrics(self, registry);
     }
 }

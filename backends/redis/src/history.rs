@@ -21,7 +21,7 @@ use switchboard_core::backend::{BackendError, HistoryStore};
 use switchboard_core::history::{HistoryPage, HistoryRule, PageBounds};
 use switchboard_protocol::{EventId, Topic};
 
-use crate::{RedisBackend, text};
+use crate::{Op, RedisBackend, text};
 
 /// Events kept by `sb_publish` when the caller gives no MAXLEN.
 const DEFAULT_FUNCTION_MAXLEN: u64 = 10_000;
@@ -58,7 +58,10 @@ impl RedisBackend {
             .arg(bounds.bytes.max(1));
         let mut conn = self.commands();
         let v: Value = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(
+                Op::History,
+                async move { inv.invoke_async(&mut conn).await },
+            )
             .await?;
         let Value::Array(parts) = v else {
             return Err(BackendError::Unavailable("unexpected history reply".into()));
@@ -143,7 +146,7 @@ impl HistoryStore for RedisBackend {
     async fn prepare(&self) -> Result<(), BackendError> {
         let mut conn = self.commands();
         let library = LIBRARY.replace("DEFAULT_MAXLEN", &DEFAULT_FUNCTION_MAXLEN.to_string());
-        self.bounded(async move {
+        self.bounded(Op::History, async move {
             redis::cmd("FUNCTION")
                 .arg("LOAD")
                 .arg("REPLACE")
@@ -166,7 +169,7 @@ impl HistoryStore for RedisBackend {
         let data = data.to_owned();
         let (len, ttl) = (rule.max_len, rule.ttl.as_millis() as u64);
         let id: String = self
-            .bounded(async move {
+            .bounded(Op::History, async move {
                 // The gateway checked the event: the function need not decode it again.
                 redis::cmd("FCALL")
                     .arg("sb_publish_prechecked")

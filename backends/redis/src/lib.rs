@@ -27,6 +27,9 @@
 //! others. Every operation is bounded by [`RedisOptions::op_timeout`]. `links.rs` holds the
 //! three and replaces them when Sentinel names a new primary; `options.rs` turns the flags
 //! (URL, ACL user, TLS files) into what to connect to; `sentinel.rs` asks the Sentinels.
+//! Every operation is also timed into `switchboard_redis_operation_duration_seconds{op}` and,
+//! when it fails, `switchboard_redis_errors_total{op}` ([`Op`]: the role that ran it),
+//! registered into the node's registry through `Health::register_metrics`.
 
 mod calls;
 mod conns;
@@ -45,6 +48,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManagerConfig;
 use redis::{PushInfo, PushKind, Value};
 use switchboard_core::backend::{Backend, BackendError, CallSink, TakeoverSink, TopicSink};
@@ -57,6 +64,97 @@ pub use crate::sentinel::SentinelTarget;
 /// Cancellations buffered for a worker that is busy; older ones are dropped (a job also checks
 /// its task's status before it starts).
 const CANCEL_BUFFER: usize = 1024;
+
+/// The `op` label of the Redis operation metrics: the role that ran the command (a small fixed
+/// set, so the histograms are resolved once, at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Publish,
+    Subscribe,
+    History,
+    Sessions,
+    Calls,
+    Queue,
+    Rates,
+    Conns,
+    Health,
+}
+
+impl Op {
+    const ALL: [Op; 9] = [
+        Op::Publish,
+        Op::Subscribe,
+        Op::History,
+        Op::Sessions,
+        Op::Calls,
+        Op::Queue,
+        Op::Rates,
+        Op::Conns,
+        Op::Health,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Op::Publish => "publish",
+            Op::Subscribe => "subscribe",
+            Op::History => "history",
+            Op::Sessions => "sessions",
+            Op::Calls => "calls",
+            Op::Queue => "queue",
+            Op::Rates => "rates",
+            Op::Conns => "conns",
+            Op::Health => "health",
+        }
+    }
+}
+
+/// Buckets of Redis operation durations, in seconds: 250 µs to 2.5 s (the default
+/// `--redis-timeout` is 2 s).
+const OP_BUCKETS: [f64; 12] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+
+type OpLabel = [(&'static str, &'static str); 1];
+
+/// Timings and errors of Redis operations by [`Op`], each handle resolved once.
+struct OpMetrics {
+    durations: Family<OpLabel, Histogram, fn() -> Histogram>,
+    errors: Family<OpLabel, Counter>,
+    by_op: Vec<(Histogram, Counter)>,
+}
+
+impl OpMetrics {
+    fn new() -> Self {
+        let durations: Family<OpLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(OP_BUCKETS));
+        let errors: Family<OpLabel, Counter> = Family::default();
+        let by_op = Op::ALL
+            .iter()
+            .map(|op| {
+                let l = [("op", op.label())];
+                (
+                    durations.get_or_create_owned(&l),
+                    errors.get_or_create_owned(&l),
+                )
+            })
+            .collect();
+        OpMetrics {
+            durations,
+            errors,
+            by_op,
+        }
+    }
+
+    fn observe(&self, op: Op, elapsed: Duration, ok: bool) {
+        let Some((h, e)) = self.by_op.get(op as usize) else {
+            return;
+        };
+        h.observe(elapsed.as_secs_f64());
+        if !ok {
+            e.inc();
+        }
+    }
+}
 
 /// Who the pub/sub connection's messages go to, each set once.
 #[derive(Default)]
@@ -78,6 +176,7 @@ pub struct RedisBackend {
     cancels: tokio::sync::broadcast::Sender<String>,
     /// Disconnections of the pub/sub connection seen so far.
     disconnections: Arc<AtomicU64>,
+    ops: OpMetrics,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -134,6 +233,7 @@ impl RedisBackend {
             sinks,
             cancels,
             disconnections,
+            ops: OpMetrics::new(),
         }))
     }
 
@@ -167,23 +267,42 @@ impl RedisBackend {
         self.links.conn(Role::Blocking)
     }
 
-    /// Runs one Redis operation within the operation timeout.
+    /// Runs one Redis operation within the operation timeout, timed as `op`.
     async fn bounded<T>(
         &self,
+        op: Op,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(BackendError::Unavailable(e.to_string())),
             Err(_) => Err(BackendError::Timeout),
-        }
+        };
+        self.ops.observe(op, started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Registers the operation metrics in `registry` (`Health::register_metrics`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "switchboard_redis_operation_duration_seconds",
+            "Redis operations by role (publish, subscribe, history, sessions, calls, queue, \
+             rates, conns, health), failed ones included",
+            self.ops.durations.clone(),
+        );
+        registry.register(
+            "switchboard_redis_errors",
+            "Redis operations that failed or timed out, by role",
+            self.ops.errors.clone(),
+        );
     }
 
     /// Subscribes channels on the pub/sub connection (signal channels; topics go through the
     /// topic bus). Idempotent.
     async fn listen(&self, channels: Vec<String>) -> Result<(), BackendError> {
         let links = self.links.clone();
-        self.bounded(async move { links.subscribe(channels).await })
+        self.bounded(Op::Subscribe, async move { links.subscribe(channels).await })
             .await
     }
 }

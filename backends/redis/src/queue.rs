@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Value;
 use redis::streams::{StreamClaimReply, StreamRangeReply, StreamReadReply};
-use switchboard_core::backend::{BackendError, Health, JobQueue};
+use switchboard_core::backend::{BackendError, Health, JobQueue, QueueDepth};
 use switchboard_core::calls::{
     DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, WorkerAnnouncement,
 };
@@ -24,8 +24,8 @@ use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
 
-use crate::RedisBackend;
 use crate::keys::WORKER_GROUP;
+use crate::{Op, RedisBackend};
 
 static FINISH: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/finish.lua")));
@@ -88,7 +88,7 @@ impl RedisBackend {
             .arg(entry_id)
             .ignore();
         pipe.cmd("XDEL").arg(queue).arg(entry_id).ignore();
-        self.bounded(async move { pipe.exec_async(&mut conn).await })
+        self.bounded(Op::Queue, async move { pipe.exec_async(&mut conn).await })
             .await
     }
 }
@@ -100,7 +100,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.workers();
         let id = a.worker_id.clone();
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("HSET")
                 .arg(key)
                 .arg(id)
@@ -116,7 +116,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.workers();
         let id = worker_id.to_owned();
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("HDEL")
                 .arg(key)
                 .arg(id)
@@ -132,7 +132,7 @@ impl JobQueue for RedisBackend {
             let mut conn = self.commands();
             let key = self.keys.tool_queue(tool);
             let created = self
-                .bounded(async move {
+                .bounded(Op::Queue, async move {
                     redis::cmd("XGROUP")
                         .arg("CREATE")
                         .arg(key)
@@ -152,7 +152,7 @@ impl JobQueue for RedisBackend {
         // Cancellations reach every worker on the pub/sub connection.
         let links = self.links.clone();
         let channel = self.keys.cancel_channel();
-        self.bounded(async move { links.subscribe(vec![channel]).await })
+        self.bounded(Op::Queue, async move { links.subscribe(vec![channel]).await })
             .await
     }
 
@@ -215,7 +215,7 @@ impl JobQueue for RedisBackend {
             .arg(&job.entry_id);
         let mut conn = self.commands();
         let kept: i64 = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(Op::Queue, async move { inv.invoke_async(&mut conn).await })
             .await?;
         Ok(kept == 1)
     }
@@ -236,7 +236,7 @@ impl JobQueue for RedisBackend {
             let k = key.clone();
             // [id, consumer, idle ms, deliveries] of entries silent for at least `min_idle`.
             let pending: Vec<(String, String, u64, u64)> = self
-                .bounded(async move {
+                .bounded(Op::Queue, async move {
                     redis::cmd("XPENDING")
                         .arg(k)
                         .arg(WORKER_GROUP)
@@ -253,7 +253,7 @@ impl JobQueue for RedisBackend {
                 let mut conn = self.commands();
                 let (k, i, w) = (key.clone(), id.clone(), worker_id.to_owned());
                 let claimed: StreamClaimReply = self
-                    .bounded(async move {
+                    .bounded(Op::Queue, async move {
                         redis::cmd("XCLAIM")
                             .arg(k)
                             .arg(WORKER_GROUP)
@@ -308,9 +308,11 @@ impl JobQueue for RedisBackend {
             .arg(WORKER_GROUP)
             .arg(k.done_channel());
         let mut conn = self.commands();
-        self.bounded(async move { inv.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(drop)
+        self.bounded(Op::Queue, async move {
+            inv.invoke_async::<i64>(&mut conn).await
+        })
+        .await
+        .map(drop)
     }
 
     async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError> {
@@ -322,7 +324,7 @@ impl JobQueue for RedisBackend {
                 let mut conn = self.commands();
                 let (k, s) = (key.clone(), start.clone());
                 let page: StreamRangeReply = self
-                    .bounded(async move {
+                    .bounded(Op::Queue, async move {
                         redis::cmd("XRANGE")
                             .arg(k)
                             .arg(s)
@@ -345,7 +347,7 @@ impl JobQueue for RedisBackend {
                 }
             }
             let mut conn = self.commands();
-            self.bounded(async move {
+            self.bounded(Op::Queue, async move {
                 redis::cmd("DEL")
                     .arg(key)
                     .query_async::<i64>(&mut conn)
@@ -368,7 +370,7 @@ impl JobQueue for RedisBackend {
             ("deliveries", job.deliveries.to_string()),
             ("reason", reason.to_owned()),
         ];
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("XADD")
                 .arg(key)
                 .arg("MAXLEN")
@@ -387,7 +389,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let channel = self.keys.progress_channel();
         let json = serde_json::to_string(p).expect("progress serializes");
-        self.bounded(async move {
+        self.bounded(Op::Queue, async move {
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(json)
@@ -402,7 +404,7 @@ impl JobQueue for RedisBackend {
         let mut conn = self.commands();
         let key = self.keys.task(task_id);
         let status: Option<String> = self
-            .bounded(async move {
+            .bounded(Op::Queue, async move {
                 redis::cmd("HGET")
                     .arg(key)
                     .arg("status")
@@ -420,11 +422,93 @@ impl JobQueue for RedisBackend {
     async fn keepalive(&self) -> Result<(), BackendError> {
         Health::ping(self).await
     }
+
+    /// `XINFO GROUPS` of the tool's stream: the worker group's `lag` (entries not delivered
+    /// yet) and `pending` (delivered, not acknowledged).
+    async fn depth(&self, queue: &str) -> Result<Option<QueueDepth>, BackendError> {
+        let mut conn = self.commands();
+        let key = self.keys.tool_queue(queue);
+        let groups: Value = self
+            .bounded(Op::Queue, async move {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(group_depth(&groups))
+    }
+}
+
+/// The worker group's depth in an `XINFO GROUPS` reply (a map per group, RESP3 or RESP2).
+fn group_depth(groups: &Value) -> Option<QueueDepth> {
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    for g in groups {
+        let pairs: Vec<(&Value, &Value)> = match g {
+            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Array(a) => a
+                .chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+            _ => continue,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| bulk(k).as_deref() == Some(name))
+                .map(|(_, v)| *v)
+        };
+        if field("name").and_then(bulk).as_deref() != Some(WORKER_GROUP) {
+            continue;
+        }
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(i)) => u64::try_from(*i).ok(),
+            _ => None,
+        };
+        return Some(QueueDepth {
+            // `lag` is nil when Redis cannot tell (after deletions in the middle of the stream).
+            lag: int(field("lag")).unwrap_or(0),
+            pending: int(field("pending")).unwrap_or(0),
+        });
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_groups_depth_from_xinfo_groups() {
+        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        let group = |name: &str, pending: i64, lag: Value| {
+            Value::Map(vec![
+                (s("name"), s(name)),
+                (s("consumers"), Value::Int(2)),
+                (s("pending"), Value::Int(pending)),
+                (s("lag"), lag),
+            ])
+        };
+        let reply = Value::Array(vec![
+            group("other", 9, Value::Int(9)),
+            group(WORKER_GROUP, 3, Value::Int(4)),
+        ]);
+        assert_eq!(group_depth(&reply), Some(QueueDepth { lag: 4, pending: 3 }));
+        // RESP2's flat arrays, and a lag Redis cannot tell.
+        let flat = Value::Array(vec![Value::Array(vec![
+            s("name"),
+            s(WORKER_GROUP),
+            s("pending"),
+            Value::Int(1),
+            s("lag"),
+            Value::Nil,
+        ])]);
+        assert_eq!(group_depth(&flat), Some(QueueDepth { lag: 0, pending: 1 }));
+        assert_eq!(group_depth(&Value::Array(vec![])), None);
+    }
 
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
         pairs

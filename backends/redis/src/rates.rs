@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, Budget, Grant, Rate, RateStore};
 
-use crate::RedisBackend;
+use crate::{Op, RedisBackend};
 
 static TAKE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/rate_take.lua")));
@@ -30,7 +30,7 @@ impl RateStore for RedisBackend {
             .arg(want);
         let mut conn = self.commands();
         let (granted, wait_us): (i64, i64) = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(Op::Rates, async move { inv.invoke_async(&mut conn).await })
             .await?;
         Ok(Grant {
             granted: granted.clamp(0, i64::from(want)) as u32,

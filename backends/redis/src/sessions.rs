@@ -12,7 +12,7 @@ use redis::Value;
 use switchboard_core::backend::{BackendError, SessionStore, TakeoverSink};
 use switchboard_core::sessions::{Attach, SessionRecord, SessionUpdate, UpdateOutcome};
 
-use crate::{RedisBackend, text};
+use crate::{Op, RedisBackend, text};
 
 static CREATE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/session_create.lua")));
@@ -44,9 +44,11 @@ impl SessionStore for RedisBackend {
             .arg(node)
             .arg(ttl_ms);
         let mut conn = self.commands();
-        self.bounded(async move { inv.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(drop)
+        self.bounded(Op::Sessions, async move {
+            inv.invoke_async::<i64>(&mut conn).await
+        })
+        .await
+        .map(drop)
     }
 
     async fn attach(
@@ -66,7 +68,10 @@ impl SessionStore for RedisBackend {
             .arg(id);
         let mut conn = self.commands();
         let reply: Vec<Value> = self
-            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .bounded(
+                Op::Sessions,
+                async move { inv.invoke_async(&mut conn).await },
+            )
             .await?;
         match reply.first() {
             Some(Value::Int(1)) => {}
@@ -112,7 +117,9 @@ impl SessionStore for RedisBackend {
         });
         let all = futures_util::future::join_all(calls);
         let results = self
-            .bounded(async move { Ok::<_, redis::RedisError>(all.await) })
+            .bounded(Op::Sessions, async move {
+                Ok::<_, redis::RedisError>(all.await)
+            })
             .await?;
         results
             .into_iter()

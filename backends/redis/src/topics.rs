@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, TopicBus, TopicSink};
 use switchboard_protocol::Topic;
 
-use crate::RedisBackend;
+use crate::{Op, RedisBackend};
 
 impl RedisBackend {
     fn channels(&self, topics: &[Topic]) -> Vec<String> {
@@ -35,7 +35,7 @@ impl TopicBus for RedisBackend {
                 .query_async::<i64>(&mut conn)
                 .await
         };
-        self.bounded(fut).await.map(drop)
+        self.bounded(Op::Publish, fut).await.map(drop)
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<(), BackendError> {
@@ -44,7 +44,7 @@ impl TopicBus for RedisBackend {
         }
         let channels = self.channels(topics);
         let links = self.links.clone();
-        self.bounded(async move { links.subscribe(channels).await })
+        self.bounded(Op::Subscribe, async move { links.subscribe(channels).await })
             .await
     }
 
@@ -54,7 +54,7 @@ impl TopicBus for RedisBackend {
         }
         let channels = self.channels(topics);
         let links = self.links.clone();
-        self.bounded(async move { links.unsubscribe(channels).await })
+        self.bounded(Op::Subscribe, async move { links.unsubscribe(channels).await })
             .await
     }
 }

@@ -2,10 +2,11 @@
 //! command tools and MCP servers of a tools file (`docs/tools.md`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use switchboard_redis::RedisOptions;
 use switchboard_worker::tools::{builtin, command, mcp};
-use switchboard_worker::{Toolbox, WorkerConfig};
+use switchboard_worker::{RunError, Toolbox, WorkerConfig, WorkerMetrics};
 
 use crate::Failure;
 
@@ -49,12 +50,23 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let queue = super::redis(&args.redis)?;
+        let backend = super::redis(&args.redis)?;
+        // The Redis operation timings join the worker's metrics (`--admin-listen`).
+        let metrics = Arc::new(WorkerMetrics::new(|r| backend.register_metrics(r)));
         // The MCP servers' tools join the toolbox as the servers come up.
         let _hosts = mcp::start(servers, &toolbox);
-        switchboard_worker::run(args.config, queue, toolbox, super::shutdown_signal())
-            .await
-            .map_err(|e| Failure::Runtime(e.into()))
+        let run = switchboard_worker::run_observed(
+            args.config,
+            backend,
+            toolbox,
+            metrics,
+            super::shutdown_signal(),
+        );
+        match run.await {
+            Ok(()) => Ok(()),
+            Err(e @ RunError::AdminListen { .. }) => Err(Failure::Usage(e.to_string())),
+            Err(e) => Err(Failure::Runtime(e.into())),
+        }
     })?;
     Ok(())
 }

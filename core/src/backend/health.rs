@@ -18,4 +18,7 @@ pub trait Health: Send + Sync + 'static {
     fn reconnections(&self) -> u64 {
         0
     }
+
+    /// Registers the backend's own metrics (operation timings, errors) in a node's registry.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

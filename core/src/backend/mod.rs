@@ -34,7 +34,7 @@ pub use self::conns::{ConnectionLedger, Lease};
 pub use self::error::BackendError;
 pub use self::health::Health;
 pub use self::history::HistoryStore;
-pub use self::queue::{JobQueue, bounded_result, finish_retrying};
+pub use self::queue::{JobQueue, QueueDepth, bounded_result, finish_retrying};
 pub use self::rates::{Budget, Grant, Rate, RateStore, gcra};
 pub use self::sessions::{SessionStore, TakeoverSink};
 pub use self::topics::{TopicBus, TopicSink};

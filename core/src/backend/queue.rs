@@ -64,6 +64,19 @@ pub trait JobQueue: Send + Sync + 'static {
     fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String>;
     /// Checks the backend answers, keeping its connections (and their reconnects) alive.
     async fn keepalive(&self) -> Result<(), BackendError>;
+    /// How deep a tool's queue is, for the worker's metrics (`None`: the backend cannot say).
+    async fn depth(&self, _queue: &str) -> Result<Option<QueueDepth>, BackendError> {
+        Ok(None)
+    }
+}
+
+/// A tool queue's depth, sampled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Jobs not delivered to any worker yet.
+    pub lag: u64,
+    /// Jobs delivered to a worker and not finished.
+    pub pending: u64,
 }
 
 /// Attempts at writing a call's outcome ([`finish_retrying`]).

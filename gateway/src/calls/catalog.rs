@@ -6,8 +6,12 @@
 //! A tool announced by several workers is taken from the first (by worker id), a worker's before
 //! a client's (`tools/register`: a client never shadows a worker's tool); a tool whose schema
 //! does not compile is left out, with a warning.
+//!
+//! Each read also sets `switchboard_tool_workers{tool}`: the workers announcing each tool (a
+//! tool seen once stays, at 0, when its last worker goes: an alert can fire on it).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use switchboard_protocol::methods::tools::ListChanged;
 use switchboard_protocol::methods::{Empty, Notification};
 
 use crate::conns::Conns;
+use crate::metrics::Metrics;
 
 /// One tool, ready to take calls.
 pub(crate) struct CatalogTool {
@@ -101,6 +106,32 @@ fn build(mut workers: Vec<WorkerAnnouncement>) -> Catalog {
     Catalog { tools, fingerprint }
 }
 
+/// Sets `switchboard_tool_workers{tool}` from one read of the registry (workers only, not
+/// clients offering tools).
+/// `seen`: the tools counted so far.
+fn count_workers(metrics: &Metrics, workers: &[WorkerAnnouncement], seen: &mut HashSet<String>) {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for w in workers.iter().filter(|w| !w.client) {
+        for t in &w.tools {
+            *counts.entry(t.name.as_str()).or_default() += 1;
+        }
+    }
+    for (tool, n) in &counts {
+        metrics
+            .tool_workers
+            .get_or_create(&[("tool", Cow::Owned((*tool).to_owned()))])
+            .set(*n);
+    }
+    // Tools seen before and announced by no worker now: 0, not gone.
+    for tool in seen.iter().filter(|t| !counts.contains_key(t.as_str())) {
+        metrics
+            .tool_workers
+            .get_or_create(&[("tool", Cow::Owned(tool.clone()))])
+            .set(0);
+    }
+    seen.extend(counts.keys().map(|t| (*t).to_owned()));
+}
+
 /// Keeps `cell` current from the worker registry, every `interval`; tells every open
 /// connection when the set of tools changed.
 pub(crate) async fn run(
@@ -108,10 +139,12 @@ pub(crate) async fn run(
     calls: Arc<dyn CallPlane>,
     conns: Arc<Conns>,
     interval: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    let mut seen = HashSet::new();
     loop {
         tick.tick().await;
         let workers = match calls.workers().await {
@@ -121,6 +154,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        count_workers(&metrics, &workers, &mut seen);
         let next = build(workers);
         if next.fingerprint == cell.get().fingerprint {
             first = false;

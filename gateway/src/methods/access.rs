@@ -25,6 +25,17 @@ use crate::metrics::Metrics;
 /// sent may be anything).
 const MAX_NAME_IN_ERROR: usize = 256;
 
+/// The `reason` label of `switchboard_auth_failures_total` for a refused token.
+fn failure_reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Expired => "expired",
+        AuthError::NotYetValid => "not_yet_valid",
+        AuthError::Invalid(_) | AuthError::EmptySubject | AuthError::BadGrants(_) => "invalid",
+        AuthError::NoKey(_) => "unknown_key",
+        AuthError::Settings(_) => "key_unavailable",
+    }
+}
+
 /// See the module docs.
 pub(crate) struct Access {
     pub(crate) policy: Policy,
@@ -39,6 +50,19 @@ impl Access {
     /// The identity a connection token stands for. Where anonymous clients are let in, a token
     /// may not name the subject `anonymous`, which they all share.
     pub(crate) async fn identify(&self, token: &str) -> Result<Identity, AuthError> {
+        let identified = self.identify_uncounted(token).await;
+        if let Err(e) = &identified {
+            self.metrics.auth_failed(failure_reason(e));
+        }
+        identified
+    }
+
+    /// Counts a connection refused because it gave no token where one is required.
+    pub(crate) fn missing_token(&self) {
+        self.metrics.auth_failed("missing");
+    }
+
+    async fn identify_uncounted(&self, token: &str) -> Result<Identity, AuthError> {
         let verifier = self
             .verifier
             .as_ref()

@@ -197,7 +197,12 @@ impl Methods {
                 },
             ));
         }
-        self.spend_identity(caller, method).await?;
+        if let Err(e) = self.spend_identity(caller, method).await {
+            if method == ToolsCall::NAME && e.code == ErrorCode::RateLimited.code() {
+                self.tools.rate_limited(raw);
+            }
+            return Err(e);
+        }
         if let Some(reply) = self.topics.route(caller, id, method, raw).await {
             return reply;
         }

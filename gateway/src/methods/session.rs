@@ -171,7 +171,10 @@ impl Session {
             },
             (None, Some(identity)) => identity,
             (None, None) if self.access.allow_anonymous => Identity::anonymous(),
-            (None, None) => return Err(refuse(caller, "token required")),
+            (None, None) => {
+                self.access.missing_token();
+                return Err(refuse(caller, "token required"));
+            }
         };
         if self.health.backend_down() {
             return Err(unavailable(caller, identity));

@@ -35,6 +35,7 @@ use super::encode::{Reply, encode, encode_later, params};
 use crate::calls::catalog::CatalogCell;
 use crate::calls::inflight::InFlight;
 use crate::calls::outcome::{Outcomes, result_for, send_later};
+use crate::metrics::{CallOutcome, Metrics};
 use crate::sessions::{LiveSession, Sessions};
 use crate::transport::Sender;
 
@@ -77,6 +78,8 @@ pub(crate) struct Tools {
     pub(crate) outcomes: Arc<Outcomes>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) settings: CallSettings,
+    /// Calls by tool and outcome, their durations, the calls in flight.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Tools {
@@ -95,6 +98,23 @@ impl Tools {
                 .and_then(|r| encode_later(id, r)),
             _ => return None,
         })
+    }
+
+    /// Counts a `tools/call` refused for its identity's rate (`rejected`), under its tool's
+    /// name when that is a tool of the catalogue.
+    pub(crate) fn rate_limited(&self, raw: Option<&RawValue>) {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            name: std::borrow::Cow<'a, str>,
+        }
+        let Some(named) = raw.and_then(|r| serde_json::from_str::<Named<'_>>(r.get()).ok()) else {
+            return;
+        };
+        if self.catalog.get().tools.contains_key(named.name.as_ref()) {
+            self.metrics
+                .call_ended(&named.name, CallOutcome::Rejected, None);
+        }
     }
 
     /// `tools/list`: the tools live workers announce that the caller may call.
@@ -118,9 +138,17 @@ impl Tools {
         id: Option<&RawValue>,
         p: CallParams,
     ) -> Result<Option<CallResult>, RpcError> {
-        // Before the lookup: a refusal says nothing about whether the tool exists.
-        self.access.tool(caller, &p.name)?;
+        let received = tokio::time::Instant::now();
         let catalog = self.catalog.get();
+        // Before the lookup: a refusal says nothing about whether the tool exists (the
+        // metrics, for the operator, name only tools that do).
+        if let Err(e) = self.access.tool(caller, &p.name) {
+            if catalog.tools.contains_key(&p.name) {
+                self.metrics
+                    .call_ended(&p.name, CallOutcome::Rejected, None);
+            }
+            return Err(e);
+        }
         let Some(tool) = catalog.tools.get(&p.name).cloned() else {
             return Err(RpcError::invalid_params(format!(
                 "unknown tool: {}",
@@ -173,9 +201,11 @@ impl Tools {
             Some(i) => i.get().to_owned(),
             None => format!("notification:{task_id}"),
         };
-        caller
-            .calls
-            .track(&request_key, &task_id, cfg.max_inflight)?;
+        if let Err(e) = caller.calls.track(&request_key, &task_id, cfg.max_inflight) {
+            self.metrics
+                .call_ended(&spec.name, CallOutcome::Rejected, None);
+            return Err(e);
+        }
         let owner = caller.owner().to_owned();
         let submission = Submission {
             call_hash: call_hash_of(&tool.digest, spec.cache.scope, &arguments, &owner),
@@ -208,6 +238,8 @@ impl Tools {
             in_flight: caller.calls.clone(),
             progress_token,
             task_mode: p.task.is_some(),
+            metrics: self.metrics.clone(),
+            received,
         };
         tokio::spawn(call.run(submission));
         Ok(None)
@@ -242,10 +274,45 @@ struct PendingCall {
     in_flight: InFlight,
     progress_token: Option<Value>,
     task_mode: bool,
+    metrics: Arc<Metrics>,
+    /// When the node received the call.
+    received: tokio::time::Instant,
+}
+
+/// Counts a call in flight from its submission until it is dropped.
+struct InFlightGauge(Arc<Metrics>);
+
+impl InFlightGauge {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.calls_in_flight.inc();
+        InFlightGauge(metrics.clone())
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.dec();
+    }
+}
+
+/// The outcome label of a call that waited for its execution.
+fn waited_outcome(reply: &Result<CallResult, RpcError>) -> CallOutcome {
+    match reply {
+        Ok(CallResult::Done(r)) if r.is_error => CallOutcome::Error,
+        Ok(_) => CallOutcome::Ok,
+        Err(e) if e.code == ErrorCode::Timeout.code() => CallOutcome::Timeout,
+        Err(_) => CallOutcome::Failed,
+    }
 }
 
 impl PendingCall {
     async fn run(self, submission: Submission) {
+        let _in_flight = InFlightGauge::new(&self.metrics);
+        let tool = submission.tool.name.clone();
+        let ended = |outcome: CallOutcome| {
+            self.metrics
+                .call_ended(&tool, outcome, Some(self.received.elapsed()));
+        };
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()))
             + self.deadline_grace;
@@ -267,19 +334,31 @@ impl PendingCall {
             {
                 tracing::warn!(error = %e, "cancelling a call failed");
             }
+            ended(CallOutcome::Cancelled);
             return;
         }
         let mut owed_by = None;
         let reply = match submitted {
             Err(e) => {
                 tracing::warn!(error = %e, "submitting a call failed");
+                ended(CallOutcome::Failed);
                 Err(RpcError::backend_unavailable())
             }
-            Ok(Submitted::Refused(cap)) => Err(cap_reached(cap, &submission.caps)),
-            Ok(s) if self.task_mode => Ok(CallResult::Task(CreateTaskResult {
-                task: s.record().expect("not refused").mcp(),
-            })),
-            Ok(Submitted::Cached(rec)) => Ok(CallResult::Done(result_for(&rec, &rec, true))),
+            Ok(Submitted::Refused(cap)) => {
+                ended(CallOutcome::Rejected);
+                Err(cap_reached(cap, &submission.caps))
+            }
+            // Its outcome is collected later (`tasks/result`): counted as accepted.
+            Ok(s) if self.task_mode => {
+                ended(CallOutcome::Ok);
+                Ok(CallResult::Task(CreateTaskResult {
+                    task: s.record().expect("not refused").mcp(),
+                }))
+            }
+            Ok(Submitted::Cached(rec)) => {
+                ended(CallOutcome::Cached);
+                Ok(CallResult::Done(result_for(&rec, &rec, true)))
+            }
             Ok(s) => {
                 let rec = s.record().expect("not refused").clone();
                 let watched = match rec.leader {
@@ -299,12 +378,21 @@ impl PendingCall {
                     owed_by = Some(live.clone());
                 }
                 let waiting = self.outcomes.wait_watched(&watched, &rec, Some(deadline));
-                tokio::select! {
+                let reply = tokio::select! {
                     outcome = waiting => outcome.map(|done| CallResult::Done(result_for(&rec, &done, false))),
                     // The socket is gone: stop waiting. The task stays in the backend for
                     // `tasks/result` from anywhere.
-                    _ = self.tx.closed() => return,
-                }
+                    _ = self.tx.closed() => {
+                        ended(CallOutcome::Cancelled);
+                        return;
+                    }
+                };
+                ended(match (rec.leader.is_some(), waited_outcome(&reply)) {
+                    // Joined an identical call in flight; its timeouts and failures are its own.
+                    (true, CallOutcome::Ok | CallOutcome::Error) => CallOutcome::Coalesced,
+                    (_, outcome) => outcome,
+                });
+                reply
             }
         };
         // A call cancelled by `notifications/cancelled` gets no reply (MCP); nor does one whose

@@ -146,15 +146,11 @@ fn admin_route<B>(node: &Node, req: &Request<B>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(node),
+        // OpenMetrics when the scraper asks for it, the Prometheus text format otherwise.
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
+            switchboard_core::metrics::admin::metrics_response(req.headers(), |f| {
+                node.metrics.render(f)
+            })
         }
         (_, "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")

@@ -131,7 +131,10 @@ async fn admit(
             }
         },
         None if node.access.allow_anonymous => Ok(None),
-        None => Err(unauthorized(node, headers, "")),
+        None => {
+            node.access.missing_token();
+            Err(unauthorized(node, headers, ""))
+        }
     }
 }
 

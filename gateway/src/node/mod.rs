@@ -149,7 +149,7 @@ pub async fn run_with_admin(
         true => Some(Verifier::start(&config.auth.key_settings()).await?),
         false => None,
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with(|r| backend.health.register_metrics(r)));
     let policy = config.policy();
     if policy.is_open() {
         tracing::warn!(
@@ -166,15 +166,18 @@ pub async fn run_with_admin(
     let c = &config.tuning;
     let health = Arc::new(Health::new(metrics.clone()));
     let conns = Arc::new(Conns::new(metrics.clone()));
-    let sockets = Arc::new(Sockets::new(SocketLimits {
-        hello_timeout: c.hello_timeout,
-        max_message_bytes: c.max_message_bytes,
-        outbound_queue: c.outbound_queue,
-        outbound_queue_bytes: c.outbound_queue_bytes,
-        heartbeat: c.heartbeat,
-        write_timeout: c.write_timeout,
-        close_timeout: c.close_timeout,
-    }));
+    let sockets = Arc::new(Sockets::new(
+        SocketLimits {
+            hello_timeout: c.hello_timeout,
+            max_message_bytes: c.max_message_bytes,
+            outbound_queue: c.outbound_queue,
+            outbound_queue_bytes: c.outbound_queue_bytes,
+            heartbeat: c.heartbeat,
+            write_timeout: c.write_timeout,
+            close_timeout: c.close_timeout,
+        },
+        metrics.clone(),
+    ));
 
     // The relay: backend -> fan-out -> sockets.
     let (fanout, fanout_queues) = Fanout::new(
@@ -185,6 +188,18 @@ pub async fn run_with_admin(
         c.max_event_bytes,
     );
     let fanout = Arc::new(fanout);
+    {
+        // Queue depths, sampled at each scrape (weak: the metrics outlive neither).
+        let (f, c) = (Arc::downgrade(&fanout), Arc::downgrade(&conns));
+        metrics.on_scrape(Box::new(move |m| {
+            if let Some(f) = f.upgrade() {
+                m.fanout_queue_events.set(f.queued_events() as i64);
+            }
+            if let Some(c) = c.upgrade() {
+                m.outbound_queue_events.set(c.queued_events() as i64);
+            }
+        }));
+    }
     let fanout_tasks: Vec<_> = fanout_queues
         .into_iter()
         .map(|rx| tokio::spawn(fanout::run_worker(fanout.clone(), rx)))
@@ -344,6 +359,7 @@ pub async fn run_with_admin(
             outcomes: outcomes.clone(),
             sessions: sessions.clone(),
             settings: call_settings,
+            metrics: metrics.clone(),
         },
         tasks: Tasks {
             outcomes,
@@ -377,6 +393,7 @@ pub async fn run_with_admin(
             backend.calls.clone(),
             conns.clone(),
             c.registry_interval,
+            metrics.clone(),
         )),
         tokio::spawn(sessions.clone().run_refresh()),
         tokio::spawn(offered.clone().run_announce()),

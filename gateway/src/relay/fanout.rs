@@ -222,6 +222,19 @@ impl Fanout {
             snapshot(entry)
         };
         self.send_to(&subs, topic, frame, id);
+        // Once per event on this node: publish time (the id's milliseconds) to queued.
+        if let Some(id) = id {
+            let ms = switchboard_core::clock::now_ms().saturating_sub(id.ms);
+            self.metrics.delivery_latency.0.observe(ms as f64 / 1000.0);
+        }
+    }
+
+    /// Events waiting in the fan-out workers' queues (sampled at each scrape).
+    pub(crate) fn queued_events(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.max_capacity().saturating_sub(w.capacity()))
+            .sum()
     }
 
     /// Queues one event to each of `subs`, skipping those that already have it (by id).

@@ -319,6 +319,11 @@ impl Sender {
         self.shared.cap
     }
 
+    /// Frames queued now (metrics sample it).
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.lock().len()
+    }
+
     /// Frames that can be queued now.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {

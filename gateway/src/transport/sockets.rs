@@ -1,10 +1,13 @@
 //! What every socket of a node shares: the bounds and timeouts of a connection
 //! ([`SocketLimits`]), the millisecond clock connections keep in atomics, and connection ids.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::metrics::Metrics;
 
 /// The bounds and timeouts of one socket (from the node's configuration).
 #[derive(Debug, Clone, Copy)]
@@ -29,15 +32,18 @@ pub(crate) struct SocketLimits {
 #[derive(Debug)]
 pub(crate) struct Sockets {
     pub(crate) limits: SocketLimits,
+    /// Close frames are counted by code as the writers send them.
+    pub(crate) metrics: Arc<Metrics>,
     /// Zero point of the millisecond clocks kept in atomics (`ConnCtl::last_rx_ms`).
     epoch: Instant,
     next_id: AtomicU64,
 }
 
 impl Sockets {
-    pub(crate) fn new(limits: SocketLimits) -> Self {
+    pub(crate) fn new(limits: SocketLimits, metrics: Arc<Metrics>) -> Self {
         Sockets {
             limits,
+            metrics,
             epoch: Instant::now(),
             next_id: AtomicU64::new(1),
         }

@@ -262,6 +262,7 @@ pub(crate) async fn run(
         ))
         .await;
     }
+    sockets.metrics.closed(reason.code);
     let closing = async {
         write_close(&mut io, reason).await?;
         io.shutdown().await

@@ -209,6 +209,15 @@ impl Toolbox {
         tools.values().map(|h| h.queue_id.clone()).collect()
     }
 
+    /// Every hosted tool's name and queue (the metrics sample the queues' depths).
+    pub fn tools_and_queues(&self) -> Vec<(String, String)> {
+        let tools = self.tools.read().expect("poisoned");
+        tools
+            .values()
+            .map(|h| (h.spec.name.clone(), h.queue_id.clone()))
+            .collect()
+    }
+
     /// The queues of the tools that can start a call now.
     pub fn queue_ids_with_room(&self) -> Vec<String> {
         let tools = self.tools.read().expect("poisoned");
