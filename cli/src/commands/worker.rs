@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use switchboard_redis::RedisOptions;
+use switchboard_telemetry::LogArgs;
 use switchboard_worker::tools::{builtin, command, mcp};
 use switchboard_worker::{Toolbox, WorkerConfig};
 
@@ -26,9 +27,12 @@ pub(crate) struct Args {
     builtin: bool,
     #[command(flatten)]
     config: WorkerConfig,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    let (rt, telemetry) = super::start(&args.log, "switchboard-worker")?;
     let mut toolbox = Toolbox::new();
     if args.builtin {
         builtin::add_builtins(&mut toolbox).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -46,14 +50,15 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     args.config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let rt = super::runtime()?;
-    rt.block_on(async move {
+    let ran = rt.block_on(async move {
         let queue = super::redis(&args.redis)?;
         // The MCP servers' tools join the toolbox as the servers come up.
         let _hosts = mcp::start(servers, &toolbox);
         switchboard_worker::run(args.config, queue, toolbox, super::shutdown_signal())
             .await
             .map_err(|e| Failure::Runtime(e.into()))
-    })?;
-    Ok(())
+    });
+    // The worker is done: flush the spans still queued.
+    telemetry.shutdown();
+    ran
 }
