@@ -96,7 +96,9 @@ pub(crate) fn install(
                 json: true,
             })
             .boxed(),
-    };
+    }
+    // The log filter is the log layer's own: spans are exported whatever is logged.
+    .with_filter(filter);
     let otel_layer = provider.map(|(p, _)| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("switchboard"))
@@ -104,15 +106,16 @@ pub(crate) fn install(
             .with_threads(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                 let target = meta.target();
-                !EXPORTER_TARGETS.iter().any(|t| {
-                    target
-                        .strip_prefix(t)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-                })
+                // Spans are INFO (debug ones, like a connection's, are for logs only).
+                *meta.level() <= tracing::Level::INFO
+                    && !EXPORTER_TARGETS.iter().any(|t| {
+                        target
+                            .strip_prefix(t)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+                    })
             }))
     });
     let subscriber = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer);
     let dispatch = Dispatch::new(subscriber);
@@ -130,16 +133,15 @@ struct WithTraceId<F> {
 }
 
 /// The trace id of the span the event is in, as 32 hex digits.
-fn trace_id<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<String>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
+fn trace_id() -> Option<String> {
     if !crate::tracing_enabled() {
         return None;
     }
-    let id = ctx.lookup_current()?.id();
-    let cx = tracing_opentelemetry::get_otel_context(&id, DISPATCH.get()?)?;
+    // The registry's current span, not the log layer's (its filter may hide the span).
+    let dispatch = DISPATCH.get()?;
+    let current = dispatch.current_span();
+    let id = current.id()?;
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
@@ -156,7 +158,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let Some(trace_id) = trace_id(ctx) else {
+        let Some(trace_id) = trace_id() else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::new();

@@ -196,37 +196,40 @@ fn switchboard() -> Command {
     cmd
 }
 
-/// A traced gateway process on free ports, ready.
+/// A traced gateway process on free ports, ready. A port found free may be taken before the
+/// gateway binds it (it then exits at once): the start is tried again on another port.
 async fn gateway(redis: &RedisServer, receiver: &Receiver) -> (Child, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = switchboard();
-    cmd.args([
-        "gateway",
-        "--allow-anonymous",
-        "--listen",
-        &addr.to_string(),
-    ])
-    .args(["--redis", &redis.url(), "--node-id", "gw-traced"])
-    .args([
-        "--readiness-interval",
-        "200ms",
-        "--registry-interval",
-        "200ms",
-    ])
-    .args(["--call-poll", "200ms"])
-    .env("SWITCHBOARD_LOG", "warn")
-    .stderr(Stdio::inherit());
-    otel_env(&mut cmd, receiver);
-    let mut child = cmd.spawn().expect("spawn gateway");
-    eventually(&format!("/readyz of {addr}"), || async {
-        assert!(
-            matches!(child.try_wait(), Ok(None)),
-            "the gateway exited (its stderr says why)"
-        );
-        matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await;
-    (child, addr)
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = switchboard();
+        cmd.args([
+            "gateway",
+            "--allow-anonymous",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .args(["--redis", &redis.url(), "--node-id", "gw-traced"])
+        .args([
+            "--readiness-interval",
+            "200ms",
+            "--registry-interval",
+            "200ms",
+        ])
+        .args(["--call-poll", "200ms"])
+        .env("SWITCHBOARD_LOG", "warn")
+        .stderr(Stdio::inherit());
+        otel_env(&mut cmd, receiver);
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let start = tokio::time::Instant::now();
+        while matches!(child.try_wait(), Ok(None)) {
+            if matches!(http_get(addr, "/readyz").await, Ok((200, _))) {
+                return (child, addr);
+            }
+            assert!(start.elapsed() < DEADLINE, "/readyz of {addr} never 200");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    panic!("the gateway exited at start 5 times (its stderr says why)");
 }
 
 /// A traced worker process hosting the built-in tools.
@@ -378,7 +381,55 @@ async fn text_logs_to_a_pipe_have_no_colours() {
     let lines = dev_log_lines(&[], &[], 2).await;
     for line in &lines {
         assert!(!line.contains('\u{1b}'), "an ANSI escape in {line:?}");
-        assert!(line.contains("INFO"), "{line}");
+        assert!(line.contains(" INFO ") || line.contains(" WARN "), "{line}");
         assert!(serde_json::from_str::<serde_json::Value>(line).is_err());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_trace_id_of_their_span() {
+    let receiver = Receiver::start().await;
+    let mut cmd = switchboard();
+    cmd.args(["dev", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("SWITCHBOARD_LOG", "switchboard_gateway=debug,warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    otel_env(&mut cmd, &receiver);
+    let mut child = cmd.spawn().expect("spawn dev");
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(DEADLINE, out.next_line())
+            .await
+            .expect("dev's banner")
+            .expect("stdout")
+            .expect("a ws:// line");
+        if let Some(at) = line.find("ws://") {
+            break line[at..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut c = WsClient::connect(&url).await;
+    c.hello().await;
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let opened = loop {
+        let line = tokio::time::timeout(DEADLINE, err.next_line())
+            .await
+            .expect("a log line for the hello")
+            .expect("stderr")
+            .expect("dev still logging");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        if v["fields"]["message"] == "session opened" {
+            break v;
+        }
+    };
+    let trace_id = opened["trace_id"]
+        .as_str()
+        .expect("trace_id on the line")
+        .to_owned();
+    assert_eq!(trace_id.len(), 32, "{opened}");
+    receiver
+        .span("the hello span of the logged trace", |s| {
+            s.name == "hello" && s.trace_id == trace_id
+        })
+        .await;
 }
