@@ -50,16 +50,8 @@ const DEFAULT_FILTER: &str =
 
 /// Crates whose spans and events never reach the OpenTelemetry layer, whatever the filter: they
 /// are the exporter's own transport.
-const EXPORTER_TARGETS: [&str; 8] = [
-    "h2",
-    "hyper",
-    "hyper_util",
-    "tonic",
-    "tower",
-    "reqwest",
-    "opentelemetry",
-    "opentelemetry_sdk",
-];
+/// (The SDK's own, `opentelemetry*`, are left out by prefix.)
+const EXPORTER_TARGETS: [&str; 6] = ["h2", "hyper", "hyper_util", "tonic", "tower", "reqwest"];
 
 /// The installed dispatcher, for the formatter to find a span's trace id (a nested
 /// `get_default` while an event is being dispatched would see no subscriber).
@@ -108,6 +100,7 @@ pub(crate) fn install(
                 let target = meta.target();
                 // Spans are INFO (debug ones, like a connection's, are for logs only).
                 *meta.level() <= tracing::Level::INFO
+                    && !target.starts_with("opentelemetry")
                     && !EXPORTER_TARGETS.iter().any(|t| {
                         target
                             .strip_prefix(t)
