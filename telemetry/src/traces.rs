@@ -153,3 +153,22 @@ impl Settings {
         Ok((provider, self.protocol))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ExportProtocol;
+
+    #[test]
+    fn protocols_are_the_standard_names() {
+        for p in [
+            ExportProtocol::HttpProtobuf,
+            ExportProtocol::HttpJson,
+            ExportProtocol::Grpc,
+        ] {
+            assert_eq!(ExportProtocol::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(ExportProtocol::parse(" grpc "), Some(ExportProtocol::Grpc));
+        assert_eq!(ExportProtocol::parse("http"), None);
+        assert_eq!(ExportProtocol::parse("thrift"), None);
+    }
+}

@@ -324,6 +324,28 @@ async fn a_tool_call_is_one_trace_from_gateway_to_worker() {
     assert!(!hello.attributes["session"].is_empty(), "{hello:?}");
     assert_eq!(hello.attributes["resumed"], "false");
 
+    // The upgrade, subscribe and publish have theirs, with the topic.
+    let r = c.call("subscribe", json!({"topic": "traced:1"})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = c
+        .call("publish", json!({"topic": "traced:1", "data": {"x": 1}}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    for method in ["subscribe", "publish"] {
+        let s = receiver
+            .span(&format!("a {method} span"), |s| s.name == method)
+            .await;
+        assert_eq!(s.attributes["topic"], "traced:1", "{s:?}");
+        assert_eq!(
+            s.attributes["subject"], hello.attributes["subject"],
+            "{s:?}"
+        );
+    }
+    let connect = receiver
+        .span("a connect span", |s| s.name == "connect")
+        .await;
+    assert_eq!(connect.attributes["http.response.status_code"], "101");
+
     // The cached call's trace has no worker span (give the worker's exporter its chance).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
