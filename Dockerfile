@@ -38,6 +38,7 @@ COPY gateway/Cargo.toml gateway/
 COPY worker/Cargo.toml worker/
 COPY client/Cargo.toml client/
 COPY cli/Cargo.toml cli/
+COPY telemetry/Cargo.toml telemetry/
 COPY bench/Cargo.toml bench/
 COPY tests/Cargo.toml tests/
 # Empty stubs for every target, one build (it compiles every dependency), then the stubs' own
@@ -45,7 +46,7 @@ COPY tests/Cargo.toml tests/
 RUN set -eu; \
     for f in protocol/src/lib.rs core/src/lib.rs backends/memory/src/lib.rs \
              backends/redis/src/lib.rs gateway/src/lib.rs worker/src/lib.rs client/src/lib.rs \
-             cli/src/main.rs bench/src/lib.rs bench/src/main.rs tests/src/lib.rs; do \
+             cli/src/main.rs telemetry/src/lib.rs bench/src/lib.rs bench/src/main.rs tests/src/lib.rs; do \
       mkdir -p "$(dirname "$f")"; \
       case "$f" in */main.rs) echo 'fn main() {}' > "$f" ;; *) : > "$f" ;; esac; \
     done; \
@@ -62,9 +63,10 @@ COPY gateway gateway
 COPY worker worker
 COPY client client
 COPY cli cli
+COPY telemetry telemetry
 # COPY keeps the files' times, which can be older than the stubs': make sure cargo sees them as new.
 RUN set -eu; \
-    find protocol core backends gateway worker client cli -type f -exec touch {} +; \
+    find protocol core backends gateway worker client cli telemetry -type f -exec touch {} +; \
     cargo build --release --locked -p switchboard; \
     install -D -m 0755 target/release/switchboard /out/switchboard
 

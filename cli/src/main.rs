@@ -68,7 +68,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    commands::init_logging();
+    // The long-running subcommands set up logging (their --log-format) and traces themselves,
+    // once their runtime exists.
+    if matches!(
+        cli.command,
+        Command::Publish(_) | Command::Token(_) | Command::McpStdio(_)
+    ) {
+        commands::init_logging();
+    }
     let result = match cli.command {
         Command::Dev(a) => {
             commands::refuse_renamed_variables().and_then(|()| commands::dev::run(*a))

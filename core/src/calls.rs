@@ -38,6 +38,17 @@ pub struct Submission {
     pub caps: OwnerCaps,
     /// The largest result the execution may store (a bigger one becomes an `isError` result).
     pub max_result_bytes: u64,
+    /// The W3C trace context of the gateway's span for the call, carried in the job so the
+    /// worker's execution joins the same trace. Empty with tracing off.
+    pub trace: TraceContext,
+}
+
+/// A W3C trace context (`traceparent`, `tracestate`) as it travels in a job: both empty when
+/// the submitting gateway does not export traces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: String,
 }
 
 /// What one identity (a submission's owner) may hold across the cluster; 0: no cap.
@@ -164,6 +175,8 @@ pub struct Job {
     pub max_result_bytes: u64,
     /// How many times the job has been handed to a worker, this time included.
     pub deliveries: u64,
+    /// The submitting span's trace context (empty: none).
+    pub trace: TraceContext,
 }
 
 /// The largest result stored by default (`--max-result-bytes`).

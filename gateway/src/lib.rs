@@ -29,6 +29,7 @@ mod metrics;
 mod node;
 mod relay;
 mod sessions;
+mod traced;
 mod transport;
 
 pub use crate::config::{AuthConfig, ConfigError, GatewayConfig};

@@ -665,17 +665,6 @@ def check_nginx(p: Problems) -> None:
 
 # ---- envnames -----------------------------------------------------------------------------------
 
-# Variables the issue-14 tasks add in parallel with this one (Redis TLS/auth, logs, the worker's
-# admin port): allowed to be missing from the sources until those branches are merged. Once they
-# are, this set can go.
-PENDING_VARIABLES = {
-    "SWITCHBOARD_REDIS_PASSWORD",
-    "SWITCHBOARD_REDIS_CA_FILE",
-    "SWITCHBOARD_LOG_FORMAT",
-    "SWITCHBOARD_WORKER_ADMIN_LISTEN",
-}
-
-
 def check_envnames(p: Problems) -> None:
     meta = workspace()
     root = Path(meta["workspace_root"])
@@ -711,7 +700,7 @@ def check_envnames(p: Problems) -> None:
     note("Dockerfile", re.findall(r"^ENV (SWITCHBOARD_[A-Z0-9_]+)=", (ROOT / "Dockerfile").read_text(), re.M))
     p.check(len(given) > 10, f"found only {len(given)} variables in the deployment files")
     for name, places in sorted(given.items()):
-        if name in known or name in PENDING_VARIABLES:
+        if name in known:
             continue
         p.add(f"{name} (in {', '.join(sorted(places))}) is read nowhere in the sources: a typo?")
 

@@ -39,6 +39,7 @@ use switchboard_protocol::methods::tools::CallToolResult;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::backlog::{Backlog, Waiting};
 use crate::config::{REGISTRY_MISSES, WorkerConfig};
@@ -320,8 +321,9 @@ impl Worker {
         let waiting = self
             .backlog
             .push(&job.owner, hosted.permits.clone(), job.deadline_ms);
+        let span = execution_span(&self.config.worker_id, &job);
         self.tasks
-            .spawn(async move { w.execute(job, waiting).await });
+            .spawn(async move { w.execute(job, waiting).await }.instrument(span));
     }
 
     /// The tool of this job's queue, if this worker hosts it.
@@ -508,6 +510,19 @@ impl Worker {
             self.metrics
                 .job_ended(&job.tool, outcome, Some(began.elapsed()));
         }
+        tracing::Span::current().record(
+            "outcome",
+            match &ended {
+                Some(Ended::Answered(r)) if r.is_error => "error",
+                Some(Ended::Answered(_)) => "ok",
+                Some(Ended::TimedOut(_)) => "timeout",
+                Some(Ended::Cancelled) => "cancelled",
+                Some(Ended::Lost) => "lost",
+                Some(Ended::Left) => "left",
+                Some(Ended::Expired) => "expired",
+                None => "failed",
+            },
+        );
         match ended {
             Some(Ended::Answered(result) | Ended::TimedOut(result)) => {
                 self.finish(&job, TaskStatus::Completed, None, result).await
@@ -630,4 +645,25 @@ async fn forward_progress(queue: Arc<dyn JobQueue>, mut rx: mpsc::Receiver<Progr
             tracing::debug!(error = %e, "progress report lost");
         }
     }
+}
+
+/// The span of one job's execution, a child of the gateway's `tools/call` span when the job
+/// carries its trace context; none with tracing off (`switchboard_telemetry`).
+fn execution_span(worker: &str, job: &Job) -> tracing::Span {
+    if !switchboard_telemetry::tracing_enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "execute",
+        otel.name = format!("execute {}", job.tool),
+        otel.kind = "consumer",
+        worker = worker,
+        tool = %job.tool,
+        task = %job.task_id,
+        deliveries = job.deliveries,
+        outcome = tracing::field::Empty,
+    );
+    switchboard_telemetry::continue_trace(&span, &job.trace.traceparent, &job.trace.tracestate);
+    span
 }

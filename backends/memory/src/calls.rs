@@ -168,6 +168,7 @@ impl CallState {
                 cache_ttl_ms: s.cache_ttl_ms,
                 max_result_bytes: s.max_result_bytes,
                 deliveries: 1,
+                trace: s.trace.clone(),
             });
         (Submitted::Leader(record), true)
     }

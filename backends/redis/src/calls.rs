@@ -102,7 +102,9 @@ impl CallPlane for RedisBackend {
             .arg(s.caps.max_running)
             .arg(s.caps.max_tasks)
             .arg(s.caps.max_task_bytes)
-            .arg(s.max_result_bytes);
+            .arg(s.max_result_bytes)
+            .arg(&s.trace.traceparent)
+            .arg(&s.trace.tracestate);
         let mut conn = self.commands();
         let (kind, value): (String, String) = self
             .bounded(Op::Calls, async move { inv.invoke_async(&mut conn).await })

@@ -18,7 +18,7 @@ use redis::Value;
 use redis::streams::{StreamClaimReply, StreamRangeReply, StreamReadReply};
 use switchboard_core::backend::{BackendError, Health, JobQueue, QueueDepth};
 use switchboard_core::calls::{
-    DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, WorkerAnnouncement,
+    DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, TraceContext, WorkerAnnouncement,
 };
 use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
@@ -75,6 +75,10 @@ fn job_of(
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_RESULT_BYTES),
         deliveries,
+        trace: TraceContext {
+            traceparent: get("traceparent").unwrap_or_default(),
+            tracestate: get("tracestate").unwrap_or_default(),
+        },
     })
 }
 

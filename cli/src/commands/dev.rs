@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use switchboard_gateway::config::{GatewayConfig, Tuning};
 use switchboard_memory::MemoryBackend;
+use switchboard_telemetry::LogArgs;
 
 use crate::Failure;
 
@@ -20,6 +21,8 @@ pub(crate) struct Args {
     admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     tuning: Tuning,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -27,7 +30,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         listen,
         admin_listen,
         tuning,
+        log,
     } = args;
+    // One process, one service: its spans are the gateway's and the in-process worker's.
+    let (rt, telemetry) = super::start(&log, "switchboard-dev")?;
     // Open mode: anyone may connect, anonymously, from any page, and subscribe, publish and
     // call anything: there is nothing to protect in one process on a laptop.
     let config = GatewayConfig {
@@ -38,8 +44,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let rt = super::runtime()?;
-    rt.block_on(async move {
+    let ran = rt.block_on(async move {
         let listener = switchboard_gateway::listen(listen, config.tuning.listen_backlog)
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
@@ -83,6 +88,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         let _ = stop_tx.send(());
         let _ = worker.await;
         served
-    })?;
-    Ok(())
+    });
+    telemetry.shutdown();
+    ran.map_err(Failure::from)
 }

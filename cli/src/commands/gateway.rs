@@ -6,6 +6,7 @@ use anyhow::Context;
 use switchboard_core::auth::AuthError;
 use switchboard_gateway::{GatewayConfig, GatewayError};
 use switchboard_redis::RedisOptions;
+use switchboard_telemetry::LogArgs;
 
 use crate::Failure;
 
@@ -19,6 +20,8 @@ pub(crate) struct Args {
     redis: RedisOptions,
     #[command(flatten)]
     config: GatewayConfig,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -26,13 +29,14 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         listen,
         redis,
         config,
+        log,
     } = args;
+    let (rt, telemetry) = super::start(&log, "switchboard-gateway")?;
     config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
     super::raise_fd_limit();
-    let rt = super::runtime()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         // Inside the runtime: the Redis connections start their tasks right away.
         let backend = super::redis(&redis)?.backend();
         let listener = switchboard_gateway::listen(listen, config.tuning.listen_backlog)
@@ -42,5 +46,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             Err(GatewayError::Keys(AuthError::Settings(why))) => Err(Failure::Usage(why)),
             other => Ok(other.context("gateway failed")?),
         }
-    })
+    });
+    // The drain is over: flush the spans still queued.
+    telemetry.shutdown();
+    served
 }

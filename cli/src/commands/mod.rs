@@ -1,4 +1,4 @@
-//! The subcommands, and what they share: logging, the shutdown signal, the file-descriptor
+//! The subcommands, and what they share: logging and traces, the shutdown signal, the file-descriptor
 //! limit, the runtime, and the check for settings renamed since they took durations.
 
 pub(crate) mod dev;
@@ -8,17 +8,34 @@ pub(crate) mod publish;
 pub(crate) mod token;
 pub(crate) mod worker;
 
+use switchboard_telemetry::{LogArgs, Telemetry, TelemetryError};
+
 use crate::Failure;
 
+/// Logging for the short-lived subcommands (`publish`, `token`, `mcp-stdio`): text, no traces.
 pub(crate) fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,h2=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = switchboard_telemetry::Telemetry::init(&LogArgs::default(), None) {
+        eprintln!("switchboard: {e}");
+    }
+}
+
+/// A long-running subcommand's runtime and telemetry: the logger (`--log-format`) and, when
+/// an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, the trace exporter, started on the runtime.
+/// `service` is the default `service.name`. Call [`Telemetry::shutdown`] after the runtime's
+/// `block_on` returns: it flushes the spans still queued.
+pub(crate) fn start(
+    log: &LogArgs,
+    service: &str,
+) -> Result<(tokio::runtime::Runtime, Telemetry), Failure> {
+    let rt = runtime()?;
+    let telemetry = {
+        let _entered = rt.enter();
+        Telemetry::init(log, Some(service)).map_err(|e| match e {
+            TelemetryError::Settings(why) => Failure::Usage(why),
+            other => Failure::Runtime(other.into()),
+        })?
+    };
+    Ok((rt, telemetry))
 }
 
 /// Variables that were renamed, with what replaced them. Each old name left in a deployment

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use switchboard_redis::RedisOptions;
+use switchboard_telemetry::LogArgs;
 use switchboard_worker::tools::{builtin, command, mcp};
 use switchboard_worker::{RunError, Toolbox, WorkerConfig, WorkerMetrics};
 
@@ -27,9 +28,12 @@ pub(crate) struct Args {
     builtin: bool,
     #[command(flatten)]
     config: WorkerConfig,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    let (rt, telemetry) = super::start(&args.log, "switchboard-worker")?;
     let mut toolbox = Toolbox::new();
     if args.builtin {
         builtin::add_builtins(&mut toolbox).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -48,8 +52,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     args.config
         .validate()
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let rt = super::runtime()?;
-    rt.block_on(async move {
+    let ran = rt.block_on(async move {
         let backend = super::redis(&args.redis)?;
         // The Redis operation timings join the worker's metrics (`--admin-listen`).
         let metrics = Arc::new(WorkerMetrics::new(|r| backend.register_metrics(r)));
@@ -67,6 +70,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             Err(e @ RunError::AdminListen { .. }) => Err(Failure::Usage(e.to_string())),
             Err(e) => Err(Failure::Runtime(e.into())),
         }
-    })?;
-    Ok(())
+    });
+    // The worker is done: flush the spans still queued.
+    telemetry.shutdown();
+    ran
 }

@@ -53,6 +53,8 @@ pub(crate) use self::session::Session;
 pub(crate) use self::tasks::Tasks;
 pub(crate) use self::tools::{CallSettings, Tools};
 pub(crate) use self::topics::{TopicSettings, Topics};
+use tracing::Instrument;
+
 use crate::conns::Registration;
 use crate::limits::identity::{IdentityRates, Refusal};
 use crate::limits::{RequestRate, Verdict};
@@ -99,10 +101,21 @@ impl Methods {
             (Ok(req), Some(wait)) => req.id.map(|id| {
                 jsonrpc::encode_error(Some(id), &rate_limited("rate limited: slow down", wait))
             }),
-            (Ok(req), None) => match (
-                req.id,
-                self.route(caller, req.id, &req.method, req.params).await,
-            ) {
+            (Ok(req), None) => match (req.id, {
+                // One span per request, only with tracing on (`crate::traced`).
+                let span = crate::traced::request(
+                    self.session.sessions.node_id(),
+                    caller,
+                    &req.method,
+                    req.params,
+                );
+                let routed = self
+                    .route(caller, req.id, &req.method, req.params)
+                    .instrument(span.clone())
+                    .await;
+                crate::traced::record_caller(&span, caller);
+                routed
+            }) {
                 (None, _) => None,
                 (Some(_), Ok(reply)) => reply,
                 (Some(id), Err(e)) => Some(jsonrpc::encode_error(Some(id), &e)),

@@ -230,6 +230,7 @@ impl Session {
         caller.live = Some(live.clone());
         let mut restored = Vec::new();
         let was_resumed = record.is_some();
+        tracing::Span::current().record("resumed", was_resumed);
         if let Some(record) = record {
             restored = restore(
                 caller,

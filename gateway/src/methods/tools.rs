@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::callhash::call_hash_of;
-use switchboard_core::calls::{CapReached, OwnerCaps, Submission, Submitted};
+use switchboard_core::calls::{CapReached, OwnerCaps, Submission, Submitted, TraceContext};
 use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
 use switchboard_core::tasks::{new_task_id, session_task_id};
@@ -28,6 +28,7 @@ use switchboard_protocol::methods::tools::{
     ToolsList, ToolsListResult,
 };
 use switchboard_protocol::{ErrorCode, RpcError};
+use tracing::Instrument;
 
 use super::access::Access;
 use super::caller::Caller;
@@ -226,6 +227,13 @@ impl Tools {
             deadline_ms: now_ms() + spec.timeout_ms,
             caps: cfg.caps,
             max_result_bytes: cfg.max_result_bytes,
+            // The request's span (`crate::traced`): the worker's execution joins its trace.
+            trace: switchboard_telemetry::trace_headers(&tracing::Span::current())
+                .map(|h| TraceContext {
+                    traceparent: h.traceparent,
+                    tracestate: h.tracestate,
+                })
+                .unwrap_or_default(),
         };
         let call = PendingCall {
             outcomes: self.outcomes.clone(),
@@ -241,7 +249,9 @@ impl Tools {
             metrics: self.metrics.clone(),
             received,
         };
-        tokio::spawn(call.run(submission));
+        // The call's task stays in the request's span until the reply (a no-op span with
+        // tracing off).
+        tokio::spawn(call.run(submission).instrument(tracing::Span::current()));
         Ok(None)
     }
 }
@@ -338,6 +348,14 @@ impl PendingCall {
             return;
         }
         let mut owed_by = None;
+        let cache = match &submitted {
+            Ok(Submitted::Cached(_)) => "hit",
+            Ok(Submitted::Joined(_)) => "joined",
+            Ok(Submitted::Leader(_)) => "miss",
+            Ok(Submitted::Refused(_)) => "refused",
+            Err(_) => "unavailable",
+        };
+        tracing::Span::current().record("cache", cache);
         let reply = match submitted {
             Err(e) => {
                 tracing::warn!(error = %e, "submitting a call failed");

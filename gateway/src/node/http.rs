@@ -104,7 +104,12 @@ async fn route_plain(node: Arc<Node>, req: Request<Incoming>, peer: IpAddr) -> R
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&node),
-        (&Method::GET, "/ws") => upgrade(node, req, peer).await,
+        (&Method::GET, "/ws") => {
+            let span = crate::traced::connect(&node.config.node_id, peer);
+            let reply = upgrade(node, req, peer).instrument(span.clone()).await;
+            span.record("http.response.status_code", reply.status().as_u16());
+            reply
+        }
         (_, "/healthz" | "/readyz" | "/ws") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }

@@ -6,7 +6,7 @@
 -- KEYS: result, lease, task, queue, identity's running, identity's tasks, identity's bytes.
 -- ARGV: task id, owner, now, task ttl, poll interval, hash, tool, read cache (1/0), lease ttl,
 --       arguments, deadline, cache ttl, identity, max running, max tasks, max bytes (0: no
---       cap), max result bytes.
+--       cap), max result bytes, traceparent and tracestate (W3C trace context; empty: none).
 -- Returns {kind, value}: {"cached", result}, {"joined", leader task id}, {"leader", task id}
 -- or {"refused", "running" | "tasks" | "bytes"} (nothing written).
 local now = tonumber(ARGV[3])
@@ -68,7 +68,12 @@ last(KEYS[5], ARGV[9])
 redis.call('HSET', KEYS[2], 'task', ARGV[1], 'waiters', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
 task('working', '', '0', '')
-redis.call('XADD', KEYS[4], '*', 'task', ARGV[1], 'owner', ARGV[13], 'hash', ARGV[6],
-  'tool', ARGV[7], 'args', ARGV[10], 'deadline', ARGV[11], 'cache_ttl', ARGV[12],
-  'max_result', ARGV[17])
+local job = {'task', ARGV[1], 'owner', ARGV[13], 'hash', ARGV[6], 'tool', ARGV[7],
+  'args', ARGV[10], 'deadline', ARGV[11], 'cache_ttl', ARGV[12], 'max_result', ARGV[17]}
+-- The submitting span's trace context, only when the gateway traces.
+if ARGV[18] and ARGV[18] ~= '' then
+  table.insert(job, 'traceparent'); table.insert(job, ARGV[18])
+  if ARGV[19] ~= '' then table.insert(job, 'tracestate'); table.insert(job, ARGV[19]) end
+end
+redis.call('XADD', KEYS[4], '*', unpack(job))
 return {'leader', ARGV[1]}
