@@ -302,8 +302,11 @@ impl RedisBackend {
     /// topic bus). Idempotent.
     async fn listen(&self, channels: Vec<String>) -> Result<(), BackendError> {
         let links = self.links.clone();
-        self.bounded(Op::Subscribe, async move { links.subscribe(channels).await })
-            .await
+        self.bounded(
+            Op::Subscribe,
+            async move { links.subscribe(channels).await },
+        )
+        .await
     }
 }
 

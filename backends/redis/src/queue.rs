@@ -156,8 +156,11 @@ impl JobQueue for RedisBackend {
         // Cancellations reach every worker on the pub/sub connection.
         let links = self.links.clone();
         let channel = self.keys.cancel_channel();
-        self.bounded(Op::Queue, async move { links.subscribe(vec![channel]).await })
-            .await
+        self.bounded(
+            Op::Queue,
+            async move { links.subscribe(vec![channel]).await },
+        )
+        .await
     }
 
     async fn fetch(

@@ -44,8 +44,11 @@ impl TopicBus for RedisBackend {
         }
         let channels = self.channels(topics);
         let links = self.links.clone();
-        self.bounded(Op::Subscribe, async move { links.subscribe(channels).await })
-            .await
+        self.bounded(
+            Op::Subscribe,
+            async move { links.subscribe(channels).await },
+        )
+        .await
     }
 
     async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BackendError> {
@@ -54,7 +57,10 @@ impl TopicBus for RedisBackend {
         }
         let channels = self.channels(topics);
         let links = self.links.clone();
-        self.bounded(Op::Subscribe, async move { links.unsubscribe(channels).await })
-            .await
+        self.bounded(
+            Op::Subscribe,
+            async move { links.unsubscribe(channels).await },
+        )
+        .await
     }
 }
