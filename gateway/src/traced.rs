@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::methods::Caller;
+use crate::methods::caller::Caller;
 
 /// The part of a request's params a span wants: what it is about, and the caller's trace.
 #[derive(Deserialize, Default)]

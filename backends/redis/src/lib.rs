@@ -361,6 +361,11 @@ fn handle_push(
     }
 }
 
+/// TCP settings of every connection (STACK.md trap 8).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// A Redis string reply as text (any of RESP3's string kinds).
 fn text(v: &Value) -> Option<String> {
     match v {

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redis::io::tcp::TcpSettings;
 use redis::{
     ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo,
     TlsCertificates,
@@ -303,7 +302,7 @@ impl RedisOptions {
         };
         let info = info
             .set_redis_settings(redis_settings)
-            .set_tcp_settings(tcp_settings());
+            .set_tcp_settings(crate::tcp_settings());
         let client = match certs {
             Some(certs) if tls => redis::Client::build_with_tls(info, certs)
                 .map_err(|e| format!("--redis-ca-file / --redis-client-cert: {e}"))?,
@@ -407,11 +406,6 @@ impl RedisOptions {
 
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
-}
-
-/// TCP settings of every connection (STACK.md trap 8).
-pub(crate) fn tcp_settings() -> TcpSettings {
-    TcpSettings::default().set_nodelay(true)
 }
 
 /// What to connect to, built by [`RedisOptions::target`].

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 
-use crate::options::tcp_settings;
-
 /// What a `redis+sentinel://` URL says, after its scheme.
 #[derive(Debug, PartialEq)]
 pub(crate) struct SentinelUrl {
@@ -155,7 +153,7 @@ impl SentinelTarget {
             .into_connection_info()?
             .set_addr(addr)
             .set_redis_settings(redis)
-            .set_tcp_settings(tcp_settings());
+            .set_tcp_settings(crate::tcp_settings());
         match &self.certs {
             Some(certs) if self.tls => redis::Client::build_with_tls(info, certs.clone()),
             _ => redis::Client::open(info),

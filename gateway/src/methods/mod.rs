@@ -26,7 +26,7 @@
 //! [`Connection`] is a WebSocket's [`Handler`]: the reader hands it each message.
 
 mod access;
-mod caller;
+pub(crate) mod caller;
 mod encode;
 mod offers;
 mod session;
