@@ -333,11 +333,31 @@ impl Metrics {
         }
     }
 
-    /// Counts a close frame sent with `code`.
+    /// Counts a close frame sent with `code`. A code the gateway itself never sends is a
+    /// client's own, echoed back: counted as `peer`, so clients cannot add label values.
     pub(crate) fn closed(&self, code: u16) {
-        self.closes
-            .get_or_create(&[("code", Cow::Owned(code.to_string()))])
-            .inc();
+        use switchboard_protocol::close;
+        const OWN: [u16; 14] = [
+            close::NORMAL,
+            close::PROTOCOL_ERROR,
+            close::UNSUPPORTED_DATA,
+            close::INVALID_PAYLOAD,
+            close::POLICY,
+            close::TOO_BIG,
+            close::INTERNAL,
+            close::RESTARTING,
+            close::TRY_AGAIN_LATER,
+            close::HELLO_TIMEOUT,
+            close::HEARTBEAT_TIMEOUT,
+            close::SLOW_CONSUMER,
+            close::TAKEN_OVER,
+            close::RATE_LIMITED,
+        ];
+        let label = match OWN.contains(&code) {
+            true => Cow::Owned(code.to_string()),
+            false => Cow::Borrowed("peer"),
+        };
+        self.closes.get_or_create(&[("code", label)]).inc();
     }
 
     /// Counts a refused token.
@@ -358,5 +378,29 @@ impl Metrics {
             s(self);
         }
         switchboard_core::metrics::render(&self.registry, format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_a_client_chose_share_one_label() {
+        let m = Metrics::new();
+        m.closed(switchboard_protocol::close::SLOW_CONSUMER);
+        // A client's own codes, echoed back: one `peer` series, however many codes.
+        m.closed(3999);
+        m.closed(4321);
+        let page = m.render(Format::Text);
+        assert!(
+            page.contains(r#"switchboard_closes_total{code="4008"} 1"#),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"switchboard_closes_total{code="peer"} 2"#),
+            "{page}"
+        );
+        assert!(!page.contains("3999") && !page.contains("4321"), "{page}");
     }
 }

@@ -31,10 +31,21 @@ pub(crate) struct CatalogTool {
     /// `spec.digest()` and `spec.queue_id()`, computed once: every call needs them.
     pub(crate) digest: String,
     pub(crate) queue: String,
+    /// Offered by a client's socket (`tools/register`), not announced by a worker.
+    offered: bool,
     validator: jsonschema::Validator,
 }
 
 impl CatalogTool {
+    /// The tool's `tool` label in the metrics: its name for a worker's tool, `(client)` for
+    /// one a client offers (clients choose those names: they must not add label values).
+    pub(crate) fn metric_label(&self) -> &str {
+        match self.offered {
+            true => "(client)",
+            false => &self.spec.name,
+        }
+    }
+
     /// Checks arguments against the tool's input schema; the error says why.
     pub(crate) fn check(&self, arguments: &serde_json::Value) -> Result<(), String> {
         self.validator.validate(arguments).map_err(|e| {
@@ -89,6 +100,7 @@ fn build(mut workers: Vec<WorkerAnnouncement>) -> Catalog {
                             spec,
                             digest,
                             queue,
+                            offered: w.client,
                             validator,
                         }),
                     );

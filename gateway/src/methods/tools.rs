@@ -112,9 +112,9 @@ impl Tools {
         let Some(named) = raw.and_then(|r| serde_json::from_str::<Named<'_>>(r.get()).ok()) else {
             return;
         };
-        if self.catalog.get().tools.contains_key(named.name.as_ref()) {
+        if let Some(tool) = self.catalog.get().tools.get(named.name.as_ref()) {
             self.metrics
-                .call_ended(&named.name, CallOutcome::Rejected, None);
+                .call_ended(tool.metric_label(), CallOutcome::Rejected, None);
         }
     }
 
@@ -144,9 +144,9 @@ impl Tools {
         // Before the lookup: a refusal says nothing about whether the tool exists (the
         // metrics, for the operator, name only tools that do).
         if let Err(e) = self.access.tool(caller, &p.name) {
-            if catalog.tools.contains_key(&p.name) {
+            if let Some(tool) = catalog.tools.get(&p.name) {
                 self.metrics
-                    .call_ended(&p.name, CallOutcome::Rejected, None);
+                    .call_ended(tool.metric_label(), CallOutcome::Rejected, None);
             }
             return Err(e);
         }
@@ -204,7 +204,7 @@ impl Tools {
         };
         if let Err(e) = caller.calls.track(&request_key, &task_id, cfg.max_inflight) {
             self.metrics
-                .call_ended(&spec.name, CallOutcome::Rejected, None);
+                .call_ended(tool.metric_label(), CallOutcome::Rejected, None);
             return Err(e);
         }
         let owner = caller.owner().to_owned();
@@ -247,6 +247,7 @@ impl Tools {
             progress_token,
             task_mode: p.task.is_some(),
             metrics: self.metrics.clone(),
+            metric_label: tool.metric_label().to_owned(),
             received,
         };
         // The call's task stays in the request's span until the reply (a no-op span with
@@ -285,6 +286,8 @@ struct PendingCall {
     progress_token: Option<Value>,
     task_mode: bool,
     metrics: Arc<Metrics>,
+    /// The call's `tool` label (`CatalogTool::metric_label`).
+    metric_label: String,
     /// When the node received the call.
     received: tokio::time::Instant,
 }
@@ -318,10 +321,9 @@ fn waited_outcome(reply: &Result<CallResult, RpcError>) -> CallOutcome {
 impl PendingCall {
     async fn run(self, submission: Submission) {
         let _in_flight = InFlightGauge::new(&self.metrics);
-        let tool = submission.tool.name.clone();
         let ended = |outcome: CallOutcome| {
             self.metrics
-                .call_ended(&tool, outcome, Some(self.received.elapsed()));
+                .call_ended(&self.metric_label, outcome, Some(self.received.elapsed()));
         };
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(submission.deadline_ms.saturating_sub(now_ms()))
