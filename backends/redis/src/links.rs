@@ -4,12 +4,13 @@
 //! task asks the Sentinels every `--redis-sentinel-poll` and at once when a command fails with a
 //! connection error, a timeout or `READONLY` (a demoted primary). When they name another node
 //! that answers `ROLE` as a primary, a new trio is built for it, every pub/sub channel is
-//! subscribed on it, and it replaces the old one, which is dropped (so a demoted primary's
-//! replicated messages are not delivered twice). The topic sink hears of the switch as of a
+//! subscribed on it, and it replaces the old one, which is dropped; only the current trio's
+//! pushes reach the sinks (so a demoted primary's replicated messages are not delivered twice). The topic sink hears of the switch as of a
 //! pub/sub disconnection: messages published meanwhile may be lost.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ use crate::sentinel::SentinelTarget;
 /// The least time between two questions to the Sentinels, however many commands fail.
 const MIN_RESOLVE_GAP: Duration = Duration::from_millis(100);
 
+/// How many times a (un)subscribe is sent again because the primary changed while it ran, or a
+/// switch subscribes the channels that changed meanwhile.
+const RESUBSCRIBE_ATTEMPTS: usize = 3;
+
 /// What the pub/sub connection's pushes go to.
 pub(crate) type OnPush = Arc<dyn Fn(PushInfo) + Send + Sync>;
 
@@ -30,6 +35,9 @@ struct Trio {
     commands: ConnectionManager,
     pubsub: ConnectionManager,
     blocking: ConnectionManager,
+    /// Whether this trio is the current one: only its pub/sub pushes reach the sinks, so the
+    /// two pub/sub connections open during a switch never deliver a message twice.
+    live: Arc<AtomicBool>,
 }
 
 impl Trio {
@@ -45,9 +53,13 @@ impl Trio {
             client.clone(),
             base.clone().set_response_timeout(None),
         )?;
+        let live = Arc::new(AtomicBool::new(false));
         let on_push = on_push.clone();
+        let pushing = live.clone();
         let sender = move |info: PushInfo| -> Result<(), Infallible> {
-            on_push(info);
+            if pushing.load(Ordering::Acquire) {
+                on_push(info);
+            }
             Ok(())
         };
         let pubsub = ConnectionManager::new_lazy_with_config(
@@ -61,6 +73,7 @@ impl Trio {
             commands,
             pubsub,
             blocking,
+            live,
         })
     }
 }
@@ -92,6 +105,7 @@ impl Links {
     ) -> redis::RedisResult<Arc<Links>> {
         let addr = client.get_connection_info().addr().to_string();
         let trio = Trio::new(addr, client, base, on_push)?;
+        trio.live.store(true, Ordering::Release);
         Ok(Arc::new(Links {
             current: RwLock::new(Some(Arc::new(trio))),
             channels: Mutex::new(HashSet::new()),
@@ -142,10 +156,7 @@ impl Links {
             let mut set = self.channels.lock().unwrap_or_else(|e| e.into_inner());
             set.extend(channels.iter().cloned());
         }
-        match self.conn(Role::PubSub).inner {
-            Some(mut c) => c.subscribe(channels).await,
-            None => Err(no_primary()),
-        }
+        self.on_pubsub(channels, true).await
     }
 
     pub(crate) async fn unsubscribe(&self, channels: Vec<String>) -> redis::RedisResult<()> {
@@ -155,10 +166,31 @@ impl Links {
                 set.remove(c);
             }
         }
-        match self.conn(Role::PubSub).inner {
-            Some(mut c) => c.unsubscribe(channels).await,
-            // Nothing is subscribed anywhere yet.
-            None => Ok(()),
+        self.on_pubsub(channels, false).await
+    }
+
+    /// Sends a (un)subscribe on the current pub/sub connection, and again on the new one if
+    /// the primary changed while it ran (it went to the old one).
+    async fn on_pubsub(&self, channels: Vec<String>, subscribe: bool) -> redis::RedisResult<()> {
+        let mut attempts = 0;
+        loop {
+            let Some(trio) = self.trio() else {
+                // Nothing is subscribed anywhere yet.
+                return match subscribe {
+                    true => Err(no_primary()),
+                    false => Ok(()),
+                };
+            };
+            let mut conn = trio.pubsub.clone();
+            let result = match subscribe {
+                true => conn.subscribe(channels.clone()).await,
+                false => conn.unsubscribe(channels.clone()).await,
+            };
+            attempts += 1;
+            let moved = self.trio().is_some_and(|now| !Arc::ptr_eq(&now, &trio));
+            if !moved || attempts >= RESUBSCRIBE_ATTEMPTS {
+                return result;
+            }
         }
     }
 
@@ -324,24 +356,49 @@ async fn switch(
         return Ok(());
     };
     let mut pubsub = trio.pubsub.clone();
-    let channels = l.channels();
-    if !channels.is_empty() {
-        tokio::time::timeout(bound, pubsub.subscribe(channels))
-            .await
-            .map_err(|_| format!("{addr}: SUBSCRIBE timed out"))?
-            .map_err(|e| format!("{addr}: {e}"))?;
+    let before: HashSet<String> = l.channels().into_iter().collect();
+    if !before.is_empty() {
+        tokio::time::timeout(
+            bound,
+            pubsub.subscribe(before.iter().cloned().collect::<Vec<_>>()),
+        )
+        .await
+        .map_err(|_| format!("{addr}: SUBSCRIBE timed out"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
     }
-    let old = l
-        .current
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .replace(Arc::new(trio));
-    // Channels subscribed while this switch ran went to the old primary: again here.
-    let channels = l.channels();
-    if !channels.is_empty()
-        && let Err(e) = tokio::time::timeout(bound, pubsub.subscribe(channels)).await
-    {
-        tracing::warn!(error = %e, "Redis Sentinel: subscribing again on the new primary");
+    let trio = Arc::new(trio);
+    let old = {
+        let mut current = l.current.write().unwrap_or_else(|e| e.into_inner());
+        // From here only the new connection's messages reach the sinks.
+        if let Some(old) = current.as_ref() {
+            old.live.store(false, Ordering::Release);
+        }
+        trio.live.store(true, Ordering::Release);
+        current.replace(trio)
+    };
+    // Channels (un)subscribed while this switch ran went to the old primary: do the same here.
+    for attempt in 1..=RESUBSCRIBE_ATTEMPTS {
+        let now: HashSet<String> = l.channels().into_iter().collect();
+        let added: Vec<String> = now.difference(&before).cloned().collect();
+        let removed: Vec<String> = before.difference(&now).cloned().collect();
+        let done = async {
+            if !added.is_empty() {
+                pubsub.subscribe(added).await?;
+            }
+            if !removed.is_empty() {
+                pubsub.unsubscribe(removed).await?;
+            }
+            Ok::<(), RedisError>(())
+        };
+        match tokio::time::timeout(bound, done).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(%attempt, error = %e, "Redis Sentinel: (un)subscribing on the new primary")
+            }
+            Err(_) => {
+                tracing::warn!(%attempt, "Redis Sentinel: (un)subscribing on the new primary timed out")
+            }
+        }
     }
     match old {
         Some(old) => {
