@@ -30,26 +30,29 @@ pub enum Format {
 }
 
 impl Format {
-    /// OpenMetrics when the `Accept` header lists `application/openmetrics-text` (with a
-    /// quality above 0), the text format otherwise (no header, `*/*`, `text/plain`, ...).
+    /// OpenMetrics when the `Accept` header lists `application/openmetrics-text` with a
+    /// quality above 0 and at least that of the text format's best range (`text/plain`,
+    /// `text/*`, `*/*`); the text format otherwise (no header, `*/*`, `text/plain`, ...).
     pub fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else {
             return Format::Text;
         };
-        let wants_openmetrics = accept.split(',').any(|range| {
+        let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+        for range in accept.split(',') {
             let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("");
-            if !media.eq_ignore_ascii_case("application/openmetrics-text") {
-                return false;
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok())
+                .unwrap_or(0.0)
+                .clamp(0.0, 1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
             }
-            // `q=0` means "not acceptable".
-            !parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            })
-        });
-        if wants_openmetrics {
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
             Format::OpenMetrics
         } else {
             Format::Text
@@ -101,9 +104,24 @@ mod tests {
         );
         assert_eq!(
             Format::negotiate(Some(
-                "text/plain;version=0.0.4, Application/OpenMetrics-Text; q=0.3"
+                "text/plain;version=0.0.4;q=0.2, Application/OpenMetrics-Text; q=0.3"
             )),
             Format::OpenMetrics
+        );
+        // A client that prefers the text format gets it, even if it could read OpenMetrics.
+        assert_eq!(
+            Format::negotiate(Some(
+                "text/plain;version=0.0.4, application/openmetrics-text;q=0.3"
+            )),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0.1, */*;q=1")),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=bad")),
+            Format::Text
         );
         assert_eq!(
             Format::negotiate(Some("application/openmetrics-text; q=0, text/plain")),
