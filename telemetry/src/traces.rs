@@ -63,9 +63,43 @@ fn var(name: &str) -> Option<String> {
 
 /// The endpoint, for the start-up log line.
 pub(crate) fn endpoint_for_log() -> String {
-    var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    without_credentials(&endpoint)
+}
+
+/// `endpoint` without what may be a credential: the user part and the query (a collector's
+/// key is sometimes put there; `OTEL_EXPORTER_OTLP_HEADERS` is the place for it).
+fn without_credentials(endpoint: &str) -> String {
+    let endpoint = endpoint.split(['?', '#']).next().unwrap_or_default();
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => endpoint.to_owned(),
+            }
+        }
+        None => endpoint.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::without_credentials;
+
+    #[test]
+    fn logged_endpoints_lose_user_parts_and_queries() {
+        assert_eq!(
+            without_credentials("https://user:key@otlp.example.com:4318/v1/traces?api_key=k"),
+            "https://***@otlp.example.com:4318/v1/traces"
+        );
+        assert_eq!(
+            without_credentials("http://collector:4318"),
+            "http://collector:4318"
+        );
+    }
 }
 
 impl Settings {

@@ -92,8 +92,29 @@ impl std::str::FromStr for RedisUrl {
     }
 }
 
-/// `scheme://user:pw@rest` -> `scheme://user:***@rest`; anything else unchanged.
+/// `scheme://user:pw@rest` -> `scheme://user:***@rest`, and a `pass=` / `password=` query
+/// parameter's value -> `***`; anything else unchanged.
 fn redact_url(url: &str) -> String {
+    let url = redact_userinfo(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _))
+                if key.eq_ignore_ascii_case("pass") || key.eq_ignore_ascii_case("password") =>
+            {
+                format!("{key}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+/// The user part of [`redact_url`].
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -443,6 +464,10 @@ mod tests {
         assert_eq!(
             redact_url("redis+sentinel://u:pw@a:1,b:2/m"),
             "redis+sentinel://u:***@a:1,b:2/m"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///tmp/r.sock?db=1&pass=hunter2"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***"
         );
         let opts = RedisOptions::new("redis://u:hunter2@h:1");
         assert!(!format!("{opts:?}").contains("hunter2"));

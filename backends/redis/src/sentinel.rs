@@ -27,11 +27,13 @@ const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// and password are decoded. Errors never quote the password.
 pub(crate) fn parse_url(rest: &str) -> Result<SentinelUrl, String> {
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-        None => (None, authority),
+    // The user part first (up to the last `@`): a password with a `/` left unescaped must not
+    // be taken for a host or a path, which errors would quote.
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
     };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (username, password) = match userinfo {
         None => (None, None),
         Some(u) => {
@@ -282,5 +284,9 @@ mod tests {
         assert!(parse_url("a:x/m").is_err());
         let err = parse_url("u:secret%zz@a:1/m").unwrap_err();
         assert!(!err.contains("secret"));
+        // An unescaped `/` in the password is still the password's, never quoted as a host.
+        let u = parse_url("u:se/cret@a:1/m").unwrap();
+        assert_eq!(u.password.as_ref().map(|p| p.expose()), Some("se/cret"));
+        assert_eq!(u.sentinels, vec![("a".into(), 1)]);
     }
 }
