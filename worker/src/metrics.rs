@@ -175,13 +175,22 @@ impl WorkerMetrics {
         self.dead_letters.get_or_create(&Self::tool(tool)).inc();
     }
 
-    /// A sampled depth of `tool`'s queue.
-    pub fn queue_depth(&self, tool: &str, lag: u64, pending: u64) {
+    /// A sampled depth of `tool`'s queue; a lag Redis could not tell (`None`) keeps the last
+    /// one sampled (an unknown lag is not an empty queue).
+    pub fn queue_depth(&self, tool: &str, lag: Option<u64>, pending: u64) {
         let l = Self::tool(tool);
-        self.queue_lag.get_or_create(&l).set(lag as i64);
+        let lag_gauge = self.queue_lag.get_or_create(&l);
+        let lag = match lag {
+            Some(lag) => {
+                lag_gauge.set(i64::try_from(lag).unwrap_or(i64::MAX));
+                lag
+            }
+            None => u64::try_from(lag_gauge.get()).unwrap_or(0),
+        };
+        drop(lag_gauge);
         self.queue_pending
             .get_or_create(&l)
-            .set(lag.saturating_add(pending) as i64);
+            .set(i64::try_from(lag.saturating_add(pending)).unwrap_or(i64::MAX));
     }
 
     /// Whether the last announcement reached the backend.

@@ -477,7 +477,7 @@ fn group_depth(groups: &Value) -> Option<QueueDepth> {
         };
         return Some(QueueDepth {
             // `lag` is nil when Redis cannot tell (after deletions in the middle of the stream).
-            lag: int(field("lag")).unwrap_or(0),
+            lag: int(field("lag")),
             pending: int(field("pending")).unwrap_or(0),
         });
     }
@@ -503,7 +503,13 @@ mod tests {
             group("other", 9, Value::Int(9)),
             group(WORKER_GROUP, 3, Value::Int(4)),
         ]);
-        assert_eq!(group_depth(&reply), Some(QueueDepth { lag: 4, pending: 3 }));
+        assert_eq!(
+            group_depth(&reply),
+            Some(QueueDepth {
+                lag: Some(4),
+                pending: 3
+            })
+        );
         // RESP2's flat arrays, and a lag Redis cannot tell.
         let flat = Value::Array(vec![Value::Array(vec![
             s("name"),
@@ -513,7 +519,13 @@ mod tests {
             s("lag"),
             Value::Nil,
         ])]);
-        assert_eq!(group_depth(&flat), Some(QueueDepth { lag: 0, pending: 1 }));
+        assert_eq!(
+            group_depth(&flat),
+            Some(QueueDepth {
+                lag: None,
+                pending: 1
+            })
+        );
         assert_eq!(group_depth(&Value::Array(vec![])), None);
     }
 

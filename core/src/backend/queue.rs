@@ -73,8 +73,9 @@ pub trait JobQueue: Send + Sync + 'static {
 /// A tool queue's depth, sampled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
-    /// Jobs not delivered to any worker yet.
-    pub lag: u64,
+    /// Jobs not delivered to any worker yet; `None` when Redis cannot tell (after deletions
+    /// in the middle of the stream).
+    pub lag: Option<u64>,
     /// Jobs delivered to a worker and not finished.
     pub pending: u64,
 }
