@@ -408,6 +408,25 @@ impl Drop for RedisServer {
 // ---------------------------------------------------------------------------------------------
 // Gateways
 
+/// Runs `switchboard publish ARGS...` (with no `SWITCHBOARD_REDIS` from the environment) and
+/// asserts it succeeded, as a backend publishing from the command line would; returns what it
+/// printed.
+pub async fn publish_cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(switchboard_bin())
+        .arg("publish")
+        .args(args)
+        .env_remove("SWITCHBOARD_REDIS")
+        .output()
+        .await
+        .expect("run switchboard publish");
+    assert!(
+        out.status.success(),
+        "switchboard publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `switchboard` binary, built next to the test executables.
 pub fn switchboard_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

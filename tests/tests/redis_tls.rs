@@ -88,19 +88,16 @@ async fn gateway_worker_and_publish_over_tls() {
     echo(&mut on_b, 7).await;
 
     // `switchboard publish` takes the same flags and connects the same way.
-    let out = tokio::process::Command::new(switchboard_harness::switchboard_bin())
-        .args(["publish", "--redis", &redis.url(), "--redis-ca-file", &ca])
-        .args(["room:tls", r#"{"from":"cli"}"#])
-        .env_remove("SWITCHBOARD_REDIS")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 gateway node(s)"));
+    let out = switchboard_harness::publish_cli(&[
+        "--redis",
+        &redis.url(),
+        "--redis-ca-file",
+        &ca,
+        "room:tls",
+        r#"{"from":"cli"}"#,
+    ])
+    .await;
+    assert!(out.contains("1 gateway node(s)"), "{out}");
     assert_eq!(on_a.next_event().await["data"], json!({"from": "cli"}));
 }
 

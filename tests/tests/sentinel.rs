@@ -24,17 +24,21 @@ async fn client(g: &GatewayProcess) -> WsClient {
     c
 }
 
+/// The nodes' flags in these tests: the registry and call polls quick, the Sentinels asked
+/// twice a second.
+const NODE_FLAGS: [&str; 6] = [
+    "--registry-interval",
+    "200ms",
+    "--call-poll",
+    "200ms",
+    "--redis-sentinel-poll",
+    "500ms",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_stay_and_calls_resume_across_a_failover() {
     let mut set = SentinelSet::start().await;
-    let flags = [
-        "--registry-interval",
-        "200ms",
-        "--call-poll",
-        "200ms",
-        "--redis-sentinel-poll",
-        "500ms",
-    ];
+    let flags = NODE_FLAGS;
     let g = GatewayProcess::start(&set.url(), "gw-a", &flags).await;
     let _w = WorkerProcess::spawn_url(
         &set.url(),
@@ -150,14 +154,7 @@ async fn live_again(sub: &mut WsClient, pubr: &mut WsClient, topic: &str) -> i64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_failover_moves_the_nodes_and_delivers_once() {
     let set = SentinelSet::start().await;
-    let flags = [
-        "--registry-interval",
-        "200ms",
-        "--call-poll",
-        "200ms",
-        "--redis-sentinel-poll",
-        "500ms",
-    ];
+    let flags = NODE_FLAGS;
     let g = GatewayProcess::start(&set.url(), "gw-a", &flags).await;
     // The worker's list starts with a Sentinel that is not there: the next one answers.
     let url = format!(
@@ -218,23 +215,7 @@ async fn a_graceful_failover_moves_the_nodes_and_delivers_once() {
     );
 
     // `switchboard publish` finds the primary through the Sentinel too.
-    let out = tokio::process::Command::new(switchboard_harness::switchboard_bin())
-        .args([
-            "publish",
-            "--redis",
-            &set.url(),
-            "room:2",
-            r#"{"from":"cli"}"#,
-        ])
-        .env_remove("SWITCHBOARD_REDIS")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    switchboard_harness::publish_cli(&["--redis", &set.url(), "room:2", r#"{"from":"cli"}"#]).await;
     assert_eq!(sub.next_event().await["data"], json!({"from": "cli"}));
 
     pubr.wait_for_tool("echo").await;
