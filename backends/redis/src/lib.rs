@@ -42,6 +42,7 @@ mod queue;
 mod rates;
 mod sentinel;
 mod sessions;
+mod slots;
 mod topics;
 
 use std::sync::atomic::{AtomicU64, Ordering};
