@@ -32,6 +32,8 @@ struct Lease {
 pub(crate) struct CallState {
     workers: HashMap<String, WorkerAnnouncement>,
     tasks: HashMap<String, TaskRecord>,
+    /// Other names of tasks (`Submission::alias`): alias -> task id.
+    aliases: HashMap<String, String>,
     results: HashMap<String, (String, u64)>,
     leases: HashMap<String, Lease>,
     queues: HashMap<String, VecDeque<Job>>,
@@ -89,6 +91,8 @@ impl CallState {
 
     fn sweep(&mut self, now: u64) {
         self.tasks.retain(|_, t| live(t, now));
+        let tasks = &self.tasks;
+        self.aliases.retain(|_, id| tasks.contains_key(id));
         self.results.retain(|_, (_, exp)| *exp > now);
         self.leases.retain(|_, l| l.expires_at_ms > now);
         for held in self.identities.values_mut() {
@@ -175,6 +179,11 @@ impl CallState {
 
     pub(crate) fn task(&mut self, task_id: &str) -> Option<TaskRecord> {
         let now = now_ms();
+        let task_id = match self.aliases.get(task_id) {
+            Some(id) if !self.tasks.contains_key(task_id) => id.clone(),
+            _ => task_id.to_owned(),
+        };
+        let task_id = task_id.as_str();
         match self.tasks.get(task_id) {
             Some(t) if live(t, now) => Some(t.clone()),
             Some(_) => {
@@ -310,7 +319,14 @@ impl CallPlane for MemoryBackend {
     }
 
     async fn submit(&self, s: &Submission) -> Result<Submitted, BackendError> {
-        let (submitted, queued) = self.calls().submit(s);
+        let (submitted, queued) = {
+            let mut calls = self.calls();
+            let (submitted, queued) = calls.submit(s);
+            if let (Some(alias), Some(r)) = (&s.alias, submitted.record()) {
+                calls.aliases.insert(alias.clone(), r.task_id.clone());
+            }
+            (submitted, queued)
+        };
         if queued {
             self.job_queued.notify_waiters();
         }
