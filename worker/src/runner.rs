@@ -348,9 +348,10 @@ impl Worker {
                     Ok(()) => prepared.lock().expect("poisoned").extend(new),
                     Err(e) => {
                         tracing::warn!(error = %e, queues = ?new, "cannot prepare new tool queues; retrying");
-                        let prepared = prepared.lock().expect("poisoned");
-                        queues.retain(|q| prepared.contains(q));
-                        drop(prepared);
+                        {
+                            let prepared = prepared.lock().expect("poisoned");
+                            queues.retain(|q| prepared.contains(q));
+                        }
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                 }
