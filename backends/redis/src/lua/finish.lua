@@ -5,14 +5,14 @@
 -- undo `submit_call.lua` when the job could not be queued. Then the worker settles the
 -- identity (`identity_settle.lua`, with the bytes returned here) and acknowledges and deletes
 -- the job (`XACK` + `XDEL`, the queue's slot).
--- KEYS: task, result, lease.
+-- KEYS: result, lease, task (as `submit_call.lua`).
 -- ARGV: task id, status, message, result, now, cache ttl, done channel.
 -- Returns the bytes of the result the task holds now (0: none; a task cancelled or gone).
-if redis.call('HGET', KEYS[1], 'status') == 'working' then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated', ARGV[5], 'result', ARGV[4])
-  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'message', ARGV[3]) end
+if redis.call('HGET', KEYS[3], 'status') == 'working' then
+  redis.call('HSET', KEYS[3], 'status', ARGV[2], 'updated', ARGV[5], 'result', ARGV[4])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'message', ARGV[3]) end
 end
-if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[6]) end
-if redis.call('HGET', KEYS[3], 'task') == ARGV[1] then redis.call('DEL', KEYS[3]) end
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[6]) end
+if redis.call('HGET', KEYS[2], 'task') == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('PUBLISH', ARGV[7], ARGV[1])
-return redis.call('HSTRLEN', KEYS[1], 'result')
+return redis.call('HSTRLEN', KEYS[3], 'result')
