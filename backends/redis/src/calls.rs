@@ -283,9 +283,18 @@ impl CallPlane for RedisBackend {
             .arg(s.caps.max_tasks)
             .arg(s.caps.max_task_bytes);
         let mut conn = self.commands();
-        let (kind, value): (String, String) = self
-            .bounded(Op::Calls, async move { inv.invoke_async(&mut conn).await })
-            .await?;
+        let identity_step =
+            self.bounded(Op::Calls, async move { inv.invoke_async(&mut conn).await });
+        // A session call's alias goes along (its own slot, pipelined with step 1): the sooner
+        // it is there, the sooner a cancel sent to another node finds the call. An alias of a
+        // call refused or failed names no task, which reads as none.
+        let alias = async {
+            if let Some(alias) = &s.alias {
+                self.write_alias(alias, &s.task_id, s.task_ttl_ms).await;
+            }
+        };
+        let (identity_step, ()) = tokio::join!(identity_step, alias);
+        let (kind, value): (String, String) = identity_step?;
         if kind == "refused" {
             return Ok(Submitted::Refused(refusal(&value)?));
         }
@@ -314,9 +323,6 @@ impl CallPlane for RedisBackend {
             // 4. Nothing was written on the call's slot: the task reservation goes.
             self.settle_after_submit(s, true, 0).await;
             return Ok(Submitted::Refused(refusal(&value)?));
-        }
-        if let Some(alias) = &s.alias {
-            self.write_alias(alias, &s.task_id, s.task_ttl_ms).await;
         }
         let mut record = s.new_task(now);
         Ok(match kind.as_str() {
