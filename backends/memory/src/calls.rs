@@ -345,3 +345,52 @@ impl CallPlane for MemoryBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use switchboard_core::calls::{OwnerCaps, TraceContext};
+    use switchboard_core::tasks::{session_task_id, tagged_task_id};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_calls_alias_finds_its_task() {
+        let backend = MemoryBackend::new();
+        let hash = "ab".repeat(32);
+        let name = session_task_id("s1", "7");
+        let s = Submission {
+            tool: serde_json::from_value(json!({
+                "name": "echo", "inputSchema": {"type": "object"}, "timeoutMs": 1000,
+            }))
+            .unwrap(),
+            queue: "echo@q".into(),
+            arguments: json!({}),
+            call_hash: hash.clone(),
+            task_id: tagged_task_id(&hash, &name),
+            alias: Some(name.clone()),
+            owner: "alice".into(),
+            identity: "alice".into(),
+            read_cache: true,
+            cache_ttl_ms: 0,
+            task_ttl_ms: 60_000,
+            poll_interval_ms: 100,
+            deadline_ms: now_ms() + 1000,
+            caps: OwnerCaps::default(),
+            max_result_bytes: 1024,
+            trace: TraceContext::default(),
+        };
+        assert!(matches!(
+            backend.submit(&s).await.unwrap(),
+            Submitted::Leader(_)
+        ));
+        let by_alias = backend
+            .task(&name)
+            .await
+            .unwrap()
+            .expect("found by its alias");
+        assert_eq!(by_alias.task_id, s.task_id);
+        assert!(backend.task(&s.task_id).await.unwrap().is_some());
+        assert!(backend.task("nothing").await.unwrap().is_none());
+    }
+}
