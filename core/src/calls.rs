@@ -20,8 +20,12 @@ pub struct Submission {
     pub queue: String,
     pub arguments: Value,
     pub call_hash: String,
-    /// The caller's new task id.
+    /// The caller's new task id (`crate::tasks::new_task_id`: it carries the call's tag).
     pub task_id: String,
+    /// Another name the task is found by (`TaskRecord` reads with it answer the task): the
+    /// MCP session-derived name of the request (`crate::tasks::session_task_id`), which a node
+    /// that never saw the call can compute. `None`: the id only.
+    pub alias: Option<String>,
     pub owner: String,
     /// Who the caps and the workers' fair shares count against: the owner, or for an anonymous
     /// caller `anonymous@<its address>` (anonymous callers are told apart by address only).

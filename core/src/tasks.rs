@@ -111,15 +111,42 @@ impl TaskRecord {
     }
 }
 
-/// A new task id: 128 random bits, hex.
-pub fn new_task_id() -> String {
-    crate::encoding::random_id()
+/// Hex digits of the call hash that make a call's hash tag ([`call_tag`]).
+pub const CALL_TAG_LEN: usize = 16;
+
+/// The hash tag every key of one call shares (its result, its lease, the tasks of all its
+/// callers): the first [`CALL_TAG_LEN`] hex digits of the call hash (64 bits: two different
+/// calls share a slot by chance only, never a key). A shorter hash is its own tag.
+pub fn call_tag(call_hash: &str) -> &str {
+    call_hash.get(..CALL_TAG_LEN).unwrap_or(call_hash)
 }
 
-/// The task id of request `raw_id` (its id as JSON text) in the MCP session `session`: derived
+/// A task id that carries its call's tag: `<call tag>.<name>`, so a backend builds the task's
+/// key in the call's slot from the id alone (see [`task_tag`]).
+pub fn tagged_task_id(call_hash: &str, name: &str) -> String {
+    format!("{}.{name}", call_tag(call_hash))
+}
+
+/// A new task id for a call with this hash: `<call tag>.<128 random bits, hex>`.
+pub fn new_task_id(call_hash: &str) -> String {
+    tagged_task_id(call_hash, &crate::encoding::random_id())
+}
+
+/// The call tag a task id carries and the rest of it, if it has the form [`tagged_task_id`]
+/// makes (exactly [`CALL_TAG_LEN`] lowercase hex digits, a `.`, and something); `None` for an
+/// id issued before task ids carried tags (plain hex) or any other string a client sends.
+pub fn task_tag(task_id: &str) -> Option<(&str, &str)> {
+    let (tag, rest) = task_id.split_once('.')?;
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    (tag.len() == CALL_TAG_LEN && tag.bytes().all(hex) && !rest.is_empty()).then_some((tag, rest))
+}
+
+/// The *name* of request `raw_id` (its id as JSON text) in the MCP session `session`: derived
 /// rather than drawn, so that a `notifications/cancelled` for the request, sent to any node,
 /// finds the call (MCP request ids are unique within a session, so these are too). 128 bits of
-/// SHA-256, hex, like [`new_task_id`].
+/// SHA-256, hex. The call's task id is [`tagged_task_id`] of it (which needs the call hash);
+/// the backend keeps this name as an alias of that id (`Submission::alias`), so the name alone
+/// finds the task.
 pub fn session_task_id(session: &str, raw_id: &str) -> String {
     use sha2::{Digest, Sha256};
     // `7`, `7 ` and `"a"` as any client writes them: one id each.
@@ -137,6 +164,26 @@ pub fn session_task_id(session: &str, raw_id: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn task_ids_carry_their_calls_tag() {
+        let hash = "0123456789abcdef".repeat(4);
+        let id = new_task_id(&hash);
+        assert_eq!(id.len(), CALL_TAG_LEN + 1 + 32);
+        assert_eq!(
+            task_tag(&id),
+            Some(("0123456789abcdef", &id[CALL_TAG_LEN + 1..]))
+        );
+        assert_ne!(id, new_task_id(&hash));
+        assert_eq!(tagged_task_id(&hash, "x"), "0123456789abcdef.x".to_owned());
+        // Ids from before the tags, and anything else, carry none.
+        assert_eq!(task_tag(&crate::encoding::random_id()), None);
+        assert_eq!(task_tag("0123456789ABCDEF.x"), None);
+        assert_eq!(task_tag("0123456789abcdef."), None);
+        assert_eq!(task_tag("0123456789abcde.x"), None);
+        assert_eq!(task_tag("t1"), None);
+        assert_eq!(call_tag("ab"), "ab");
+    }
 
     #[test]
     fn session_task_ids_are_per_session_and_request() {

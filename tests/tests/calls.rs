@@ -1,6 +1,8 @@
 //! Tool calls across real processes: two gateways and two workers on one Redis. The cache and
 //! coalescing span nodes, a worker killed mid-call loses nothing, a poison job is dead-lettered,
-//! cancellation kills a command tool's process, and command tools fail cleanly.
+//! cancellation kills a command tool's process, and command tools fail cleanly; a job whose
+//! worker wrote the outcome and died before acknowledging it is acknowledged by the worker that
+//! takes it over, without running the tool again.
 
 use std::path::PathBuf;
 
@@ -372,5 +374,136 @@ async fn a_dead_workers_tools_leave_the_list() {
         c.take_notification("notifications/tools/list_changed")
             .is_some(),
         "no tools/list_changed notification"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_finished_but_not_acknowledged_is_not_run_again() {
+    let redis = RedisServer::start().await;
+    // A worker makes the queue of `sleep` (its name carries the tool's digest), then goes.
+    let first = WorkerProcess::start(&redis, "w0", &["--builtin"]).await;
+    let mut conn = redis.connection().await;
+    let queue = eventually("the sleep queue", async || {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("sb:q:{sleep}@*")
+            .query_async(&mut redis.connection().await)
+            .await
+            .ok()?;
+        keys.into_iter().next()
+    })
+    .await;
+    first.kill9();
+
+    // A worker that died between finish's call step and the rest: the task holds the outcome,
+    // the owner's running set still holds the execution, the job is pending with the dead one.
+    let hash = format!("{}{}", "ab12".repeat(4), "0".repeat(48));
+    let task = switchboard_core::tasks::new_task_id(&hash);
+    let keys = switchboard_redis::keys::Keys::new("sb");
+    let result = r#"{"content":[],"structuredContent":{"by":"the dead worker"}}"#;
+    let far = 4_000_000_000_000u64;
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(keys.task(&task))
+        .arg(&[
+            ("owner", "alice"),
+            ("status", "completed"),
+            ("created", "1"),
+            ("updated", "1"),
+            ("ttl", "600000"),
+            ("hash", hash.as_str()),
+            ("tool", "sleep"),
+            ("result", result),
+        ])
+        .ignore()
+        .cmd("ZADD")
+        .arg(keys.identity_running("alice"))
+        .arg(far)
+        .arg(&task)
+        .ignore()
+        .cmd("ZADD")
+        .arg(keys.identity_tasks("alice"))
+        .arg(far)
+        .arg(&task)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&queue)
+        .arg("*")
+        .arg(&[
+            ("task", task.as_str()),
+            ("owner", "alice"),
+            ("hash", hash.as_str()),
+            ("tool", "sleep"),
+            // Run again, it would hold the job for ten minutes.
+            ("args", r#"{"ms":600000}"#),
+            ("deadline", "4000000000000"),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("dead-worker")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&queue)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // The worker that takes it over finds the task finished: it acknowledges and deletes the
+    // job (a run of the tool would hold it for ten minutes), settles the owner's caps, and
+    // leaves the outcome as it was.
+    let _w = WorkerProcess::start(
+        &redis,
+        "w1",
+        &["--builtin", "--visibility-timeout", "1500ms"],
+    )
+    .await;
+    eventually("the job acknowledged and deleted", async || {
+        let mut conn = redis.connection().await;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&queue)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(&queue)
+            .arg("workers")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        (len == 0 && pending.0 == 0).then_some(())
+    })
+    .await;
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg(keys.task(&task))
+        .arg("result")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(result));
+    let running: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.identity_running("alice"))
+        .arg(&task)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(running, None, "the execution is still counted as running");
+    let bytes: Option<u64> = redis::cmd("HGET")
+        .arg(keys.identity_bytes("alice"))
+        .arg(&task)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        bytes,
+        Some(result.len() as u64),
+        "the result's bytes, counted once"
     );
 }

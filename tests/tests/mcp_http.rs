@@ -206,7 +206,15 @@ async fn the_typescript_sdk_works_over_http_with_requests_spread_over_two_nodes(
     );
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = switchboard_redis::keys::Keys::new("sb").task(&task);
+    // The session-derived name is an alias of the task (whose id carries the call's tag).
+    let keys = switchboard_redis::keys::Keys::new("sb");
+    let id: Option<String> = redis::cmd("HGET")
+        .arg(keys.task(&task))
+        .arg("at")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let key = keys.task(&id.unwrap_or(task));
     let status: Option<String> = redis::cmd("HGET")
         .arg(&key)
         .arg("status")

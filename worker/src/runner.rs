@@ -1,12 +1,15 @@
 //! The job loop of one worker.
 //!
-//! - **fetch**: while a worker slot is free and the backlog has room (`--backlog`), takes jobs
-//!   from the queues of the tools that have a free slot, as many as there are free slots
+//! - **fetch**: one loop per group of queues (`JobQueue::fetch_groups`: all queues on one
+//!   Redis, one group per slot on Redis Cluster). Each, while a worker slot is free and the
+//!   backlog has room (`--backlog`), takes jobs from its queues of the tools that have a free
+//!   slot, as many as there are free slots
 //!   (within that room), waiting up to `fetch_block` for one. Each job joins the backlog
 //!   (`backlog.rs`: one FIFO queue per owner, started round-robin across owners, each owner
 //!   running at most `--max-running-per-identity` calls here) and gets a task of its own. A
 //!   read over several queues can return more jobs than asked (Redis counts per stream); they
-//!   wait in the backlog like any other. Fetching ahead of the slots is what lets another
+//!   wait in the backlog like any other; so can several groups' loops, each fetching up to
+//!   the room it saw. Fetching ahead of the slots is what lets another
 //!   identity's call start within one fetch while one identity's calls fill the queue.
 //! - **run**: a job past its deadline is not started; a job whose task was cancelled is not
 //!   started; otherwise it waits in the backlog for its turn (a worker slot, a slot of its tool,
@@ -17,7 +20,9 @@
 //!   with [`JobQueue::finish`], retried a few times (it is idempotent).
 //! - **reclaim**: every half visibility timeout, jobs whose worker went silent are taken over
 //!   (into the backlog, like fetched ones); a job delivered `max_deliveries` times is
-//!   dead-lettered and its callers get `isError`.
+//!   dead-lettered and its callers get `isError`. A reclaimed job whose task is no longer
+//!   `working` (its worker wrote the outcome, then died before acknowledging the job) is not
+//!   run again: it is finished once more (idempotent), which acknowledges it.
 //! - **shutdown**: fetching stops, the backlog closes (nothing more starts; the jobs still
 //!   waiting are left unacknowledged, so other workers take them over once this one is silent
 //!   for the visibility timeout), running calls get the shutdown grace.
@@ -249,29 +254,104 @@ impl Worker {
         }
     }
 
+    /// Runs one fetch loop per group of the hosted tools' queues (`JobQueue::fetch_groups`:
+    /// one group on a single Redis; one per slot on Redis Cluster, whose one read cannot span
+    /// slots), and groups them again when the hosted tools change (an MCP server's come and
+    /// go): a group loop that sees the change returns, the others end their current read
+    /// (within `fetch_block`), and new loops start. Returns when `stop` is cancelled, or when a
+    /// group loop panicked.
     async fn fetch_loop(self: Arc<Self>, stop: CancellationToken, prepared: Vec<String>) {
         // Queues made ready by `JobQueue::prepare`; tools added later (an MCP server's) are
-        // prepared here before their first fetch.
-        let mut prepared: HashSet<String> = prepared.into_iter().collect();
+        // prepared by their group's loop before their first fetch.
+        let prepared = Arc::new(Mutex::new(
+            prepared.into_iter().collect::<HashSet<String>>(),
+        ));
+        loop {
+            let hosted = self.hosted_queues();
+            let groups = self.queue.fetch_groups(&hosted);
+            if groups.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(TOOLS_BUSY_PAUSE) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+            let regroup = stop.child_token();
+            let mut loops = tokio::task::JoinSet::new();
+            for group in groups {
+                loops.spawn(self.clone().fetch_group(
+                    regroup.clone(),
+                    hosted.clone(),
+                    group,
+                    prepared.clone(),
+                ));
+            }
+            // The first loop to end (the tools changed, or `stop`) ends them all.
+            let first = loops.join_next().await;
+            regroup.cancel();
+            let mut panicked = matches!(first, Some(Err(_)));
+            while let Some(ended) = loops.join_next().await {
+                panicked |= ended.is_err();
+            }
+            if panicked {
+                tracing::error!("a fetch loop panicked");
+                return;
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// The queues of every hosted tool, sorted (what the fetch groups are made of).
+    fn hosted_queues(&self) -> Vec<String> {
+        let mut q = self.toolbox.queue_ids();
+        q.sort();
+        q
+    }
+
+    /// Fetches from the queues of one group (those whose tool has a free slot) while the
+    /// backlog has room, until `stop` or until the hosted queues are no longer `hosted`.
+    async fn fetch_group(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        hosted: Vec<String>,
+        group: Vec<String>,
+        prepared: Arc<Mutex<HashSet<String>>>,
+    ) {
+        let group: HashSet<String> = group.into_iter().collect();
         loop {
             let want = tokio::select! {
                 n = self.backlog.room() => n,
                 _ = stop.cancelled() => return,
             };
+            if self.hosted_queues() != hosted {
+                return; // regrouped by `fetch_loop`
+            }
             // Only tools with a free slot of their own: jobs held here while their tool is busy
             // could run on another worker.
-            let mut queues = self.toolbox.queue_ids_with_room();
-            let new: Vec<String> = queues
-                .iter()
-                .filter(|q| !prepared.contains(*q))
-                .cloned()
+            let mut queues: Vec<String> = self
+                .toolbox
+                .queue_ids_with_room()
+                .into_iter()
+                .filter(|q| group.contains(q))
                 .collect();
+            let new: Vec<String> = {
+                let prepared = prepared.lock().expect("poisoned");
+                queues
+                    .iter()
+                    .filter(|q| !prepared.contains(*q))
+                    .cloned()
+                    .collect()
+            };
             if !new.is_empty() {
                 match self.queue.prepare(&new).await {
-                    Ok(()) => prepared.extend(new),
+                    Ok(()) => prepared.lock().expect("poisoned").extend(new),
                     Err(e) => {
                         tracing::warn!(error = %e, queues = ?new, "cannot prepare new tool queues; retrying");
-                        queues.retain(|q| prepared.contains(q));
+                        {
+                            let prepared = prepared.lock().expect("poisoned");
+                            queues.retain(|q| prepared.contains(q));
+                        }
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                 }

@@ -32,6 +32,8 @@ struct Lease {
 pub(crate) struct CallState {
     workers: HashMap<String, WorkerAnnouncement>,
     tasks: HashMap<String, TaskRecord>,
+    /// Other names of tasks (`Submission::alias`): alias -> task id.
+    aliases: HashMap<String, String>,
     results: HashMap<String, (String, u64)>,
     leases: HashMap<String, Lease>,
     queues: HashMap<String, VecDeque<Job>>,
@@ -89,6 +91,8 @@ impl CallState {
 
     fn sweep(&mut self, now: u64) {
         self.tasks.retain(|_, t| live(t, now));
+        let tasks = &self.tasks;
+        self.aliases.retain(|_, id| tasks.contains_key(id));
         self.results.retain(|_, (_, exp)| *exp > now);
         self.leases.retain(|_, l| l.expires_at_ms > now);
         for held in self.identities.values_mut() {
@@ -175,6 +179,11 @@ impl CallState {
 
     pub(crate) fn task(&mut self, task_id: &str) -> Option<TaskRecord> {
         let now = now_ms();
+        let task_id = match self.aliases.get(task_id) {
+            Some(id) if !self.tasks.contains_key(task_id) => id.clone(),
+            _ => task_id.to_owned(),
+        };
+        let task_id = task_id.as_str();
         match self.tasks.get(task_id) {
             Some(t) if live(t, now) => Some(t.clone()),
             Some(_) => {
@@ -310,7 +319,14 @@ impl CallPlane for MemoryBackend {
     }
 
     async fn submit(&self, s: &Submission) -> Result<Submitted, BackendError> {
-        let (submitted, queued) = self.calls().submit(s);
+        let (submitted, queued) = {
+            let mut calls = self.calls();
+            let (submitted, queued) = calls.submit(s);
+            if let (Some(alias), Some(r)) = (&s.alias, submitted.record()) {
+                calls.aliases.insert(alias.clone(), r.task_id.clone());
+            }
+            (submitted, queued)
+        };
         if queued {
             self.job_queued.notify_waiters();
         }
@@ -327,5 +343,54 @@ impl CallPlane for MemoryBackend {
             let _ = self.cancels.send(leader);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use switchboard_core::calls::{OwnerCaps, TraceContext};
+    use switchboard_core::tasks::{session_task_id, tagged_task_id};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_calls_alias_finds_its_task() {
+        let backend = MemoryBackend::new();
+        let hash = "ab".repeat(32);
+        let name = session_task_id("s1", "7");
+        let s = Submission {
+            tool: serde_json::from_value(json!({
+                "name": "echo", "inputSchema": {"type": "object"}, "timeoutMs": 1000,
+            }))
+            .unwrap(),
+            queue: "echo@q".into(),
+            arguments: json!({}),
+            call_hash: hash.clone(),
+            task_id: tagged_task_id(&hash, &name),
+            alias: Some(name.clone()),
+            owner: "alice".into(),
+            identity: "alice".into(),
+            read_cache: true,
+            cache_ttl_ms: 0,
+            task_ttl_ms: 60_000,
+            poll_interval_ms: 100,
+            deadline_ms: now_ms() + 1000,
+            caps: OwnerCaps::default(),
+            max_result_bytes: 1024,
+            trace: TraceContext::default(),
+        };
+        assert!(matches!(
+            backend.submit(&s).await.unwrap(),
+            Submitted::Leader(_)
+        ));
+        let by_alias = backend
+            .task(&name)
+            .await
+            .unwrap()
+            .expect("found by its alias");
+        assert_eq!(by_alias.task_id, s.task_id);
+        assert!(backend.task(&s.task_id).await.unwrap().is_some());
+        assert!(backend.task("nothing").await.unwrap().is_none());
     }
 }

@@ -5,6 +5,8 @@
 //! (`{<topic>}`), so all of a topic lives in one slot. Topic names cannot contain `{` or `}`
 //! (see `switchboard_protocol::topic`), so the tag is always the whole topic.
 
+use switchboard_core::tasks::{call_tag, task_tag};
+
 /// The default key prefix (`--redis-prefix`).
 pub const DEFAULT_PREFIX: &str = "sb";
 
@@ -59,19 +61,26 @@ impl Keys {
         }
     }
 
-    /// A task record (hash): `<prefix>:task:{<task id>}`.
+    /// A task record (hash). A task id that carries its call's tag (`<tag>.<rest>`,
+    /// `switchboard_core::tasks::task_tag`) is in the call's slot: `<prefix>:task:{<tag>}.<rest>`;
+    /// any other id (issued before ids carried tags, or a session call's alias) keeps the old
+    /// name `<prefix>:task:{<task id>}`.
     pub fn task(&self, task_id: &str) -> String {
-        format!("{}:task:{{{task_id}}}", self.prefix)
+        match task_tag(task_id) {
+            Some((tag, rest)) => format!("{}:task:{{{tag}}}.{rest}", self.prefix),
+            None => format!("{}:task:{{{task_id}}}", self.prefix),
+        }
     }
 
-    /// A cached result (string): `<prefix>:r:{<call hash>}`.
+    /// A cached result (string), in the call's slot: `<prefix>:r:{<call tag>}:<call hash>`.
     pub fn result(&self, call_hash: &str) -> String {
-        format!("{}:r:{{{call_hash}}}", self.prefix)
+        format!("{}:r:{{{}}}:{call_hash}", self.prefix, call_tag(call_hash))
     }
 
-    /// The in-flight lease of a call (hash: `task`, `waiters`): `<prefix>:l:{<call hash>}`.
+    /// The in-flight lease of a call (hash: `task`, `waiters`), in the call's slot:
+    /// `<prefix>:l:{<call tag>}:<call hash>`.
     pub fn lease(&self, call_hash: &str) -> String {
-        format!("{}:l:{{{call_hash}}}", self.prefix)
+        format!("{}:l:{{{}}}:{call_hash}", self.prefix, call_tag(call_hash))
     }
 
     /// The worker registry (hash: worker id -> announcement): `<prefix>:workers`.
@@ -118,19 +127,32 @@ impl Keys {
     /// ms): `<prefix>:u:{<identity>}:run`. Like [`rate`](Self::rate), the identity is the hash
     /// tag, so an identity's keys share a slot.
     pub fn identity_running(&self, identity: &str) -> String {
-        format!("{}:u:{{{identity}}}:run", self.prefix)
+        self.identity_key(identity, "run")
     }
 
     /// An identity's stored tasks (sorted set: task id -> expiry, Unix ms):
     /// `<prefix>:u:{<identity>}:tasks`.
     pub fn identity_tasks(&self, identity: &str) -> String {
-        format!("{}:u:{{{identity}}}:tasks", self.prefix)
+        self.identity_key(identity, "tasks")
     }
 
     /// The result bytes of an identity's stored tasks (hash: task id -> bytes, and `_total`):
     /// `<prefix>:u:{<identity>}:bytes`.
     pub fn identity_bytes(&self, identity: &str) -> String {
-        format!("{}:u:{{{identity}}}:bytes", self.prefix)
+        self.identity_key(identity, "bytes")
+    }
+
+    /// `<prefix>:u:{<identity>}:<what>`, whose hash tag is the identity (up to a `}` it may
+    /// hold). An identity that would make an empty tag (empty — a job queued before jobs
+    /// carried their owner — or starting with `}`) would have Redis hash each whole key, so
+    /// its keys would land in different slots: those take `<prefix>:u-:{_}<identity>:<what>`
+    /// instead (one slot for all of them; `u-` is no other key's shape).
+    fn identity_key(&self, identity: &str, what: &str) -> String {
+        if identity.is_empty() || identity.starts_with('}') {
+            format!("{}:u-:{{_}}{identity}:{what}", self.prefix)
+        } else {
+            format!("{}:u:{{{identity}}}:{what}", self.prefix)
+        }
     }
 
     /// The live connections of a scope (`id:<subject>` or `ip:<address>`; sorted set: member
@@ -168,6 +190,21 @@ mod tests {
         assert_eq!(k.topic_of_channel("sb:t:{chat:42"), None);
         assert_eq!(k.topic_history("a"), "sb:h:{a}");
         assert_eq!(k.rate("pub", "alice"), "sb:rl:{alice}:pub");
+    }
+
+    #[test]
+    fn a_calls_keys_carry_its_tag() {
+        let k = Keys::new("sb");
+        let hash = format!("0123456789abcdef{}", "0".repeat(48));
+        assert_eq!(k.result(&hash), format!("sb:r:{{0123456789abcdef}}:{hash}"));
+        assert_eq!(k.lease(&hash), format!("sb:l:{{0123456789abcdef}}:{hash}"));
+        assert_eq!(
+            k.task("0123456789abcdef.42"),
+            "sb:task:{0123456789abcdef}.42"
+        );
+        // Ids from before the tags keep their old keys.
+        let old = "00112233445566778899aabbccddeeff";
+        assert_eq!(k.task(old), format!("sb:task:{{{old}}}"));
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! (`lua/extend.lua`, fenced: only while it still owns the job), and a job whose worker went
 //! silent is taken over with `XPENDING IDLE` + `XCLAIM` (which counts deliveries: past the limit
 //! the job is dead-lettered). Streams are never trimmed by length (that would drop
-//! unacknowledged jobs); a finished job is acknowledged and deleted by `lua/finish.lua`, which
-//! also writes the outcome into the leader task (unless cancelled), the cache, releases the
-//! lease and publishes the done signal, in one step.
+//! unacknowledged jobs). A finish is three steps, each on one slot: `lua/finish.lua` on the
+//! call's slot (the outcome into the leader task unless it is no longer working, the cache, the
+//! lease released, the done signal), `lua/identity_settle.lua` on the owner's slot (out of the
+//! running set, the result's bytes counted), then `XACK` + `XDEL` on the queue's slot. Each is
+//! idempotent, so a finish retried, or repeated by the worker that reclaims the job, changes
+//! nothing more (`crate::calls`).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -20,7 +23,6 @@ use switchboard_core::backend::{BackendError, Health, JobQueue, QueueDepth};
 use switchboard_core::calls::{
     DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, TraceContext, WorkerAnnouncement,
 };
-use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
 
@@ -28,8 +30,6 @@ use crate::keys::WORKER_GROUP;
 use crate::links::Role;
 use crate::{Op, Plane, RedisBackend};
 
-static FINISH: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("lua/finish.lua")));
 static EXTEND: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/extend.lua")));
 
@@ -294,35 +294,31 @@ impl JobQueue for RedisBackend {
         message: Option<&str>,
         result: &CallToolResult,
     ) -> Result<(), BackendError> {
-        let k = &self.keys;
         let cache_ttl = if status == TaskStatus::Completed && !result.is_error {
             job.cache_ttl_ms
         } else {
             0
         };
-        let mut inv = FINISH.prepare_invoke();
-        inv.key(k.task(&job.task_id))
-            .key(k.result(&job.call_hash))
-            .key(k.lease(&job.call_hash))
-            .key(k.tool_queue(&job.queue))
-            .key(k.identity_running(&job.owner))
-            .key(k.identity_tasks(&job.owner))
-            .key(k.identity_bytes(&job.owner))
-            .arg(&job.task_id)
-            .arg(status.as_str())
-            .arg(message.unwrap_or(""))
-            .arg(serde_json::to_string(result).expect("results serialize"))
-            .arg(now_ms())
-            .arg(cache_ttl)
-            .arg(&job.entry_id)
-            .arg(WORKER_GROUP)
-            .arg(k.done_channel());
-        let mut conn = self.commands();
-        self.bounded(Op::Queue, async move {
-            inv.invoke_async::<i64>(&mut conn).await
-        })
-        .await
-        .map(drop)
+        let json = serde_json::to_string(result).expect("results serialize");
+        // 1. The call's slot, first: it makes the outcome visible. A worker that dies after
+        // it leaves the job pending; the worker that reclaims it finds the task no longer
+        // working and finishes it again without running the tool (`runner.rs`).
+        let bytes = self
+            .finish_call(
+                &job.call_hash,
+                &job.task_id,
+                status,
+                message,
+                &json,
+                cache_ttl,
+            )
+            .await?;
+        // 2. The identity's slot: out of the running set, the result's bytes counted once.
+        self.settle_identity(&job.owner, &job.task_id, false, bytes)
+            .await?;
+        // 3. The queue's slot.
+        self.ack(&self.keys.tool_queue(&job.queue), &job.entry_id)
+            .await
     }
 
     async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError> {

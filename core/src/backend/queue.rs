@@ -28,6 +28,17 @@ pub trait JobQueue: Send + Sync + 'static {
         max: usize,
         block: Duration,
     ) -> Result<Vec<Job>, BackendError>;
+    /// How the worker splits `queues` into groups it fetches from separately, one fetch loop
+    /// (and one blocking read) per group: a backend whose one read cannot span every queue
+    /// (Redis Cluster: one `XREADGROUP` reads keys of one slot) groups them by what one read
+    /// can span. Every queue is in exactly one group. Default: one group of all of them.
+    fn fetch_groups(&self, queues: &[String]) -> Vec<Vec<String>> {
+        if queues.is_empty() {
+            Vec::new()
+        } else {
+            vec![queues.to_vec()]
+        }
+    }
     /// Tells the queue the job is still being worked on (resets its visibility timeout), if it
     /// is still this worker's: `Ok(false)` when another worker has taken it over meanwhile, and
     /// this worker must stop running it.

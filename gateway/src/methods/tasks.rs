@@ -20,6 +20,12 @@ use switchboard_protocol::methods::tasks::{
 use switchboard_protocol::methods::tools::CallToolResult;
 
 use super::caller::Caller;
+
+/// How many times a session's `notifications/cancelled` looks for its call's task
+/// (`Tasks::cancel_session_request`): the first look and the retries.
+const SESSION_CANCEL_LOOKUPS: u32 = 5;
+/// The pause between two of those looks (all of them: 200 ms at most).
+const SESSION_CANCEL_PAUSE: Duration = Duration::from_millis(50);
 use super::encode::{Reply, encode, encode_later, params};
 use super::tools::CallSettings;
 use crate::calls::inflight::InFlight;
@@ -152,13 +158,22 @@ impl Tasks {
     /// `notifications/cancelled` for a call of an MCP session over HTTP, sent to any node:
     /// the call's task is named after the session and the request id
     /// ([`session_task_id`]). Another owner's task, or one already done: nothing.
+    ///
+    /// The call's submission may still be on its way (its task is written a few Redis round
+    /// trips after the request came in): a task not found is looked for again, up to
+    /// [`SESSION_CANCEL_LOOKUPS`] times [`SESSION_CANCEL_PAUSE`] apart.
     pub(crate) async fn cancel_session_request(&self, owner: &str, session: &str, raw_id: &str) {
-        let Ok(task) = self
-            .outcomes
-            .own_task(&session_task_id(session, raw_id), owner)
-            .await
-        else {
-            return;
+        let name = session_task_id(session, raw_id);
+        let mut lookups = 1;
+        let task = loop {
+            match self.outcomes.own_task(&name, owner).await {
+                Ok(task) => break task,
+                Err(_) if lookups < SESSION_CANCEL_LOOKUPS => {
+                    lookups += 1;
+                    tokio::time::sleep(SESSION_CANCEL_PAUSE).await;
+                }
+                Err(_) => return,
+            }
         };
         if task.status.is_terminal() {
             return;

@@ -21,7 +21,7 @@ use switchboard_core::callhash::call_hash_of;
 use switchboard_core::calls::{CapReached, OwnerCaps, Submission, Submitted, TraceContext};
 use switchboard_core::clock::now_ms;
 use switchboard_core::sessions::OwedRequest;
-use switchboard_core::tasks::{new_task_id, session_task_id};
+use switchboard_core::tasks::{new_task_id, session_task_id, tagged_task_id};
 use switchboard_protocol::methods::Method;
 use switchboard_protocol::methods::tools::{
     CallParams, CallResult, CreateTaskResult, META_CACHE, META_PROGRESS_TOKEN, ToolsCall,
@@ -193,9 +193,17 @@ impl Tools {
             .clamp(1, cfg.max_task_ttl.as_millis() as u64)
             .max(spec.timeout_ms + cfg.deadline_grace.as_millis() as u64 + TASK_TTL_MARGIN_MS);
 
-        let task_id = match (&caller.task_seed, id) {
-            (Some(session), Some(i)) => session_task_id(session, i.get()),
-            _ => new_task_id(),
+        let owner = caller.owner().to_owned();
+        let call_hash = call_hash_of(&tool.digest, spec.cache.scope, &arguments, &owner);
+        // The task id carries the call's tag (all of a call's keys share a slot); a session's
+        // call is also found by its derived name, from any node.
+        let alias = match (&caller.task_seed, id) {
+            (Some(session), Some(i)) => Some(session_task_id(session, i.get())),
+            _ => None,
+        };
+        let task_id = match &alias {
+            Some(name) => tagged_task_id(&call_hash, name),
+            None => new_task_id(&call_hash),
         };
         // A call sent as a notification counts too, under a key no request id can have.
         let request_key = match id {
@@ -207,13 +215,13 @@ impl Tools {
                 .call_ended(tool.metric_label(), CallOutcome::Rejected, None);
             return Err(e);
         }
-        let owner = caller.owner().to_owned();
         let submission = Submission {
-            call_hash: call_hash_of(&tool.digest, spec.cache.scope, &arguments, &owner),
+            call_hash,
             queue: tool.queue.clone(),
             tool: spec.clone(),
             arguments,
             task_id,
+            alias,
             owner,
             identity: caller.cap_identity(),
             read_cache: mode == CacheMode::Use && spec.cache.enabled(),
