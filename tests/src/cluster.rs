@@ -129,10 +129,10 @@ impl Topology {
                     })
                     .collect();
                 t.primaries.insert(port, (f[0].to_owned(), ranges));
-            } else if flags.contains(&"slave") {
-                if let Some(&primary) = ids.get(f[3]) {
-                    t.replicas.insert(port, (f[0].to_owned(), primary));
-                }
+            } else if flags.contains(&"slave")
+                && let Some(&primary) = ids.get(f[3])
+            {
+                t.replicas.insert(port, (f[0].to_owned(), primary));
             }
         }
         t
@@ -321,7 +321,7 @@ impl RedisCluster {
     /// `cluster_state:ok`, they agree on the slots, the live primaries (a promoted replica among
     /// them) cover all 16384 slots, and each answers `ROLE` as a master.
     pub async fn wait_failover(&self) -> Topology {
-        let t = eventually_within(
+        eventually_within(
             "a replica to take over the killed primary",
             FAILOVER,
             || async move {
@@ -334,8 +334,7 @@ impl RedisCluster {
                 Some(t)
             },
         )
-        .await;
-        t
+        .await
     }
 
     /// Moves `key`'s slot to the primary `to` the way `redis-cli --cluster reshard` does:

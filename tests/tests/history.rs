@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{
-    InProcessGateway, Kind, RedisServer, Store, TestBackend, WsClient, every_backend,
-};
+use switchboard_harness::{InProcessGateway, Kind, Store, TestBackend, WsClient, every_backend};
 use switchboard_protocol::EventId;
 
 struct Setup {

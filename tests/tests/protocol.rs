@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use switchboard_core::auth;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
-    InProcessGateway, Kind, Read, RedisServer, Store, TestBackend, WsClient, both_backends,
-    every_backend, http_get,
+    InProcessGateway, Kind, Read, Store, TestBackend, WsClient, both_backends, every_backend,
+    http_get,
 };
 use switchboard_memory::MemoryBackend;
 use tokio_tungstenite::tungstenite::Message;

@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 use switchboard_core::auth;
 use switchboard_core::backend::JobQueue;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{
-    InProcessGateway, Kind, RedisServer, Store, TestBackend, WsClient, every_backend,
-};
+use switchboard_harness::{InProcessGateway, Kind, Store, TestBackend, WsClient, every_backend};
 use switchboard_worker::tools::builtin::add_builtins;
 use switchboard_worker::{Toolbox, WorkerConfig};
 
