@@ -1034,10 +1034,8 @@ impl TestBackend {
 
 /// A Redis Cluster backend instance of its own, on `cluster`'s seeds.
 pub fn cluster_backend(cluster: &cluster::RedisCluster) -> Arc<switchboard_redis::RedisBackend> {
-    // Cluster mode arrives with the lead's backend (issue 15); until it is merged this kind
-    // cannot run.
-    let _ = cluster;
-    panic!("RedisOptions::new_cluster is not on this branch yet")
+    let opts = switchboard_redis::RedisOptions::new_cluster(cluster.urls());
+    switchboard_redis::RedisBackend::connect(&opts).expect("valid cluster seeds")
 }
 
 /// A Redis backend instance of its own (an instance feeds one in-process node's fan-out).
