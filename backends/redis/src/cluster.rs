@@ -9,8 +9,11 @@
 //!   one command per slot (a command's channels must share a slot). Control channels
 //!   (`<prefix>:c:*`) are classic `SUBSCRIBE`s, which a cluster broadcasts to every node.
 //! - **blocking**: workers' `XREADGROUP ... BLOCK` would stall a multiplexed connection, so each
-//!   read takes a dedicated `ClusterConnection` from a small pool (deadpool's managed pool; one
-//!   connection per fetch loop, and a worker runs one fetch loop per slot of its queues).
+//!   read takes a dedicated `ClusterConnection` from a small pool (deadpool's managed pool). A
+//!   read's streams must share a slot, so a fetch over queues of several slots runs one read per
+//!   slot at once and returns as soon as any of them has jobs; the others stay in flight (their
+//!   connections blocked in Redis) and the next fetch collects what they bring. Nothing is
+//!   cancelled mid-read, so no entry Redis handed out is dropped on the floor.
 //!
 //! When a slot moves (resharding) its owner pushes an `sunsubscribe` nobody asked for, and when
 //! a node fails its connection reports a disconnection: in both cases [`Sharded`] notes which
@@ -19,7 +22,7 @@
 //! connection error the old owner gives). The topic sink hears of it as a lost subscription,
 //! so history topics read back what the gap missed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,7 +31,9 @@ use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::streams::{StreamKey, StreamReadReply};
 use redis::{PushInfo, RedisError, Value};
+use tokio::task::JoinHandle;
 
 use crate::links::OnPush;
 use crate::options::ClusterTarget;
@@ -76,11 +81,18 @@ impl Sharded {
     }
 }
 
+/// A blocking read in flight: whose (the consumer) and which streams (one slot's, sorted).
+type ReadKey = (String, Vec<String>);
+
+type Read = JoinHandle<redis::RedisResult<Option<StreamReadReply>>>;
+
 /// See the module docs.
 pub(crate) struct ClusterLinks {
     commands: ClusterConnection,
     pubsub: ClusterConnection,
     blocking: Pool<BlockingManager>,
+    /// Blocking reads still running from an earlier fetch.
+    reads: Mutex<HashMap<ReadKey, Read>>,
     sharded: Arc<Sharded>,
     op_timeout: Duration,
 }
@@ -112,12 +124,15 @@ impl ClusterLinks {
             connect_timeout: target.connect_timeout,
         })
         .max_size(BLOCKING_POOL_MAX)
+        // The waits and checks are bounded (`timeout_get`), which needs the runtime.
+        .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| format!("the blocking-read pool: {e}"))?;
         let links = Arc::new(ClusterLinks {
             commands,
             pubsub,
             blocking,
+            reads: Mutex::new(HashMap::new()),
             sharded: sharded.clone(),
             op_timeout: target.op_timeout,
         });
@@ -147,6 +162,98 @@ impl ClusterLinks {
                 managed::PoolError::Backend(e) => e,
                 other => io_error(format!("no connection for a blocking read: {other}")),
             })
+    }
+
+    /// `XREADGROUP GROUP <group> <consumer> COUNT <max> BLOCK <block> STREAMS <keys...> >...`
+    /// over streams of any slots: one read per slot, each on its own dedicated connection, all
+    /// at once; returns when one has entries or all are done (or after `block` plus the
+    /// operation timeout). Reads still running stay in flight for the next call, which also
+    /// collects any of this consumer's reads that finished meanwhile.
+    pub(crate) async fn read_groups(
+        self: &Arc<Self>,
+        group: &str,
+        consumer: &str,
+        keys: &[String],
+        max: usize,
+        block: Duration,
+    ) -> redis::RedisResult<Vec<StreamKey>> {
+        let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for k in keys {
+            by_slot
+                .entry(slot(k.as_bytes()))
+                .or_default()
+                .push(k.clone());
+        }
+        let mut running: Vec<(ReadKey, Read)> = Vec::with_capacity(by_slot.len());
+        let mut finished: Vec<Read> = Vec::new();
+        {
+            let mut reads = lock(&self.reads);
+            for (_, mut streams) in by_slot {
+                streams.sort();
+                let key = (consumer.to_owned(), streams);
+                let read = match reads.remove(&key) {
+                    Some(read) => read,
+                    None => tokio::spawn(read_one(
+                        self.clone(),
+                        group.to_owned(),
+                        key.clone(),
+                        max,
+                        block,
+                    )),
+                };
+                running.push((key, read));
+            }
+            // Reads of queues this consumer no longer asks for (a socket that offered tools
+            // left): collected once they are done.
+            let stale: Vec<ReadKey> = reads
+                .iter()
+                .filter(|((c, _), read)| c == consumer && read.is_finished())
+                .map(|(k, _)| k.clone())
+                .collect();
+            finished.extend(stale.into_iter().filter_map(|k| reads.remove(&k)));
+        }
+        let mut out = Vec::new();
+        let mut error = None;
+        let mut absorb = |joined: Result<
+            redis::RedisResult<Option<StreamReadReply>>,
+            tokio::task::JoinError,
+        >| {
+            match joined {
+                Ok(Ok(reply)) => out.extend(reply.map(|r| r.keys).unwrap_or_default()),
+                Ok(Err(e)) => error = Some(e),
+                Err(e) => error = Some(io_error(format!("a blocking read failed: {e}"))),
+            }
+        };
+        for read in finished {
+            absorb(read.await);
+        }
+        let bound = block + self.op_timeout;
+        let first = tokio::time::timeout(
+            bound,
+            futures_util::future::select_all(running.iter_mut().map(|(_, read)| read)),
+        )
+        .await;
+        let mut done = None;
+        if let Ok((joined, index, _)) = first {
+            done = Some(index);
+            absorb(joined);
+        }
+        let mut later = Vec::new();
+        for (i, (key, read)) in running.into_iter().enumerate() {
+            if Some(i) == done {
+                continue;
+            }
+            if read.is_finished() {
+                absorb(read.await);
+            } else {
+                later.push((key, read));
+            }
+        }
+        lock(&self.reads).extend(later);
+        match error {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Subscribes sharded channels (topics), each on the primary that owns its slot.
@@ -291,6 +398,33 @@ async fn resubscribe(links: Weak<ClusterLinks>, sharded: Arc<Sharded>) {
             }
         }
     }
+}
+
+/// One blocking read of one slot's streams, on a dedicated connection.
+async fn read_one(
+    links: Arc<ClusterLinks>,
+    group: String,
+    (consumer, streams): ReadKey,
+    max: usize,
+    block: Duration,
+) -> redis::RedisResult<Option<StreamReadReply>> {
+    let mut conn = links.blocking().await?;
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(max)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(&streams);
+    for _ in &streams {
+        read.arg(">");
+    }
+    tokio::time::timeout(block + links.op_timeout, read.query_async(&mut *conn))
+        .await
+        .map_err(|_| io_error("a blocking read timed out".into()))?
 }
 
 /// Makes and checks the blocking-read connections.

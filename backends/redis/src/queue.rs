@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
-use redis::streams::{StreamClaimReply, StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamClaimReply, StreamKey, StreamRangeReply, StreamReadReply};
 use switchboard_core::backend::{BackendError, Health, JobQueue, QueueDepth};
 use switchboard_core::calls::{
     DEFAULT_MAX_RESULT_BYTES, Job, Progress, Reclaimed, TraceContext, WorkerAnnouncement,
@@ -170,35 +170,37 @@ impl JobQueue for RedisBackend {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = tools.iter().map(|t| self.keys.tool_queue(t)).collect();
-        let ids: Vec<&str> = tools.iter().map(|_| ">").collect();
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(WORKER_GROUP)
-            .arg(worker_id)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&keys)
-            .arg(&ids);
-        let bound = block + self.op_timeout;
-        let reply: Option<StreamReadReply> = match &self.plane {
+        let streams: Vec<StreamKey> = match &self.plane {
             Plane::Node(links) => {
+                let ids: Vec<&str> = tools.iter().map(|_| ">").collect();
                 let mut conn = links.conn(Role::Blocking);
-                tokio::time::timeout(bound, read.query_async(&mut conn)).await
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(WORKER_GROUP)
+                    .arg(worker_id)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("BLOCK")
+                    .arg(block.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&keys)
+                    .arg(&ids);
+                let read = cmd.query_async::<Option<StreamReadReply>>(&mut conn);
+                tokio::time::timeout(block + self.op_timeout, read)
+                    .await
+                    .map_err(|_| BackendError::Timeout)?
+                    .map_err(err)?
+                    .map(|r| r.keys)
+                    .unwrap_or_default()
             }
-            // A dedicated connection per read (a cluster's are multiplexed): the queues of one
-            // fetch share a slot (`fetch_groups`), so the read goes to one primary.
-            Plane::Cluster(cluster) => {
-                let mut conn = cluster.blocking().await.map_err(err)?;
-                tokio::time::timeout(bound, read.query_async(&mut *conn)).await
-            }
-        }
-        .map_err(|_| BackendError::Timeout)?
-        .map_err(err)?;
+            // Queues of several slots: one read per slot, each on a dedicated connection.
+            Plane::Cluster(cluster) => cluster
+                .read_groups(WORKER_GROUP, worker_id, &keys, max, block)
+                .await
+                .map_err(err)?,
+        };
         let mut jobs = Vec::new();
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+        for stream in streams {
             let Some(tool) = tools.iter().find(|t| self.keys.tool_queue(t) == stream.key) else {
                 continue;
             };
