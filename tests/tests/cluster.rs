@@ -44,6 +44,8 @@ const AFTER: usize = 40;
 /// before it, and replies already on their way) may be missing from the history afterwards (on
 /// loopback a replica lags by far less).
 const REPLICATION_SLACK: usize = 5;
+/// A key in the slot of the `echo` tool's queues (`sb:q:{echo}@<digest>`).
+const ECHO_QUEUE_SLOT: &str = "sb:q:{echo}";
 /// How long the cluster tests may wait for one step that spans a failover (detection, election,
 /// the gateways reconnecting and recovering).
 const HEAL: Duration = Duration::from_secs(45);
@@ -640,8 +642,20 @@ fn caller(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_loses_no_acknowledged_event() {
-    let topic = "h:kill";
     let mut cluster = RedisCluster::start(3, 1).await;
+    // The shard killed holds the history topic and the `echo` tool's queue
+    // (`sb:q:{echo}@<digest>`: the slot of `{echo}`), so both the events and the calls lose it.
+    let victim = cluster.primary_for_key(ECHO_QUEUE_SLOT).await;
+    let mut topic = None;
+    for i in 0.. {
+        let t = format!("h:kill:{i}");
+        if cluster.primary_for_topic(&t).await == victim {
+            topic = Some(t);
+            break;
+        }
+    }
+    let topic = topic.unwrap();
+    let topic = topic.as_str();
     let a = GatewayProcess::start(&cluster, "gw-a", &gateway_flags()).await;
     let b = GatewayProcess::start(&cluster, "gw-b", &gateway_flags()).await;
     let _w = WorkerProcess::start(&cluster, "w1", &["--builtin"]).await;
@@ -657,7 +671,8 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_event() {
     let mut publisher = Publisher::start(&a, topic).await;
     publisher.wait_acked(BEFORE, DEADLINE).await;
 
-    let victim = cluster.kill9_primary_of(&format!("sb:t:{{{topic}}}")).await;
+    let killed = cluster.kill9_primary_of(&format!("sb:t:{{{topic}}}")).await;
+    assert_eq!(killed, victim);
     let at_kill = publisher.acked.borrow().len();
     let healed = cluster.wait_failover().await;
     assert!(!healed.primaries.contains_key(&victim.port));
