@@ -671,7 +671,7 @@ impl GatewayProcess {
         Self::launch(&switchboard_bin(), &redis.into(), node_id, &all).await
     }
 
-    /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
+    /// Starts a gateway against `redis` with anonymous clients allowed, plus `extra` flags,
     /// from the `switchboard` binary at `bin`: what the benchmarks start (from the binary next
     /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits and no
     /// caps (per connection, per address, nor per identity).
