@@ -623,7 +623,10 @@ fn caller(
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
-        // After the cluster healed, a call gets its result.
+        // After the cluster healed, a call gets its result, once the catalogue lists the tool
+        // again (with the tests' 200 ms heartbeats, the worker's announcement can expire while
+        // its shard is down: "unknown tool" meanwhile).
+        c.wait_for_tool("echo").await;
         let r = c
             .call(
                 "tools/call",
