@@ -14,6 +14,10 @@
 //!   a child process that reports JSON lines, so the test can kill the node it is on.
 //! - [`redis_extra`]: `redis-server` as production runs it: TLS, ACL users, a primary with a
 //!   replica and a Sentinel.
+//! - [`cluster::RedisCluster`]: a local Redis Cluster (`redis-cli --cluster create`), with a
+//!   primary's `kill -9` and a slot migration done the real way.
+//! - [`RedisTarget`]: where the processes a test starts find Redis (`--redis URL` or
+//!   `--redis-cluster SEEDS`), and a test-side connection to it ([`TestConn`]).
 //! - [`tls::TlsProxy`]: a TLS-terminating proxy (a CA and a certificate made by the test) in
 //!   front of a gateway, for `wss://`.
 //!
@@ -23,6 +27,7 @@
 //! timeout), and pacing a producer on purpose; tests on paused time advance its clock with
 //! `sleep`.
 
+pub mod cluster;
 pub mod redis_extra;
 pub mod script;
 pub mod sse;
@@ -50,11 +55,20 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     Memory,
+    /// One `redis-server`.
     Redis,
+    /// A Redis Cluster of three primaries without replicas ([`CLUSTER_PRIMARIES`]).
+    Cluster,
 }
 
-/// Runs each listed case (`async fn case(kind: Kind)`) on both backends, as
-/// `mod <case> { memory, redis }`.
+/// How many primaries the cluster of [`Kind::Cluster`] has: the fewest Redis Cluster takes,
+/// enough to spread a test's topics over several shards. No replicas: these cases do not fail
+/// over (tests/tests/cluster.rs does), and the suites run on two cores.
+pub const CLUSTER_PRIMARIES: usize = 3;
+
+/// Runs each listed case (`async fn case(kind: Kind)`) on both single-node backends, as
+/// `mod <case> { memory, redis }`: cases about what a Redis Cluster does not change (the
+/// protocol's framing, limits, one server's restart).
 #[macro_export]
 macro_rules! both_backends {
     ($($case:ident),* $(,)?) => {$(
@@ -66,6 +80,29 @@ macro_rules! both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 super::$case($crate::Kind::Redis).await
+            }
+        }
+    )*};
+}
+
+/// Runs each listed case (`async fn case(kind: Kind)`) on every backend, a Redis Cluster
+/// included, as `mod <case> { memory, redis, cluster }`: the cases about topics, history,
+/// sessions and tool calls, whose keys and channels a cluster spreads over its shards.
+#[macro_export]
+macro_rules! every_backend {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$case($crate::Kind::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$case($crate::Kind::Redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$case($crate::Kind::Cluster).await
             }
         }
     )*};
@@ -277,86 +314,39 @@ impl RedisServer {
         n
     }
 
-    /// Every field of a stored session (`HGETALL sb:s:{<id>}`): empty once it has expired
-    /// (or never was).
+    /// This server as a [`RedisTarget`].
+    pub fn target(&self) -> RedisTarget {
+        RedisTarget::from(self)
+    }
+
+    /// See [`RedisTarget::session_fields`].
     pub async fn session_fields(&self, id: &str) -> std::collections::HashMap<String, String> {
-        let mut conn = self.connection().await;
-        redis::cmd("HGETALL")
-            .arg(format!("sb:s:{{{id}}}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        self.target().session_fields(id).await
     }
 
-    /// Waits until the session `id` has stored a reply it is owed (an `r:<request id>` field:
-    /// a call in flight), as the gateway does once it has submitted the call; a resume anywhere
-    /// can then answer it.
+    /// See [`RedisTarget::wait_for_owed_reply`].
     pub async fn wait_for_owed_reply(&self, id: &str) {
-        eventually(&format!("session {id} to store an owed reply"), || async {
-            let fields = self.session_fields(id).await;
-            fields.keys().any(|f| f.starts_with("r:")).then_some(())
-        })
-        .await
+        self.target().wait_for_owed_reply(id).await
     }
 
-    /// Waits until the session `id` is gone from Redis (expired).
+    /// See [`RedisTarget::wait_for_session_gone`].
     pub async fn wait_for_session_gone(&self, id: &str) {
-        eventually(&format!("session {id} to expire"), || async {
-            self.session_fields(id).await.is_empty().then_some(())
-        })
-        .await
+        self.target().wait_for_session_gone(id).await
     }
 
-    /// How many events a topic's history holds (`XLEN sb:h:{<topic>}`; 0 before the first).
+    /// See [`RedisTarget::history_len`].
     pub async fn history_len(&self, topic: &str) -> u64 {
-        let mut conn = self.connection().await;
-        redis::cmd("XLEN")
-            .arg(format!("sb:h:{{{topic}}}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        self.target().history_len(topic).await
     }
 
-    /// `FCALL sb_publish` on `topic`'s history, as a backend publishes with history: the id.
+    /// See [`RedisTarget::history_publish`].
     pub async fn history_publish(&self, topic: &str, event: &str) -> String {
-        let mut conn = self.connection().await;
-        redis::cmd("FCALL")
-            .arg("sb_publish")
-            .arg(1)
-            .arg(format!("sb:h:{{{topic}}}"))
-            .arg(event)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        self.target().history_publish(topic, event).await
     }
 
-    /// Starts a backend publishing `count` history events `{"n": 0}`, `{"n": 1}`, ... on
-    /// `topic`, one every `every`, on a connection and a task of its own: what the tests that
-    /// kill a client's node mid-stream publish meanwhile.
+    /// See [`RedisTarget::publish_history_paced`].
     pub fn publish_history_paced(&self, topic: &str, count: usize, every: Duration) -> Paced {
-        let (tx, ids) = tokio::sync::watch::channel(Vec::with_capacity(count));
-        let (url, key) = (self.url(), format!("sb:h:{{{topic}}}"));
-        let task = tokio::spawn(async move {
-            let client = redis::Client::open(url).expect("redis url");
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect to redis");
-            let mut tick = tokio::time::interval(every);
-            for n in 0..count {
-                tick.tick().await;
-                let id: String = redis::cmd("FCALL")
-                    .arg("sb_publish")
-                    .arg(1)
-                    .arg(&key)
-                    .arg(json!({ "n": n }).to_string())
-                    .query_async(&mut conn)
-                    .await
-                    .expect("history publish");
-                tx.send_modify(|v| v.push(id));
-            }
-        });
-        Paced { ids, task }
+        self.target().publish_history_paced(topic, count, every)
     }
 
     /// `PUBLISH` on a topic's live channel, as any backend would.
@@ -372,7 +362,7 @@ impl RedisServer {
 }
 
 /// A backend publishing history events at a steady pace
-/// ([`RedisServer::publish_history_paced`]).
+/// ([`RedisTarget::publish_history_paced`]).
 pub struct Paced {
     ids: tokio::sync::watch::Receiver<Vec<String>>,
     task: tokio::task::JoinHandle<()>,
@@ -406,16 +396,203 @@ impl Drop for RedisServer {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where Redis is
+
+/// Where the processes a test starts find Redis: a URL for `--redis` (one server, or what
+/// [`redis_extra`] starts), or a Redis Cluster's seed nodes for `--redis-cluster`. `From` a
+/// URL string, a [`RedisServer`] or a [`cluster::RedisCluster`].
+#[derive(Clone, Debug)]
+pub enum RedisTarget {
+    Url(String),
+    /// Comma-joined `redis://host:port` seeds.
+    Cluster(String),
+}
+
+impl RedisTarget {
+    /// The two command-line arguments naming it: `--redis URL` or `--redis-cluster SEEDS`.
+    pub fn flags(&self) -> [&str; 2] {
+        match self {
+            RedisTarget::Url(u) => ["--redis", u],
+            RedisTarget::Cluster(s) => ["--redis-cluster", s],
+        }
+    }
+
+    /// A test-side connection (a plain one to a URL, a cluster connection to seeds).
+    pub async fn connection(&self) -> TestConn {
+        match self {
+            RedisTarget::Url(u) => TestConn::Single(
+                redis::Client::open(u.as_str())
+                    .expect("redis url")
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to test redis"),
+            ),
+            RedisTarget::Cluster(seeds) => TestConn::Cluster(
+                redis::cluster::ClusterClientBuilder::new(seeds.split(','))
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .build()
+                    .expect("cluster seeds")
+                    .get_async_connection()
+                    .await
+                    .expect("connect to the test cluster"),
+            ),
+        }
+    }
+
+    /// Every field of a stored session (`HGETALL sb:s:{<id>}`): empty once it has expired
+    /// (or never was).
+    pub async fn session_fields(&self, id: &str) -> std::collections::HashMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(format!("sb:s:{{{id}}}"))
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the session `id` has stored a reply it is owed (an `r:<request id>` field:
+    /// a call in flight), as the gateway does once it has submitted the call; a resume anywhere
+    /// can then answer it.
+    pub async fn wait_for_owed_reply(&self, id: &str) {
+        eventually(&format!("session {id} to store an owed reply"), || async {
+            let fields = self.session_fields(id).await;
+            fields.keys().any(|f| f.starts_with("r:")).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until the session `id` is gone from Redis (expired).
+    pub async fn wait_for_session_gone(&self, id: &str) {
+        eventually(&format!("session {id} to expire"), || async {
+            self.session_fields(id).await.is_empty().then_some(())
+        })
+        .await
+    }
+
+    /// How many events a topic's history holds (`XLEN sb:h:{<topic>}`; 0 before the first).
+    pub async fn history_len(&self, topic: &str) -> u64 {
+        redis::cmd("XLEN")
+            .arg(format!("sb:h:{{{topic}}}"))
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
+    }
+
+    /// `FCALL sb_publish` on `topic`'s history, as a backend publishes with history: the id.
+    pub async fn history_publish(&self, topic: &str, event: &str) -> String {
+        redis::cmd("FCALL")
+            .arg("sb_publish")
+            .arg(1)
+            .arg(format!("sb:h:{{{topic}}}"))
+            .arg(event)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
+    }
+
+    /// Starts a backend publishing `count` history events `{"n": 0}`, `{"n": 1}`, ... on
+    /// `topic`, one every `every`, on a connection and a task of its own: what the tests that
+    /// kill a client's node mid-stream publish meanwhile.
+    pub fn publish_history_paced(&self, topic: &str, count: usize, every: Duration) -> Paced {
+        let (tx, ids) = tokio::sync::watch::channel(Vec::with_capacity(count));
+        let (target, key) = (self.clone(), format!("sb:h:{{{topic}}}"));
+        let task = tokio::spawn(async move {
+            let mut conn = target.connection().await;
+            let mut tick = tokio::time::interval(every);
+            for n in 0..count {
+                tick.tick().await;
+                let id: String = redis::cmd("FCALL")
+                    .arg("sb_publish")
+                    .arg(1)
+                    .arg(&key)
+                    .arg(json!({ "n": n }).to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .expect("history publish");
+                tx.send_modify(|v| v.push(id));
+            }
+        });
+        Paced { ids, task }
+    }
+}
+
+impl From<&str> for RedisTarget {
+    fn from(url: &str) -> Self {
+        RedisTarget::Url(url.to_owned())
+    }
+}
+
+impl From<&String> for RedisTarget {
+    fn from(url: &String) -> Self {
+        RedisTarget::Url(url.clone())
+    }
+}
+
+impl From<&RedisServer> for RedisTarget {
+    fn from(redis: &RedisServer) -> Self {
+        RedisTarget::Url(redis.url())
+    }
+}
+
+impl From<&cluster::RedisCluster> for RedisTarget {
+    fn from(cluster: &cluster::RedisCluster) -> Self {
+        RedisTarget::Cluster(cluster.seeds())
+    }
+}
+
+impl From<&RedisTarget> for RedisTarget {
+    fn from(target: &RedisTarget) -> Self {
+        target.clone()
+    }
+}
+
+/// A test-side connection to one server or to a cluster: either runs any command
+/// (`query_async(&mut conn)`), the cluster one routed by the command's key.
+pub enum TestConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for TestConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            TestConn::Single(c) => c.req_packed_command(cmd),
+            TestConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            TestConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            TestConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            TestConn::Single(c) => c.get_db(),
+            TestConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Gateways
 
-/// Runs `switchboard publish ARGS...` (with no `SWITCHBOARD_REDIS` from the environment) and
-/// asserts it succeeded, as a backend publishing from the command line would; returns what it
-/// printed.
+/// Runs `switchboard publish ARGS...` (with no `SWITCHBOARD_*` settings from the environment)
+/// and asserts it succeeded, as a backend publishing from the command line would; returns what
+/// it printed.
 pub async fn publish_cli(args: &[&str]) -> String {
-    let out = tokio::process::Command::new(switchboard_bin())
+    let out = without_settings_env(Command::new(switchboard_bin()))
         .arg("publish")
         .args(args)
-        .env_remove("SWITCHBOARD_REDIS")
         .output()
         .await
         .expect("run switchboard publish");
@@ -425,6 +602,21 @@ pub async fn publish_cli(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `switchboard publish` on `redis` (`--redis URL` or `--redis-cluster SEEDS`) of `payload` to
+/// `topic`, plus `extra` flags: what it printed (see [`publish_cli`]).
+pub async fn publish_to(
+    redis: impl Into<RedisTarget>,
+    topic: &str,
+    payload: &str,
+    extra: &[&str],
+) -> String {
+    let redis = redis.into();
+    let mut args = redis.flags().to_vec();
+    args.extend_from_slice(extra);
+    args.extend([topic, payload]);
+    publish_cli(&args).await
 }
 
 /// The `switchboard` binary, built next to the test executables.
@@ -466,21 +658,26 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
-    /// and waits until it is ready.
-    pub async fn start(redis_url: &str, node_id: &str, extra: &[&str]) -> GatewayProcess {
+    /// Starts a gateway against `redis` (a URL, a [`RedisServer`], a
+    /// [`cluster::RedisCluster`]) with anonymous clients allowed, plus `extra` flags, and waits
+    /// until it is ready.
+    pub async fn start(
+        redis: impl Into<RedisTarget>,
+        node_id: &str,
+        extra: &[&str],
+    ) -> GatewayProcess {
         let mut all = vec!["--allow-anonymous"];
         all.extend_from_slice(extra);
-        Self::launch(&switchboard_bin(), redis_url, node_id, &all).await
+        Self::launch(&switchboard_bin(), &redis.into(), node_id, &all).await
     }
 
-    /// Starts a gateway against `redis_url` with anonymous clients allowed, plus `extra` flags,
+    /// Starts a gateway against `redis` with anonymous clients allowed, plus `extra` flags,
     /// from the `switchboard` binary at `bin`: what the benchmarks start (from the binary next
     /// to `switchboard-bench`). They measure capacity, so the gateway has no rate limits and no
     /// caps (per connection, per address, nor per identity).
     pub async fn start_with(
         bin: &std::path::Path,
-        redis_url: &str,
+        redis: impl Into<RedisTarget>,
         node_id: &str,
         extra: &[&str],
     ) -> GatewayProcess {
@@ -506,7 +703,7 @@ impl GatewayProcess {
             "0",
         ];
         all.extend_from_slice(extra);
-        Self::launch(bin, redis_url, node_id, &all).await
+        Self::launch(bin, &redis.into(), node_id, &all).await
     }
 
     /// Starts a gateway from the `switchboard` binary at `bin` with anonymous clients allowed
@@ -514,19 +711,23 @@ impl GatewayProcess {
     /// none of the newer flags.
     pub async fn start_bare(
         bin: &std::path::Path,
-        redis_url: &str,
+        redis: impl Into<RedisTarget>,
         node_id: &str,
         extra: &[&str],
     ) -> GatewayProcess {
         let mut all = vec!["--allow-anonymous"];
         all.extend_from_slice(extra);
-        Self::launch(bin, redis_url, node_id, &all).await
+        Self::launch(bin, &redis.into(), node_id, &all).await
     }
 
     /// Starts a gateway with only the `extra` flags on top of the address, Redis and pacing
     /// ones: no `--allow-anonymous` unless given, so the flags say who may connect.
-    pub async fn start_secured(redis_url: &str, node_id: &str, extra: &[&str]) -> GatewayProcess {
-        Self::launch(&switchboard_bin(), redis_url, node_id, extra).await
+    pub async fn start_secured(
+        redis: impl Into<RedisTarget>,
+        node_id: &str,
+        extra: &[&str],
+    ) -> GatewayProcess {
+        Self::launch(&switchboard_bin(), &redis.into(), node_id, extra).await
     }
 
     /// Starts the gateway on free ports and waits until it is ready. A port found free can be
@@ -534,12 +735,12 @@ impl GatewayProcess {
     /// once): the start is tried again on other ports, a few times.
     async fn launch(
         bin: &std::path::Path,
-        redis_url: &str,
+        redis: &RedisTarget,
         node_id: &str,
         extra: &[&str],
     ) -> GatewayProcess {
         for _ in 0..LAUNCH_ATTEMPTS {
-            if let Some(g) = Self::try_launch(bin, redis_url, node_id, extra).await {
+            if let Some(g) = Self::try_launch(bin, redis, node_id, extra).await {
                 return g;
             }
         }
@@ -549,7 +750,7 @@ impl GatewayProcess {
     /// One start: `None` when the process exited before it was ready.
     async fn try_launch(
         bin: &std::path::Path,
-        redis_url: &str,
+        redis: &RedisTarget,
         node_id: &str,
         extra: &[&str],
     ) -> Option<GatewayProcess> {
@@ -561,8 +762,8 @@ impl GatewayProcess {
             &addr.to_string(),
             "--admin-listen",
             &admin_addr.to_string(),
-            "--redis",
-            redis_url,
+            redis.flags()[0],
+            redis.flags()[1],
             "--node-id",
             node_id,
         ]
@@ -660,36 +861,39 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts a worker with `extra` flags (`--builtin`, `--tools FILE`, ...) and waits until
+    /// Starts a worker on `redis` (a [`RedisServer`], a [`cluster::RedisCluster`], a
+    /// [`RedisTarget`]) with `extra` flags (`--builtin`, `--tools FILE`, ...) and waits until
     /// its announcement is in the registry.
-    pub async fn start(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
+    pub async fn start(redis: impl Into<RedisTarget>, id: &str, extra: &[&str]) -> WorkerProcess {
         Self::start_with(&switchboard_bin(), redis, id, extra).await
     }
 
     /// Like [`start`](Self::start), with the `switchboard` binary at `bin`.
     pub async fn start_with(
         bin: &std::path::Path,
-        redis: &RedisServer,
+        redis: impl Into<RedisTarget>,
         id: &str,
         extra: &[&str],
     ) -> WorkerProcess {
-        Self::announced(Self::spawn_with(bin, redis, id, None, extra), redis).await
+        let redis = redis.into();
+        Self::announced(Self::spawn_at(bin, &redis, id, None, extra), &redis).await
     }
 
     /// Like [`start`](Self::start), the worker running in `dir` (a tools file's commands with
     /// paths relative to it).
     pub async fn start_in(
-        redis: &RedisServer,
+        redis: impl Into<RedisTarget>,
         id: &str,
         dir: &std::path::Path,
         extra: &[&str],
     ) -> WorkerProcess {
-        let w = Self::spawn_with(&switchboard_bin(), redis, id, Some(dir), extra);
-        Self::announced(w, redis).await
+        let redis = redis.into();
+        let w = Self::spawn_at(&switchboard_bin(), &redis, id, Some(dir), extra);
+        Self::announced(w, &redis).await
     }
 
     /// Waits until `w`'s announcement is in the registry.
-    async fn announced(w: WorkerProcess, redis: &RedisServer) -> WorkerProcess {
+    async fn announced(w: WorkerProcess, redis: &RedisTarget) -> WorkerProcess {
         let id = w.id.clone();
         eventually(&format!("worker {id} to announce itself"), || {
             let id = id.clone();
@@ -709,29 +913,19 @@ impl WorkerProcess {
     }
 
     /// Starts a worker without waiting for it (one that may die at once).
-    pub fn spawn(redis: &RedisServer, id: &str, extra: &[&str]) -> WorkerProcess {
-        Self::spawn_with(&switchboard_bin(), redis, id, None, extra)
+    pub fn spawn(redis: impl Into<RedisTarget>, id: &str, extra: &[&str]) -> WorkerProcess {
+        Self::spawn_at(&switchboard_bin(), &redis.into(), id, None, extra)
     }
 
     /// Starts a worker on the Redis at `url` (TLS, ACL, Sentinel: see [`redis_extra`]) without
     /// waiting for it.
     pub fn spawn_url(url: &str, id: &str, extra: &[&str]) -> WorkerProcess {
-        Self::spawn_at(&switchboard_bin(), url, id, None, extra)
-    }
-
-    fn spawn_with(
-        bin: &std::path::Path,
-        redis: &RedisServer,
-        id: &str,
-        dir: Option<&std::path::Path>,
-        extra: &[&str],
-    ) -> WorkerProcess {
-        Self::spawn_at(bin, &redis.url(), id, dir, extra)
+        Self::spawn(url, id, extra)
     }
 
     fn spawn_at(
         bin: &std::path::Path,
-        url: &str,
+        redis: &RedisTarget,
         id: &str,
         dir: Option<&std::path::Path>,
         extra: &[&str],
@@ -742,7 +936,8 @@ impl WorkerProcess {
         }
         let child = cmd
             .arg("worker")
-            .args(["--redis", url, "--worker-id", id])
+            .args(redis.flags())
+            .args(["--worker-id", id])
             .args(["--heartbeat", "200ms", "--fetch-block", "200ms"])
             .args(extra)
             .env("SWITCHBOARD_LOG", "warn")
@@ -776,14 +971,32 @@ impl WorkerProcess {
     }
 }
 
-/// A backend of one kind for in-process gateways and workers, with the `redis-server` it
-/// runs on when it is Redis (kept alive as long as this is).
+/// What a [`TestBackend`] runs on, kept alive as long as it is.
+pub enum Store {
+    Memory,
+    Redis(RedisServer),
+    Cluster(cluster::RedisCluster),
+}
+
+impl Store {
+    /// Where it is, for test-side commands and for processes: `None` for memory.
+    pub fn target(&self) -> Option<RedisTarget> {
+        match self {
+            Store::Memory => None,
+            Store::Redis(r) => Some(r.into()),
+            Store::Cluster(c) => Some(c.into()),
+        }
+    }
+}
+
+/// A backend of one kind for in-process gateways and workers, with the `redis-server` or the
+/// cluster it runs on (kept alive as long as `store` is).
 pub struct TestBackend {
     /// The roles a gateway uses.
     pub backend: Backend,
     /// The same backend, as a worker sees it.
     pub queue: Arc<dyn JobQueue>,
-    pub redis: Option<RedisServer>,
+    pub store: Store,
 }
 
 impl TestBackend {
@@ -794,7 +1007,7 @@ impl TestBackend {
                 TestBackend {
                     backend: b.backend(),
                     queue: b,
-                    redis: None,
+                    store: Store::Memory,
                 }
             }
             Kind::Redis => {
@@ -803,11 +1016,26 @@ impl TestBackend {
                 TestBackend {
                     backend: b.backend(),
                     queue: b,
-                    redis: Some(redis),
+                    store: Store::Redis(redis),
+                }
+            }
+            Kind::Cluster => {
+                let cluster = cluster::RedisCluster::start(CLUSTER_PRIMARIES, 0).await;
+                let b = cluster_backend(&cluster);
+                TestBackend {
+                    backend: b.backend(),
+                    queue: b,
+                    store: Store::Cluster(cluster),
                 }
             }
         }
     }
+}
+
+/// A Redis Cluster backend instance of its own, on `cluster`'s seeds.
+pub fn cluster_backend(cluster: &cluster::RedisCluster) -> Arc<switchboard_redis::RedisBackend> {
+    let opts = switchboard_redis::RedisOptions::new_cluster(cluster.urls());
+    switchboard_redis::RedisBackend::connect(&opts).expect("valid cluster seeds")
 }
 
 /// A Redis backend instance of its own (an instance feeds one in-process node's fan-out).
@@ -820,7 +1048,7 @@ pub fn redis_backend(redis: &RedisServer) -> Arc<switchboard_redis::RedisBackend
 /// (heartbeats every 100 ms, so the tools are listed quickly).
 pub struct GatewayWithTools {
     pub gw: InProcessGateway,
-    _redis: Option<RedisServer>,
+    _store: Store,
     _worker: tokio::task::JoinHandle<Result<(), switchboard_worker::RunError>>,
 }
 
@@ -842,7 +1070,7 @@ impl GatewayWithTools {
         let gw = InProcessGateway::start_ready(config, b.backend).await;
         GatewayWithTools {
             gw,
-            _redis: b.redis,
+            _store: b.store,
             _worker: worker,
         }
     }

@@ -21,7 +21,7 @@ use switchboard_core::backend::{Backend, JobQueue};
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
-    DEADLINE, GatewayProcess, Kind, RedisServer, TestBackend, WsClient, both_backends, eventually,
+    DEADLINE, GatewayProcess, Kind, RedisServer, TestBackend, WsClient, eventually, every_backend,
     http_get, metric, redis_backend,
 };
 use switchboard_protocol::Topic;
@@ -197,7 +197,7 @@ fn worker(queue: Arc<dyn JobQueue>) {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
-both_backends!(events_are_deduplicated_by_id, takeover_is_final);
+every_backend!(events_are_deduplicated_by_id, takeover_is_final);
 
 /// Events with ids the app already has are dropped, per topic; events without id pass.
 async fn events_are_deduplicated_by_id(kind: Kind) {

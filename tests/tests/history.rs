@@ -7,14 +7,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{
-    InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
-};
+use switchboard_harness::{InProcessGateway, Kind, Store, TestBackend, WsClient, every_backend};
 use switchboard_protocol::EventId;
 
 struct Setup {
     gw: InProcessGateway,
-    redis: Option<RedisServer>,
+    store: Store,
 }
 
 async fn setup(kind: Kind) -> Setup {
@@ -26,7 +24,7 @@ async fn setup(kind: Kind) -> Setup {
     ];
     let b = TestBackend::start(kind).await;
     let gw = InProcessGateway::start_ready(config, b.backend).await;
-    Setup { gw, redis: b.redis }
+    Setup { gw, store: b.store }
 }
 
 async fn client(s: &Setup) -> WsClient {
@@ -39,7 +37,7 @@ fn id_of(v: &Value) -> EventId {
     EventId::parse(v.as_str().unwrap_or_else(|| panic!("no id in {v}"))).unwrap()
 }
 
-both_backends!(
+every_backend!(
     history_events_carry_increasing_ids,
     replay_meets_live_without_gap_or_duplicate,
     trimmed_history_is_not_recovered,
@@ -78,7 +76,7 @@ async fn history_events_carry_increasing_ids(kind: Kind) {
     assert_eq!(id_of(&r["result"]["position"]), ids[2]);
 
     // Any backend publishes with history through the Redis Function.
-    if let Some(redis) = &s.redis {
+    if let Some(redis) = s.store.target() {
         let mut conn = redis.connection().await;
         let id: String = redis::cmd("FCALL")
             .arg("sb_publish")

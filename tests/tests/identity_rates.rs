@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard_core::auth::mint;
 use switchboard_core::backend::{Budget, Rate};
 use switchboard_harness::{
-    GatewayProcess, Kind, RedisServer, TestBackend, WorkerProcess, WsClient, both_backends, metric,
+    GatewayProcess, Kind, RedisServer, TestBackend, WorkerProcess, WsClient, every_backend, metric,
 };
 
 const SECRET: &str = "identity-rates-secret";
@@ -337,7 +337,7 @@ async fn an_identity_that_keeps_on_past_its_budget_is_closed() {
     assert!(again.call("ping", json!({})).await.get("result").is_some());
 }
 
-both_backends!(the_budget_store_is_a_gcra_per_identity_and_budget);
+every_backend!(the_budget_store_is_a_gcra_per_identity_and_budget);
 
 async fn the_budget_store_is_a_gcra_per_identity_and_budget(kind: Kind) {
     let b = TestBackend::start(kind).await;
@@ -364,7 +364,7 @@ async fn the_budget_store_is_a_gcra_per_identity_and_budget(kind: Kind) {
     );
     assert_eq!(take(Budget::Calls, "alice", 5).await.granted, 5);
     assert_eq!(take(Budget::Publishes, "bob", 5).await.granted, 5);
-    if let Some(redis) = &b.redis {
+    if let Some(redis) = b.store.target() {
         // One key per identity and budget, gone once the budget is full again (5 s at 1/s).
         let mut conn = redis.connection().await;
         let ttl: i64 = redis::cmd("PTTL")

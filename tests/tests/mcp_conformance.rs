@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{DEADLINE, GatewayWithTools, Kind, WsClient, both_backends};
+use switchboard_harness::{
+    DEADLINE, GatewayWithTools, Kind, WsClient, both_backends, every_backend,
+};
 use switchboard_protocol::MCP_SUBPROTOCOL;
 use switchboard_protocol::methods::Ignored;
 use switchboard_protocol::methods::session::MCP_VERSIONS;
@@ -60,10 +62,12 @@ fn assert_error(r: &Value, code: i64) -> String {
     r["error"]["message"].as_str().unwrap().to_owned()
 }
 
+// A task-augmented tool call: tasks, leases and queues on a cluster's shards too.
+every_backend!(the_typescript_sdk_task_flow_works);
+
 both_backends!(
     meta_is_accepted_on_every_request,
     mcp_methods_ignore_fields_they_do_not_read,
-    the_typescript_sdk_task_flow_works,
     tools_declare_optional_task_support,
     protocol_versions_are_negotiated,
     hello_and_initialize_name_the_connection_they_open,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{GatewayWithTools, Kind, WsClient, both_backends};
+use switchboard_harness::{GatewayWithTools, Kind, WsClient, every_backend};
 use switchboard_protocol::methods::session::{
     Discover, Hello, HelloParams, Initialize, InitializeParams, MCP_VERSIONS, Ping,
 };
@@ -34,7 +34,7 @@ async fn setup(kind: Kind) -> Setup {
     GatewayWithTools::start(config, kind).await
 }
 
-both_backends!(every_method_speaks_its_types);
+every_backend!(every_method_speaks_its_types);
 
 async fn every_method_speaks_its_types(kind: Kind) {
     let s = setup(kind).await;

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use switchboard_core::auth;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
-    InProcessGateway, Kind, Read, RedisServer, TestBackend, WsClient, both_backends, http_get,
+    InProcessGateway, Kind, Read, Store, TestBackend, WsClient, both_backends, every_backend,
+    http_get,
 };
 use switchboard_memory::MemoryBackend;
 use tokio_tungstenite::tungstenite::Message;
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
 struct Setup {
     gw: InProcessGateway,
-    _redis: Option<RedisServer>,
+    _store: Store,
 }
 
 async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
@@ -28,16 +29,21 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     let gw = InProcessGateway::start_ready(config, b.backend).await;
     Setup {
         gw,
-        _redis: b.redis,
+        _store: b.store,
     }
 }
 
-both_backends!(
+// Sessions and topics: what a cluster spreads over its shards.
+every_backend!(
     hello_and_ping,
-    requests_before_hello_are_unauthorized,
-    malformed_requests_get_protocol_errors,
     subscribe_publish_unsubscribe,
     publisher_receives_own_event_once,
+);
+
+// The protocol's framing and limits, the same whatever Redis is.
+both_backends!(
+    requests_before_hello_are_unauthorized,
+    malformed_requests_get_protocol_errors,
     binary_frame_closes_1003_and_spares_others,
     malformed_frames_close_1002_or_1007,
     oversized_messages_close_1009,

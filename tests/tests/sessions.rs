@@ -13,7 +13,7 @@ use switchboard_core::history::HistoryRule;
 use switchboard_gateway::GatewayConfig;
 use switchboard_harness::{
     GatewayProcess, InProcessGateway, Kind, Read, RedisServer, TestBackend, WorkerProcess,
-    WsClient, both_backends, eventually, http_get, metric,
+    WsClient, eventually, every_backend, http_get, metric,
 };
 
 const SECRET: &[u8] = b"session-secret";
@@ -56,7 +56,7 @@ async fn events(c: &mut WsClient, n: usize) -> Vec<Value> {
     out
 }
 
-both_backends!(
+every_backend!(
     resume_restores_subscriptions_and_replays_the_gap,
     client_positions_win_over_stored_ones,
     another_identity_cannot_resume,

@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 use switchboard_core::auth;
 use switchboard_core::backend::JobQueue;
 use switchboard_gateway::GatewayConfig;
-use switchboard_harness::{
-    InProcessGateway, Kind, RedisServer, TestBackend, WsClient, both_backends,
-};
+use switchboard_harness::{InProcessGateway, Kind, Store, TestBackend, WsClient, every_backend};
 use switchboard_worker::tools::builtin::add_builtins;
 use switchboard_worker::{Toolbox, WorkerConfig};
 
@@ -20,7 +18,7 @@ const SECRET: &[u8] = b"tools-secret";
 struct Setup {
     gw: InProcessGateway,
     queue: Arc<dyn JobQueue>,
-    _redis: Option<RedisServer>,
+    _store: Store,
     _worker: tokio::task::JoinHandle<Result<(), switchboard_worker::RunError>>,
 }
 
@@ -31,7 +29,7 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     config.tuning.registry_interval = Duration::from_millis(100);
     tweak(&mut config);
     let b = TestBackend::start(kind).await;
-    let (backend, queue, redis) = (b.backend, b.queue, b.redis);
+    let (backend, queue, store) = (b.backend, b.queue, b.store);
     let mut toolbox = Toolbox::new();
     add_builtins(&mut toolbox).unwrap();
     let mut wc = WorkerConfig::new("w1");
@@ -49,7 +47,7 @@ async fn setup(kind: Kind, tweak: impl FnOnce(&mut GatewayConfig)) -> Setup {
     Setup {
         gw,
         queue: queue_handle,
-        _redis: redis,
+        _store: store,
         _worker: worker,
     }
 }
@@ -65,7 +63,7 @@ async fn client(s: &Setup, user: &str) -> WsClient {
     c
 }
 
-both_backends!(
+every_backend!(
     lists_tools_with_mcp_fields,
     echo_is_cached_and_key_order_does_not_matter,
     errors_are_results_and_never_cached,
