@@ -1,6 +1,8 @@
 //! Reachability: both multiplexed connections are pinged every time, so each keeps its
 //! reconnect attempts going while Redis is away; pub/sub disconnections are counted by the push
-//! handler.
+//! handler. In a Redis Cluster a ping is answered by any primary (one shard failing over does not
+//! take every gateway out of rotation), and every `LIBRARY_CHECK_INTERVAL` it also checks that
+//! every primary has the function library.
 
 use std::sync::atomic::Ordering;
 
@@ -8,7 +10,7 @@ use async_trait::async_trait;
 use redis::Value;
 use switchboard_core::backend::{BackendError, Health};
 
-use crate::{Op, RedisBackend};
+use crate::{Op, Plane, RedisBackend};
 
 #[async_trait]
 impl Health for RedisBackend {
@@ -17,6 +19,18 @@ impl Health for RedisBackend {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
+        if let Plane::Cluster(cluster) = &self.plane {
+            let c = cluster.clone();
+            self.bounded(Op::Health, async move { c.ping().await })
+                .await?;
+            if self.library_check_due() {
+                // A primary added to the cluster later gets the library too.
+                if let Err(e) = self.ensure_library().await {
+                    tracing::warn!(error = %e, "Redis Cluster: checking the function library failed");
+                }
+            }
+            return Ok(());
+        }
         let mut commands = self.commands();
         let mut pubsub = self.pubsub();
         let (a, b) = tokio::join!(

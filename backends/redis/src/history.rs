@@ -1,6 +1,9 @@
 //! Topic history on Redis: one stream per topic (`<prefix>:h:{topic}`), appended and published
 //! live in one step by the Redis Function `sb_publish` (`lua/library.lua`), which every gateway
-//! loads (again) whenever it (re)connects, so backends can always `FCALL` it:
+//! loads (again) whenever it (re)connects, so backends can always `FCALL` it. In a Redis
+//! Cluster it is loaded on every primary, and every [`LIBRARY_CHECK_INTERVAL`] a gateway loads it
+//! on any primary that lacks it (one added to the cluster later); a `FCALL` that finds no
+//! function loads it and tries once more:
 //!
 //! ```text
 //! FCALL sb_publish 1 sb:h:{chat:42} '{"text":"hi"}' [MAXLEN [TTL_MS]]
@@ -21,13 +24,29 @@ use switchboard_core::backend::{BackendError, HistoryStore};
 use switchboard_core::history::{HistoryPage, HistoryRule, PageBounds};
 use switchboard_protocol::{EventId, Topic};
 
-use crate::{Op, RedisBackend, text};
+use crate::{Op, Plane, RedisBackend, text};
 
 /// Events kept by `sb_publish` when the caller gives no MAXLEN.
 const DEFAULT_FUNCTION_MAXLEN: u64 = 10_000;
 
-/// The function library, with its placeholder for the default MAXLEN.
+/// The function library, with its placeholders for the default MAXLEN and the publish command.
 const LIBRARY: &str = include_str!("lua/library.lua");
+
+/// How often a gateway in a Redis Cluster checks that every primary has the function library.
+pub(crate) const LIBRARY_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The library's name (`#!lua name=switchboard`).
+const LIBRARY_NAME: &str = "switchboard";
+
+/// The library as loaded: MAXLEN's default, and `PUBLISH` (one Redis) or `SPUBLISH` (a cluster).
+fn library(cluster: bool) -> String {
+    LIBRARY
+        .replace("DEFAULT_MAXLEN", &DEFAULT_FUNCTION_MAXLEN.to_string())
+        .replace(
+            "PUBLISH_COMMAND",
+            if cluster { "'SPUBLISH'" } else { "'PUBLISH'" },
+        )
+}
 
 static READ: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/history_read.lua")));
@@ -141,11 +160,37 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// Loads the function library where it is missing: on every primary lacking it in a
+    /// cluster, or on the one Redis.
+    pub(crate) async fn ensure_library(&self) -> Result<(), BackendError> {
+        match &self.plane {
+            Plane::Cluster(cluster) => {
+                let (cluster, code) = (cluster.clone(), library(true));
+                let lacking = self
+                    .bounded(Op::History, async move {
+                        cluster.ensure_library(LIBRARY_NAME, &code).await
+                    })
+                    .await?;
+                if lacking > 0 {
+                    tracing::info!(
+                        primaries = lacking,
+                        "Redis Cluster: function library loaded where it was missing"
+                    );
+                }
+                Ok(())
+            }
+            Plane::Node(_) => HistoryStore::prepare(self).await,
+        }
+    }
+}
+
 #[async_trait]
 impl HistoryStore for RedisBackend {
     async fn prepare(&self) -> Result<(), BackendError> {
         let mut conn = self.commands();
-        let library = LIBRARY.replace("DEFAULT_MAXLEN", &DEFAULT_FUNCTION_MAXLEN.to_string());
+        // In a cluster, redis-rs sends `FUNCTION LOAD` to every primary.
+        let library = library(self.is_cluster());
         self.bounded(Op::History, async move {
             redis::cmd("FUNCTION")
                 .arg("LOAD")
@@ -164,24 +209,38 @@ impl HistoryStore for RedisBackend {
         data: &str,
         rule: &HistoryRule,
     ) -> Result<EventId, BackendError> {
-        let mut conn = self.commands();
         let key = self.keys.topic_history(topic.as_str());
-        let data = data.to_owned();
         let (len, ttl) = (rule.max_len, rule.ttl.as_millis() as u64);
-        let id: String = self
-            .bounded(Op::History, async move {
-                // The gateway checked the event: the function need not decode it again.
-                redis::cmd("FCALL")
-                    .arg("sb_publish_prechecked")
-                    .arg(1)
-                    .arg(key)
-                    .arg(data)
-                    .arg(len)
-                    .arg(ttl)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        // The gateway checked the event: the function need not decode it again.
+        let mut fcall = redis::cmd("FCALL");
+        fcall
+            .arg("sb_publish_prechecked")
+            .arg(1)
+            .arg(key)
+            .arg(data)
+            .arg(len)
+            .arg(ttl);
+        let mut conn = self.commands();
+        let call = fcall.clone();
+        let mut id: Result<String, BackendError> = self
+            .bounded(
+                Op::History,
+                async move { call.query_async(&mut conn).await },
+            )
+            .await;
+        // A primary without the library (a node that joined the cluster, a flushed Redis): load
+        // it everywhere it lacks, and once more.
+        if matches!(&id, Err(BackendError::Unavailable(m)) if m.contains("Function not found")) {
+            self.ensure_library().await?;
+            let mut conn = self.commands();
+            id = self
+                .bounded(
+                    Op::History,
+                    async move { fcall.query_async(&mut conn).await },
+                )
+                .await;
+        }
+        let id = id?;
         EventId::parse(&id).ok_or_else(|| BackendError::Unavailable(format!("bad stream id {id}")))
     }
 

@@ -32,6 +32,7 @@
 //! registered into the node's registry through `Health::register_metrics`.
 
 mod calls;
+mod cluster;
 mod conns;
 mod health;
 mod history;
@@ -53,13 +54,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use redis::aio::ConnectionManagerConfig;
-use redis::{PushInfo, PushKind, Value};
+use redis::aio::{ConnectionLike, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Value};
 use switchboard_core::backend::{Backend, BackendError, CallSink, TakeoverSink, TopicSink};
 
+use crate::cluster::{ClusterLinks, Sharded};
 pub use crate::keys::Keys;
-use crate::links::{Conn, Links, Role};
-pub use crate::options::{RedisOptions, RedisUrl, Secret, Target};
+use crate::links::{Links, NodeConn, Role};
+pub use crate::options::{ClusterTarget, RedisOptions, RedisUrl, Secret, Target};
 pub use crate::sentinel::SentinelTarget;
 
 /// Cancellations buffered for a worker that is busy; older ones are dropped (a job also checks
@@ -165,19 +168,64 @@ struct Sinks {
     sessions: OnceLock<Arc<dyn TakeoverSink>>,
 }
 
+/// The connections of one of the two modes.
+enum Plane {
+    /// The commands, pub/sub and blocking connections (blocking: workers' `XREADGROUP ...
+    /// BLOCK`, which would stall the others), switched to a new primary behind Sentinel.
+    Node(Arc<Links>),
+    /// A Redis Cluster (`cluster.rs`).
+    Cluster(Arc<ClusterLinks>),
+}
+
+/// A handle on one connection of either mode.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Node(NodeConn),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// See the module docs.
 pub struct RedisBackend {
     keys: Keys,
     op_timeout: Duration,
-    /// The commands, pub/sub and blocking connections (blocking: workers' `XREADGROUP ...
-    /// BLOCK`, which would stall the others), switched to a new primary behind Sentinel.
-    links: Arc<Links>,
+    /// The connections: to one node (or the primary behind Sentinel), or to a Redis Cluster.
+    plane: Plane,
     sinks: Arc<Sinks>,
     /// Cancelled executions, for the workers of this process.
     cancels: tokio::sync::broadcast::Sender<String>,
     /// Disconnections of the pub/sub connection seen so far.
     disconnections: Arc<AtomicU64>,
     ops: OpMetrics,
+    /// When a cluster's primaries were last checked for the function library.
+    library_checked: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -211,30 +259,39 @@ impl RedisBackend {
         let keys = Keys::new(&opts.prefix);
         let sinks = Arc::new(Sinks::default());
         let disconnections = Arc::new(AtomicU64::new(0));
+        // Cluster mode only: the sharded channels to subscribe again after a slot moved.
+        let sharded = matches!(target, Target::Cluster(_)).then(|| Arc::new(Sharded::default()));
         let on_push: links::OnPush = {
             let (keys, sinks, cancels) = (keys.clone(), sinks.clone(), cancels.clone());
-            let disconnections = disconnections.clone();
+            let (disconnections, sharded) = (disconnections.clone(), sharded.clone());
             Arc::new(move |info: PushInfo| {
                 if info.kind == PushKind::Disconnection {
                     disconnections.fetch_add(1, Ordering::Relaxed);
                 }
-                handle_push(&keys, &sinks, &cancels, &info);
+                handle_push(&keys, &sinks, &cancels, sharded.as_deref(), &info);
             })
         };
-        let links = match target {
-            Target::Direct(client) => Links::direct(client, &base, &on_push)
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
-            Target::Sentinel(s) => Links::sentinel(s, base, on_push),
+        let plane = match target {
+            Target::Direct(client) => Plane::Node(
+                Links::direct(client, &base, &on_push)
+                    .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            ),
+            Target::Sentinel(s) => Plane::Node(Links::sentinel(s, base, on_push)),
+            Target::Cluster(c) => Plane::Cluster(
+                ClusterLinks::connect(&c, on_push, sharded.unwrap_or_default())
+                    .map_err(BackendError::Unavailable)?,
+            ),
         };
 
         Ok(Arc::new(RedisBackend {
             keys,
             op_timeout: opts.op_timeout,
-            links,
+            plane,
             sinks,
             cancels,
             disconnections,
             ops: OpMetrics::new(),
+            library_checked: std::sync::Mutex::new(None),
         }))
     }
 
@@ -256,16 +313,38 @@ impl RedisBackend {
         &self.keys
     }
 
+    /// Whether the function library is due for a check on every primary (cluster mode, every
+    /// `history::LIBRARY_CHECK_INTERVAL`).
+    fn library_check_due(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut last = self
+            .library_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < history::LIBRARY_CHECK_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Whether this backend talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.plane, Plane::Cluster(_))
+    }
+
     fn commands(&self) -> Conn {
-        self.links.conn(Role::Commands)
+        match &self.plane {
+            Plane::Node(l) => Conn::Node(l.conn(Role::Commands)),
+            Plane::Cluster(c) => Conn::Cluster(c.commands()),
+        }
     }
 
     fn pubsub(&self) -> Conn {
-        self.links.conn(Role::PubSub)
-    }
-
-    fn blocking(&self) -> Conn {
-        self.links.conn(Role::Blocking)
+        match &self.plane {
+            Plane::Node(l) => Conn::Node(l.conn(Role::PubSub)),
+            Plane::Cluster(c) => Conn::Cluster(c.pubsub()),
+        }
     }
 
     /// Runs one Redis operation within the operation timeout, timed as `op`.
@@ -302,12 +381,24 @@ impl RedisBackend {
     /// Subscribes channels on the pub/sub connection (signal channels; topics go through the
     /// topic bus). Idempotent.
     async fn listen(&self, channels: Vec<String>) -> Result<(), BackendError> {
-        let links = self.links.clone();
-        self.bounded(
-            Op::Subscribe,
-            async move { links.subscribe(channels).await },
-        )
-        .await
+        match &self.plane {
+            Plane::Node(l) => {
+                let links = l.clone();
+                self.bounded(
+                    Op::Subscribe,
+                    async move { links.subscribe(channels).await },
+                )
+                .await
+            }
+            Plane::Cluster(c) => {
+                let links = c.clone();
+                self.bounded(
+                    Op::Subscribe,
+                    async move { links.subscribe(channels).await },
+                )
+                .await
+            }
+        }
     }
 }
 
@@ -316,10 +407,12 @@ fn handle_push(
     keys: &Keys,
     sinks: &Sinks,
     cancels: &tokio::sync::broadcast::Sender<String>,
+    sharded: Option<&Sharded>,
     info: &PushInfo,
 ) {
     match info.kind {
-        PushKind::Message => {
+        // Sharded messages (topics in cluster mode) carry the same channel and payload.
+        PushKind::Message | PushKind::SMessage => {
             let [Value::BulkString(channel), Value::BulkString(payload)] = &info.data[..] else {
                 tracing::warn!(kind = ?info.kind, "unexpected pub/sub message shape");
                 return;
@@ -354,8 +447,25 @@ fn handle_push(
         }
         PushKind::Disconnection => {
             tracing::warn!("Redis pub/sub connection lost; reconnecting and resubscribing");
+            if let Some(sharded) = sharded {
+                sharded.lost();
+            }
             if let Some(sink) = sinks.topics.get() {
                 sink.subscription_lost();
+            }
+        }
+        // Cluster mode: a slot moved to another primary, whose owner dropped our subscription
+        // (our own unsubscribes are confirmed with the same push: those are not wanted).
+        PushKind::SUnsubscribe => {
+            let Some(sharded) = sharded else { return };
+            let Some(channel) = info.data.first().and_then(text) else {
+                return;
+            };
+            if sharded.moved(&channel) {
+                tracing::warn!(%channel, "Redis Cluster: a topic's slot moved; subscribing again");
+                if let Some(sink) = sinks.topics.get() {
+                    sink.subscription_lost();
+                }
             }
         }
         _ => {}

@@ -138,13 +138,13 @@ impl Links {
     }
 
     /// A handle on one of the current connections.
-    pub(crate) fn conn(&self, role: Role) -> Conn {
+    pub(crate) fn conn(&self, role: Role) -> NodeConn {
         let inner = self.trio().map(|t| match role {
             Role::Commands => t.commands.clone(),
             Role::PubSub => t.pubsub.clone(),
             Role::Blocking => t.blocking.clone(),
         });
-        Conn {
+        NodeConn {
             inner,
             kick: self.kick.clone(),
         }
@@ -224,12 +224,12 @@ fn ask_again(e: &RedisError) -> bool {
 
 /// One of the current connections; in Sentinel mode a failure asks the Sentinels again.
 #[derive(Clone)]
-pub(crate) struct Conn {
+pub(crate) struct NodeConn {
     inner: Option<ConnectionManager>,
     kick: Option<Arc<tokio::sync::Notify>>,
 }
 
-impl Conn {
+impl NodeConn {
     fn failed(&self, e: &RedisError) {
         if let Some(kick) = &self.kick
             && ask_again(e)
@@ -239,7 +239,7 @@ impl Conn {
     }
 }
 
-impl ConnectionLike for Conn {
+impl ConnectionLike for NodeConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let Some(inner) = self.inner.as_mut() else {

@@ -1,7 +1,8 @@
 //! How to reach Redis, shared by `gateway`, `worker` and `publish`: the [`RedisOptions`] flags,
 //! and what they are turned into before any connection opens: a [`Target`], either one address
-//! (`redis://`, `rediss://`) or a set of Sentinels asked for the current primary
-//! (`redis+sentinel://`, `rediss+sentinel://`). Secrets (the URL's password, `--redis-password`,
+//! (`redis://`, `rediss://`), a set of Sentinels asked for the current primary
+//! (`redis+sentinel://`, `rediss+sentinel://`), or the seed nodes of a Redis Cluster
+//! (`--redis-cluster`). Secrets (the URL's password, `--redis-password`,
 //! key files) never reach `Debug`, `--help` or a log line: they are held in [`Secret`] and
 //! [`RedisUrl`], whose `Debug` redacts them.
 //!
@@ -136,14 +137,26 @@ fn redact_userinfo(url: &str) -> String {
 pub struct RedisOptions {
     /// Redis URL: redis://[user:password@]host:port[/db], rediss://... for TLS, or
     /// redis+sentinel://[user:password@]sentinel1:26379,sentinel2:26379/PRIMARY-NAME[/db]
-    /// (rediss+sentinel:// for TLS to the Sentinels and the primary).
+    /// (rediss+sentinel:// for TLS to the Sentinels and the primary). This or --redis-cluster.
     #[arg(
         long = "redis",
         env = "SWITCHBOARD_REDIS",
         value_name = "URL",
+        hide_env_values = true,
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    pub url: Option<RedisUrl>,
+    /// Redis Cluster seed nodes, comma-separated: redis://[user:password@]host:port (rediss://
+    /// for TLS). The rest of the cluster is found from them. Needs Redis 7+ (sharded pub/sub).
+    #[arg(
+        long = "redis-cluster",
+        env = "SWITCHBOARD_REDIS_CLUSTER",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
         hide_env_values = true
     )]
-    pub url: RedisUrl,
+    pub cluster: Vec<RedisUrl>,
     /// Prefix of every Redis key and channel.
     #[arg(long = "redis-prefix", env = "SWITCHBOARD_REDIS_PREFIX", default_value = keys::DEFAULT_PREFIX)]
     pub prefix: String,
@@ -227,6 +240,18 @@ impl RedisOptions {
         settings::from_args_without_env(&["--redis", &url]).expect("defaults are valid")
     }
 
+    /// Options for a Redis Cluster reached through `seeds` (`redis://host:port`), every other
+    /// setting at its default.
+    pub fn new_cluster(seeds: Vec<String>) -> Self {
+        let seeds = seeds.join(",");
+        settings::from_args_without_env(&["--redis-cluster", &seeds]).expect("defaults are valid")
+    }
+
+    /// Whether these options name a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
     /// Checks every setting that needs no file; the error names the flag to fix.
     pub fn validate(&self) -> Result<(), String> {
         // A `{` or `}` in the prefix would break the hash tags.
@@ -251,9 +276,14 @@ impl RedisOptions {
         self.validate()?;
         // Installed once per process; a provider already installed (by another part) is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = self.url.expose();
         let password = self.password()?;
         let certs = self.certificates()?;
+        if self.is_cluster() {
+            return self.cluster_target(password, certs).map(Target::Cluster);
+        }
+        let Some(url) = self.url.as_ref().map(RedisUrl::expose) else {
+            return Err("one of --redis or --redis-cluster is required".into());
+        };
         if let Some(rest) = url
             .strip_prefix("redis+sentinel://")
             .map(|r| (false, r))
@@ -336,6 +366,65 @@ impl RedisOptions {
                 .map_err(|e| format!("--redis (SWITCHBOARD_REDIS): bad Redis URL: {e}"))?,
         };
         Ok(Target::Direct(client))
+    }
+
+    /// The seeds of `--redis-cluster`, each checked, with the ACL user and TLS settings.
+    fn cluster_target(
+        &self,
+        password: Option<Secret>,
+        certs: Option<TlsCertificates>,
+    ) -> Result<ClusterTarget, String> {
+        const FLAG: &str = "--redis-cluster (SWITCHBOARD_REDIS_CLUSTER)";
+        let mut seeds = Vec::with_capacity(self.cluster.len());
+        let mut tls = None;
+        for url in &self.cluster {
+            let info = url
+                .expose()
+                .into_connection_info()
+                .map_err(|e| format!("{FLAG}: bad Redis URL {url}: {e}"))?;
+            let seed_tls = match info.addr() {
+                ConnectionAddr::Tcp(..) => false,
+                ConnectionAddr::TcpTls { insecure: true, .. } => {
+                    return Err(format!(
+                        "{FLAG}: rediss://...#insecure (no certificate check) is refused; \
+                         trust the server's CA with --redis-ca-file"
+                    ));
+                }
+                ConnectionAddr::TcpTls { .. } => true,
+                _ => return Err(format!("{FLAG}: {url}: a cluster node is a host and port")),
+            };
+            if tls.is_some_and(|t| t != seed_tls) {
+                return Err(format!("{FLAG}: mixes redis:// and rediss:// seeds"));
+            }
+            tls = Some(seed_tls);
+            if info.redis_settings().db() != 0 {
+                return Err(format!("{FLAG}: {url}: Redis Cluster has only database 0"));
+            }
+            let mut settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            if let Some(u) = &self.username {
+                settings = settings.set_username(u);
+            }
+            if let Some(p) = &password {
+                settings = settings.set_password(p.expose());
+            }
+            seeds.push(
+                info.set_redis_settings(settings)
+                    .set_tcp_settings(crate::tcp_settings()),
+            );
+        }
+        let tls = tls.unwrap_or(false);
+        if certs.is_some() && !tls {
+            return Err("--redis-ca-file / --redis-client-cert need TLS seeds (rediss://)".into());
+        }
+        Ok(ClusterTarget {
+            seeds,
+            certs,
+            connect_timeout: self.connect_timeout,
+            op_timeout: self.op_timeout,
+        })
     }
 
     fn password(&self) -> Result<Option<Secret>, String> {
@@ -436,6 +525,43 @@ pub enum Target {
     Direct(redis::Client),
     /// The primary named by Sentinels, asked again on failures and every poll period.
     Sentinel(SentinelTarget),
+    /// A Redis Cluster, found from its seed nodes.
+    Cluster(ClusterTarget),
+}
+
+/// A Redis Cluster to connect to: its seed nodes (RESP3, the ACL user, TCP_NODELAY set on
+/// each) and TLS files.
+#[derive(Clone)]
+pub struct ClusterTarget {
+    seeds: Vec<redis::ConnectionInfo>,
+    certs: Option<TlsCertificates>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) op_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seeds: Vec<String> = self.seeds.iter().map(|s| s.addr().to_string()).collect();
+        f.debug_struct("ClusterTarget")
+            .field("seeds", &seeds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterTarget {
+    /// A cluster client: connections made from it find every node from the seeds, follow
+    /// `MOVED` and `ASK`, and refresh the slot map when a primary fails over.
+    pub fn client(&self) -> Result<redis::cluster::ClusterClient, String> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(self.seeds.clone())
+            .use_protocol(ProtocolVersion::RESP3)
+            .tcp_settings(crate::tcp_settings())
+            .connection_timeout(self.connect_timeout);
+        if let Some(certs) = &self.certs {
+            b = b.certs(certs.clone());
+        }
+        b.build()
+            .map_err(|e| format!("--redis-cluster (SWITCHBOARD_REDIS_CLUSTER): {e}"))
+    }
 }
 
 impl Target {
@@ -443,6 +569,7 @@ impl Target {
     pub async fn client(&self) -> Result<redis::Client, String> {
         match self {
             Target::Direct(c) => Ok(c.clone()),
+            Target::Cluster(_) => Err("a Redis Cluster has no single primary".into()),
             Target::Sentinel(s) => {
                 let (host, port) = s.resolve().await?;
                 s.client_for(&host, port).map_err(|e| e.to_string())
@@ -487,5 +614,41 @@ mod tests {
         let mut opts = RedisOptions::new("redis://h:1");
         opts.password_file = Some("/nonexistent/pw".into());
         assert!(opts.target().unwrap_err().contains("--redis-password-file"));
+    }
+
+    #[test]
+    fn cluster_seeds_are_checked() {
+        let opts =
+            RedisOptions::new_cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()]);
+        assert!(opts.is_cluster() && opts.url.is_none());
+        let Ok(Target::Cluster(t)) = opts.target() else {
+            panic!("a cluster target");
+        };
+        assert_eq!(
+            format!("{t:?}"),
+            r#"ClusterTarget { seeds: ["a:7000", "b:7001"], .. }"#
+        );
+        let mixed = RedisOptions::new_cluster(vec!["redis://a:1".into(), "rediss://b:2".into()]);
+        assert!(mixed.target().unwrap_err().contains("mixes"));
+        let db = RedisOptions::new_cluster(vec!["redis://a:1/2".into()]);
+        assert!(db.target().unwrap_err().contains("database 0"));
+        let insecure = RedisOptions::new_cluster(vec!["rediss://a:1/#insecure".into()]);
+        assert!(insecure.target().unwrap_err().contains("insecure"));
+        let mut plain_with_ca = RedisOptions::new_cluster(vec!["redis://a:1".into()]);
+        plain_with_ca.ca_file = Some("Cargo.toml".into());
+        assert!(plain_with_ca.target().is_err());
+        // The password in a seed never reaches Debug.
+        let secret = RedisOptions::new_cluster(vec!["redis://u:hunter2@a:1".into()]);
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        // Exactly one of the two flags.
+        let both: Result<RedisOptions, _> = settings::from_args_without_env(&[
+            "--redis",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:2",
+        ]);
+        assert!(both.is_err());
+        let neither: Result<RedisOptions, _> = settings::from_args_without_env(&[]);
+        assert!(neither.is_err());
     }
 }

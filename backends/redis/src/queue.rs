@@ -25,7 +25,8 @@ use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
 
 use crate::keys::WORKER_GROUP;
-use crate::{Op, RedisBackend};
+use crate::links::Role;
+use crate::{Op, Plane, RedisBackend};
 
 static FINISH: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/finish.lua")));
@@ -154,13 +155,7 @@ impl JobQueue for RedisBackend {
             }
         }
         // Cancellations reach every worker on the pub/sub connection.
-        let links = self.links.clone();
-        let channel = self.keys.cancel_channel();
-        self.bounded(
-            Op::Queue,
-            async move { links.subscribe(vec![channel]).await },
-        )
-        .await
+        self.listen(vec![self.keys.cancel_channel()]).await
     }
 
     async fn fetch(
@@ -176,26 +171,32 @@ impl JobQueue for RedisBackend {
         }
         let keys: Vec<String> = tools.iter().map(|t| self.keys.tool_queue(t)).collect();
         let ids: Vec<&str> = tools.iter().map(|_| ">").collect();
-        let mut conn = self.blocking();
-        let reply: Option<StreamReadReply> =
-            tokio::time::timeout(block + self.op_timeout, async move {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(WORKER_GROUP)
-                    .arg(worker_id)
-                    .arg("COUNT")
-                    .arg(max)
-                    .arg("BLOCK")
-                    .arg(block.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&keys)
-                    .arg(&ids)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| BackendError::Timeout)?
-            .map_err(err)?;
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(WORKER_GROUP)
+            .arg(worker_id)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&keys)
+            .arg(&ids);
+        let bound = block + self.op_timeout;
+        let reply: Option<StreamReadReply> = match &self.plane {
+            Plane::Node(links) => {
+                let mut conn = links.conn(Role::Blocking);
+                tokio::time::timeout(bound, read.query_async(&mut conn)).await
+            }
+            // A dedicated connection per read (a cluster's are multiplexed): the queues of one
+            // fetch share a slot (`fetch_groups`), so the read goes to one primary.
+            Plane::Cluster(cluster) => {
+                let mut conn = cluster.blocking().await.map_err(err)?;
+                tokio::time::timeout(bound, read.query_async(&mut *conn)).await
+            }
+        }
+        .map_err(|_| BackendError::Timeout)?
+        .map_err(err)?;
         let mut jobs = Vec::new();
         for stream in reply.map(|r| r.keys).unwrap_or_default() {
             let Some(tool) = tools.iter().find(|t| self.keys.tool_queue(t) == stream.key) else {

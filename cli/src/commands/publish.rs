@@ -1,9 +1,10 @@
 //! `switchboard publish`: what any backend does to reach clients, from the command line:
-//! `PUBLISH <prefix>:t:{<topic>} <json>` on Redis.
+//! `PUBLISH <prefix>:t:{<topic>} <json>` on Redis, or `SPUBLISH` (sharded pub/sub, on the shard
+//! that owns the topic) in a Redis Cluster.
 
 use anyhow::Context;
 use switchboard_protocol::topic;
-use switchboard_redis::{Keys, RedisOptions};
+use switchboard_redis::{Keys, RedisOptions, Target};
 
 use crate::Failure;
 
@@ -26,6 +27,23 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let target = opts.target().map_err(Failure::Usage)?;
     let channel = Keys::new(&opts.prefix).topic_channel(&args.topic);
     let rt = super::runtime()?;
+    if let Target::Cluster(cluster) = &target {
+        let receivers: i64 = rt.block_on(async {
+            let client = cluster.client().map_err(anyhow::Error::msg)?;
+            let mut conn = client
+                .get_async_connection()
+                .await
+                .context("cannot reach the Redis Cluster")?;
+            redis::cmd("SPUBLISH")
+                .arg(&channel)
+                .arg(&args.json)
+                .query_async(&mut conn)
+                .await
+                .context("SPUBLISH failed")
+        })?;
+        println!("published to {channel}: {receivers} gateway node(s) subscribed");
+        return Ok(());
+    }
     let receivers: i64 = rt.block_on(async {
         let client = target
             .client()

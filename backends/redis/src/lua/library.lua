@@ -4,7 +4,9 @@
 --   FCALL sb_publish 1 <prefix>:h:{<topic>} <json> [MAXLEN [TTL_MS]]
 -- appends the event to the topic's history (trimmed exactly to MAXLEN, expiring after TTL_MS
 -- when given and not 0) and publishes `#<id> <json>` on the topic's live channel; returns the id.
--- The default MAXLEN (the placeholder in sb_publish) is filled in when a gateway loads it.
+-- The default MAXLEN (the placeholder in sb_publish) is filled in when a gateway loads it, and
+-- so is the publish command: PUBLISH on one Redis, SPUBLISH (sharded pub/sub, on the shard that
+-- owns the topic's slot, which is also the history key's slot) in a Redis Cluster.
 --
 -- `sb_publish_prechecked` is the same for gateways, which checked the event already: it skips
 -- decoding the event.
@@ -65,7 +67,7 @@ local function publish(keys, args, check_event)
   id = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'd', args[1])
   if ttl > 0 then redis.call('PEXPIRE', stream, ttl) end
   local channel = string.gsub(stream, ':h:{', ':t:{', 1)
-  redis.call('PUBLISH', channel, '#' .. id .. ' ' .. args[1])
+  redis.call(PUBLISH_COMMAND, channel, '#' .. id .. ' ' .. args[1])
   return id
 end
 -- What backends call.
