@@ -57,6 +57,9 @@ const SUBSCRIBED_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 /// The measured processes together using this share of the machine's cores: saturated.
 const MACHINE_SATURATED_SHARE: f64 = 0.95;
+/// How long one publisher pipeline may wait for its answers (redis-rs's default, 500 ms, is
+/// shorter than a large pipeline takes on a saturated Redis).
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The live channel and history key prefix the gateways run with (their default).
 const PREFIX: &str = "sb";
 
@@ -341,7 +344,9 @@ async fn run_one(opts: &ShardsOptions, cluster: bool) -> anyhow::Result<RunRepor
             opened.first_error.unwrap_or_default()
         );
     }
-    wait_subscribed(&nodes, &owner, cluster).await?;
+    wait_subscribed(&nodes, &owner, cluster)
+        .await
+        .context("waiting for the gateways' subscriptions")?;
 
     // Publisher connections: `publishers_per_shard` per node, the node's topics dealt out.
     let mut lanes = Vec::new();
@@ -357,8 +362,10 @@ async fn run_one(opts: &ShardsOptions, cluster: bool) -> anyhow::Result<RunRepor
             if topics.is_empty() {
                 continue;
             }
+            let config =
+                redis::AsyncConnectionConfig::new().set_response_timeout(Some(PIPELINE_TIMEOUT));
             let conn = redis::Client::open(node.url.as_str())?
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .with_context(|| format!("connecting to {}", node.addr))?;
             lanes.push(Lane {
@@ -386,7 +393,9 @@ async fn run_one(opts: &ShardsOptions, cluster: bool) -> anyhow::Result<RunRepor
     let mut stop_reason = format!("the last of {} steps", opts.max_steps);
     let mut rate = opts.start_rate as f64;
     for _ in 0..opts.max_steps {
-        let stats0 = commandstats(&nodes, command).await?;
+        let stats0 = commandstats(&nodes, command)
+            .await
+            .context("INFO commandstats")?;
         let (r0, g0, b0, a0) = (
             sample_all(&redis_pids),
             sample_all(&gateway_pids),
@@ -630,7 +639,9 @@ impl Publish {
                     };
                 }
             }
-            pipe.exec_async(&mut lane.conn).await?;
+            pipe.exec_async(&mut lane.conn)
+                .await
+                .context("a publisher pipeline")?;
             done = upto;
             lane.sent = base + done;
         }
