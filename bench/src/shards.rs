@@ -499,7 +499,12 @@ async fn run_one(opts: &ShardsOptions, cluster: bool) -> anyhow::Result<RunRepor
         let redis_cores = cpu_seconds(&r0, &r1) / secs;
         let gateway_cores = cpu_seconds(&g0, &g1) / secs;
         let bench_cores = cpu_seconds(&b0, &b1) / secs;
-        let agent_cores = cpu_seconds(&a0, &a1) / secs;
+        // (No agents: an empty sum is -0.0, which would print as "-0.00".)
+        let agent_cores = if agent_pids.is_empty() {
+            0.0
+        } else {
+            cpu_seconds(&a0, &a1) / secs
+        };
         let step = StepReport {
             offered_events_per_s: rate,
             due,
