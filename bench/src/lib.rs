@@ -20,6 +20,10 @@
 //!   once: Redis PING during it, Redis time per client, time until all caught up.
 //! - [`idle`]: M idle connections (hello, one subscribe) on G gateways: RSS per connection, and
 //!   one event to every topic at the end, none lost.
+//! - [`shards`]: past one Redis: the publish rate one `redis-server` saturates at, then what a
+//!   Redis Cluster of N primaries sustains, and each shard's CPU per delivered event.
+//! - [`cluster`]: the local Redis Cluster `shards` starts, and its gateways (`--redis` or
+//!   `--redis-cluster`).
 //! - [`connect`]: connections per second through the upgrade and a `hello` with a verified JWT.
 //! - [`floor`]: the floor server (`switchboard-bench floor-server`), a minimal broadcast server
 //!   that `fanout --target floor` measures Switchboard against.
@@ -31,6 +35,7 @@
 //!   events are stamped with.
 
 pub mod calls;
+pub mod cluster;
 pub mod connect;
 pub mod fanout;
 pub mod floor;
@@ -40,5 +45,6 @@ pub mod mcp_http;
 pub mod procstat;
 pub mod rawws;
 pub mod resume;
+pub mod shards;
 pub mod stats;
 pub mod storm;

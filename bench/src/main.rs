@@ -24,6 +24,7 @@ use switchboard_bench::idle::{self, IdleOptions};
 use switchboard_bench::loadgen::{self, Stage, Target};
 use switchboard_bench::mcp_http::{self, Era, HttpCallMode, McpHttpOptions};
 use switchboard_bench::resume::{self, ResumeOptions};
+use switchboard_bench::shards::{self, Method, Runs, ShardsOptions};
 use switchboard_bench::storm::{self, StormOptions};
 
 /// Exit code for an invalid command line or setting (EX_USAGE).
@@ -155,6 +156,65 @@ enum Scenario {
         /// (gateways with --jwt-public-key; bench-only keys).
         #[arg(long, value_parser = ["hs256", "rs256", "es256", "eddsa"], default_value = "hs256")]
         alg: String,
+    },
+    /// Past one Redis: the publish rate one redis-server saturates at, then what a Redis Cluster
+    /// of N primaries sustains on the same machine, and each shard's CPU per delivered event.
+    Shards {
+        /// single (one redis-server), cluster (N primaries), or both, one after the other.
+        #[arg(long, value_parser = ["single", "cluster", "both"], default_value = "both")]
+        runs: String,
+        /// Primaries of the cluster (no replicas).
+        #[arg(long, default_value_t = 3)]
+        shards: usize,
+        /// Gateway processes (each topic's subscribers on one of them).
+        #[arg(long, default_value_t = 2)]
+        gateways: usize,
+        /// Topics the events spread over evenly.
+        #[arg(long, default_value_t = 300)]
+        topics: usize,
+        /// Subscribers per topic (one connection each).
+        #[arg(long, default_value_t = 1)]
+        subscribers_per_topic: usize,
+        /// Events per second offered in the first step, all topics together.
+        #[arg(long, default_value_t = 10_000)]
+        start_rate: u64,
+        /// Each step offers this many times the previous step's rate.
+        #[arg(long, default_value_t = 1.4)]
+        step_factor: f64,
+        /// At most this many steps per run.
+        #[arg(long, default_value_t = 10)]
+        max_steps: usize,
+        /// Seconds each step publishes for.
+        #[arg(long, default_value_t = 4)]
+        step_seconds: u64,
+        /// fcall: FCALL sb_publish (history and live, what backends send for history topics);
+        /// publish: PUBLISH on one Redis, SPUBLISH on the cluster (live only).
+        #[arg(long, value_parser = ["fcall", "publish"], default_value = "fcall")]
+        method: String,
+        /// Bytes of padding in each event.
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// sb_publish's MAXLEN (history entries kept per topic).
+        #[arg(long, default_value_t = 1000)]
+        history_maxlen: u64,
+        /// sb_publish's TTL_MS (history expiry).
+        #[arg(long, default_value_t = 3_600_000)]
+        history_ttl_ms: u64,
+        /// Pipelined publisher connections per Redis node.
+        #[arg(long, default_value_t = 2)]
+        publishers_per_shard: usize,
+        /// Loopback source addresses to connect from (127.0.0.1 ...).
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        /// Load-generator child processes holding the subscribers [default: none up to 19 000].
+        #[arg(long)]
+        agents: Option<usize>,
+        /// A Redis process at this many cores is saturated (commands run on one thread).
+        #[arg(long, default_value_t = 0.9)]
+        saturated_cores: f64,
+        /// A step keeps up while this share of the offered deliveries per second arrive.
+        #[arg(long, default_value_t = 0.95)]
+        keep_up: f64,
     },
     /// A load-generator child process: JSON-line requests on stdin, replies on stdout.
     #[command(hide = true)]
@@ -426,6 +486,59 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 alg: TokenAlg::parse(&alg).expect("clap checked the value"),
             };
             let report = rt.block_on(connect::run(opts))?;
+            print_report(json, &report, report.table())?;
+        }
+        Scenario::Shards {
+            runs,
+            shards: primaries,
+            gateways,
+            topics,
+            subscribers_per_topic,
+            start_rate,
+            step_factor,
+            max_steps,
+            step_seconds,
+            method,
+            payload_bytes,
+            history_maxlen,
+            history_ttl_ms,
+            publishers_per_shard,
+            sources,
+            agents,
+            saturated_cores,
+            keep_up,
+        } => {
+            let opts = ShardsOptions {
+                switchboard_bin: switchboard()?,
+                bench_bin: this.clone(),
+                runs: match runs.as_str() {
+                    "single" => Runs::Single,
+                    "cluster" => Runs::Cluster,
+                    _ => Runs::Both,
+                },
+                shards: primaries,
+                gateways,
+                topics,
+                subscribers_per_topic,
+                start_rate,
+                step_factor,
+                max_steps,
+                step: Duration::from_secs(step_seconds),
+                method: if method == "publish" {
+                    Method::Publish
+                } else {
+                    Method::Fcall
+                },
+                payload_bytes,
+                history_maxlen,
+                history_ttl_ms,
+                publishers_per_shard,
+                sources,
+                agents,
+                saturated_cores,
+                keep_up,
+            };
+            let report = rt.block_on(shards::run(opts))?;
             print_report(json, &report, report.table())?;
         }
         Scenario::Agent => rt.block_on(loadgen::serve_agent())?,

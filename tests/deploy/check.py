@@ -6,8 +6,11 @@ requirements.txt), one check per invocation:
     tests/deploy/.venv/bin/python tests/deploy/check.py CHECK
 
 CHECK is one of:
-  compose     docker-compose.yml: `docker-compose config -q` (with and without the monitoring
-              profile), and what the gateways, workers and Redis must be given.
+  compose     docker-compose.yml: `docker-compose config -q` (without a profile, and with the
+              monitoring and the cluster profile), and what the gateways, workers and Redis must
+              be given; the cluster profile's six nodes (password, announced hostnames), the
+              one-shot service that creates the cluster, and its gateways and workers on
+              SWITCHBOARD_REDIS_CLUSTER (seeds among the nodes, waiting for the cluster).
   kustomize   every overlay (and each with the opt-in components) rendered by `kubectl kustomize`
               (the venv's kubectl); the built-in kinds through `kubernetes-validate --strict`; the
               CRD kinds (ServiceMonitor, PrometheusRule, ScaledObject, TriggerAuthentication)
@@ -138,6 +141,7 @@ RENDERS = [
         "k8s/overlays/prod",
         ["k8s/components/monitoring", "k8s/components/keda", "k8s/components/redis-ca"],
     ),
+    ("prod+redis-cluster+redis-ca", "k8s/overlays/prod", ["k8s/components/redis-cluster", "k8s/components/redis-ca"]),
 ]
 
 
@@ -189,35 +193,77 @@ def duration_seconds(text: str) -> float:
 # ---- compose ------------------------------------------------------------------------------------
 
 
+# The `cluster` profile: six Redis Cluster nodes (three primaries, three replicas), the one-shot
+# service that creates the cluster, and gateways and workers on SWITCHBOARD_REDIS_CLUSTER.
+CLUSTER_NODES = [f"redis-c{i}" for i in range(1, 7)]
+CLUSTER_INIT = "redis-cluster-init"
+CLUSTER_CLIENTS = ["gateway-cluster-1", "gateway-cluster-2", "worker-cluster-1", "worker-cluster-2"]
+
+
+def flag_value(command: list, flag: str) -> object:
+    """The argument after `flag` in a command list (None when absent)."""
+    return command[command.index(flag) + 1] if flag in command and command.index(flag) + 1 < len(command) else None
+
+
 def check_compose(p: Problems) -> None:
     compose = tool("docker-compose", "apt-get install docker-compose")
-    for extra in ([], ["--profile", "monitoring"]):
+    for extra in ([], ["--profile", "monitoring"], ["--profile", "cluster"]):
         result = run([compose, "-f", "docker-compose.yml", *extra, "config", "-q"], cwd=ROOT)
         p.check(result.returncode == 0, f"docker-compose {' '.join(extra)} config -q failed:\n{result.stderr}")
-    result = run([compose, "-f", "docker-compose.yml", "--profile", "monitoring", "config"], cwd=ROOT)
+    result = run(
+        [compose, "-f", "docker-compose.yml", "--profile", "monitoring", "--profile", "cluster", "config"], cwd=ROOT
+    )
     if result.returncode != 0:
         p.add(f"docker-compose config failed:\n{result.stderr}")
         return
     config = yaml.safe_load(result.stdout)
     services = config.get("services", {})
-    for name in ("redis", "gateway-1", "gateway-2", "worker-1", "worker-2", "lb", "prometheus"):
+    for name in ("redis", "gateway-1", "gateway-2", "worker-1", "worker-2", "lb", "prometheus", CLUSTER_INIT, *CLUSTER_NODES, *CLUSTER_CLIENTS):
         p.check(name in services, f"docker-compose.yml: no service {name}")
+    # Opt-in services carry their profile (docker-compose 1.29's `config` lists every service
+    # whatever the profiles given, so this is read from the services themselves).
+    wanted = {"prometheus": "monitoring", **{n: "cluster" for n in (CLUSTER_INIT, *CLUSTER_NODES, *CLUSTER_CLIENTS)}}
+    for name, service in services.items():
+        profiles = service.get("profiles") or []
+        if name in wanted:
+            p.check(profiles == [wanted[name]], f"{name}: profiles {profiles}, not [{wanted[name]}]")
+        else:
+            p.check(not profiles, f"{name}: in profiles {profiles}, but it is part of the default stack")
     redis = services.get("redis", {})
     command = redis.get("command") or []
     p.check("--requirepass" in command, "redis: no --requirepass")
     p.check("noeviction" in command, "redis: not noeviction")
-    password = command[command.index("--requirepass") + 1] if "--requirepass" in command else None
+    password = flag_value(command, "--requirepass")
     p.check(
         redis.get("environment", {}).get("REDISCLI_AUTH") == password,
         "redis: the healthcheck's REDISCLI_AUTH is not the requirepass password",
     )
     p.check("healthcheck" in redis, "redis: no healthcheck")
+    check_cluster_profile(services, password, p)
     for name, service in services.items():
         env = service.get("environment", {}) or {}
         if not (name.startswith("gateway") or name.startswith("worker")):
             continue
         p.check(env.get("SWITCHBOARD_REDIS_PASSWORD") == password, f"{name}: SWITCHBOARD_REDIS_PASSWORD is not Redis' password")
-        p.check(service.get("depends_on", {}).get("redis", {}).get("condition") == "service_healthy", f"{name}: does not wait for a healthy Redis")
+        on_cluster = name in CLUSTER_CLIENTS
+        p.check(
+            ("SWITCHBOARD_REDIS" in env) != ("SWITCHBOARD_REDIS_CLUSTER" in env),
+            f"{name}: exactly one of SWITCHBOARD_REDIS and SWITCHBOARD_REDIS_CLUSTER must be set",
+        )
+        if on_cluster:
+            p.check("cluster" in (service.get("profiles") or []), f"{name}: not in the cluster profile")
+            p.check(
+                service.get("depends_on", {}).get(CLUSTER_INIT, {}).get("condition") == "service_completed_successfully",
+                f"{name}: does not wait for {CLUSTER_INIT} to have created the cluster",
+            )
+            p.check("redis" not in service.get("depends_on", {}), f"{name}: waits for the single Redis it does not use")
+            seeds = [s.strip() for s in str(env.get("SWITCHBOARD_REDIS_CLUSTER", "")).split(",") if s.strip()]
+            p.check(len(seeds) >= 2, f"{name}: SWITCHBOARD_REDIS_CLUSTER names fewer than two seed nodes")
+            for seed in seeds:
+                host = re.sub(r"^rediss?://", "", seed).split("/")[0].rsplit(":", 1)[0].split("@")[-1]
+                p.check(host in CLUSTER_NODES, f"{name}: seed {seed} is not a cluster node service")
+        else:
+            p.check(service.get("depends_on", {}).get("redis", {}).get("condition") == "service_healthy", f"{name}: does not wait for a healthy Redis")
         grace_key = "SWITCHBOARD_SHUTDOWN_GRACE" if name.startswith("gateway") else "SWITCHBOARD_WORKER_SHUTDOWN_GRACE"
         grace = duration_seconds(env.get(grace_key, "10s"))
         if name.startswith("gateway"):
@@ -230,6 +276,48 @@ def check_compose(p: Problems) -> None:
         # `config` writes ports as "HOST_IP:HOST_PORT:CONTAINER_PORT/PROTO" strings.
         published = [int(str(port).split("/")[0].rsplit(":", 1)[-1]) for port in service.get("ports", [])]
         p.check(9090 in published, f"{name}: its admin port 9090 is not published")
+    host_ports = [
+        str(port).split("/")[0].rsplit(":", 1)[0] for service in services.values() for port in service.get("ports", [])
+    ]
+    dupes = sorted({hp for hp in host_ports if host_ports.count(hp) > 1})
+    p.check(not dupes, f"docker-compose.yml: host ports published twice: {dupes}")
+
+
+def check_cluster_profile(services: dict, password: object, p: Problems) -> None:
+    """The Redis Cluster nodes and the one-shot service that creates the cluster."""
+    for name in CLUSTER_NODES:
+        node = services.get(name)
+        if node is None:
+            continue
+        command = [str(c) for c in node.get("command") or []]
+        p.check("cluster" in (node.get("profiles") or []), f"{name}: not in the cluster profile")
+        p.check(flag_value(command, "--cluster-enabled") == "yes", f"{name}: not --cluster-enabled yes")
+        p.check(flag_value(command, "--requirepass") == password, f"{name}: --requirepass is not the single Redis' password")
+        p.check(flag_value(command, "--masterauth") == password, f"{name}: --masterauth is not the password (a replica could not sync)")
+        p.check("noeviction" in command, f"{name}: not noeviction")
+        # Clients are sent to the address a node announces: it must resolve inside compose.
+        announced = flag_value(command, "--cluster-announce-hostname")
+        p.check(announced == name, f"{name}: announces {announced!r}, not its service name")
+        p.check(
+            flag_value(command, "--cluster-preferred-endpoint-type") == "hostname",
+            f"{name}: clients are not sent the announced hostname (--cluster-preferred-endpoint-type hostname)",
+        )
+        p.check("healthcheck" in node, f"{name}: no healthcheck")
+        p.check(node.get("environment", {}).get("REDISCLI_AUTH") == password, f"{name}: REDISCLI_AUTH is not the password")
+    init = services.get(CLUSTER_INIT)
+    if init is None:
+        return
+    p.check("cluster" in (init.get("profiles") or []), f"{CLUSTER_INIT}: not in the cluster profile")
+    waits = init.get("depends_on", {})
+    for name in CLUSTER_NODES:
+        p.check(waits.get(name, {}).get("condition") == "service_healthy", f"{CLUSTER_INIT}: does not wait for {name} to answer")
+    script = " ".join(str(c) for c in [*(init.get("entrypoint") or []), *(init.get("command") or [])])
+    p.check("--cluster create" in script, f"{CLUSTER_INIT}: does not run redis-cli --cluster create")
+    p.check("--cluster-replicas 1" in script, f"{CLUSTER_INIT}: not one replica per primary")
+    p.check("--cluster-yes" in script, f"{CLUSTER_INIT}: would wait for a yes on its terminal")
+    p.check(all(n in script for n in CLUSTER_NODES), f"{CLUSTER_INIT}: does not join all six nodes")
+    p.check(init.get("environment", {}).get("REDISCLI_AUTH") == password, f"{CLUSTER_INIT}: REDISCLI_AUTH is not the password")
+    p.check(str(init.get("restart", "no")) == "no", f"{CLUSTER_INIT}: a one-shot service must not restart")
 
 
 # ---- kustomize ----------------------------------------------------------------------------------
@@ -326,16 +414,20 @@ def check_invariants(name: str, docs: list[dict], p: Problems) -> None:
                 if ref and not ref.get("optional"):
                     known = ref["name"] in secrets or (not is_dev and ref["name"] in USER_SECRETS)
                     p.check(known, f"{name}/{dname}: env {e['name']} names Secret {ref['name']}, which nothing provides")
-                if e["name"] == "SWITCHBOARD_REDIS":
-                    p.check(ref is not None, f"{name}/{dname}: SWITCHBOARD_REDIS is not from a Secret")
+                if e["name"] in ("SWITCHBOARD_REDIS", "SWITCHBOARD_REDIS_CLUSTER"):
+                    p.check(ref is not None, f"{name}/{dname}: {e['name']} is not from a Secret")
                 if e["name"] == "SWITCHBOARD_REDIS_PASSWORD":
                     p.check(ref is not None, f"{name}/{dname}: SWITCHBOARD_REDIS_PASSWORD is not from a Secret")
             for ef in c.get("envFrom", []):
                 if "configMapRef" in ef:
                     p.check(ef["configMapRef"]["name"] in configmaps, f"{name}/{dname}: envFrom names a missing ConfigMap {ef['configMapRef']['name']}")
             env = env_of(c)
-            for key in ("SWITCHBOARD_REDIS", "SWITCHBOARD_REDIS_PASSWORD"):
-                p.check(key in env, f"{name}/{dname}: no {key}")
+            p.check("SWITCHBOARD_REDIS_PASSWORD" in env, f"{name}/{dname}: no SWITCHBOARD_REDIS_PASSWORD")
+            # Where Redis is: one server (or Sentinel), or a cluster's seeds with the component.
+            where = "SWITCHBOARD_REDIS_CLUSTER" if "redis-cluster" in name else "SWITCHBOARD_REDIS"
+            other = "SWITCHBOARD_REDIS" if "redis-cluster" in name else "SWITCHBOARD_REDIS_CLUSTER"
+            p.check(where in env, f"{name}/{dname}: no {where}")
+            p.check(other not in env, f"{name}/{dname}: {other} as well as {where} (they are exclusive)")
 
     # Drain: the pod's grace covers the node's, and readiness notices a drain quickly.
     g = gateway["spec"]["template"]["spec"]
