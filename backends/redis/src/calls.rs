@@ -299,8 +299,9 @@ impl CallPlane for RedisBackend {
             return Ok(Submitted::Refused(refusal(&value)?));
         }
         let may_lead = value == "1";
-        // 2. The call's slot: cache, lease, the caller's task. Should it fail, the
-        // reservations of step 1 last until they expire (the call may have run).
+        // 2. The call's slot: cache, lease, the caller's task. Should it fail (or time out
+        // after running), whatever it wrote is undone as for a job that was not queued: the
+        // task failed, a lease of this task released, the reservations of step 1 settled.
         let mut inv = SUBMIT_CALL.prepare_invoke();
         for key in call_keys(k, &s.call_hash, &s.task_id) {
             inv.key(key);
@@ -316,9 +317,16 @@ impl CallPlane for RedisBackend {
             .arg(lease_ttl)
             .arg(if may_lead { "1" } else { "0" });
         let mut conn = self.commands();
-        let (kind, value): (String, String) = self
+        let call_step = self
             .bounded(Op::Calls, async move { inv.invoke_async(&mut conn).await })
-            .await?;
+            .await;
+        let (kind, value): (String, String) = match call_step {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.undo_submit(s, "the call could not be submitted").await;
+                return Err(e);
+            }
+        };
         if kind == "refused" {
             // 4. Nothing was written on the call's slot: the task reservation goes.
             self.settle_after_submit(s, true, 0).await;

@@ -30,7 +30,9 @@ use deadpool::managed::{self, Metrics, Pool, RecycleResult};
 use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
 use redis::streams::{StreamKey, StreamReadReply};
 use redis::{PushInfo, RedisError, Value};
 use tokio::task::JoinHandle;
@@ -39,13 +41,14 @@ use crate::links::OnPush;
 use crate::options::ClusterTarget;
 use crate::slots::slot;
 
-/// Dedicated connections for blocking reads, at most: one per fetch loop of this process.
-const BLOCKING_POOL_MAX: usize = 64;
-
 /// Waited before subscribing again after a moved slot or a lost node, so that the cluster has
 /// a moment to settle; doubled on every failed attempt up to [`RESUBSCRIBE_MAX_WAIT`].
 const RESUBSCRIBE_FIRST_WAIT: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the confirmation of our own `SUNSUBSCRIBE` is waited for; one arriving later reads
+/// as a moved slot (a harmless extra resubscribe and recovery).
+const LEAVE_CONFIRM_WINDOW: Duration = Duration::from_secs(10);
 
 /// The sharded channels this process wants, and those to subscribe again. Shared by the push
 /// handler (which learns of moved slots and lost nodes) and the resubscribing task.
@@ -53,6 +56,10 @@ const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(2);
 pub(crate) struct Sharded {
     wanted: Mutex<HashSet<String>>,
     again: Mutex<HashSet<String>>,
+    /// Our own `SUNSUBSCRIBE`s not yet confirmed, per channel: their confirmations are the
+    /// same push as a moved slot's, and must not read as one (a topic unsubscribed and at
+    /// once subscribed again is wanted when its confirmation arrives).
+    leaving: Mutex<HashMap<String, Vec<tokio::time::Instant>>>,
     wake: tokio::sync::Notify,
 }
 
@@ -61,12 +68,49 @@ impl Sharded {
     /// Returns whether the channel is still wanted (`false`: the confirmation of our own
     /// unsubscribe).
     pub(crate) fn moved(&self, channel: &str) -> bool {
-        if !lock(&self.wanted).contains(channel) {
+        if self.confirmed(channel) || !lock(&self.wanted).contains(channel) {
             return false;
         }
         lock(&self.again).insert(channel.to_owned());
         self.wake.notify_one();
         true
+    }
+
+    /// Notes our `SUNSUBSCRIBE` of `channels`, before it is sent: its confirmation is
+    /// expected within [`LEAVE_CONFIRM_WINDOW`] (one that never comes, a command dropped on a
+    /// timeout, is forgotten then, so a later move of the channel still reads as one).
+    fn leave(&self, channels: &[String]) {
+        let until = tokio::time::Instant::now() + LEAVE_CONFIRM_WINDOW;
+        let mut leaving = lock(&self.leaving);
+        for c in channels {
+            leaving.entry(c.clone()).or_default().push(until);
+        }
+    }
+
+    /// Takes back the note of an `SUNSUBSCRIBE` that failed (no confirmation will come).
+    fn left_failed(&self, channels: &[String]) {
+        for c in channels {
+            self.confirmed(c);
+        }
+    }
+
+    /// Whether an `SUNSUBSCRIBE` of ours was awaiting its confirmation for `channel` (now one
+    /// fewer).
+    fn confirmed(&self, channel: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut leaving = lock(&self.leaving);
+        let Some(pending) = leaving.get_mut(channel) else {
+            return false;
+        };
+        pending.retain(|until| *until > now);
+        let mine = !pending.is_empty();
+        if mine {
+            pending.remove(0);
+        }
+        if pending.is_empty() {
+            leaving.remove(channel);
+        }
+        mine
     }
 
     /// A node's connection dropped: every wanted channel is subscribed again (those whose node
@@ -123,7 +167,7 @@ impl ClusterLinks {
             client,
             connect_timeout: target.connect_timeout,
         })
-        .max_size(BLOCKING_POOL_MAX)
+        .max_size(target.blocking_connections)
         // The waits and checks are bounded (`timeout_get`), which needs the runtime.
         .runtime(deadpool::Runtime::Tokio1)
         .build()
@@ -283,10 +327,15 @@ impl ClusterLinks {
         let sends = groups.into_values().map(|group| {
             let mut conn = self.pubsub.clone();
             async move {
-                match subscribe {
-                    true => conn.ssubscribe(group).await,
-                    false => conn.sunsubscribe(group).await,
+                if subscribe {
+                    return conn.ssubscribe(group).await;
                 }
+                self.sharded.leave(&group);
+                let sent = conn.sunsubscribe(group.clone()).await;
+                if sent.is_err() {
+                    self.sharded.left_failed(&group);
+                }
+                sent
             }
         });
         join_all(sends).await.into_iter().collect()
@@ -385,6 +434,15 @@ async fn resubscribe(links: Weak<ClusterLinks>, sharded: Arc<Sharded>) {
                 Ok(Ok(())) => {
                     tracing::info!(channels = n, "Redis Cluster: topics subscribed again");
                     wait = RESUBSCRIBE_FIRST_WAIT;
+                    // A topic unsubscribed while this was in flight may have been subscribed
+                    // again after its `SUNSUBSCRIBE`: leave it once more.
+                    let gone: Vec<String> = {
+                        let wanted = lock(&sharded.wanted);
+                        again.into_iter().filter(|c| !wanted.contains(c)).collect()
+                    };
+                    if !gone.is_empty() {
+                        let _ = tokio::time::timeout(l.op_timeout, l.by_slot(gone, false)).await;
+                    }
                 }
                 failed => {
                     let error = match failed {
@@ -448,7 +506,13 @@ impl managed::Manager for BlockingManager {
         conn: &mut ClusterConnection,
         _: &Metrics,
     ) -> RecycleResult<RedisError> {
-        redis::cmd("PING").query_async::<Value>(conn).await?;
+        // One node's answer: a plain `PING` goes to every primary, and one shard failing over
+        // would then throw away every pooled connection.
+        conn.route_command(
+            redis::cmd("PING"),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -459,4 +523,43 @@ fn io_error(message: String) -> RedisError {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanting(channels: &[&str]) -> Sharded {
+        let s = Sharded::default();
+        lock(&s.wanted).extend(channels.iter().map(|c| c.to_string()));
+        s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_slot_is_told_from_our_own_unsubscribe() {
+        let s = wanting(&["sb:t:{a}"]);
+        // A slot that moved: subscribe again.
+        assert!(s.moved("sb:t:{a}"));
+        assert!(lock(&s.again).contains("sb:t:{a}"));
+        lock(&s.again).clear();
+        // Unsubscribed and at once subscribed again: the late confirmation is ours.
+        s.leave(&["sb:t:{a}".to_owned()]);
+        assert!(!s.moved("sb:t:{a}"));
+        assert!(lock(&s.again).is_empty());
+        // Each confirmation is counted once: the next push is a move again.
+        assert!(s.moved("sb:t:{a}"));
+        lock(&s.again).clear();
+        // An unsubscribe that failed expects no confirmation.
+        s.leave(&["sb:t:{a}".to_owned()]);
+        s.left_failed(&["sb:t:{a}".to_owned()]);
+        assert!(s.moved("sb:t:{a}"));
+        lock(&s.again).clear();
+        // One whose confirmation never came (dropped on a timeout) is forgotten in time.
+        s.leave(&["sb:t:{a}".to_owned()]);
+        tokio::time::advance(LEAVE_CONFIRM_WINDOW + Duration::from_millis(1)).await;
+        assert!(s.moved("sb:t:{a}"));
+        assert!(lock(&s.leaving).is_empty());
+        // A channel not wanted is never subscribed again.
+        assert!(!s.moved("sb:t:{b}"));
+    }
 }

@@ -61,6 +61,21 @@ impl Keys {
         }
     }
 
+    /// The queue id of a job queue's key: the inverse of [`Keys::tool_queue`] (the tool part
+    /// holds no `@`, so the first `@` follows the closing brace).
+    pub fn queue_of_stream(&self, key: &str) -> Option<String> {
+        let tail = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":q:{")?;
+        match tail.find('@') {
+            Some(at) => {
+                let tool = tail[..at].strip_suffix('}')?;
+                Some(format!("{tool}{}", &tail[at..]))
+            }
+            None => tail.strip_suffix('}').map(str::to_owned),
+        }
+    }
+
     /// A task record (hash). A task id that carries its call's tag (`<tag>.<rest>`,
     /// `switchboard_core::tasks::task_tag`) is in the call's slot: `<prefix>:task:{<tag>}.<rest>`;
     /// any other id (issued before ids carried tags, or a session call's alias) keeps the old
@@ -190,6 +205,21 @@ mod tests {
         assert_eq!(k.topic_of_channel("sb:t:{chat:42"), None);
         assert_eq!(k.topic_history("a"), "sb:h:{a}");
         assert_eq!(k.rate("pub", "alice"), "sb:rl:{alice}:pub");
+    }
+
+    #[test]
+    fn a_queue_key_gives_back_its_queue() {
+        let k = Keys::new("sb");
+        for q in ["echo@0a1b", "echo", "a.b-c@x@y", "t}x@d", "{odd}"] {
+            assert_eq!(
+                k.queue_of_stream(&k.tool_queue(q)).as_deref(),
+                Some(q),
+                "{q}"
+            );
+        }
+        assert_eq!(k.queue_of_stream("sb:h:{echo}"), None);
+        assert_eq!(k.queue_of_stream("other:q:{echo}"), None);
+        assert_eq!(k.queue_of_stream("sb:q:{echo"), None);
     }
 
     #[test]

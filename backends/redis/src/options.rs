@@ -231,7 +231,15 @@ pub struct RedisOptions {
     /// a failing command asks at once.
     #[arg(long = "redis-sentinel-poll", env = "SWITCHBOARD_REDIS_SENTINEL_POLL", default_value = DEFAULT_SENTINEL_POLL, value_name = "DURATION", value_parser = settings::duration)]
     pub sentinel_poll: Duration,
+    /// Dedicated connections for blocking reads on Redis Cluster (--redis-cluster only), at
+    /// most: a worker holds one per slot its tools' queues sit on, a gateway whose clients
+    /// offer tools one per such slot. Reads beyond it wait up to --redis-timeout for one.
+    #[arg(long = "redis-cluster-blocking-connections", env = "SWITCHBOARD_REDIS_CLUSTER_BLOCKING_CONNECTIONS", default_value_t = DEFAULT_CLUSTER_BLOCKING_CONNECTIONS, value_name = "N")]
+    pub cluster_blocking_connections: usize,
 }
+
+/// Default of `--redis-cluster-blocking-connections`.
+const DEFAULT_CLUSTER_BLOCKING_CONNECTIONS: usize = 64;
 
 impl RedisOptions {
     /// Options for `url` with every other setting at its default.
@@ -266,6 +274,9 @@ impl RedisOptions {
         }
         if self.sentinel_poll.is_zero() {
             return Err("--redis-sentinel-poll must be greater than zero".into());
+        }
+        if self.cluster_blocking_connections == 0 {
+            return Err("--redis-cluster-blocking-connections must be greater than zero".into());
         }
         Ok(())
     }
@@ -424,6 +435,7 @@ impl RedisOptions {
             certs,
             connect_timeout: self.connect_timeout,
             op_timeout: self.op_timeout,
+            blocking_connections: self.cluster_blocking_connections,
         })
     }
 
@@ -537,6 +549,7 @@ pub struct ClusterTarget {
     certs: Option<TlsCertificates>,
     pub(crate) connect_timeout: Duration,
     pub(crate) op_timeout: Duration,
+    pub(crate) blocking_connections: usize,
 }
 
 impl std::fmt::Debug for ClusterTarget {

@@ -12,7 +12,7 @@
 //! idempotent, so a finish retried, or repeated by the worker that reclaims the job, changes
 //! nothing more (`crate::calls`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use switchboard_protocol::methods::tools::CallToolResult;
 
 use crate::keys::WORKER_GROUP;
 use crate::links::Role;
+use crate::slots::slot;
 use crate::{Op, Plane, RedisBackend};
 
 static EXTEND: LazyLock<redis::Script> =
@@ -200,10 +201,15 @@ impl JobQueue for RedisBackend {
                 .map_err(err)?,
         };
         let mut jobs = Vec::new();
+        // Every stream read becomes jobs, also one of a read that started for queues no
+        // longer asked for (Redis Cluster keeps reads in flight across calls): its entries are
+        // this consumer's pending ones now, and the caller runs or refuses them.
         for stream in streams {
-            let Some(tool) = tools.iter().find(|t| self.keys.tool_queue(t) == stream.key) else {
+            let Some(queue) = self.keys.queue_of_stream(&stream.key) else {
+                tracing::warn!(key = %stream.key, "a read returned a stream that is not a job queue");
                 continue;
             };
+            let tool = queue.as_str();
             for entry in stream.ids {
                 match job_of(tool, &entry.id, &entry.map, 1) {
                     Some(job) => jobs.push(job),
@@ -215,6 +221,26 @@ impl JobQueue for RedisBackend {
             }
         }
         Ok(jobs)
+    }
+
+    /// One group on a single Redis (one `XREADGROUP` spans every queue); one per slot on Redis
+    /// Cluster, so each slot's queues have their own fetch loop and blocking read, and a shard
+    /// failing over holds up only its own queues.
+    fn fetch_groups(&self, queues: &[String]) -> Vec<Vec<String>> {
+        if queues.is_empty() {
+            return Vec::new();
+        }
+        if !self.is_cluster() {
+            return vec![queues.to_vec()];
+        }
+        let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for q in queues {
+            by_slot
+                .entry(slot(self.keys.tool_queue(q).as_bytes()))
+                .or_default()
+                .push(q.clone());
+        }
+        by_slot.into_values().collect()
     }
 
     async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError> {

@@ -27,8 +27,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let target = opts.target().map_err(Failure::Usage)?;
     let channel = Keys::new(&opts.prefix).topic_channel(&args.topic);
     let rt = super::runtime()?;
+    // Connecting and the one command, bounded as in a gateway.
+    let bound = opts.connect_timeout + opts.op_timeout;
     if let Target::Cluster(cluster) = &target {
-        let receivers: i64 = rt.block_on(async {
+        let receivers: i64 = rt.block_on(bounded(bound, async {
             let client = cluster.client().map_err(anyhow::Error::msg)?;
             let mut conn = client
                 .get_async_connection()
@@ -40,11 +42,11 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
                 .query_async(&mut conn)
                 .await
                 .context("SPUBLISH failed")
-        })?;
+        }))?;
         println!("published to {channel}: {receivers} gateway node(s) subscribed");
         return Ok(());
     }
-    let receivers: i64 = rt.block_on(async {
+    let receivers: i64 = rt.block_on(bounded(bound, async {
         let client = target
             .client()
             .await
@@ -59,7 +61,17 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             .query_async(&mut conn)
             .await
             .context("PUBLISH failed")
-    })?;
+    }))?;
     println!("published to {channel}: {receivers} gateway node(s) subscribed");
     Ok(())
+}
+
+/// `work`, or an error once `bound` has passed.
+async fn bounded<T>(
+    bound: std::time::Duration,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(bound, work)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis did not answer within {bound:?}")))
 }
