@@ -23,7 +23,9 @@ CHECK is one of:
               what docs/operations.md promises, and the ConfigMap ships the same JSON.
   dockerfile  the Dockerfile's manifest and stub lists name every workspace member and declared
               target, its source list every member the binary depends on, and the stub layout
-              loads as a workspace (`cargo metadata --locked --offline`).
+              loads as a workspace (`cargo metadata --locked --offline` for the host's
+              platform: a build fetches only its own platform's crates, so another's, such as
+              android_system_properties, may be missing from the cache of a fresh machine).
   nginx       deploy/nginx.conf passes `nginx -t` and logs no query strings.
   envnames    every SWITCHBOARD_* variable that the manifests, the compose file and the
               Dockerfile give to `switchboard` is one that the workspace's sources read (a typo
@@ -663,6 +665,15 @@ def workspace() -> dict:
     return json.loads(result.stdout)
 
 
+def host_triple() -> str:
+    """The host's target triple (`rustc -vV`): the platform whose dependencies a build fetches."""
+    result = run(["rustc", "-vV"])
+    match = re.search(r"^host: (\S+)$", result.stdout, re.M)
+    if result.returncode != 0 or match is None:
+        sys.exit(f"rustc -vV failed:\n{result.stderr}")
+    return match.group(1)
+
+
 def check_dockerfile(p: Problems) -> None:
     text = (ROOT / "Dockerfile").read_text()
     builder = text.split("\nFROM ", 2)[1]  # the builder stage (up to the runtime's FROM)
@@ -724,8 +735,8 @@ def check_dockerfile(p: Problems) -> None:
             Path(tmp, f).parent.mkdir(parents=True, exist_ok=True)
             Path(tmp, f).write_text("fn main() {}\n" if f.endswith("main.rs") else "")
         env = dict(os.environ, CARGO_TARGET_DIR=str(Path(tmp, "target")))
-        result = run(["cargo", "metadata", "--format-version", "1", "--locked", "--offline"], cwd=Path(tmp), env=env)
-        p.check(result.returncode == 0, f"Dockerfile step 1's layout does not load (cargo metadata --locked):\n{result.stderr}")
+        result = run(["cargo", "metadata", "--format-version", "1", "--locked", "--offline", "--filter-platform", host_triple()], cwd=Path(tmp), env=env)
+        p.check(result.returncode == 0, f"Dockerfile step 1's layout does not load (cargo metadata --locked --offline --filter-platform):\n{result.stderr}")
 
     runtime = text.split("\nFROM ", 2)[2]
     p.check(re.search(r"apt-get install[^\n]*\btini\b", runtime) is not None, "Dockerfile: tini is not installed")
