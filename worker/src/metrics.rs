@@ -36,7 +36,7 @@ pub enum JobOutcome {
     Ok,
     /// The tool answered with `isError`.
     Error,
-    /// Not run: not hosted here, its deadline passed before it started, dead-lettered.
+    /// Not run: its deadline passed before it started, dead-lettered.
     Failed,
     Timeout,
     Cancelled,

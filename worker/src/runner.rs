@@ -395,7 +395,7 @@ impl Worker {
     fn accept(self: &Arc<Self>, job: Job) {
         let w = self.clone();
         let Some(hosted) = self.hosted(&job) else {
-            self.tasks.spawn(async move { w.refuse(&job).await });
+            self.tasks.spawn(async move { w.release(&job).await });
             return;
         };
         let waiting = self
@@ -426,16 +426,14 @@ impl Worker {
         .await;
     }
 
-    async fn refuse(&self, job: &Job) {
-        self.metrics.job_ended(&job.tool, JobOutcome::Failed, None);
-        let why = format!("tool {} ({}) is not hosted here", job.tool, job.queue);
-        self.finish(
-            job,
-            TaskStatus::Failed,
-            Some(&why),
-            CallToolResult::error(&why),
-        )
-        .await;
+    /// A job of a tool this worker does not host (any more: an MCP server's tools left, or a
+    /// read in flight from before brought it): back to its queue, unrun, for a worker that
+    /// hosts the tool (this one, should it come back) to take at its next reclaim.
+    async fn release(&self, job: &Job) {
+        tracing::info!(tool = %job.tool, queue = %job.queue, task = %job.task_id, "not hosted here; releasing the job");
+        if let Err(e) = self.queue.release(&self.config.worker_id, job).await {
+            tracing::warn!(error = %e, task = %job.task_id, "releasing a job failed; a reclaim takes it once it has been idle for the visibility timeout");
+        }
     }
 
     async fn reclaim_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -546,7 +544,7 @@ impl Worker {
     /// Runs a job from the backlog (`waiting`: its place there) to its end.
     async fn execute(self: Arc<Self>, job: Job, waiting: Waiting) {
         let Some(hosted) = self.hosted(&job) else {
-            return self.refuse(&job).await;
+            return self.release(&job).await;
         };
         let now = now_ms();
         if now >= job.deadline_ms {

@@ -239,6 +239,14 @@ impl CallState {
         out
     }
 
+    /// Puts a job back at the head of its queue, unrun.
+    pub(crate) fn release(&mut self, job: Job) {
+        self.queues
+            .entry(job.queue.clone())
+            .or_default()
+            .push_front(job);
+    }
+
     /// Removes `queues`, returning the jobs still in them.
     pub(crate) fn retire(&mut self, queues: &[String]) -> Vec<Job> {
         queues

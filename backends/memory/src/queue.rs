@@ -77,6 +77,12 @@ impl JobQueue for MemoryBackend {
         Ok(())
     }
 
+    async fn release(&self, _worker_id: &str, job: &Job) -> Result<(), BackendError> {
+        self.calls().release(job.clone());
+        self.job_queued.notify_waiters();
+        Ok(())
+    }
+
     async fn retire(&self, queues: &[String]) -> Result<Vec<Job>, BackendError> {
         Ok(self.calls().retire(queues))
     }

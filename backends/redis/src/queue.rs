@@ -99,6 +99,10 @@ impl RedisBackend {
     }
 }
 
+/// The idleness given to a released job's entry (`JobQueue::release`): longer than any
+/// reclaim's `min_idle`, so the next reclaim takes it.
+const RELEASED_IDLE: Duration = Duration::from_secs(24 * 3600);
+
 #[async_trait]
 impl JobQueue for RedisBackend {
     async fn announce(&self, a: &WorkerAnnouncement) -> Result<(), BackendError> {
@@ -201,9 +205,9 @@ impl JobQueue for RedisBackend {
                 .map_err(err)?,
         };
         let mut jobs = Vec::new();
-        // Every stream read becomes jobs, also one of a read that started for queues no
-        // longer asked for (Redis Cluster keeps reads in flight across calls): its entries are
-        // this consumer's pending ones now, and the caller runs or refuses them.
+        // Every stream read becomes jobs, also one of a read that started for queues no longer
+        // asked for (Redis Cluster keeps reads in flight across calls): its entries are this
+        // consumer's pending ones, and the caller runs, delivers or releases them.
         for stream in streams {
             let Some(queue) = self.keys.queue_of_stream(&stream.key) else {
                 tracing::warn!(key = %stream.key, "a read returned a stream that is not a job queue");
@@ -230,9 +234,9 @@ impl JobQueue for RedisBackend {
         if queues.is_empty() {
             return Vec::new();
         }
-        if !self.is_cluster() {
+        let Plane::Cluster(cluster) = &self.plane else {
             return vec![queues.to_vec()];
-        }
+        };
         let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
         for q in queues {
             by_slot
@@ -240,7 +244,33 @@ impl JobQueue for RedisBackend {
                 .or_default()
                 .push(q.clone());
         }
+        if by_slot.len() > cluster.blocking_max() {
+            tracing::warn!(
+                slots = by_slot.len(),
+                connections = cluster.blocking_max(),
+                "the hosted tools' queues sit on more slots than --redis-cluster-blocking-connections allows blocking reads: some fetches wait for a connection; raise it"
+            );
+        }
         by_slot.into_values().collect()
+    }
+
+    /// Still this consumer's pending entry, but idle for [`RELEASED_IDLE`]: the next reclaim of
+    /// any worker hosting the tool (every `--visibility-timeout`/2) takes it, without counting a
+    /// delivery (`JUSTID`). Fenced as `extend` is: an entry another worker took over meanwhile
+    /// is left to it.
+    async fn release(&self, worker_id: &str, job: &Job) -> Result<(), BackendError> {
+        let mut inv = EXTEND.prepare_invoke();
+        inv.key(self.keys.tool_queue(&job.queue))
+            .arg(WORKER_GROUP)
+            .arg(worker_id)
+            .arg(&job.entry_id)
+            .arg(RELEASED_IDLE.as_millis() as u64);
+        let mut conn = self.commands();
+        self.bounded(Op::Queue, async move {
+            inv.invoke_async::<i64>(&mut conn).await
+        })
+        .await
+        .map(drop)
     }
 
     async fn extend(&self, worker_id: &str, job: &Job) -> Result<bool, BackendError> {

@@ -61,6 +61,11 @@ pub trait JobQueue: Send + Sync + 'static {
         message: Option<&str>,
         result: &CallToolResult,
     ) -> Result<(), BackendError>;
+    /// Gives a fetched job back unrun, for a later fetch or reclaim (by any worker hosting its
+    /// tool, this one included) to take: a job of a tool that left this worker, or that a read
+    /// still in flight from an earlier fetch brought. Nobody hosting it: it ends at its
+    /// deadline, as a call nobody runs.
+    async fn release(&self, worker_id: &str, job: &Job) -> Result<(), BackendError>;
     /// Deletes `queues` for good, returning the jobs still in them (delivered or not), for the
     /// caller to finish: a host that goes and takes its queues with it (a client's socket that
     /// offered tools closed). Jobs queued after this find no reader and end at their deadline.
