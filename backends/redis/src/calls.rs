@@ -173,6 +173,37 @@ impl RedisBackend {
         }
     }
 
+    /// Step 2 of a submission gave no answer (an error, or a timeout after it may have run):
+    /// what it wrote, if anything, is undone by what the caller's task says. No task: nothing
+    /// was written, the reservations go. A joiner: it leaves the shared execution as a cancel
+    /// does (one waiter fewer). A leader (no job was queued): failed, its lease released. A
+    /// cached answer: kept, counted.
+    async fn undo_call_step(&self, s: &Submission) {
+        let why = "the call could not be submitted";
+        match self.task(&s.task_id).await {
+            Ok(None) => self.settle_after_submit(s, true, 0).await,
+            Ok(Some(t)) if t.status != TaskStatus::Working => {
+                let bytes = t
+                    .result
+                    .as_ref()
+                    .and_then(|r| serde_json::to_string(r).ok())
+                    .map_or(0, |r| r.len() as u64);
+                self.settle_after_submit(s, false, bytes).await;
+            }
+            Ok(Some(t)) if t.leader.is_some() => {
+                if let Err(e) = self.cancel(&t).await {
+                    tracing::warn!(error = %e, task = %s.task_id, "leaving a joined call failed; the shared execution counts one waiter too many");
+                }
+                self.settle_after_submit(s, false, 0).await;
+            }
+            Ok(Some(_)) => self.undo_submit(s, why).await,
+            Err(e) => {
+                tracing::warn!(error = %e, task = %s.task_id, "cannot read a task whose submission failed; undoing it as a leader's");
+                self.undo_submit(s, why).await;
+            }
+        }
+    }
+
     /// Writes a session call's alias record (`<p>:task:{<alias>}`: `at` -> the task id), so
     /// the derived name finds the task from any node.
     async fn write_alias(&self, alias: &str, task_id: &str, ttl_ms: u64) {
@@ -300,8 +331,7 @@ impl CallPlane for RedisBackend {
         }
         let may_lead = value == "1";
         // 2. The call's slot: cache, lease, the caller's task. Should it fail (or time out
-        // after running), whatever it wrote is undone as for a job that was not queued: the
-        // task failed, a lease of this task released, the reservations of step 1 settled.
+        // after running), whatever it wrote is undone (`undo_call_step`).
         let mut inv = SUBMIT_CALL.prepare_invoke();
         for key in call_keys(k, &s.call_hash, &s.task_id) {
             inv.key(key);
@@ -323,7 +353,7 @@ impl CallPlane for RedisBackend {
         let (kind, value): (String, String) = match call_step {
             Ok(answer) => answer,
             Err(e) => {
-                self.undo_submit(s, "the call could not be submitted").await;
+                self.undo_call_step(s).await;
                 return Err(e);
             }
         };
