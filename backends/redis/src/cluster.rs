@@ -192,6 +192,11 @@ impl ClusterLinks {
         self.pubsub.clone()
     }
 
+    /// How many dedicated connections blocking reads may hold at once.
+    pub(crate) fn blocking_max(&self) -> usize {
+        self.blocking.status().max_size
+    }
+
     /// A dedicated connection for one blocking read; back to the pool when dropped.
     pub(crate) async fn blocking(&self) -> Result<managed::Object<BlockingManager>, RedisError> {
         let timeouts = managed::Timeouts {
@@ -441,7 +446,17 @@ async fn resubscribe(links: Weak<ClusterLinks>, sharded: Arc<Sharded>) {
                         again.into_iter().filter(|c| !wanted.contains(c)).collect()
                     };
                     if !gone.is_empty() {
-                        let _ = tokio::time::timeout(l.op_timeout, l.by_slot(gone, false)).await;
+                        let _ = tokio::time::timeout(l.op_timeout, l.by_slot(gone.clone(), false))
+                            .await;
+                        // Subscribed once more meanwhile? Its `SSUBSCRIBE` may have gone out
+                        // before this `SUNSUBSCRIBE`: subscribe it again.
+                        let wanted = lock(&sharded.wanted);
+                        let back: Vec<String> =
+                            gone.into_iter().filter(|c| wanted.contains(c)).collect();
+                        if !back.is_empty() {
+                            lock(&sharded.again).extend(back);
+                            sharded.wake.notify_one();
+                        }
                     }
                 }
                 failed => {
