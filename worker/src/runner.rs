@@ -428,8 +428,12 @@ impl Worker {
 
     /// A job of a tool this worker does not host (any more: an MCP server's tools left, or a
     /// read in flight from before brought it): back to its queue, unrun, for a worker that
-    /// hosts the tool (this one, should it come back) to take at its next reclaim.
+    /// hosts the tool (this one, should it come back) to take at its next reclaim. Past its
+    /// deadline nobody would start it: it is failed here instead.
     async fn release(&self, job: &Job) {
+        if now_ms() >= job.deadline_ms {
+            return self.expired(job).await;
+        }
         tracing::info!(tool = %job.tool, queue = %job.queue, task = %job.task_id, "not hosted here; releasing the job");
         if let Err(e) = self.queue.release(&self.config.worker_id, job).await {
             tracing::warn!(error = %e, task = %job.task_id, "releasing a job failed; a reclaim takes it once it has been idle for the visibility timeout");

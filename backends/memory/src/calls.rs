@@ -21,6 +21,9 @@ const DEAD_LETTERS_KEPT: usize = 1000;
 /// Expired tasks and results are swept once per this many submissions.
 const SWEEP_EVERY: u64 = 1024;
 
+/// Why a job that stayed queued past its deadline failed (the worker's words for the same).
+const EXPIRED_UNSTARTED: &str = "the call's deadline passed before it started";
+
 struct Lease {
     task: String,
     waiters: i64,
@@ -100,6 +103,26 @@ impl CallState {
         }
         self.identities
             .retain(|_, h| !h.running.is_empty() || !h.tasks.is_empty());
+        // Jobs still queued past their deadline (no worker hosts the tool any more, or one
+        // released them) would never start: failed, so the queues do not keep them.
+        let mut expired = Vec::new();
+        for q in self.queues.values_mut() {
+            q.retain(|job| {
+                let live = job.deadline_ms > now;
+                if !live {
+                    expired.push(job.clone());
+                }
+                live
+            });
+        }
+        for job in &expired {
+            self.finish(
+                job,
+                TaskStatus::Failed,
+                Some(EXPIRED_UNSTARTED),
+                &CallToolResult::error(EXPIRED_UNSTARTED),
+            );
+        }
     }
 
     pub(crate) fn submit(&mut self, s: &Submission) -> (Submitted, bool) {
@@ -362,21 +385,17 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_session_calls_alias_finds_its_task() {
-        let backend = MemoryBackend::new();
-        let hash = "ab".repeat(32);
-        let name = session_task_id("s1", "7");
-        let s = Submission {
+    fn submission(hash: &str, task_id: String, alias: Option<String>) -> Submission {
+        Submission {
             tool: serde_json::from_value(json!({
                 "name": "echo", "inputSchema": {"type": "object"}, "timeoutMs": 1000,
             }))
             .unwrap(),
             queue: "echo@q".into(),
             arguments: json!({}),
-            call_hash: hash.clone(),
-            task_id: tagged_task_id(&hash, &name),
-            alias: Some(name.clone()),
+            call_hash: hash.to_owned(),
+            task_id,
+            alias,
             owner: "alice".into(),
             identity: "alice".into(),
             read_cache: true,
@@ -387,7 +406,15 @@ mod tests {
             caps: OwnerCaps::default(),
             max_result_bytes: 1024,
             trace: TraceContext::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_calls_alias_finds_its_task() {
+        let backend = MemoryBackend::new();
+        let hash = "ab".repeat(32);
+        let name = session_task_id("s1", "7");
+        let s = submission(&hash, tagged_task_id(&hash, &name), Some(name.clone()));
         assert!(matches!(
             backend.submit(&s).await.unwrap(),
             Submitted::Leader(_)
@@ -400,5 +427,27 @@ mod tests {
         assert_eq!(by_alias.task_id, s.task_id);
         assert!(backend.task(&s.task_id).await.unwrap().is_some());
         assert!(backend.task("nothing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_job_queued_past_its_deadline_is_failed_by_the_sweep() {
+        let backend = MemoryBackend::new();
+        let hash = "cd".repeat(32);
+        let s = submission(&hash, tagged_task_id(&hash, "t1"), None);
+        assert!(matches!(
+            backend.submit(&s).await.unwrap(),
+            Submitted::Leader(_)
+        ));
+        backend.calls().sweep(s.deadline_ms - 1);
+        assert_eq!(backend.calls().queues["echo@q"].len(), 1, "not due yet");
+        backend.calls().sweep(s.deadline_ms);
+        assert!(backend.calls().queues["echo@q"].is_empty());
+        let t = backend.task(&s.task_id).await.unwrap().expect("kept");
+        assert_eq!(t.status, TaskStatus::Failed);
+        assert_eq!(t.status_message.as_deref(), Some(EXPIRED_UNSTARTED));
+        assert!(
+            !backend.calls().leases.contains_key(&hash),
+            "the lease is released"
+        );
     }
 }
