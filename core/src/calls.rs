@@ -183,6 +183,10 @@ pub struct Job {
     pub trace: TraceContext,
 }
 
+/// Why a job whose deadline passed before anyone started it ends failed (a worker, a gateway
+/// delivering to a client's offered tool, the embedded backend's sweep).
+pub const EXPIRED_UNSTARTED: &str = "the call's deadline passed before it started";
+
 /// The largest result stored by default (`--max-result-bytes`).
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024;
 

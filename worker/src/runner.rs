@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_core::backend::{JobQueue, finish_retrying};
-use switchboard_core::calls::{Job, Progress, Reclaimed, WorkerAnnouncement};
+use switchboard_core::calls::{EXPIRED_UNSTARTED, Job, Progress, Reclaimed, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_protocol::methods::tasks::TaskStatus;
 use switchboard_protocol::methods::tools::CallToolResult;
@@ -416,12 +416,11 @@ impl Worker {
     /// A job whose deadline passed before it started: failed, never run.
     async fn expired(&self, job: &Job) {
         self.metrics.job_ended(&job.tool, JobOutcome::Failed, None);
-        let why = "the call's deadline passed before it started";
         self.finish(
             job,
             TaskStatus::Failed,
-            Some(why),
-            CallToolResult::error(why),
+            Some(EXPIRED_UNSTARTED),
+            CallToolResult::error(EXPIRED_UNSTARTED),
         )
         .await;
     }

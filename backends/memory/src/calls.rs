@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_core::backend::{BackendError, CallPlane, CallSink};
-use switchboard_core::calls::{CapReached, Job, Submission, Submitted, WorkerAnnouncement};
+use switchboard_core::calls::{
+    CapReached, EXPIRED_UNSTARTED, Job, Submission, Submitted, WorkerAnnouncement,
+};
 use switchboard_core::clock::now_ms;
 use switchboard_core::tasks::TaskRecord;
 use switchboard_protocol::methods::tasks::TaskStatus;
@@ -20,9 +22,6 @@ use crate::MemoryBackend;
 const DEAD_LETTERS_KEPT: usize = 1000;
 /// Expired tasks and results are swept once per this many submissions.
 const SWEEP_EVERY: u64 = 1024;
-
-/// Why a job that stayed queued past its deadline failed (the worker's words for the same).
-const EXPIRED_UNSTARTED: &str = "the call's deadline passed before it started";
 
 struct Lease {
     task: String,

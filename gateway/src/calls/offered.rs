@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use switchboard_core::backend::{JobQueue, finish_retrying};
-use switchboard_core::calls::{Job, Progress, WorkerAnnouncement};
+use switchboard_core::calls::{EXPIRED_UNSTARTED, Job, Progress, WorkerAnnouncement};
 use switchboard_core::clock::now_ms;
 use switchboard_core::tools::{CachePolicy, CacheScope, ToolSpec, validate_tool_name};
 use switchboard_protocol::jsonrpc::{self, Response};
@@ -525,9 +525,7 @@ impl Offered {
             let conn = st.queues.get(&job.queue).copied();
             match conn.and_then(|c| st.hosts.get_mut(&c).map(|h| (c, h))) {
                 None => Some("the client offering it disconnected before answering"),
-                Some(_) if job.deadline_ms <= now_ms() => {
-                    Some("the call's deadline passed before it started")
-                }
+                Some(_) if job.deadline_ms <= now_ms() => Some(EXPIRED_UNSTARTED),
                 Some((conn, host)) => {
                     let request_id = format!("sb-{}", host.next_request);
                     host.next_request += 1;
